@@ -1,0 +1,1 @@
+//! Dify simulator (work in progress).
