@@ -1,5 +1,15 @@
 //! dify-shaper: a pingora reverse proxy that shapes load in front of a self-hosted Dify.
+//!
+//! Modules are public so integration tests and benches can drive the pieces directly.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod admin;
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod proxy;
+pub mod server;
 pub mod sim;
+pub mod telemetry;
+pub mod upstream;

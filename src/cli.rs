@@ -1,0 +1,141 @@
+//! The command line (clap): `run` (default), `check`, `sim`. `main.rs` only calls [`main`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::app::App;
+use crate::config::{self, Config, ConfigError, Overrides};
+#[derive(Debug, Args)]
+struct SimArgs {}
+impl SimArgs { async fn run(self) -> std::io::Result<()> { Ok(()) } }
+
+/// dify-shaper: queue, admit, retry and hold traffic in front of a self-hosted Dify.
+#[derive(Debug, Parser)]
+#[command(name = "dify-shaper", version, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// `run` flags, accepted without the subcommand too.
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the proxy (the default).
+    Run(RunArgs),
+    /// Validate a config file and print the effective config.
+    Check(CheckArgs),
+    /// Run the Dify simulator (a test backend speaking Dify's wire format).
+    Sim(SimArgs),
+}
+
+/// Flags of `run`.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Config file (TOML). Without it, embedded defaults: every path → upstream `api`.
+    #[arg(long, short = 'c', value_name = "FILE", env = "DIFY_SHAPER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Replace the client listen address(es).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Replace the servers of the upstream named `api` (e.g. `http://127.0.0.1:5001`).
+    #[arg(long, value_name = "URL")]
+    pub upstream: Option<String>,
+    /// Replace the admin listen address.
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<SocketAddr>,
+}
+
+impl RunArgs {
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            listen: self.listen,
+            admin: self.admin,
+            upstream: self.upstream.clone(),
+        }
+    }
+
+    fn load(&self) -> Result<Config, ConfigError> {
+        let overrides = self.overrides();
+        match &self.config {
+            Some(path) => config::load_file(path, &overrides),
+            None => config::load_embedded(&overrides),
+        }
+    }
+}
+
+/// Flags of `check`.
+#[derive(Debug, Args)]
+struct CheckArgs {
+    /// The config file to validate.
+    file: PathBuf,
+}
+
+/// Parses the command line and runs it.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        None => run(cli.run),
+        Some(Command::Run(args)) => run(args),
+        Some(Command::Check(args)) => check(&args),
+        Some(Command::Sim(args)) => sim(args),
+    }
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    let config = match args.load() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("dify-shaper: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    crate::telemetry::init(&config.log);
+    let app = App::new(config, args.overrides());
+    crate::server::run(app)
+}
+
+fn check(args: &CheckArgs) -> ExitCode {
+    match config::load_file(&args.file, &Overrides::default()) {
+        Ok(config) => match toml::to_string_pretty(&config) {
+            Ok(text) => {
+                println!("# {}: OK. Effective config:\n{text}", args.file.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("dify-shaper: {}: valid, but printing it failed: {e}", args.file.display());
+                ExitCode::FAILURE
+            }
+        },
+        Err(e) => {
+            eprintln!("dify-shaper: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn sim(args: SimArgs) -> ExitCode {
+    crate::telemetry::init(&crate::config::LogSettings {
+        format: crate::config::LogFormat::Text,
+        level: "info".into(),
+        access_log: false,
+    });
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("dify-shaper sim: cannot start a runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(args.run()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("dify-shaper sim: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,427 @@
+//! Turning TOML text into a validated [`Config`]: parse (serde, with spans), apply the CLI
+//! overrides, check cross-references, and report the first problem as
+//! `FILE:LINE:COL: KEY: what was expected`.
+//!
+//! The CLI overrides are applied here, on every load, so a SIGHUP reload keeps honouring the
+//! `--listen`, `--admin` and `--upstream` flags the process was started with.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use thiserror::Error;
+use toml::Spanned;
+
+use super::schema::{RawClass, RawConfig, RawRoute};
+use super::units::HumanDuration;
+use super::{ClassSpec, Config, LogSettings, ServerAddr, ServerSettings, UpstreamSpec};
+use crate::proxy::routing::{Route, Router};
+
+/// The embedded default config used when `run` gets no `--config`.
+pub const EMBEDDED_DEFAULTS: &str = include_str!("embedded.toml");
+
+/// Why a config could not be loaded.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: cannot read config: {source}")]
+    Io {
+        /// The path given.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A value or structure in the file is wrong; points at the place.
+    #[error("{origin}:{line}:{column}: {key}{message}", key = key.as_deref().map(|k| format!("{k}: ")).unwrap_or_default())]
+    Invalid {
+        /// File path or `embedded defaults`.
+        origin: String,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// The dotted key, when known.
+        key: Option<String>,
+        /// What was wrong and what was expected.
+        message: String,
+    },
+    /// A command-line override does not fit the config.
+    #[error("{flag}: {message}")]
+    Override {
+        /// The flag, e.g. `--upstream`.
+        flag: &'static str,
+        /// What was wrong.
+        message: String,
+    },
+}
+
+/// Command-line values that replace parts of every loaded config.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--listen`: replaces `server.listen`.
+    pub listen: Option<std::net::SocketAddr>,
+    /// `--admin`: replaces `server.admin`.
+    pub admin: Option<std::net::SocketAddr>,
+    /// `--upstream`: replaces the servers of the upstream named `api`.
+    pub upstream: Option<String>,
+}
+
+/// Reads and validates a config file.
+pub fn load_file(path: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    parse_str(&text, &path.display().to_string(), overrides)
+}
+
+/// Validates the embedded defaults (every path → upstream `api`).
+pub fn load_embedded(overrides: &Overrides) -> Result<Config, ConfigError> {
+    parse_str(EMBEDDED_DEFAULTS, "embedded defaults", overrides)
+}
+
+/// Parses and validates config text; `origin` names it in errors.
+pub fn parse_str(text: &str, origin: &str, overrides: &Overrides) -> Result<Config, ConfigError> {
+    let at = Locator { text, origin };
+    let raw: RawConfig = toml::from_str(text).map_err(|e| {
+        let span = e.span().unwrap_or(0..0);
+        at.error(span.clone(), at.key_at(span.start), e.message().to_string())
+    })?;
+    build(raw, &at, overrides)
+}
+
+fn build(raw: RawConfig, at: &Locator<'_>, overrides: &Overrides) -> Result<Config, ConfigError> {
+    let server = &raw.server;
+    let threads = match server.threads {
+        Some(n) if !(1..=256).contains(&n) => {
+            return Err(at.unplaced("server.threads", format!("{n} is out of range: expected 1..=256")))
+        }
+        Some(n) => n,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    let resolve = server.resolve_interval.0;
+    if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&resolve) {
+        return Err(at.unplaced(
+            "server.resolve_interval",
+            format!("{} is out of range: expected 1s..=1h", server.resolve_interval),
+        ));
+    }
+    let server_settings = ServerSettings {
+        listen: overrides.listen.map_or_else(|| server.listen.clone(), |a| vec![a]),
+        admin: overrides.admin.unwrap_or(server.admin),
+        threads,
+        max_request_body: server.max_request_body,
+        resolve_interval: server.resolve_interval,
+        upstream_keepalive_pool: server.upstream_keepalive_pool,
+        shutdown_grace: server.shutdown_grace,
+    };
+    let log = LogSettings {
+        format: raw.log.format,
+        level: raw.log.level.clone(),
+        access_log: raw.log.access_log,
+    };
+
+    let mut upstreams = BTreeMap::new();
+    for (name, spec) in &raw.upstreams {
+        check_name(name).map_err(|m| at.error(spec.span(), Some(format!("upstreams.{name}")), m))?;
+        let servers = &spec.get_ref().servers;
+        if servers.is_empty() {
+            return Err(at.error(
+                spec.span(),
+                Some(format!("upstreams.{name}.servers")),
+                "an upstream needs at least one server \"host:port\"".into(),
+            ));
+        }
+        let mut parsed = Vec::with_capacity(servers.len());
+        for server in servers {
+            let addr = parse_server_addr(server.get_ref())
+                .map_err(|m| at.error(server.span(), Some(format!("upstreams.{name}.servers")), m))?;
+            parsed.push(addr);
+        }
+        upstreams.insert(name.clone(), UpstreamSpec { servers: parsed });
+    }
+    if let Some(url) = &overrides.upstream {
+        let addr = parse_upstream_url(url).map_err(|message| ConfigError::Override {
+            flag: "--upstream",
+            message,
+        })?;
+        match upstreams.get_mut("api") {
+            Some(api) => api.servers = vec![addr],
+            None => {
+                return Err(ConfigError::Override {
+                    flag: "--upstream",
+                    message: "replaces the servers of the upstream named `api`, which this config does not define".into(),
+                })
+            }
+        }
+    }
+
+    let classes = build_classes(&raw.classes, at)?;
+    let mut routes = Vec::with_capacity(raw.routes.len());
+    for (index, route) in raw.routes.iter().enumerate() {
+        routes.push(build_route(index, route, &upstreams, &classes, at)?);
+    }
+    let router = Router::new(routes).map_err(|clash| {
+        at.error(
+            clash.span.clone(),
+            Some(format!("routes[{}].prefix", clash.index)),
+            clash.message,
+        )
+    })?;
+
+    Ok(Config {
+        source: at.origin.to_string(),
+        server: server_settings,
+        log,
+        upstreams,
+        classes,
+        router,
+    })
+}
+
+/// The built-in class names; each always exists.
+const BUILTIN_CLASSES: [&str; 3] = ["interactive", "run", "control"];
+
+/// Defaults for a class. `run` is Dify's long workflow/chat runs (a blocking run sends no byte
+/// until it finishes; Dify's own nginx allows 3600 s), `control` the cheap stop-task calls;
+/// any other name starts from the `interactive` values.
+fn class_defaults(name: &str) -> ClassSpec {
+    let secs = |s| HumanDuration(Duration::from_secs(s));
+    let (read, write) = match name {
+        "run" => (600, 60),
+        "control" => (30, 30),
+        _ => (60, 60),
+    };
+    ClassSpec {
+        name: name.to_string(),
+        connect_timeout: secs(5),
+        read_timeout: secs(read),
+        write_timeout: secs(write),
+    }
+}
+
+fn build_classes(
+    raw: &BTreeMap<String, RawClass>,
+    at: &Locator<'_>,
+) -> Result<BTreeMap<String, Arc<ClassSpec>>, ConfigError> {
+    let mut classes: BTreeMap<String, Arc<ClassSpec>> = BUILTIN_CLASSES
+        .into_iter()
+        .map(|name| (name.to_string(), Arc::new(class_defaults(name))))
+        .collect();
+    for (name, overrides) in raw {
+        check_name(name).map_err(|m| at.unplaced(&format!("classes.{name}"), m))?;
+        let base = class_defaults(name);
+        let spec = ClassSpec {
+            name: name.clone(),
+            connect_timeout: overrides.connect_timeout.unwrap_or(base.connect_timeout),
+            read_timeout: overrides.read_timeout.unwrap_or(base.read_timeout),
+            write_timeout: overrides.write_timeout.unwrap_or(base.write_timeout),
+        };
+        for (key, value) in [
+            ("connect_timeout", spec.connect_timeout),
+            ("read_timeout", spec.read_timeout),
+            ("write_timeout", spec.write_timeout),
+        ] {
+            if value.0.is_zero() {
+                return Err(at.unplaced(&format!("classes.{name}.{key}"), "must be greater than 0".into()));
+            }
+        }
+        classes.insert(name.clone(), Arc::new(spec));
+    }
+    Ok(classes)
+}
+
+fn build_route(
+    index: usize,
+    raw: &RawRoute,
+    upstreams: &BTreeMap<String, UpstreamSpec>,
+    classes: &BTreeMap<String, Arc<ClassSpec>>,
+    at: &Locator<'_>,
+) -> Result<Route, ConfigError> {
+    let key = |k: &str| Some(format!("routes[{index}].{k}"));
+    let prefix = raw.prefix.get_ref();
+    if !prefix.starts_with('/') {
+        return Err(at.error(raw.prefix.span(), key("prefix"), format!("{prefix:?} must start with '/'")));
+    }
+    let suffix = match &raw.suffix {
+        Some(s) if s.get_ref().is_empty() || !s.get_ref().starts_with('/') => {
+            return Err(at.error(s.span(), key("suffix"), format!("{:?} must start with '/'", s.get_ref())))
+        }
+        Some(s) => Some(s.get_ref().clone()),
+        None => None,
+    };
+    let upstream = raw.upstream.get_ref();
+    if !upstreams.contains_key(upstream) {
+        let known: Vec<&str> = upstreams.keys().map(String::as_str).collect();
+        return Err(at.error(
+            raw.upstream.span(),
+            key("upstream"),
+            format!("route points to upstream {upstream:?}, which is not defined (defined: {})", list(&known)),
+        ));
+    }
+    let class = match &raw.class {
+        None => classes.get("interactive").cloned(),
+        Some(name) => classes.get(name.get_ref()).cloned(),
+    };
+    let Some(class) = class else {
+        let known: Vec<&str> = classes.keys().map(String::as_str).collect();
+        let span = raw.class.as_ref().map_or(0..0, Spanned::span);
+        return Err(at.error(span, key("class"), format!("unknown class (defined: {})", list(&known))));
+    };
+    let methods = match &raw.methods {
+        None => None,
+        Some(spanned) => {
+            let mut methods = Vec::new();
+            for text in spanned.get_ref() {
+                let method = http::Method::from_bytes(text.to_ascii_uppercase().as_bytes()).map_err(|_| {
+                    at.error(spanned.span(), key("methods"), format!("{text:?} is not an HTTP method"))
+                })?;
+                methods.push(method);
+            }
+            if methods.is_empty() {
+                return Err(at.error(spanned.span(), key("methods"), "an empty list matches nothing; omit the key to match every method".into()));
+            }
+            Some(methods)
+        }
+    };
+    Ok(Route {
+        name: raw.name.clone().unwrap_or_else(|| {
+            format!("{prefix}{}", suffix.as_deref().map(|s| format!("*{s}")).unwrap_or_default())
+        }),
+        prefix: prefix.clone(),
+        suffix,
+        methods,
+        upstream: upstream.clone(),
+        class,
+        index,
+        span: raw.prefix.span(),
+    })
+}
+
+fn list(names: &[&str]) -> String {
+    if names.is_empty() {
+        "none".to_string()
+    } else {
+        names.join(", ")
+    }
+}
+
+fn check_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("name {name:?} must be 1-64 characters of [A-Za-z0-9_-]"))
+    }
+}
+
+/// Parses `host:port` (IPv6 as `[::1]:5001`).
+pub fn parse_server_addr(text: &str) -> Result<ServerAddr, String> {
+    let expected = "expected \"host:port\", e.g. \"api:5001\" or \"127.0.0.1:5001\"";
+    if let Ok(addr) = text.parse::<std::net::SocketAddr>() {
+        return Ok(ServerAddr { host: addr.ip().to_string(), port: addr.port() });
+    }
+    let (host, port) = text
+        .rsplit_once(':')
+        .ok_or_else(|| format!("invalid server address {text:?}: missing port; {expected}"))?;
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| format!("invalid port in {text:?}; {expected}"))?;
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && host.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_');
+    if !host_ok {
+        return Err(format!("invalid host in {text:?}; {expected}"));
+    }
+    Ok(ServerAddr { host: host.to_string(), port })
+}
+
+/// Parses `--upstream`: `http://host:port` (port defaults to 80) or a bare `host:port`.
+pub fn parse_upstream_url(text: &str) -> Result<ServerAddr, String> {
+    if text.starts_with("https://") {
+        return Err(format!("{text:?}: TLS to the upstream is not supported; Dify's API speaks plain HTTP inside the compose network"));
+    }
+    let rest = text.strip_prefix("http://").unwrap_or(text);
+    let authority = rest.split('/').next().unwrap_or_default();
+    if rest.len() > authority.len() && rest != format!("{authority}/") {
+        return Err(format!("{text:?}: a path is not supported, give only scheme, host and port"));
+    }
+    if authority.contains(':') {
+        parse_server_addr(authority)
+    } else {
+        parse_server_addr(&format!("{authority}:80"))
+    }
+}
+
+/// Maps byte offsets in the source to `line:col` and finds the key an offset belongs to.
+struct Locator<'a> {
+    text: &'a str,
+    origin: &'a str,
+}
+
+impl Locator<'_> {
+    fn error(&self, span: Range<usize>, key: Option<String>, message: String) -> ConfigError {
+        let (line, column) = self.line_col(span.start);
+        ConfigError::Invalid {
+            origin: self.origin.to_string(),
+            line,
+            column,
+            key,
+            message,
+        }
+    }
+
+    /// An error about a key that has no span of its own (a whole-table check): points at the
+    /// key's line when it is written in the file, else at the top.
+    fn unplaced(&self, key: &str, message: String) -> ConfigError {
+        let leaf = key.rsplit('.').next().unwrap_or(key);
+        let offset = self
+            .text
+            .match_indices(leaf)
+            .map(|(i, _)| i)
+            .find(|i| self.key_at(*i).as_deref() == Some(key))
+            .unwrap_or(0);
+        self.error(offset..offset, Some(key.to_string()), message)
+    }
+
+    fn line_col(&self, offset: usize) -> (usize, usize) {
+        let offset = offset.min(self.text.len());
+        let before = &self.text[..offset];
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        (line, before[line_start..].chars().count() + 1)
+    }
+
+    /// `table.key` for the `key = value` line around `offset`, using the nearest `[table]`
+    /// header above it; `None` when the offset is not on such a line.
+    fn key_at(&self, offset: usize) -> Option<String> {
+        let offset = offset.min(self.text.len());
+        let line_start = self.text[..offset].rfind('\n').map_or(0, |i| i + 1);
+        let line_end = self.text[offset..].find('\n').map_or(self.text.len(), |i| offset + i);
+        let line = &self.text[line_start..line_end];
+        let (key, _) = line.split_once('=')?;
+        let key = key.trim().trim_matches('"');
+        if key.is_empty() || key.starts_with('#') || key.starts_with('[') {
+            return None;
+        }
+        let table = self.text[..line_start]
+            .lines()
+            .rev()
+            .map(str::trim)
+            .find(|l| l.starts_with('['))
+            .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
+        Some(match table {
+            Some(table) if !table.is_empty() => format!("{table}.{key}"),
+            _ => key.to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

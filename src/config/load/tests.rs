@@ -1,0 +1,130 @@
+//! Config loading: valid files, and every bad-config case naming its line and key.
+
+use super::*;
+
+fn load(text: &str) -> Result<Config, ConfigError> {
+    parse_str(text, "test.toml", &Overrides::default())
+}
+
+fn err(text: &str) -> String {
+    match load(text) {
+        Ok(_) => panic!("config should be rejected:\n{text}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+const VALID: &str = r#"
+[server]
+listen = "127.0.0.1:8080"
+
+[upstreams.api]
+servers = ["api:5001"]
+
+[upstreams.web]
+servers = ["web:3000", "10.0.0.2:3000"]
+
+[[routes]]
+prefix = "/v1"
+upstream = "api"
+
+[[routes]]
+prefix = "/"
+upstream = "web"
+"#;
+
+#[test]
+fn a_valid_config_loads() {
+    let config = load(VALID).expect("valid");
+    assert_eq!(config.server.listen, vec!["127.0.0.1:8080".parse().expect("addr")]);
+    assert_eq!(config.upstreams["web"].servers.len(), 2);
+    assert_eq!(config.router.routes().len(), 2);
+    assert!(config.classes.contains_key("run"));
+}
+
+#[test]
+fn embedded_defaults_and_overrides() {
+    let overrides = Overrides {
+        listen: Some("127.0.0.1:1".parse().expect("addr")),
+        admin: Some("127.0.0.1:2".parse().expect("addr")),
+        upstream: Some("http://127.0.0.1:7000".into()),
+    };
+    let config = load_embedded(&overrides).expect("embedded defaults are valid");
+    assert_eq!(config.upstreams["api"].servers[0].to_string(), "127.0.0.1:7000");
+    assert_eq!(config.server.admin.port(), 2);
+    assert_eq!(config.server.listen[0].port(), 1);
+    let run = config.router.route(&http::Method::POST, "/v1/workflows/run").expect("route");
+    assert_eq!(run.class.name, "run");
+    let stop = config.router.route(&http::Method::POST, "/v1/workflows/tasks/t1/stop").expect("route");
+    assert_eq!(stop.class.name, "control");
+    let other = config.router.route(&http::Method::GET, "/console/api/apps").expect("route");
+    assert_eq!(other.upstream, "api");
+}
+
+#[test]
+fn upstream_override_needs_an_api_upstream() {
+    let text = VALID.replace("upstreams.api", "upstreams.backend").replace("\"api\"", "\"backend\"");
+    let overrides = Overrides { upstream: Some("http://127.0.0.1:1".into()), ..Overrides::default() };
+    let e = parse_str(&text, "t", &overrides).map(|_| ()).unwrap_err().to_string();
+    assert!(e.contains("--upstream") && e.contains("`api`"), "{e}");
+    assert!(parse_upstream_url("https://x:1").is_err());
+    assert_eq!(parse_upstream_url("http://api").map(|a| a.to_string()), Ok("api:80".into()));
+    assert!(parse_upstream_url("http://api:5001/v1").is_err());
+}
+
+#[test]
+fn unknown_key_names_line_and_key() {
+    let e = err("[server]\nlisten = \"127.0.0.1:8080\"\nlisten_port = 8080\n");
+    assert!(e.starts_with("test.toml:3:1: "), "{e}");
+    assert!(e.contains("unknown field `listen_port`"), "{e}");
+}
+
+#[test]
+fn bad_address_names_line_and_key() {
+    let e = err("[server]\n\nlisten = \"localhost\"\n");
+    assert!(e.starts_with("test.toml:3:10: server.listen: "), "{e}");
+    assert!(e.contains("expected IP:PORT"), "{e}");
+    let e = err("[upstreams.api]\nservers = [\"api\"]\n[[routes]]\nprefix = \"/\"\nupstream = \"api\"\n");
+    assert!(e.starts_with("test.toml:2:12: upstreams.api.servers: "), "{e}");
+    assert!(e.contains("missing port"), "{e}");
+}
+
+#[test]
+fn bad_duration_names_line_and_key() {
+    let e = err("[classes.run]\nread_timeout = \"10 parsecs\"\n");
+    assert!(e.starts_with("test.toml:2:16: classes.run.read_timeout: "), "{e}");
+    assert!(e.contains("invalid duration"), "{e}");
+    let e = err("[server]\nshutdown_grace = 30\n");
+    assert!(e.starts_with("test.toml:2:"), "{e}");
+}
+
+#[test]
+fn duplicate_route_names_line() {
+    let text = format!("{VALID}\n[[routes]]\nprefix = \"/v1/\"\nupstream = \"web\"\n");
+    let e = err(&text);
+    let line = text.lines().position(|l| l == "prefix = \"/v1/\"").expect("line") + 1;
+    assert!(e.starts_with(&format!("test.toml:{line}:10: routes[2].prefix: ")), "{e}");
+    assert!(e.contains("overlaps"), "{e}");
+}
+
+#[test]
+fn route_to_missing_upstream_names_line() {
+    let text = VALID.replace("upstream = \"web\"", "upstream = \"webb\"");
+    let e = err(&text);
+    let line = text.lines().position(|l| l == "upstream = \"webb\"").expect("line") + 1;
+    assert!(e.starts_with(&format!("test.toml:{line}:12: routes[1].upstream: ")), "{e}");
+    assert!(e.contains("\"webb\", which is not defined (defined: api, web)"), "{e}");
+}
+
+#[test]
+fn other_semantic_errors() {
+    assert!(err("[[routes]]\nprefix = \"v1\"\nupstream = \"api\"\n").contains("must start with '/'"));
+    assert!(err("[server]\nthreads = 0\n").contains("server.threads: 0 is out of range"));
+    let e = err("[upstreams.api]\nservers = []\n");
+    assert!(e.contains("at least one server"), "{e}");
+    let e = err(&VALID.replace("prefix = \"/v1\"", "prefix = \"/v1\"\nclass = \"bulk\""));
+    assert!(e.contains("unknown class"), "{e}");
+    let e = err("[server]\nmax_request_body = \"12 parsecs\"\n");
+    assert!(e.contains("server.max_request_body") && e.contains("invalid size"), "{e}");
+    let e = err("[server\nlisten = 1");
+    assert!(e.starts_with("test.toml:1:"), "{e}");
+}

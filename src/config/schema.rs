@@ -1,0 +1,207 @@
+//! The raw, on-disk shape of the config file: serde types with `deny_unknown_fields`, their
+//! defaults and documented ranges. Nothing here is validated beyond what a single value can
+//! check on its own; cross-references (routes → upstreams, duplicate routes) are checked in
+//! [`super::load`], which turns a [`RawConfig`] into the runtime [`super::Config`].
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Deserializer, Serialize};
+use toml::Spanned;
+
+use super::units::{ByteSize, HumanDuration};
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Listeners and process-wide settings.
+    #[serde(default)]
+    pub server: RawServer,
+    /// Logging.
+    #[serde(default)]
+    pub log: RawLog,
+    /// Named upstream groups.
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, Spanned<RawUpstream>>,
+    /// Traffic classes (timeouts and, later, admission shares). `interactive`, `run` and
+    /// `control` always exist; a table here overrides their defaults or adds a class.
+    #[serde(default)]
+    pub classes: BTreeMap<String, RawClass>,
+    /// Routes by path prefix, most specific match wins.
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+}
+
+/// `[server]`: listeners and process-wide settings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    /// Client-facing listen address(es): one string or a list.
+    #[serde(default = "default_listen", deserialize_with = "one_or_many")]
+    pub listen: Vec<SocketAddr>,
+    /// Admin listener (`/live`, `/ready`, `/status`).
+    #[serde(default = "default_admin")]
+    pub admin: SocketAddr,
+    /// Proxy worker threads (1..=256); default: the number of CPUs.
+    #[serde(default)]
+    pub threads: Option<usize>,
+    /// Largest request body accepted; larger ones get 413 `payload_too_large`.
+    #[serde(default = "default_max_request_body")]
+    pub max_request_body: ByteSize,
+    /// How often upstream hostnames are re-resolved (1s..=1h).
+    #[serde(default = "default_resolve_interval")]
+    pub resolve_interval: HumanDuration,
+    /// Idle keep-alive connections kept to upstreams, in total (0 disables reuse).
+    #[serde(default = "default_keepalive_pool")]
+    pub upstream_keepalive_pool: usize,
+    /// How long a SIGTERM waits for in-flight requests before the process exits.
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace: HumanDuration,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        RawServer {
+            listen: default_listen(),
+            admin: default_admin(),
+            threads: None,
+            max_request_body: default_max_request_body(),
+            resolve_interval: default_resolve_interval(),
+            upstream_keepalive_pool: default_keepalive_pool(),
+            shutdown_grace: default_shutdown_grace(),
+        }
+    }
+}
+
+/// Access/diagnostic log output format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable `key=value` lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// `[log]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    /// `text` or `json`.
+    #[serde(default)]
+    pub format: LogFormat,
+    /// A tracing filter directive, e.g. `"info"` or `"info,pingora=warn"`. `RUST_LOG` wins.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+    /// Whether to emit one access-log line per request.
+    #[serde(default = "default_true")]
+    pub access_log: bool,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        RawLog {
+            format: LogFormat::Text,
+            level: default_log_level(),
+            access_log: true,
+        }
+    }
+}
+
+/// `[upstreams.NAME]`: a group of interchangeable servers.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    /// `host:port` entries; hostnames are re-resolved every `server.resolve_interval`.
+    pub servers: Vec<Spanned<String>>,
+}
+
+/// `[classes.NAME]`: per-class timeouts. Unset keys keep the class's built-in default.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClass {
+    /// TCP connect timeout to the upstream.
+    pub connect_timeout: Option<HumanDuration>,
+    /// Longest wait for any bytes from the upstream: the response headers, then each gap
+    /// between body chunks (Dify pings SSE streams every 10 s).
+    pub read_timeout: Option<HumanDuration>,
+    /// Longest wait for the upstream to accept request bytes.
+    pub write_timeout: Option<HumanDuration>,
+}
+
+/// `[[routes]]`: a path prefix (and optional suffix / methods) mapped to an upstream and class.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    /// A name for logs and `/status`; defaults to the prefix.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Path prefix, starting with `/`. Matches whole segments: `/v1` matches `/v1` and
+    /// `/v1/…`, not `/v1beta`. A prefix ending in `/` matches anything below it.
+    pub prefix: Spanned<String>,
+    /// Optional path suffix, e.g. `/stop` for `/v1/chat-messages/{id}/stop`.
+    #[serde(default)]
+    pub suffix: Option<Spanned<String>>,
+    /// Optional HTTP methods this route applies to (default: all).
+    #[serde(default)]
+    pub methods: Option<Spanned<Vec<String>>>,
+    /// The upstream group name.
+    pub upstream: Spanned<String>,
+    /// The traffic class (default `interactive`).
+    #[serde(default)]
+    pub class: Option<Spanned<String>>,
+}
+
+fn one_or_many<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<SocketAddr>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    let texts = match OneOrMany::deserialize(deserializer)? {
+        OneOrMany::One(text) => vec![text],
+        OneOrMany::Many(texts) => texts,
+    };
+    if texts.is_empty() {
+        return Err(serde::de::Error::custom("at least one listen address is required"));
+    }
+    texts
+        .iter()
+        .map(|text| {
+            text.parse().map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "invalid listen address {text:?}: expected IP:PORT, e.g. \"0.0.0.0:8080\""
+                ))
+            })
+        })
+        .collect()
+}
+
+fn default_listen() -> Vec<SocketAddr> {
+    vec![SocketAddr::from(([0, 0, 0, 0], 8080))]
+}
+fn default_admin() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9090))
+}
+fn default_max_request_body() -> ByteSize {
+    // Dify's docker nginx ships `client_max_body_size 100M` (NGINX_CLIENT_MAX_BODY_SIZE).
+    ByteSize(100 << 20)
+}
+fn default_resolve_interval() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(5))
+}
+fn default_keepalive_pool() -> usize {
+    256
+}
+fn default_shutdown_grace() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(30))
+}
+fn default_log_level() -> String {
+    "info".to_string()
+}
+fn default_true() -> bool {
+    true
+}

@@ -1,0 +1,90 @@
+//! Per-request state carried through pingora's hooks: identity, the config snapshot and route
+//! the request was matched with, timings for the access log, and guards released at the end.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::envelope::ErrorReply;
+use crate::config::{ClassSpec, Config};
+use crate::upstream::{Endpoint, InFlightGuard, UpstreamState};
+
+/// What the request was routed to.
+#[derive(Debug)]
+pub struct Routed {
+    /// Route name.
+    pub route: String,
+    /// The upstream group.
+    pub upstream: Arc<UpstreamState>,
+    /// The traffic class.
+    pub class: Arc<ClassSpec>,
+}
+
+/// Per-request context (`ProxyHttp::CTX`).
+#[derive(Debug)]
+pub struct RequestCtx {
+    /// `X-Request-Id`, taken or generated.
+    pub request_id: String,
+    /// When the request header was read.
+    pub started: Instant,
+    /// The config snapshot this request uses from start to end (a reload mid-request does
+    /// not change its route or timeouts).
+    pub config: Option<Arc<Config>>,
+    /// The route decision.
+    pub routed: Option<Routed>,
+    /// The tenant as it may appear in logs (`app-…abcd`).
+    pub tenant: Option<String>,
+    /// Time spent waiting for admission (zero until admission exists).
+    pub queue_wait: Duration,
+    /// The endpoint of the latest attempt.
+    pub endpoint: Option<Endpoint>,
+    /// Upstream attempts made (connects tried).
+    pub attempts: u32,
+    /// When the latest peer was chosen (start of connect).
+    pub peer_chosen_at: Option<Instant>,
+    /// Connect time of the connection used (zero when reused).
+    pub connect: Option<Duration>,
+    /// Whether the upstream connection came from the keep-alive pool.
+    pub reused_connection: bool,
+    /// Time to the upstream's response header.
+    pub first_byte: Option<Duration>,
+    /// Request body bytes received from the client.
+    pub bytes_in: u64,
+    /// Response body bytes sent to the client.
+    pub bytes_out: u64,
+    /// An error answer chosen by a hook, written by `fail_to_proxy` or `request_filter`.
+    pub reply: Option<ErrorReply>,
+    /// Holds the upstream's in-flight count while the request lives.
+    pub in_flight: Option<InFlightGuard>,
+}
+
+impl RequestCtx {
+    /// A context for a request that has not been looked at yet.
+    pub fn new() -> Self {
+        RequestCtx {
+            request_id: String::new(),
+            started: Instant::now(),
+            config: None,
+            routed: None,
+            tenant: None,
+            queue_wait: Duration::ZERO,
+            endpoint: None,
+            attempts: 0,
+            peer_chosen_at: None,
+            connect: None,
+            reused_connection: false,
+            first_byte: None,
+            bytes_in: 0,
+            bytes_out: 0,
+            reply: None,
+            in_flight: None,
+        }
+    }
+}
+
+impl Default for RequestCtx {
+    fn default() -> Self {
+        Self::new()
+    }
+}

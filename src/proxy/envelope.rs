@@ -1,0 +1,171 @@
+//! Errors the proxy itself answers, in Dify's JSON envelope
+//! `{"code":"…","message":"…","status":N}` with the matching HTTP status, `X-Request-Id` and,
+//! where retrying later helps, `Retry-After`. Never an HTML page.
+
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use pingora::{Error, ErrorSource, ErrorType, Result};
+use serde::Serialize;
+
+/// The header carrying the request id on requests and responses.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// An error answer the proxy generates.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ErrorReply {
+    /// Dify-style error code.
+    pub code: &'static str,
+    /// Human-readable explanation.
+    pub message: String,
+    /// HTTP status.
+    pub status: u16,
+    /// Seconds for `Retry-After`, when retrying later makes sense.
+    #[serde(skip)]
+    pub retry_after: Option<u64>,
+}
+
+impl ErrorReply {
+    fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
+        ErrorReply { code, message: message.into(), status, retry_after: None }
+    }
+
+    /// Adds a `Retry-After` in seconds.
+    pub fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
+    }
+
+    /// 503 `server_busy`: the proxy refused or timed out the request in its queue.
+    pub fn server_busy(message: impl Into<String>) -> Self {
+        Self::new(503, "server_busy", message)
+    }
+
+    /// 429 `too_many_requests`: a tenant's rate limit.
+    pub fn too_many_requests(message: impl Into<String>) -> Self {
+        Self::new(429, "too_many_requests", message)
+    }
+
+    /// 502/503 `upstream_unavailable`: the backend could not be reached.
+    pub fn upstream_unavailable(status: u16, message: impl Into<String>) -> Self {
+        Self::new(status, "upstream_unavailable", message)
+    }
+
+    /// 504 `upstream_timeout`: the backend did not answer in time.
+    pub fn upstream_timeout(message: impl Into<String>) -> Self {
+        Self::new(504, "upstream_timeout", message)
+    }
+
+    /// 413 `payload_too_large`.
+    pub fn payload_too_large(limit: impl std::fmt::Display) -> Self {
+        Self::new(413, "payload_too_large", format!("request body exceeds the limit of {limit}"))
+    }
+
+    /// 400 `bad_request`.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(400, "bad_request", message)
+    }
+
+    /// 404 `not_found`: no route matches.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(404, "not_found", message)
+    }
+
+    /// 500 `internal_server_error`: a bug or an unexpected state in the proxy.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(500, "internal_server_error", message)
+    }
+
+    /// Maps a pingora error to the answer for the client; `None` when the client is gone or
+    /// the error belongs to the client connection itself (nothing useful can be written).
+    pub fn from_error(error: &Error) -> Option<ErrorReply> {
+        use ErrorType::*;
+        let etype = error.etype();
+        if let HTTPStatus(413) = etype {
+            return Some(Self::payload_too_large("the configured max_request_body"));
+        }
+        if let HTTPStatus(code) = etype {
+            return Some(Self::new(*code, "bad_request", "request rejected"));
+        }
+        Some(match error.esource() {
+            ErrorSource::Upstream => match etype {
+                ConnectTimedout => Self::upstream_timeout("timed out connecting to the backend"),
+                ReadTimedout => Self::upstream_timeout("the backend did not answer in time"),
+                WriteTimedout => Self::upstream_timeout("the backend did not accept the request in time"),
+                ConnectRefused | ConnectNoRoute => {
+                    Self::upstream_unavailable(502, "the backend refused the connection").retry_after(1)
+                }
+                _ => Self::upstream_unavailable(502, "the backend closed the connection or sent an invalid response"),
+            },
+            ErrorSource::Downstream => match etype {
+                ReadError | WriteError | ConnectionClosed => return None,
+                ReadTimedout => Self::new(408, "request_timeout", "the request body was not received in time"),
+                _ => Self::bad_request("malformed request"),
+            },
+            ErrorSource::Internal | ErrorSource::Unset => Self::internal("the proxy failed to handle the request"),
+        })
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> Bytes {
+        // Serialising a struct of strings and an integer cannot fail; fall back to a fixed
+        // envelope rather than panicking on the traffic path anyway.
+        serde_json::to_vec(self).map(Bytes::from).unwrap_or_else(|_| {
+            Bytes::from_static(br#"{"code":"internal_server_error","message":"error","status":500}"#)
+        })
+    }
+
+    /// The response header for this error.
+    pub fn header(&self, request_id: &str, body_len: usize) -> Result<ResponseHeader> {
+        let mut header = ResponseHeader::build(self.status, Some(5))?;
+        header.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+        header.insert_header(http::header::CONTENT_LENGTH, body_len.to_string())?;
+        header.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+        header.insert_header(REQUEST_ID, request_id)?;
+        if let Some(seconds) = self.retry_after {
+            header.insert_header(http::header::RETRY_AFTER, seconds.to_string())?;
+        }
+        Ok(header)
+    }
+
+    /// Writes this error as the whole response.
+    pub async fn send(&self, session: &mut Session, request_id: &str) -> Result<()> {
+        let body = self.body();
+        let header = self.header(request_id, body.len())?;
+        session.write_response_header(Box::new(header), false).await?;
+        session.write_response_body(Some(body), true).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_is_difys_shape() {
+        let reply = ErrorReply::server_busy("queue full").retry_after(2);
+        let json: serde_json::Value = serde_json::from_slice(&reply.body()).expect("json");
+        assert_eq!(json, serde_json::json!({"code":"server_busy","message":"queue full","status":503}));
+        let header = reply.header("abc", 10).expect("header");
+        assert_eq!(header.status.as_u16(), 503);
+        assert_eq!(header.headers.get("retry-after").map(|v| v.as_bytes()), Some(&b"2"[..]));
+        assert_eq!(header.headers.get(REQUEST_ID).map(|v| v.as_bytes()), Some(&b"abc"[..]));
+    }
+
+    #[test]
+    fn pingora_errors_map_to_statuses() {
+        let up = |t| {
+            let mut e = Error::new(t);
+            e.as_up();
+            ErrorReply::from_error(&e)
+        };
+        assert_eq!(up(ErrorType::ConnectRefused).map(|r| (r.status, r.code)), Some((502, "upstream_unavailable")));
+        assert_eq!(up(ErrorType::ReadTimedout).map(|r| (r.status, r.code)), Some((504, "upstream_timeout")));
+        assert_eq!(up(ErrorType::ConnectTimedout).map(|r| r.status), Some(504));
+        let mut gone = Error::new(ErrorType::ConnectionClosed);
+        gone.as_down();
+        assert_eq!(ErrorReply::from_error(&gone), None);
+        let too_big = Error::new(ErrorType::HTTPStatus(413));
+        assert_eq!(ErrorReply::from_error(&too_big).map(|r| r.code), Some("payload_too_large"));
+    }
+}

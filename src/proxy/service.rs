@@ -1,0 +1,259 @@
+//! `DifyProxy`, the pingora [`ProxyHttp`] implementation. Each hook stays thin and calls the
+//! small typed pieces; the request lifecycle is:
+//!
+//! ```text
+//! request_filter ──► route, request id, body-size check ──(refused: envelope, done)
+//!        │            [admission and the maintenance gate go here]
+//!        ▼
+//! upstream_peer ───► pick an endpoint, set the class's timeouts ──(none resolved: 503)
+//!        ▼
+//! upstream_request_filter ─► X-Request-Id, X-Forwarded-*
+//!        ▼
+//! response_filter / response_body_filter ─► X-Request-Id back, count bytes, stream as-is
+//!        ▼
+//! fail_to_proxy (on error) ─► Dify envelope if nothing was sent yet
+//!        ▼
+//! logging ─► access log, release the in-flight guard
+//! ```
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::protocols::Digest;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorType, Result};
+use tokio::time::Instant;
+
+use super::access_log::log_request;
+use super::ctx::{RequestCtx, Routed};
+use super::envelope::{ErrorReply, REQUEST_ID};
+use super::headers::{apply_forwarding, request_id_from};
+use super::redact::redact_authorization;
+use crate::app::App;
+
+/// Idle upstream keep-alive connections are closed after this. gunicorn's async workers close
+/// idle keep-alive connections after 2 s; closing ours first avoids reusing a connection the
+/// backend is closing at the same moment.
+const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_millis(1500);
+
+/// The proxy service.
+pub struct DifyProxy {
+    app: Arc<App>,
+}
+
+impl DifyProxy {
+    /// A proxy over the shared state.
+    pub fn new(app: Arc<App>) -> Self {
+        DifyProxy { app }
+    }
+
+    /// Writes `reply` as the response from `request_filter` and records it.
+    async fn refuse(&self, session: &mut Session, ctx: &mut RequestCtx, reply: ErrorReply) -> Result<bool> {
+        reply.send(session, &ctx.request_id).await?;
+        ctx.reply = Some(reply);
+        Ok(true)
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for DifyProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::new()
+    }
+
+    /// Routes the request and checks what can be checked before any upstream work. Returns
+    /// `Ok(true)` when it already answered (an envelope), `Ok(false)` to proceed.
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        ctx.request_id = request_id_from(session.req_header());
+        let config = self.app.config();
+        ctx.config = Some(Arc::clone(&config));
+        let req = session.req_header();
+        let path = req.uri.path().to_string();
+        let method = req.method.clone();
+        ctx.tenant = req
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(redact_authorization);
+        let declared_len = req
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+
+        if !path.starts_with('/') {
+            return self.refuse(session, ctx, ErrorReply::bad_request("the request target must be an absolute path")).await;
+        }
+        let Some(route) = config.router.route(&method, &path) else {
+            return self.refuse(session, ctx, ErrorReply::not_found(format!("no route for {method} {path}"))).await;
+        };
+        let Some(upstream) = self.app.upstreams.get(&route.upstream) else {
+            return self
+                .refuse(session, ctx, ErrorReply::internal(format!("upstream {} is not loaded", route.upstream)))
+                .await;
+        };
+        ctx.routed = Some(Routed {
+            route: route.name.clone(),
+            upstream: Arc::clone(&upstream),
+            class: Arc::clone(&route.class),
+        });
+        let limit = config.server.max_request_body;
+        if declared_len.is_some_and(|len| len > limit.0) {
+            // The body was not read: the connection cannot be reused for another request.
+            session.set_keepalive(None);
+            return self.refuse(session, ctx, ErrorReply::payload_too_large(limit)).await;
+        }
+        ctx.in_flight = Some(upstream.track());
+        Ok(false)
+    }
+
+    /// Picks an endpoint of the routed group and applies the class's timeouts.
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        let Some(routed) = &ctx.routed else {
+            return Error::e_explain(ErrorType::InternalError, "upstream_peer without a route");
+        };
+        let Some(endpoint) = routed.upstream.pick() else {
+            ctx.reply = Some(
+                ErrorReply::upstream_unavailable(503, format!("upstream {} has no resolved address", routed.upstream.name()))
+                    .retry_after(5),
+            );
+            let mut e = Error::explain(ErrorType::ConnectNoRoute, "no resolved endpoint");
+            e.as_up();
+            return Err(e);
+        };
+        let class = &routed.class;
+        let mut peer = HttpPeer::new(endpoint.addr, false, String::new());
+        peer.options.connection_timeout = Some(class.connect_timeout.0);
+        peer.options.read_timeout = Some(class.read_timeout.0);
+        peer.options.write_timeout = Some(class.write_timeout.0);
+        peer.options.idle_timeout = Some(UPSTREAM_IDLE_TIMEOUT);
+        ctx.endpoint = Some(endpoint);
+        ctx.attempts += 1;
+        ctx.peer_chosen_at = Some(Instant::now());
+        Ok(Box::new(peer))
+    }
+
+    /// A failed connect never reached the application, so trying another endpoint of the
+    /// group is always safe; with a single endpoint we answer instead of hammering it.
+    fn fail_to_connect(&self, _session: &mut Session, _peer: &HttpPeer, ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
+        let endpoints = ctx.routed.as_ref().map_or(0, |r| r.upstream.endpoints().len());
+        e.set_retry((ctx.attempts as usize) < endpoints.min(3));
+        e
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        reused: bool,
+        _peer: &HttpPeer,
+        _fd: std::os::unix::io::RawFd,
+        _digest: Option<&Digest>,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        ctx.reused_connection = reused;
+        ctx.connect = Some(if reused {
+            Duration::ZERO
+        } else {
+            ctx.peer_chosen_at.map_or(Duration::ZERO, |t| t.elapsed())
+        });
+        Ok(())
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let client_ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        apply_forwarding(upstream_request, &ctx.request_id, client_ip)
+    }
+
+    /// Counts the body and enforces `max_request_body` for bodies without a declared length.
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(chunk) = body {
+            ctx.bytes_in += chunk.len() as u64;
+        }
+        let limit = ctx.config.as_ref().map_or(u64::MAX, |c| c.server.max_request_body.0);
+        if ctx.bytes_in > limit {
+            return Error::e_explain(ErrorType::HTTPStatus(413), "request body over max_request_body");
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        _upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if ctx.first_byte.is_none() {
+            ctx.first_byte = Some(ctx.started.elapsed());
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        upstream_response.insert_header(REQUEST_ID, ctx.request_id.as_str())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        if let Some(chunk) = body {
+            ctx.bytes_out += chunk.len() as u64;
+        }
+        Ok(None)
+    }
+
+    /// Answers a failed request with Dify's envelope, unless a response already started (then
+    /// the connection is closed; issue #4 adds the SSE error frame).
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+        if let Some(sent) = session.response_written() {
+            return FailToProxy { error_code: sent.status.as_u16(), can_reuse_downstream: false };
+        }
+        let reply = ctx.reply.clone().or_else(|| ErrorReply::from_error(e));
+        let Some(reply) = reply else {
+            return FailToProxy { error_code: 0, can_reuse_downstream: false };
+        };
+        if ctx.request_id.is_empty() {
+            ctx.request_id = request_id_from(session.req_header());
+        }
+        if let Err(write_error) = reply.send(session, &ctx.request_id).await {
+            tracing::debug!(id = %ctx.request_id, error = %write_error, "could not write the error envelope");
+        }
+        let code = reply.status;
+        ctx.reply = Some(reply);
+        FailToProxy { error_code: code, can_reuse_downstream: false }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let access_log = ctx.config.as_ref().is_none_or(|c| c.log.access_log);
+        if access_log {
+            log_request(session, ctx, status, e);
+        }
+        ctx.in_flight = None;
+    }
+}

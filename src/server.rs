@@ -1,0 +1,63 @@
+//! Assembling and running the pingora server: the proxy service on the client listeners, the
+//! admin service, and background services (DNS refresh), with pingora's process settings
+//! derived from our config.
+
+use std::sync::Arc;
+
+use pingora::proxy::http_proxy_service_with_name;
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::Server;
+use pingora::services::background::background_service;
+use pingora::services::listening::Service;
+
+use crate::admin::AdminApp;
+use crate::app::App;
+use crate::config::Config;
+use crate::proxy::DifyProxy;
+use crate::upstream::resolver::{resolve_all_blocking, Resolver};
+
+/// pingora's process settings from our config.
+fn server_conf(config: &Config) -> ServerConf {
+    let grace = config.server.shutdown_grace.0.as_secs().max(1);
+    ServerConf {
+        threads: config.server.threads,
+        upstream_keepalive_pool_size: config.server.upstream_keepalive_pool,
+        // pingora's own defaults wait minutes on SIGTERM; ours is the configured grace.
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(grace),
+        // Retries are decided by our hooks; this only caps them.
+        max_retries: 3,
+        ..ServerConf::default()
+    }
+}
+
+/// Builds the server for `app` and runs it until a shutdown signal; never returns.
+pub fn run(app: Arc<App>) -> ! {
+    let config = app.config();
+    resolve_all_blocking(&app);
+    let opt = Opt::default();
+    let mut server = Server::new_with_opt_and_conf(opt, server_conf(&config));
+    server.bootstrap();
+
+    let mut proxy = http_proxy_service_with_name(&server.configuration, DifyProxy::new(Arc::clone(&app)), "dify-shaper proxy");
+    for addr in &config.server.listen {
+        proxy.add_tcp(&addr.to_string());
+    }
+    server.add_service(proxy);
+
+    let mut admin = Service::new("dify-shaper admin".to_string(), AdminApp::new(Arc::clone(&app)));
+    admin.add_tcp(&config.server.admin.to_string());
+    server.add_service(admin);
+
+    server.add_service(background_service("upstream resolver", Resolver::new(Arc::clone(&app))));
+
+    tracing::info!(
+        listen = ?config.server.listen,
+        admin = %config.server.admin,
+        config = %config.source,
+        threads = config.server.threads,
+        upstreams = ?config.upstreams.iter().map(|(n, u)| format!("{n}={}", u.servers.iter().map(ToString::to_string).collect::<Vec<_>>().join(","))).collect::<Vec<_>>(),
+        "dify-shaper starting"
+    );
+    server.run_forever()
+}

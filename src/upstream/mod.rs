@@ -1,0 +1,149 @@
+//! Upstream groups at run time: which socket addresses each configured `host:port` resolves
+//! to now, peer selection, and per-group counters. This state is keyed by upstream name and
+//! survives config reloads ([`Upstreams::sync`]); the DNS refresher ([`resolver`]) keeps the
+//! addresses current, because a recreated Dify container comes back with a new IP.
+
+pub mod resolver;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+
+use crate::config::{Config, ServerAddr};
+
+/// One resolved address of a configured server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Endpoint {
+    /// The socket address connected to.
+    pub addr: SocketAddr,
+    /// The configured `host:port` it came from.
+    pub server: String,
+}
+
+/// Run-time state of one upstream group.
+#[derive(Debug)]
+pub struct UpstreamState {
+    name: String,
+    servers: ArcSwap<Vec<ServerAddr>>,
+    endpoints: ArcSwap<Vec<Endpoint>>,
+    next: AtomicUsize,
+    in_flight: AtomicUsize,
+    last_resolve_error: Mutex<Option<String>>,
+}
+
+impl UpstreamState {
+    fn new(name: &str, servers: Vec<ServerAddr>) -> Self {
+        UpstreamState {
+            name: name.to_string(),
+            servers: ArcSwap::from_pointee(servers),
+            endpoints: ArcSwap::from_pointee(Vec::new()),
+            next: AtomicUsize::new(0),
+            in_flight: AtomicUsize::new(0),
+            last_resolve_error: Mutex::new(None),
+        }
+    }
+
+    /// The group's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The configured servers.
+    pub fn servers(&self) -> Arc<Vec<ServerAddr>> {
+        self.servers.load_full()
+    }
+
+    /// The currently resolved endpoints.
+    pub fn endpoints(&self) -> Arc<Vec<Endpoint>> {
+        self.endpoints.load_full()
+    }
+
+    /// Picks the next endpoint round-robin; `None` when nothing is resolved.
+    pub fn pick(&self) -> Option<Endpoint> {
+        let endpoints = self.endpoints.load();
+        if endpoints.is_empty() {
+            return None;
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % endpoints.len();
+        endpoints.get(i).cloned()
+    }
+
+    /// Marks a request as in flight to this group until the guard drops.
+    pub fn track(self: &Arc<Self>) -> InFlightGuard {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlightGuard(Arc::clone(self))
+    }
+
+    /// Requests currently in flight to this group.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// The last DNS error, if the last resolution of any server failed.
+    pub fn last_resolve_error(&self) -> Option<String> {
+        self.last_resolve_error.lock().ok().and_then(|e| e.clone())
+    }
+
+    /// Replaces the resolved endpoints and records the resolution outcome.
+    pub fn set_endpoints(&self, endpoints: Vec<Endpoint>, error: Option<String>) {
+        if **self.endpoints.load() != endpoints {
+            tracing::info!(upstream = %self.name, endpoints = ?endpoints.iter().map(|e| e.addr).collect::<Vec<_>>(), "upstream endpoints changed");
+            self.endpoints.store(Arc::new(endpoints));
+        }
+        if let Ok(mut slot) = self.last_resolve_error.lock() {
+            *slot = error;
+        }
+    }
+}
+
+/// Decrements the in-flight count when the request ends (however it ends).
+#[derive(Debug)]
+pub struct InFlightGuard(Arc<UpstreamState>);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// All upstream groups by name.
+#[derive(Debug, Default)]
+pub struct Upstreams {
+    groups: ArcSwap<HashMap<String, Arc<UpstreamState>>>,
+}
+
+impl Upstreams {
+    /// Makes the set of groups match `config`: new groups are added, removed ones dropped,
+    /// existing ones keep their state and get the new server list.
+    pub fn sync(&self, config: &Config) {
+        let current = self.groups.load();
+        let mut next = HashMap::with_capacity(config.upstreams.len());
+        for (name, spec) in &config.upstreams {
+            let state = match current.get(name) {
+                Some(existing) => {
+                    existing.servers.store(Arc::new(spec.servers.clone()));
+                    Arc::clone(existing)
+                }
+                None => Arc::new(UpstreamState::new(name, spec.servers.clone())),
+            };
+            next.insert(name.clone(), state);
+        }
+        self.groups.store(Arc::new(next));
+    }
+
+    /// The group named `name`.
+    pub fn get(&self, name: &str) -> Option<Arc<UpstreamState>> {
+        self.groups.load().get(name).cloned()
+    }
+
+    /// Every group, sorted by name.
+    pub fn all(&self) -> Vec<Arc<UpstreamState>> {
+        let mut all: Vec<_> = self.groups.load().values().cloned().collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+}
