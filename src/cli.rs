@@ -10,7 +10,11 @@ use crate::app::App;
 use crate::config::{self, Config, ConfigError, Overrides};
 #[derive(Debug, Args)]
 struct SimArgs {}
-impl SimArgs { async fn run(self) -> std::io::Result<()> { Ok(()) } }
+impl SimArgs {
+    async fn run(self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
 
 /// dify-shaper: queue, admit, retry and hold traffic in front of a self-hosted Dify.
 #[derive(Debug, Parser)]
@@ -107,7 +111,10 @@ fn check(args: &CheckArgs) -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("dify-shaper: {}: valid, but printing it failed: {e}", args.file.display());
+                eprintln!(
+                    "dify-shaper: {}: valid, but printing it failed: {e}",
+                    args.file.display()
+                );
                 ExitCode::FAILURE
             }
         },

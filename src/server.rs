@@ -39,7 +39,11 @@ pub fn run(app: Arc<App>) -> ! {
     let mut server = Server::new_with_opt_and_conf(opt, server_conf(&config));
     server.bootstrap();
 
-    let mut proxy = http_proxy_service_with_name(&server.configuration, DifyProxy::new(Arc::clone(&app)), "dify-shaper proxy");
+    let mut proxy = http_proxy_service_with_name(
+        &server.configuration,
+        DifyProxy::new(Arc::clone(&app)),
+        "dify-shaper proxy",
+    );
     for addr in &config.server.listen {
         proxy.add_tcp(&addr.to_string());
     }
@@ -49,7 +53,10 @@ pub fn run(app: Arc<App>) -> ! {
     admin.add_tcp(&config.server.admin.to_string());
     server.add_service(admin);
 
-    server.add_service(background_service("upstream resolver", Resolver::new(Arc::clone(&app))));
+    server.add_service(background_service(
+        "upstream resolver",
+        Resolver::new(Arc::clone(&app)),
+    ));
 
     tracing::info!(
         listen = ?config.server.listen,

@@ -109,7 +109,9 @@ fn build(raw: RawConfig, at: &Locator<'_>, overrides: &Overrides) -> Result<Conf
         ));
     }
     let server_settings = ServerSettings {
-        listen: overrides.listen.map_or_else(|| server.listen.clone(), |a| vec![a]),
+        listen: overrides
+            .listen
+            .map_or_else(|| server.listen.clone(), |a| vec![a]),
         admin: overrides.admin.unwrap_or(server.admin),
         threads,
         max_request_body: server.max_request_body,
@@ -152,7 +154,9 @@ fn build(raw: RawConfig, at: &Locator<'_>, overrides: &Overrides) -> Result<Conf
             None => {
                 return Err(ConfigError::Override {
                     flag: "--upstream",
-                    message: "replaces the servers of the upstream named `api`, which this config does not define".into(),
+                    message:
+                        "replaces the servers of the upstream named `api`, which this config does not define"
+                            .into(),
                 })
             }
         }
@@ -243,11 +247,19 @@ fn build_route(
     let key = |k: &str| Some(format!("routes[{index}].{k}"));
     let prefix = raw.prefix.get_ref();
     if !prefix.starts_with('/') {
-        return Err(at.error(raw.prefix.span(), key("prefix"), format!("{prefix:?} must start with '/'")));
+        return Err(at.error(
+            raw.prefix.span(),
+            key("prefix"),
+            format!("{prefix:?} must start with '/'"),
+        ));
     }
     let suffix = match &raw.suffix {
         Some(s) if s.get_ref().is_empty() || !s.get_ref().starts_with('/') => {
-            return Err(at.error(s.span(), key("suffix"), format!("{:?} must start with '/'", s.get_ref())))
+            return Err(at.error(
+                s.span(),
+                key("suffix"),
+                format!("{:?} must start with '/'", s.get_ref()),
+            ))
         }
         Some(s) => Some(s.get_ref().clone()),
         None => None,
@@ -258,7 +270,10 @@ fn build_route(
         return Err(at.error(
             raw.upstream.span(),
             key("upstream"),
-            format!("route points to upstream {upstream:?}, which is not defined (defined: {})", list(&known)),
+            format!(
+                "route points to upstream {upstream:?}, which is not defined (defined: {})",
+                list(&known)
+            ),
         ));
     }
     let class = match &raw.class {
@@ -268,27 +283,43 @@ fn build_route(
     let Some(class) = class else {
         let known: Vec<&str> = classes.keys().map(String::as_str).collect();
         let span = raw.class.as_ref().map_or(0..0, Spanned::span);
-        return Err(at.error(span, key("class"), format!("unknown class (defined: {})", list(&known))));
+        return Err(at.error(
+            span,
+            key("class"),
+            format!("unknown class (defined: {})", list(&known)),
+        ));
     };
     let methods = match &raw.methods {
         None => None,
         Some(spanned) => {
             let mut methods = Vec::new();
             for text in spanned.get_ref() {
-                let method = http::Method::from_bytes(text.to_ascii_uppercase().as_bytes()).map_err(|_| {
-                    at.error(spanned.span(), key("methods"), format!("{text:?} is not an HTTP method"))
-                })?;
+                let method =
+                    http::Method::from_bytes(text.to_ascii_uppercase().as_bytes()).map_err(|_| {
+                        at.error(
+                            spanned.span(),
+                            key("methods"),
+                            format!("{text:?} is not an HTTP method"),
+                        )
+                    })?;
                 methods.push(method);
             }
             if methods.is_empty() {
-                return Err(at.error(spanned.span(), key("methods"), "an empty list matches nothing; omit the key to match every method".into()));
+                return Err(at.error(
+                    spanned.span(),
+                    key("methods"),
+                    "an empty list matches nothing; omit the key to match every method".into(),
+                ));
             }
             Some(methods)
         }
     };
     Ok(Route {
         name: raw.name.clone().unwrap_or_else(|| {
-            format!("{prefix}{}", suffix.as_deref().map(|s| format!("*{s}")).unwrap_or_default())
+            format!(
+                "{prefix}{}",
+                suffix.as_deref().map(|s| format!("*{s}")).unwrap_or_default()
+            )
         }),
         prefix: prefix.clone(),
         suffix,
@@ -311,7 +342,9 @@ fn list(names: &[&str]) -> String {
 fn check_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 64
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
     if ok {
         Ok(())
     } else {
@@ -323,7 +356,10 @@ fn check_name(name: &str) -> Result<(), String> {
 pub fn parse_server_addr(text: &str) -> Result<ServerAddr, String> {
     let expected = "expected \"host:port\", e.g. \"api:5001\" or \"127.0.0.1:5001\"";
     if let Ok(addr) = text.parse::<std::net::SocketAddr>() {
-        return Ok(ServerAddr { host: addr.ip().to_string(), port: addr.port() });
+        return Ok(ServerAddr {
+            host: addr.ip().to_string(),
+            port: addr.port(),
+        });
     }
     let (host, port) = text
         .rsplit_once(':')
@@ -335,11 +371,16 @@ pub fn parse_server_addr(text: &str) -> Result<ServerAddr, String> {
         .ok_or_else(|| format!("invalid port in {text:?}; {expected}"))?;
     let host_ok = !host.is_empty()
         && host.len() <= 253
-        && host.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_');
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_');
     if !host_ok {
         return Err(format!("invalid host in {text:?}; {expected}"));
     }
-    Ok(ServerAddr { host: host.to_string(), port })
+    Ok(ServerAddr {
+        host: host.to_string(),
+        port,
+    })
 }
 
 /// Parses `--upstream`: `http://host:port` (port defaults to 80) or a bare `host:port`.
@@ -350,7 +391,9 @@ pub fn parse_upstream_url(text: &str) -> Result<ServerAddr, String> {
     let rest = text.strip_prefix("http://").unwrap_or(text);
     let authority = rest.split('/').next().unwrap_or_default();
     if rest.len() > authority.len() && rest != format!("{authority}/") {
-        return Err(format!("{text:?}: a path is not supported, give only scheme, host and port"));
+        return Err(format!(
+            "{text:?}: a path is not supported, give only scheme, host and port"
+        ));
     }
     if authority.contains(':') {
         parse_server_addr(authority)
@@ -403,7 +446,9 @@ impl Locator<'_> {
     fn key_at(&self, offset: usize) -> Option<String> {
         let offset = offset.min(self.text.len());
         let line_start = self.text[..offset].rfind('\n').map_or(0, |i| i + 1);
-        let line_end = self.text[offset..].find('\n').map_or(self.text.len(), |i| offset + i);
+        let line_end = self.text[offset..]
+            .find('\n')
+            .map_or(self.text.len(), |i| offset + i);
         let line = &self.text[line_start..line_end];
         let (key, _) = line.split_once('=')?;
         let key = key.trim().trim_matches('"');

@@ -166,7 +166,9 @@ fn one_or_many<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<SocketA
         OneOrMany::Many(texts) => texts,
     };
     if texts.is_empty() {
-        return Err(serde::de::Error::custom("at least one listen address is required"));
+        return Err(serde::de::Error::custom(
+            "at least one listen address is required",
+        ));
     }
     texts
         .iter()

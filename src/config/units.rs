@@ -116,9 +116,18 @@ mod tests {
 
     #[test]
     fn durations_parse_and_round_trip() {
-        assert_eq!(HumanDuration::parse("30s").map(|d| d.0), Ok(Duration::from_secs(30)));
-        assert_eq!(HumanDuration::parse("10m").map(|d| d.0), Ok(Duration::from_secs(600)));
-        assert_eq!(HumanDuration::parse("250ms").map(|d| d.0), Ok(Duration::from_millis(250)));
+        assert_eq!(
+            HumanDuration::parse("30s").map(|d| d.0),
+            Ok(Duration::from_secs(30))
+        );
+        assert_eq!(
+            HumanDuration::parse("10m").map(|d| d.0),
+            Ok(Duration::from_secs(600))
+        );
+        assert_eq!(
+            HumanDuration::parse("250ms").map(|d| d.0),
+            Ok(Duration::from_millis(250))
+        );
         let err = HumanDuration::parse("30").unwrap_err();
         assert!(err.contains("expected a number with a unit"), "{err}");
         assert!(HumanDuration::parse("soon").is_err());

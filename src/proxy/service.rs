@@ -88,14 +88,30 @@ impl ProxyHttp for DifyProxy {
             .and_then(|v| v.trim().parse::<u64>().ok());
 
         if !path.starts_with('/') {
-            return self.refuse(session, ctx, ErrorReply::bad_request("the request target must be an absolute path")).await;
+            return self
+                .refuse(
+                    session,
+                    ctx,
+                    ErrorReply::bad_request("the request target must be an absolute path"),
+                )
+                .await;
         }
         let Some(route) = config.router.route(&method, &path) else {
-            return self.refuse(session, ctx, ErrorReply::not_found(format!("no route for {method} {path}"))).await;
+            return self
+                .refuse(
+                    session,
+                    ctx,
+                    ErrorReply::not_found(format!("no route for {method} {path}")),
+                )
+                .await;
         };
         let Some(upstream) = self.app.upstreams.get(&route.upstream) else {
             return self
-                .refuse(session, ctx, ErrorReply::internal(format!("upstream {} is not loaded", route.upstream)))
+                .refuse(
+                    session,
+                    ctx,
+                    ErrorReply::internal(format!("upstream {} is not loaded", route.upstream)),
+                )
                 .await;
         };
         ctx.routed = Some(Routed {
@@ -107,7 +123,9 @@ impl ProxyHttp for DifyProxy {
         if declared_len.is_some_and(|len| len > limit.0) {
             // The body was not read: the connection cannot be reused for another request.
             session.set_keepalive(None);
-            return self.refuse(session, ctx, ErrorReply::payload_too_large(limit)).await;
+            return self
+                .refuse(session, ctx, ErrorReply::payload_too_large(limit))
+                .await;
         }
         ctx.in_flight = Some(upstream.track());
         Ok(false)
@@ -120,8 +138,11 @@ impl ProxyHttp for DifyProxy {
         };
         let Some(endpoint) = routed.upstream.pick() else {
             ctx.reply = Some(
-                ErrorReply::upstream_unavailable(503, format!("upstream {} has no resolved address", routed.upstream.name()))
-                    .retry_after(5),
+                ErrorReply::upstream_unavailable(
+                    503,
+                    format!("upstream {} has no resolved address", routed.upstream.name()),
+                )
+                .retry_after(5),
             );
             let mut e = Error::explain(ErrorType::ConnectNoRoute, "no resolved endpoint");
             e.as_up();
@@ -141,7 +162,13 @@ impl ProxyHttp for DifyProxy {
 
     /// A failed connect never reached the application, so trying another endpoint of the
     /// group is always safe; with a single endpoint we answer instead of hammering it.
-    fn fail_to_connect(&self, _session: &mut Session, _peer: &HttpPeer, ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
         let endpoints = ctx.routed.as_ref().map_or(0, |r| r.upstream.endpoints().len());
         e.set_retry((ctx.attempts as usize) < endpoints.min(3));
         e
@@ -186,7 +213,10 @@ impl ProxyHttp for DifyProxy {
         if let Some(chunk) = body {
             ctx.bytes_in += chunk.len() as u64;
         }
-        let limit = ctx.config.as_ref().map_or(u64::MAX, |c| c.server.max_request_body.0);
+        let limit = ctx
+            .config
+            .as_ref()
+            .map_or(u64::MAX, |c| c.server.max_request_body.0);
         if ctx.bytes_in > limit {
             return Error::e_explain(ErrorType::HTTPStatus(413), "request body over max_request_body");
         }
@@ -231,11 +261,17 @@ impl ProxyHttp for DifyProxy {
     /// the connection is closed; issue #4 adds the SSE error frame).
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
         if let Some(sent) = session.response_written() {
-            return FailToProxy { error_code: sent.status.as_u16(), can_reuse_downstream: false };
+            return FailToProxy {
+                error_code: sent.status.as_u16(),
+                can_reuse_downstream: false,
+            };
         }
         let reply = ctx.reply.clone().or_else(|| ErrorReply::from_error(e));
         let Some(reply) = reply else {
-            return FailToProxy { error_code: 0, can_reuse_downstream: false };
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
         };
         if ctx.request_id.is_empty() {
             ctx.request_id = request_id_from(session.req_header());
@@ -245,7 +281,10 @@ impl ProxyHttp for DifyProxy {
         }
         let code = reply.status;
         ctx.reply = Some(reply);
-        FailToProxy { error_code: code, can_reuse_downstream: false }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {

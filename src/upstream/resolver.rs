@@ -23,7 +23,12 @@ pub fn resolve_all_blocking(app: &App) {
         let previous = group.endpoints();
         let results = servers
             .iter()
-            .map(|s| (s, (s.host.as_str(), s.port).to_socket_addrs().map(Iterator::collect)))
+            .map(|s| {
+                (
+                    s,
+                    (s.host.as_str(), s.port).to_socket_addrs().map(Iterator::collect),
+                )
+            })
             .collect::<Vec<_>>();
         apply(&group, &previous, results);
     }
@@ -59,7 +64,10 @@ fn apply(group: &UpstreamState, previous: &[Endpoint], results: Vec<Lookup<'_>>)
                 let mut addrs: Vec<SocketAddr> = addrs;
                 addrs.sort_by_key(|a| a.is_ipv6());
                 addrs.dedup();
-                endpoints.extend(addrs.into_iter().map(|addr| Endpoint { addr, server: label.clone() }));
+                endpoints.extend(addrs.into_iter().map(|addr| Endpoint {
+                    addr,
+                    server: label.clone(),
+                }));
             }
             Ok(_) => errors.push(format!("{label}: no addresses")),
             Err(e) => {

@@ -1,0 +1,45 @@
+# dify-shaper developer entry points. `make run` and `make test` install what pingora's build
+# needs (cmake, a C compiler) when it is missing, then call cargo.
+
+CARGO ?= cargo
+ARGS ?=
+
+.PHONY: deps run test lint fmt bench check-config clean
+
+# pingora builds C code (zstd, brotli, libz-ng through cmake): install the tools when absent.
+deps:
+	@missing=""; \
+	command -v cmake >/dev/null 2>&1 || missing="$$missing cmake"; \
+	command -v cc >/dev/null 2>&1 || missing="$$missing gcc g++"; \
+	command -v make >/dev/null 2>&1 || missing="$$missing make"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  if [ "$$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+	@command -v $(CARGO) >/dev/null 2>&1 || { echo "cargo not found: install Rust from https://rustup.rs"; exit 1; }
+
+# Run the proxy; without ARGS it uses the embedded defaults (listen 0.0.0.0:8080, admin
+# 127.0.0.1:9090, upstream http://127.0.0.1:5001). Example: make run ARGS="--config conf/dify-shaper.toml"
+run: deps
+	$(CARGO) run --release --bin dify-shaper -- run $(ARGS)
+
+# The whole test suite (unit + integration against the simulator on 127.0.0.1).
+test: deps
+	$(CARGO) test --all-targets
+
+lint: deps
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+bench: deps
+	$(CARGO) bench
+
+check-config: deps
+	$(CARGO) run --release --bin dify-shaper -- check conf/dify-shaper.toml
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,194 @@
+//! Test fixtures: the dify-shaper binary as a child process on ephemeral 127.0.0.1 ports,
+//! and a small HTTP/1.1 client. Everything is cleaned up on drop; every wait is bounded.
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+/// A port that was free a moment ago (the OS picks it).
+pub fn free_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("local addr")
+}
+
+/// The dify-shaper binary under test, running as a child process.
+pub struct ProxyProcess {
+    child: Child,
+    /// Client listener.
+    pub addr: SocketAddr,
+    /// Admin listener.
+    pub admin: SocketAddr,
+    log_path: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl ProxyProcess {
+    /// Starts the proxy with `config` (TOML, without listen/admin: those are set on ephemeral
+    /// ports) and waits until `/live` answers.
+    pub async fn start(config: &str) -> ProxyProcess {
+        Self::start_with_args(Some(config), &[]).await
+    }
+
+    /// Starts the proxy with the embedded defaults and `--upstream`.
+    pub async fn start_default(upstream: SocketAddr) -> ProxyProcess {
+        let url = format!("http://{upstream}");
+        Self::start_with_args(None, &["--upstream", &url]).await
+    }
+
+    /// Starts with an optional config file and extra `run` arguments.
+    pub async fn start_with_args(config: Option<&str>, extra: &[&str]) -> ProxyProcess {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let addr = free_port();
+        let admin = free_port();
+        let log_path = dir.path().join("proxy.log");
+        let log = std::fs::File::create(&log_path).expect("log file");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_dify-shaper"));
+        cmd.arg("run")
+            .arg("--listen")
+            .arg(addr.to_string())
+            .arg("--admin")
+            .arg(admin.to_string());
+        if let Some(config) = config {
+            let path = dir.path().join("dify-shaper.toml");
+            std::fs::write(&path, config).expect("write config");
+            cmd.arg("--config").arg(&path);
+        }
+        cmd.args(extra)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        let child = cmd.spawn().expect("spawn dify-shaper");
+        let mut proxy = ProxyProcess { child, addr, admin, log_path, dir };
+        proxy.wait_live().await;
+        proxy
+    }
+
+    async fn wait_live(&mut self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("dify-shaper exited early ({status}):\n{}", self.logs());
+            }
+            if let Ok(Ok((StatusCode::OK, _, _))) =
+                tokio::time::timeout(Duration::from_secs(2), try_get(self.admin, "/live")).await
+            {
+                // The admin service is up; wait for the proxy listener too.
+                if TcpStream::connect(self.addr).await.is_ok() {
+                    return;
+                }
+            }
+            assert!(tokio::time::Instant::now() < deadline, "dify-shaper did not come up:\n{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The process id (for RSS measurements).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything the proxy logged so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// A scratch directory that lives as long as the proxy.
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Resident set size of a process in bytes (Linux).
+pub fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Opens an HTTP/1.1 connection and sends one request; the caller reads the body.
+pub async fn send(addr: SocketAddr, request: Request<Full<Bytes>>) -> hyper::Result<hyper::Response<Incoming>> {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    stream.set_nodelay(true).ok();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
+    sender.send_request(request).await
+}
+
+/// A request builder with `Host` set.
+pub fn request(method: &str, addr: SocketAddr, path: &str) -> http::request::Builder {
+    Request::builder()
+        .method(method)
+        .uri(path)
+        .header(http::header::HOST, addr.to_string())
+}
+
+/// Sends and collects the whole response.
+pub async fn fetch(addr: SocketAddr, request: Request<Full<Bytes>>) -> (StatusCode, HeaderMap, Bytes) {
+    let response = tokio::time::timeout(Duration::from_secs(60), send(addr, request))
+        .await
+        .expect("response within 60 s")
+        .expect("response");
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = tokio::time::timeout(Duration::from_secs(60), response.into_body().collect())
+        .await
+        .expect("body within 60 s")
+        .expect("body")
+        .to_bytes();
+    (status, headers, body)
+}
+
+async fn try_get(addr: SocketAddr, path: &str) -> Result<(StatusCode, HeaderMap, Bytes), String> {
+    let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let req = request("GET", addr, path).body(Full::new(Bytes::new())).map_err(|e| e.to_string())?;
+    let response = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+    Ok((status, headers, body))
+}
+
+/// GET `path` and collect the response.
+pub async fn get(addr: SocketAddr, path: &str) -> (StatusCode, HeaderMap, Bytes) {
+    fetch(addr, request("GET", addr, path).body(Full::new(Bytes::new())).expect("request")).await
+}
+
+/// POST a JSON body and collect the response.
+pub async fn post_json(addr: SocketAddr, path: &str, json: &str, headers: &[(&str, &str)]) -> (StatusCode, HeaderMap, Bytes) {
+    let mut builder = request("POST", addr, path).header(http::header::CONTENT_TYPE, "application/json");
+    for (k, v) in headers {
+        builder = builder.header(*k, *v);
+    }
+    fetch(addr, builder.body(Full::new(Bytes::from(json.to_string()))).expect("request")).await
+}
+
+/// Parses a JSON body, with the body in the panic message when it is not JSON.
+pub fn json(body: &Bytes) -> serde_json::Value {
+    serde_json::from_slice(body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(body)))
+}
