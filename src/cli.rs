@@ -8,13 +8,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::app::App;
 use crate::config::{self, Config, ConfigError, Overrides};
-#[derive(Debug, Args)]
-struct SimArgs {}
-impl SimArgs {
-    async fn run(self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+use crate::sim::cli::SimArgs;
 
 /// dify-shaper: queue, admit, retry and hold traffic in front of a self-hosted Dify.
 #[derive(Debug, Parser)]

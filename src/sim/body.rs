@@ -28,7 +28,9 @@ pub struct BodyCut;
 
 enum Kind {
     Full(Option<Bytes>),
-    Pattern { remaining: u64 },
+    Pattern {
+        remaining: u64,
+    },
     Stream {
         rx: mpsc::Receiver<StreamItem>,
         /// A frame was just yielded: return `Pending` once (after waking ourselves) so hyper
@@ -119,9 +121,7 @@ impl Drop for SimBody {
 fn pattern_chunk() -> &'static Bytes {
     static CHUNK: OnceLock<Bytes> = OnceLock::new();
     CHUNK.get_or_init(|| {
-        let v: Vec<u8> = (0..PATTERN_CHUNK)
-            .map(|i| b"0123456789abcdef"[i % 16])
-            .collect();
+        let v: Vec<u8> = (0..PATTERN_CHUNK).map(|i| b"0123456789abcdef"[i % 16]).collect();
         Bytes::from(v)
     })
 }
@@ -130,10 +130,7 @@ impl Body for SimBody {
     type Data = Bytes;
     type Error = BodyCut;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BodyCut>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyCut>>> {
         let this = self.get_mut();
         match &mut this.kind {
             Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
@@ -142,9 +139,7 @@ impl Body for SimBody {
                     return Poll::Ready(None);
                 }
                 let chunk = pattern_chunk();
-                let n = usize::try_from(*remaining)
-                    .unwrap_or(usize::MAX)
-                    .min(chunk.len());
+                let n = usize::try_from(*remaining).unwrap_or(usize::MAX).min(chunk.len());
                 *remaining -= n as u64;
                 Poll::Ready(Some(Ok(Frame::data(chunk.slice(..n)))))
             }

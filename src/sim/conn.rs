@@ -78,12 +78,13 @@ pub(crate) async fn serve(
         .serve_connection(TokioIo::new(stream), svc)
         .with_upgrades();
     tokio::select! {
+        biased;
+        () = kill.cancelled() => {}
         r = conn => {
             if let Err(e) = r {
                 tracing::debug!(%peer, error = %e, "sim connection ended with error");
             }
         }
-        () = kill.cancelled() => {}
         () = idle_close(&shared, idle_rx) => {
             shared.stats.on_idle_close();
             tracing::debug!(%peer, "sim closed idle keep-alive connection");

@@ -12,8 +12,7 @@ use super::body::SimBody;
 pub(crate) const JSON: &str = "application/json";
 
 /// Dify's message when PostgreSQL refuses a connection (`max_connections` reached).
-pub const DB_TOO_MANY_CLIENTS: &str =
-    "(psycopg2.OperationalError) FATAL:  sorry, too many clients already";
+pub const DB_TOO_MANY_CLIENTS: &str = "(psycopg2.OperationalError) FATAL:  sorry, too many clients already";
 
 /// Dify's message when `APP_MAX_ACTIVE_REQUESTS` is reached.
 pub const APP_TOO_MANY_REQUESTS: &str = "Too many requests. Please try again later.";
@@ -25,11 +24,7 @@ const NOT_FOUND: &str = "The requested URL was not found on the server. If you e
 const METHOD_NOT_ALLOWED: &str = "The method is not allowed for the requested URL.";
 
 /// A response with `body` and `content_type`.
-pub(crate) fn with_type(
-    status: StatusCode,
-    content_type: &'static str,
-    body: SimBody,
-) -> Response<SimBody> {
+pub(crate) fn with_type(status: StatusCode, content_type: &'static str, body: SimBody) -> Response<SimBody> {
     let mut r = Response::new(body);
     *r.status_mut() = status;
     r.headers_mut()

@@ -78,17 +78,8 @@ impl Entropy {
         let mut b: [u8; 16] = self.rng.gen();
         b[6] = (b[6] & 0x0f) | 0x40;
         b[8] = (b[8] & 0x3f) | 0x80;
-        let h = |r: std::ops::Range<usize>| -> String {
-            b[r].iter().map(|x| format!("{x:02x}")).collect()
-        };
-        format!(
-            "{}-{}-{}-{}-{}",
-            h(0..4),
-            h(4..6),
-            h(6..8),
-            h(8..10),
-            h(10..16)
-        )
+        let h = |r: std::ops::Range<usize>| -> String { b[r].iter().map(|x| format!("{x:02x}")).collect() };
+        format!("{}-{}-{}-{}-{}", h(0..4), h(4..6), h(6..8), h(8..10), h(10..16))
     }
 }
 

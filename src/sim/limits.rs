@@ -21,9 +21,7 @@ impl Limits {
             return None;
         }
         *n += 1;
-        Some(DbGuard {
-            limits: self.clone(),
-        })
+        Some(DbGuard { limits: self.clone() })
     }
 
     /// Registers an active run of app `key`, or `None` when the app already has `limit`.
@@ -73,11 +71,7 @@ pub(crate) struct AppGuard {
 
 impl Drop for AppGuard {
     fn drop(&mut self) {
-        let mut apps = self
-            .limits
-            .apps
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut apps = self.limits.apps.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(n) = apps.get_mut(&self.key) {
             *n = n.saturating_sub(1);
             if *n == 0 {

@@ -129,25 +129,27 @@ impl RunSpec {
             "index": i + 1,
             "predecessor_node_id": predecessor,
             "inputs": self.inputs,
-            "created_at": self.created_at + self.offset(i).as_secs() as i64,
+            "created_at": self.created_at + self.node_start_at(i).as_secs() as i64,
         })
     }
 
-    /// Offset of step boundary `i` in the timeline: `i·T/N`.
-    pub(crate) fn offset(&self, i: usize) -> Duration {
-        if self.events == 0 {
+    /// When the `k`-th of the timeline's `slots` evenly spaced events is due: `k·T/slots`.
+    pub(crate) fn tick(&self, k: usize, slots: usize) -> Duration {
+        if slots == 0 {
             Duration::ZERO
         } else {
-            self.service.mul_f64(i as f64 / self.events as f64)
+            self.service.mul_f64(k as f64 / slots as f64)
         }
     }
 
-    fn step(&self) -> Duration {
-        if self.events == 0 {
-            Duration::ZERO
-        } else {
-            self.service.div_f64(self.events as f64)
-        }
+    /// When `node_started` of node `i` is due (its `2N` node events are evenly spaced).
+    pub(crate) fn node_start_at(&self, i: usize) -> Duration {
+        self.tick(2 * i + 1, 2 * self.events)
+    }
+
+    /// When `node_finished` of node `i` is due.
+    pub(crate) fn node_finish_at(&self, i: usize) -> Duration {
+        self.tick(2 * i + 2, 2 * self.events)
     }
 }
 
@@ -248,9 +250,9 @@ pub(crate) fn node_finished(spec: &RunSpec, i: usize) -> Value {
     data["process_data"] = Value::Null;
     data["status"] = json!("succeeded");
     data["error"] = Value::Null;
-    data["elapsed_time"] = json!(spec.step().as_secs_f64());
+    data["elapsed_time"] = json!((spec.node_finish_at(i) - spec.node_start_at(i)).as_secs_f64());
     data["execution_metadata"] = json!({ "total_tokens": 37, "total_price": "0.0001", "currency": "USD" });
-    data["finished_at"] = json!(spec.created_at + spec.offset(i + 1).as_secs() as i64);
+    data["finished_at"] = json!(spec.created_at + spec.node_finish_at(i).as_secs() as i64);
     json!({
         "event": "node_finished",
         "task_id": spec.task_id,
@@ -321,7 +323,10 @@ mod tests {
         assert_eq!(v["data"]["status"], "succeeded");
         assert_eq!(v["data"]["id"], v["workflow_run_id"]);
         assert_eq!(v["data"]["outputs"]["inputs"]["q"], "x");
-        assert_eq!(v["data"]["finished_at"].as_i64(), v["data"]["created_at"].as_i64().map(|c| c + 2));
+        assert_eq!(
+            v["data"]["finished_at"].as_i64(),
+            v["data"]["created_at"].as_i64().map(|c| c + 2)
+        );
     }
 
     #[test]

@@ -58,10 +58,7 @@ impl Overrides {
                 _ => Err(format!("invalid X-Sim-Events {v:?} (0..={MAX_EVENTS})")),
             })
             .transpose()?;
-        Ok(Overrides {
-            service_time,
-            events,
-        })
+        Ok(Overrides { service_time, events })
     }
 }
 
@@ -104,8 +101,7 @@ impl RunParams {
     /// Validates a run body: a JSON object; `inputs`, when present, an object;
     /// `response_mode`, when present, `blocking` or `streaming`.
     pub(crate) fn parse(body: &[u8]) -> Result<Self, String> {
-        let v: Value =
-            serde_json::from_slice(body).map_err(|e| format!("Invalid JSON body: {e}"))?;
+        let v: Value = serde_json::from_slice(body).map_err(|e| format!("Invalid JSON body: {e}"))?;
         let Value::Object(obj) = v else {
             return Err("The request body must be a JSON object.".to_owned());
         };
@@ -179,8 +175,17 @@ mod tests {
             })
         );
         let p = RunParams::parse(br#"{"conversation_id":"c"}"#);
-        assert_eq!(p.map(|p| (p.streaming, p.conversation_id)), Ok((false, Some("c".into()))));
-        for bad in [&b""[..], b"{", b"[]", br#"{"inputs":3}"#, br#"{"response_mode":"fast"}"#] {
+        assert_eq!(
+            p.map(|p| (p.streaming, p.conversation_id)),
+            Ok((false, Some("c".into())))
+        );
+        for bad in [
+            &b""[..],
+            b"{",
+            b"[]",
+            br#"{"inputs":3}"#,
+            br#"{"response_mode":"fast"}"#,
+        ] {
             assert!(RunParams::parse(bad).is_err());
         }
     }

@@ -33,11 +33,7 @@ pub(crate) struct Run {
 }
 
 /// Handles a run request.
-pub(crate) async fn handle(
-    ctx: Arc<ConnCtx>,
-    req: Request<Incoming>,
-    kind: RunKind,
-) -> Response<SimBody> {
+pub(crate) async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>, kind: RunKind) -> Response<SimBody> {
     let cfg = ctx.shared.config();
     let path = req.uri().path().to_owned();
     let overrides = match Overrides::parse(req.headers()) {
@@ -65,11 +61,7 @@ pub(crate) async fn handle(
         Ok(p) => p,
         Err(msg) => return envelope::invalid_param(&msg),
     };
-    let Some(app) = ctx
-        .shared
-        .limits
-        .try_app(&app_key, cfg.app_max_active_requests)
-    else {
+    let Some(app) = ctx.shared.limits.try_app(&app_key, cfg.app_max_active_requests) else {
         return envelope::app_limited();
     };
     let active = ActiveGuard::new(ctx.shared.stats.clone());
@@ -108,6 +100,7 @@ pub(crate) async fn handle(
 /// Works for the service time in a task of its own, then hands the JSON answer over.
 async fn blocking(run: Run) -> Response<SimBody> {
     let (tx, rx) = oneshot::channel::<Bytes>();
+    let kill = run.ctx.kill.clone();
     tokio::spawn(async move {
         let kill = run.ctx.kill.clone();
         let stats = run.ctx.shared.stats.clone();
@@ -127,11 +120,13 @@ async fn blocking(run: Run) -> Response<SimBody> {
     });
     match rx.await {
         Ok(answer) => envelope::with_type(StatusCode::OK, envelope::JSON, SimBody::full(answer)),
-        // Only when killed: the connection is going away with it.
+        // Killed by stop(): never answer, the connection is being dropped.
+        Err(_) if kill.is_cancelled() => std::future::pending().await,
+        // The run task panicked.
         Err(_) => envelope::error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal_server_error",
-            "The run was killed.",
+            "The run failed.",
         ),
     }
 }

@@ -122,9 +122,7 @@ impl FromStr for ServiceTime {
             input: s.to_owned(),
             reason: reason.to_owned(),
         };
-        let dur = |v: &str| {
-            humantime::parse_duration(v.trim()).map_err(|e| err(&format!("{v:?}: {e}")))
-        };
+        let dur = |v: &str| humantime::parse_duration(v.trim()).map_err(|e| err(&format!("{v:?}: {e}")));
         let s_trim = s.trim();
         let Some((kind, rest)) = s_trim.split_once(':') else {
             return Ok(ServiceTime::Fixed(dur(s_trim)?));
@@ -146,10 +144,7 @@ impl FromStr for ServiceTime {
                 let (m, sg) = rest
                     .split_once(',')
                     .ok_or_else(|| err("lognormal needs MEDIAN,SIGMA"))?;
-                let sigma: f64 = sg
-                    .trim()
-                    .parse()
-                    .map_err(|_| err("SIGMA is not a number"))?;
+                let sigma: f64 = sg.trim().parse().map_err(|_| err("SIGMA is not a number"))?;
                 if !sigma.is_finite() || sigma < 0.0 {
                     return Err(err("SIGMA must be finite and >= 0"));
                 }
@@ -273,9 +268,7 @@ mod tests {
             median: ms(1000),
             sigma: 0.3,
         };
-        let mut v: Vec<f64> = (0..20_001)
-            .map(|_| l.sample(&mut rng).as_secs_f64())
-            .collect();
+        let mut v: Vec<f64> = (0..20_001).map(|_| l.sample(&mut rng).as_secs_f64()).collect();
         v.sort_by(f64::total_cmp);
         let median = v[v.len() / 2];
         assert!((median - 1.0).abs() < 0.03, "median {median}");

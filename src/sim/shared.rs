@@ -32,10 +32,7 @@ impl Shared {
 
     /// A copy of the current config (cheap: no heap data).
     pub(crate) fn config(&self) -> SimConfig {
-        self.config
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.config.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     /// Changes the config and wakes the accept loop (capacity may have grown).
@@ -60,9 +57,7 @@ impl Shared {
     /// Takes one connection slot, released when the guard drops.
     pub(crate) fn take_slot(self: &Arc<Self>) -> SlotGuard {
         self.open.send_modify(|n| *n += 1);
-        SlotGuard {
-            shared: self.clone(),
-        }
+        SlotGuard { shared: self.clone() }
     }
 }
 

@@ -3,9 +3,12 @@
 //! `ping_interval`.
 //!
 //! Timeline with service time `T` and `N` events (`X-Sim-Service-Time`, `X-Sim-Events`):
-//! - workflow: `workflow_started` at 0; node `i` sends `node_started` at `i·T/N` and
-//!   `node_finished` at `(i+1)·T/N`; `workflow_finished` at `T`.
-//! - chat / completion: `message` chunk `i` at `(i+1)·T/N`; `message_end` at `T`.
+//! - workflow: `workflow_started` at 0, then the `2N` node events evenly spaced, the `k`-th
+//!   (`k = 1..=2N`: `node_started` of node 0, `node_finished` of node 0, `node_started` of
+//!   node 1, …) at `k·T/(2N)`, and `workflow_finished` right after the last one, at `T`.
+//!   E.g. `T = 1200ms`, `N = 3`: events at 0, 200, 400, …, 1200 ms.
+//! - chat / completion: `message` chunk `i` (`i = 0..N`) at `(i+1)·T/N`, `message_end` right
+//!   after the last one, at `T`.
 //!
 //! When the client leaves, the run keeps going silently to `T` and counts as `abandoned`.
 
@@ -70,9 +73,9 @@ async fn timeline(spec: &RunSpec, em: &mut Emitter) -> Result<(), Killed> {
             em.at(Duration::ZERO, || frame(payload::workflow_started(spec)))
                 .await?;
             for i in 0..n {
-                em.at(spec.offset(i), || frame(payload::node_started(spec, i)))
+                em.at(spec.node_start_at(i), || frame(payload::node_started(spec, i)))
                     .await?;
-                em.at(spec.offset(i + 1), || frame(payload::node_finished(spec, i)))
+                em.at(spec.node_finish_at(i), || frame(payload::node_finished(spec, i)))
                     .await?;
             }
             em.at(spec.service, || frame(payload::workflow_finished(spec)))
@@ -80,11 +83,10 @@ async fn timeline(spec: &RunSpec, em: &mut Emitter) -> Result<(), Killed> {
         }
         RunKind::Chat | RunKind::Completion => {
             for i in 0..n {
-                em.at(spec.offset(i + 1), || frame(payload::message_chunk(spec, i)))
+                em.at(spec.tick(i + 1, n), || frame(payload::message_chunk(spec, i)))
                     .await?;
             }
-            em.at(spec.service, || frame(payload::message_end(spec)))
-                .await?;
+            em.at(spec.service, || frame(payload::message_end(spec))).await?;
         }
     }
     em.finish().await

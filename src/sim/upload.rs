@@ -24,8 +24,11 @@ const HEAD_KEEP: usize = 16 * 1024;
 
 /// Handles an upload.
 pub(crate) async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<SimBody> {
-    let is_multipart = request::header(req.headers(), "content-type")
-        .is_some_and(|ct| ct.trim_start().to_ascii_lowercase().starts_with("multipart/form-data"));
+    let is_multipart = request::header(req.headers(), "content-type").is_some_and(|ct| {
+        ct.trim_start()
+            .to_ascii_lowercase()
+            .starts_with("multipart/form-data")
+    });
     if !is_multipart {
         return no_file();
     }
@@ -131,6 +134,9 @@ mod tests {
                 mime_type: "application/pdf".into()
             })
         );
-        assert_eq!(first_file_part(b"--b\r\nContent-Disposition: form-data; name=\"x\"\r\n\r\n1"), None);
+        assert_eq!(
+            first_file_part(b"--b\r\nContent-Disposition: form-data; name=\"x\"\r\n\r\n1"),
+            None
+        );
     }
 }

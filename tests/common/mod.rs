@@ -68,7 +68,13 @@ impl ProxyProcess {
             .stdout(Stdio::null())
             .stderr(log);
         let child = cmd.spawn().expect("spawn dify-shaper");
-        let mut proxy = ProxyProcess { child, addr, admin, log_path, dir };
+        let mut proxy = ProxyProcess {
+            child,
+            addr,
+            admin,
+            log_path,
+            dir,
+        };
         proxy.wait_live().await;
         proxy
     }
@@ -87,7 +93,11 @@ impl ProxyProcess {
                     return;
                 }
             }
-            assert!(tokio::time::Instant::now() < deadline, "dify-shaper did not come up:\n{}", self.logs());
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "dify-shaper did not come up:\n{}",
+                self.logs()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -126,7 +136,10 @@ pub fn rss_bytes(pid: u32) -> u64 {
 }
 
 /// Opens an HTTP/1.1 connection and sends one request; the caller reads the body.
-pub async fn send(addr: SocketAddr, request: Request<Full<Bytes>>) -> hyper::Result<hyper::Response<Incoming>> {
+pub async fn send(
+    addr: SocketAddr,
+    request: Request<Full<Bytes>>,
+) -> hyper::Result<hyper::Response<Incoming>> {
     let stream = TcpStream::connect(addr).await.expect("connect");
     stream.set_nodelay(true).ok();
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
@@ -166,29 +179,54 @@ async fn try_get(addr: SocketAddr, path: &str) -> Result<(StatusCode, HeaderMap,
         .await
         .map_err(|e| e.to_string())?;
     tokio::spawn(conn);
-    let req = request("GET", addr, path).body(Full::new(Bytes::new())).map_err(|e| e.to_string())?;
+    let req = request("GET", addr, path)
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| e.to_string())?;
     let response = sender.send_request(req).await.map_err(|e| e.to_string())?;
     let status = response.status();
     let headers = response.headers().clone();
-    let body = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
     Ok((status, headers, body))
 }
 
 /// GET `path` and collect the response.
 pub async fn get(addr: SocketAddr, path: &str) -> (StatusCode, HeaderMap, Bytes) {
-    fetch(addr, request("GET", addr, path).body(Full::new(Bytes::new())).expect("request")).await
+    fetch(
+        addr,
+        request("GET", addr, path)
+            .body(Full::new(Bytes::new()))
+            .expect("request"),
+    )
+    .await
 }
 
 /// POST a JSON body and collect the response.
-pub async fn post_json(addr: SocketAddr, path: &str, json: &str, headers: &[(&str, &str)]) -> (StatusCode, HeaderMap, Bytes) {
+pub async fn post_json(
+    addr: SocketAddr,
+    path: &str,
+    json: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, HeaderMap, Bytes) {
     let mut builder = request("POST", addr, path).header(http::header::CONTENT_TYPE, "application/json");
     for (k, v) in headers {
         builder = builder.header(*k, *v);
     }
-    fetch(addr, builder.body(Full::new(Bytes::from(json.to_string()))).expect("request")).await
+    fetch(
+        addr,
+        builder
+            .body(Full::new(Bytes::from(json.to_string())))
+            .expect("request"),
+    )
+    .await
 }
 
 /// Parses a JSON body, with the body in the panic message when it is not JSON.
 pub fn json(body: &Bytes) -> serde_json::Value {
-    serde_json::from_slice(body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(body)))
+    serde_json::from_slice(body)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(body)))
 }

@@ -1,0 +1,161 @@
+//! `dify-shaper sim …`: command-line flags for the simulator ([`SimArgs`]) and the
+//! foreground runner (until ctrl-c; SIGHUP restarts it like a container restart).
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::config::SimConfig;
+use super::server::Simulator;
+use super::service_time::ServiceTime;
+
+fn duration(s: &str) -> Result<Duration, humantime::DurationError> {
+    humantime::parse_duration(s)
+}
+
+/// Flags of `dify-shaper sim`. Defaults match [`SimConfig::default`] and Dify's API port.
+#[derive(clap::Args, Debug, Clone)]
+pub struct SimArgs {
+    /// Address to listen on (Dify's API listens on 5001).
+    #[arg(long, default_value = "127.0.0.1:5001")]
+    pub listen: SocketAddr,
+    /// gunicorn workers (`SERVER_WORKER_AMOUNT`).
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+    /// gevent connections per worker; capacity is workers × worker-connections.
+    #[arg(long, default_value_t = 10)]
+    pub worker_connections: usize,
+    /// Listen backlog for connections beyond capacity.
+    #[arg(long, default_value_t = 1024)]
+    pub backlog: u32,
+    /// Run service time: `50ms`, `uniform:10s..20s`, `exp:15s`, `lognormal:15s,0.3`.
+    #[arg(long, default_value = "50ms")]
+    pub service_time: ServiceTime,
+    /// PostgreSQL connection limit (excess requests get 500 "too many clients").
+    #[arg(long)]
+    pub db_connections: Option<usize>,
+    /// `APP_MAX_ACTIVE_REQUESTS` per app key (excess runs get 429).
+    #[arg(long)]
+    pub app_max_active_requests: Option<usize>,
+    /// Time a restart (SIGHUP) keeps the port closed, e.g. `30s`.
+    #[arg(long, value_parser = duration, default_value = "0s")]
+    pub boot_delay: Duration,
+    /// Idle keep-alive connections are closed after this (gunicorn `keepalive`).
+    #[arg(long, value_parser = duration, default_value = "2s")]
+    pub keepalive_timeout: Duration,
+    /// Node / answer-chunk events per streaming run.
+    #[arg(long, default_value_t = 5)]
+    pub stream_events: usize,
+    /// Interval of `event: ping` in streams (`0s` disables).
+    #[arg(long, value_parser = duration, default_value = "10s")]
+    pub ping_interval: Duration,
+    /// Extra service time per other active run (CPU contention), e.g. `100ms`.
+    #[arg(long, value_parser = duration)]
+    pub slowdown_per_active: Option<Duration>,
+}
+
+impl SimArgs {
+    /// The simulator configuration these flags describe.
+    pub fn to_config(&self) -> SimConfig {
+        SimConfig {
+            workers: self.workers,
+            worker_connections: self.worker_connections,
+            backlog: self.backlog,
+            service_time: self.service_time,
+            db_connections: self.db_connections,
+            app_max_active_requests: self.app_max_active_requests,
+            boot_delay: self.boot_delay,
+            keepalive_timeout: self.keepalive_timeout,
+            stream_events: self.stream_events,
+            ping_interval: self.ping_interval,
+            slowdown_per_active: self.slowdown_per_active,
+        }
+    }
+
+    /// Starts the simulator, logs its address, and runs until ctrl-c. On unix, SIGHUP
+    /// restarts it with `--boot-delay` (port closed meanwhile), like `docker restart api`.
+    pub async fn run(self) -> Result<(), io::Error> {
+        let config = self.to_config();
+        let sim = Simulator::start(self.listen, config.clone()).await?;
+        tracing::info!(
+            addr = %sim.addr(),
+            capacity = config.capacity(),
+            service_time = %config.service_time,
+            "dify simulator listening"
+        );
+        wait_for_shutdown(&sim).await?;
+        tracing::info!("dify simulator shutting down");
+        sim.stop().await;
+        Ok(())
+    }
+}
+
+#[cfg(unix)]
+async fn wait_for_shutdown(sim: &Simulator) -> io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => return r,
+            _ = hup.recv() => {
+                let delay = sim.config().boot_delay;
+                tracing::info!(boot_delay = %humantime::format_duration(delay), "SIGHUP: restarting simulator");
+                sim.restart(delay).await;
+            }
+        }
+    }
+}
+
+#[cfg(not(unix))]
+async fn wait_for_shutdown(_sim: &Simulator) -> io::Result<()> {
+    tokio::signal::ctrl_c().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        sim: SimArgs,
+    }
+
+    #[test]
+    fn defaults_equal_sim_config_default() {
+        let cli = Cli::try_parse_from(["sim"]).map(|c| c.sim.to_config());
+        let want = SimConfig::default();
+        assert_eq!(cli.ok(), Some(want));
+    }
+
+    #[test]
+    fn parses_flags() {
+        let cli = Cli::try_parse_from([
+            "sim",
+            "--listen",
+            "0.0.0.0:6000",
+            "--workers",
+            "2",
+            "--service-time",
+            "lognormal:15s,0.3",
+            "--db-connections",
+            "4",
+            "--boot-delay",
+            "30s",
+            "--slowdown-per-active",
+            "100ms",
+        ]);
+        let Ok(cli) = cli else {
+            panic!("flags should parse");
+        };
+        let c = cli.sim.to_config();
+        assert_eq!(cli.sim.listen.port(), 6000);
+        assert_eq!(c.capacity(), 20);
+        assert_eq!(c.db_connections, Some(4));
+        assert_eq!(c.boot_delay, Duration::from_secs(30));
+        assert_eq!(c.slowdown_per_active, Some(Duration::from_millis(100)));
+        assert!(matches!(c.service_time, ServiceTime::LogNormal { .. }));
+        assert!(Cli::try_parse_from(["sim", "--service-time", "soon"]).is_err());
+    }
+}

@@ -1,0 +1,68 @@
+//! Fault injection for retry tests: `X-Sim-Fail: <status>|reset` answers at once with that
+//! status (in Dify's envelope) or closes the connection without an answer;
+//! `X-Sim-Fail-First: N` limits it to the first `N` attempts of a request, counted per
+//! `X-Request-Id` (so a retried request succeeds on attempt `N + 1`).
+
+use http::{HeaderMap, StatusCode};
+
+use super::request::header;
+
+/// Header selecting the fault: an HTTP status (`500`, `503`, `429`, …) or `reset`.
+pub const FAIL_HEADER: &str = "x-sim-fail";
+/// Header limiting the fault to the first `N` attempts per `X-Request-Id`.
+pub const FAIL_FIRST_HEADER: &str = "x-sim-fail-first";
+
+/// What to do instead of serving the request.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Fault {
+    /// Answer with this status and Dify's envelope.
+    Status(StatusCode),
+    /// Close the connection without answering.
+    Reset,
+}
+
+/// The fault to inject for attempt number `attempt` (1-based) of this request, if any.
+/// Unknown `X-Sim-Fail` values are ignored.
+pub(crate) fn check(headers: &HeaderMap, attempt: u64) -> Option<Fault> {
+    let spec = header(headers, FAIL_HEADER)?.trim();
+    if let Some(first) = header(headers, FAIL_FIRST_HEADER) {
+        let n: u64 = first.trim().parse().ok()?;
+        if attempt > n {
+            return None;
+        }
+    }
+    if spec.eq_ignore_ascii_case("reset") {
+        return Some(Fault::Reset);
+    }
+    spec.parse::<u16>()
+        .ok()
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .filter(|s| s.is_client_error() || s.is_server_error())
+        .map(Fault::Status)
+}
+
+/// The error returned to hyper to drop a connection without an answer.
+#[derive(Debug, thiserror::Error)]
+#[error("connection reset by fault injection")]
+pub struct FaultReset;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn fault_rules() {
+        let mut h = HeaderMap::new();
+        assert_eq!(check(&h, 1), None);
+        h.insert(FAIL_HEADER, HeaderValue::from_static("503"));
+        assert_eq!(check(&h, 9), Some(Fault::Status(StatusCode::SERVICE_UNAVAILABLE)));
+        h.insert(FAIL_FIRST_HEADER, HeaderValue::from_static("2"));
+        assert!(check(&h, 2).is_some());
+        assert_eq!(check(&h, 3), None);
+        h.insert(FAIL_HEADER, HeaderValue::from_static("reset"));
+        assert_eq!(check(&h, 1), Some(Fault::Reset));
+        h.insert(FAIL_HEADER, HeaderValue::from_static("200"));
+        assert_eq!(check(&h, 1), None);
+    }
+}

@@ -1,0 +1,342 @@
+//! Issue #2: the proxy is transparent for Dify traffic. Each test starts its own simulator and
+//! proxy on ephemeral 127.0.0.1 ports.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use dify_shaper::sim::{SimConfig, Simulator};
+use http_body_util::{BodyExt, Full};
+use tokio::time::Instant;
+
+async fn sim() -> Simulator {
+    Simulator::start("127.0.0.1:0".parse().expect("addr"), SimConfig::default())
+        .await
+        .expect("simulator")
+}
+
+const WORKFLOW_BLOCKING: &str = r#"{"inputs":{"q":"hi"},"response_mode":"blocking","user":"u1"}"#;
+const WORKFLOW_STREAMING: &str = r#"{"inputs":{"q":"hi"},"response_mode":"streaming","user":"u1"}"#;
+const CHAT_STREAMING: &str = r#"{"inputs":{},"query":"hello","response_mode":"streaming","user":"u1"}"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocking_and_streaming_responses_are_byte_identical() {
+    let sim = sim().await;
+    let proxy = ProxyProcess::start_default(sim.addr()).await;
+    let cases = [
+        ("/v1/workflows/run", WORKFLOW_BLOCKING),
+        (
+            "/v1/chat-messages",
+            r#"{"inputs":{},"query":"hello","response_mode":"blocking","user":"u1"}"#,
+        ),
+        ("/v1/workflows/run", WORKFLOW_STREAMING),
+        ("/v1/chat-messages", CHAT_STREAMING),
+    ];
+    for (i, (path, body)) in cases.into_iter().enumerate() {
+        let id = format!("identical-{i}");
+        let headers = [
+            ("x-request-id", id.as_str()),
+            ("authorization", "Bearer app-identical0000000000"),
+            ("x-sim-service-time", "300ms"),
+        ];
+        let direct = post_json(sim.addr(), path, body, &headers).await;
+        let proxied = post_json(proxy.addr, path, body, &headers).await;
+        assert_eq!(direct.0, 200, "{path}: {:?}", direct.2);
+        assert_eq!(proxied.0, direct.0, "{path}");
+        assert_eq!(
+            proxied.1.get("content-type"),
+            direct.1.get("content-type"),
+            "{path}"
+        );
+        assert!(!proxied.2.is_empty());
+        assert_eq!(proxied.2, direct.2, "{path} body differs through the proxy");
+        assert_eq!(
+            proxied.1.get("x-request-id").map(|v| v.as_bytes()),
+            Some(id.as_bytes())
+        );
+        assert!(proxied.1.get("content-encoding").is_none(), "never compressed");
+    }
+}
+
+/// Reads an SSE body and returns each event's arrival time (complete `\n\n`-terminated frames).
+async fn event_arrivals(addr: std::net::SocketAddr, id: &str) -> Vec<(Instant, String)> {
+    let req = request("POST", addr, "/v1/workflows/run")
+        .header("content-type", "application/json")
+        .header("x-request-id", id)
+        .header("x-sim-service-time", "1200ms")
+        .header("x-sim-events", "3")
+        .body(Full::new(Bytes::from_static(WORKFLOW_STREAMING.as_bytes())))
+        .expect("request");
+    let response = send(addr, req).await.expect("response");
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let mut buffer = String::new();
+    let mut events = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while let Some(frame) = tokio::time::timeout_at(deadline, body.frame())
+        .await
+        .expect("stream ends in time")
+    {
+        let frame = frame.expect("frame");
+        let now = Instant::now();
+        if let Some(data) = frame.data_ref() {
+            buffer.push_str(&String::from_utf8_lossy(data));
+            while let Some(end) = buffer.find("\n\n") {
+                let event: String = buffer.drain(..end + 2).collect();
+                events.push((now, event));
+            }
+        }
+    }
+    events
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_events_arrive_as_the_backend_sends_them() {
+    let sim = sim().await;
+    let proxy = ProxyProcess::start_default(sim.addr()).await;
+    // The same stream, direct and through the proxy, at the same time: the sim spaces the
+    // 8 events (started, 3 × node started/finished, finished) 200 ms apart.
+    let (direct, proxied) = tokio::join!(
+        event_arrivals(sim.addr(), "sse-direct"),
+        event_arrivals(proxy.addr, "sse-proxied")
+    );
+    assert!(direct.len() >= 5, "direct events: {direct:?}");
+    assert_eq!(direct.len(), proxied.len(), "same number of events");
+    let t0_direct = direct[0].0;
+    let t0_proxied = proxied[0].0;
+    for (i, ((td, ed), (tp, ep))) in direct.iter().zip(&proxied).enumerate() {
+        let event_name = |e: &str| {
+            e.split("\"event\":\"")
+                .nth(1)
+                .and_then(|s| s.split('"').next())
+                .map(str::to_string)
+        };
+        assert_eq!(event_name(ed), event_name(ep), "event {i} differs");
+        let offset_direct = td.duration_since(t0_direct).as_secs_f64();
+        let offset_proxied = tp.duration_since(t0_proxied).as_secs_f64();
+        assert!(
+            (offset_direct - offset_proxied).abs() < 0.050,
+            "event {i} arrived {:.1} ms later/earlier through the proxy than direct",
+            (offset_proxied - offset_direct) * 1e3
+        );
+    }
+    let span = proxied
+        .last()
+        .map(|(t, _)| t.duration_since(t0_proxied))
+        .unwrap_or_default();
+    assert!(
+        span > Duration::from_millis(900),
+        "events were coalesced: all arrived within {span:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_headers_host_and_request_id() {
+    let sim = sim().await;
+    let proxy = ProxyProcess::start_default(sim.addr()).await;
+    let req = http::Request::builder()
+        .uri("/sim/echo?x=1")
+        .header("host", "dify.example.com")
+        .header("x-forwarded-for", "10.9.8.7")
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let (status, headers, body) = fetch(proxy.addr, req).await;
+    assert_eq!(status, 200);
+    let echo = json(&body);
+    let header = |name: &str| echo["headers"][name].as_str().map(str::to_string);
+    assert_eq!(header("host").as_deref(), Some("dify.example.com"), "{echo}");
+    assert_eq!(
+        header("x-forwarded-for").as_deref(),
+        Some("10.9.8.7, 127.0.0.1"),
+        "{echo}"
+    );
+    assert_eq!(header("x-forwarded-proto").as_deref(), Some("http"));
+    assert_eq!(header("x-forwarded-host").as_deref(), Some("dify.example.com"));
+    let generated = headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .expect("x-request-id");
+    assert_eq!(generated.len(), 32);
+    assert_eq!(
+        header("x-request-id").as_deref(),
+        Some(generated),
+        "the backend saw the same id"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_down_gives_a_502_envelope() {
+    let nothing_there = free_port();
+    let proxy = ProxyProcess::start_default(nothing_there).await;
+    let (status, headers, body) = post_json(
+        proxy.addr,
+        "/v1/workflows/run",
+        WORKFLOW_BLOCKING,
+        &[("x-request-id", "down-1")],
+    )
+    .await;
+    assert_eq!(status, 502);
+    assert_eq!(
+        headers.get("content-type").map(|v| v.as_bytes()),
+        Some(&b"application/json"[..])
+    );
+    assert_eq!(
+        headers.get("x-request-id").map(|v| v.as_bytes()),
+        Some(&b"down-1"[..])
+    );
+    let envelope = json(&body);
+    assert_eq!(envelope["code"], "upstream_unavailable");
+    assert_eq!(envelope["status"], 502);
+    assert!(envelope["message"].as_str().is_some_and(|m| !m.is_empty()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_bodies_and_unrouted_paths_get_envelopes() {
+    let sim = sim().await;
+    let config = format!(
+        "[server]\nmax_request_body = \"1KiB\"\n[upstreams.api]\nservers = [\"{}\"]\n[[routes]]\nprefix = \"/v1\"\nupstream = \"api\"\n",
+        sim.addr()
+    );
+    let proxy = ProxyProcess::start(&config).await;
+    let big = "x".repeat(4096);
+    let (status, headers, body) = post_json(proxy.addr, "/v1/files/upload", &big, &[]).await;
+    assert_eq!(status, 413);
+    assert!(headers.contains_key("x-request-id"));
+    assert_eq!(json(&body)["code"], "payload_too_large");
+
+    // A chunked body (no Content-Length) is counted as it streams.
+    let chunks = futures_util::stream::iter(
+        (0..8).map(|_| Ok::<_, std::io::Error>(hyper::body::Frame::data(Bytes::from(vec![b'y'; 1024])))),
+    );
+    let req = request("POST", proxy.addr, "/v1/files/upload")
+        .body(http_body_util::StreamBody::new(chunks))
+        .expect("request");
+    let stream = tokio::net::TcpStream::connect(proxy.addr).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let response = sender.send_request(req).await.expect("response");
+    assert_eq!(response.status(), 413);
+    let body = response.into_body().collect().await.expect("body").to_bytes();
+    assert_eq!(json(&body)["code"], "payload_too_large");
+
+    let (status, _, body) = get(proxy.addr, "/console/api/ping").await;
+    assert_eq!(status, 404);
+    assert_eq!(json(&body)["code"], "not_found");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_is_used_on_both_sides() {
+    let sim = sim().await;
+    let proxy = ProxyProcess::start_default(sim.addr()).await;
+    let stream = tokio::net::TcpStream::connect(proxy.addr).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let before = sim.stats().accepted_connections;
+    for i in 0..30 {
+        let req = request("GET", proxy.addr, "/sim/fast")
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        if let Err(e) = sender.ready().await {
+            panic!("the client connection closed after {i} requests ({e}):\n{}", proxy.logs());
+        }
+        let response = sender
+            .send_request(req)
+            .await
+            .expect("one client connection serves all 30");
+        assert_eq!(response.status(), 200);
+        response.into_body().collect().await.expect("body");
+    }
+    let opened = sim.stats().accepted_connections - before;
+    assert!(
+        opened <= 3,
+        "30 sequential requests opened {opened} upstream connections"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_echo_through_the_proxy() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let sim = sim().await;
+    let proxy = ProxyProcess::start_default(sim.addr()).await;
+    let stream = tokio::net::TcpStream::connect(proxy.addr).await.expect("connect");
+    let url = format!("ws://{}/socket.io/?EIO=4&transport=websocket", proxy.addr);
+    let (mut ws, response) = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::client_async(url, stream),
+    )
+    .await
+    .expect("handshake in time")
+    .expect("websocket handshake");
+    assert_eq!(response.status(), 101);
+    for i in 0..5 {
+        let text = format!("hello {i}");
+        ws.send(Message::Text(text.clone())).await.expect("send");
+        let echoed = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("echo in time");
+        assert_eq!(echoed.expect("message").expect("ok"), Message::Text(text));
+    }
+    ws.send(Message::Binary(vec![1, 2, 3]))
+        .await
+        .expect("send binary");
+    let echoed = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .expect("echo in time");
+    assert_eq!(
+        echoed.expect("message").expect("ok"),
+        Message::Binary(vec![1, 2, 3])
+    );
+    ws.close(None).await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_is_json_with_redacted_key() {
+    let sim = sim().await;
+    let config = format!(
+        "[log]\nformat = \"json\"\n[upstreams.api]\nservers = [\"{}\"]\n[[routes]]\nprefix = \"/\"\nupstream = \"api\"\n",
+        sim.addr()
+    );
+    let proxy = ProxyProcess::start(&config).await;
+    let key = "app-SECRETsecretSECRET9f3a";
+    let (status, _, _) = post_json(
+        proxy.addr,
+        "/v1/workflows/run?user=alice",
+        WORKFLOW_BLOCKING,
+        &[
+            ("authorization", &format!("Bearer {key}")),
+            ("x-request-id", "log-1"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let line = loop {
+        let logs = proxy.logs();
+        if let Some(line) = logs.lines().find(|l| l.contains("\"id\":\"log-1\"")) {
+            break line.to_string();
+        }
+        assert!(Instant::now() < deadline, "no access log line:\n{logs}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let entry: serde_json::Value = serde_json::from_str(&line).expect("access log is JSON");
+    assert_eq!(entry["status"], 200);
+    assert_eq!(entry["route"], "/");
+    assert_eq!(entry["path"], "/v1/workflows/run?user");
+    assert_eq!(entry["tenant"], "app-…9f3a");
+    assert!(entry["total_ms"].as_f64().is_some_and(|t| t > 0.0));
+    assert!(
+        !proxy.logs().contains("SECRETsecret"),
+        "the app key leaked into the log"
+    );
+    assert!(
+        !proxy.logs().contains("alice"),
+        "a query value leaked into the log"
+    );
+}
