@@ -243,7 +243,10 @@ async fn keep_alive_is_used_on_both_sides() {
             .body(Full::new(Bytes::new()))
             .expect("request");
         if let Err(e) = sender.ready().await {
-            panic!("the client connection closed after {i} requests ({e}):\n{}", proxy.logs());
+            panic!(
+                "the client connection closed after {i} requests ({e}):\n{}",
+                proxy.logs()
+            );
         }
         let response = sender
             .send_request(req)

@@ -1,7 +1,6 @@
 //! Simulator capacity: gunicorn's `workers × worker_connections` accepted connections, the
 //! rest waiting in the listen backlog; live capacity changes; keep-alive idle close.
 
-#[path = "sim_common.rs"]
 mod sim_common;
 
 use std::time::Duration;
@@ -167,4 +166,31 @@ async fn idle_keepalive_connection_is_closed_and_frees_its_slot() {
         "closed after {:?}",
         closed - t
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowdown_grows_service_time_with_load() {
+    let sim = start(SimConfig {
+        service_time: dify_shaper::sim::ServiceTime::Fixed(Duration::from_millis(800)),
+        slowdown_per_active: Some(Duration::from_millis(100)),
+        ..SimConfig::default()
+    })
+    .await;
+    let addr = sim.addr();
+    let first =
+        tokio::spawn(async move { call(addr, "POST", "/v1/workflows/run", &[], WORKFLOW_BLOCKING).await });
+    wait_until("first run active", Duration::from_secs(10), || {
+        sim.stats().active == 1
+    })
+    .await;
+    let second = call(addr, "POST", "/v1/workflows/run", &[], WORKFLOW_BLOCKING).await;
+    let first = first.await.expect("task");
+    let elapsed = |r: &Resp| r.json()["data"]["elapsed_time"].as_f64().expect("elapsed_time");
+    assert!((elapsed(&first) - 0.8).abs() < 1e-9, "{}", elapsed(&first));
+    assert!((elapsed(&second) - 0.9).abs() < 1e-9, "{}", elapsed(&second));
+
+    sim.reset_stats();
+    let s = sim.stats();
+    assert_eq!((s.requests, s.accepted_connections, s.max_active), (0, 0, 0));
+    assert!(s.by_status.is_empty() && s.runs_by_path.is_empty());
 }

@@ -1,7 +1,6 @@
 //! The simulator's endpoints on the wire: Dify's API shapes and error envelopes, the
 //! `/sim/*` helpers, deterministic bodies, streamed uploads, and the websocket echo.
 
-#[path = "sim_common.rs"]
 mod sim_common;
 
 use std::convert::Infallible;

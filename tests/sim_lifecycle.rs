@@ -1,7 +1,6 @@
 //! Simulator lifecycle: stop kills everything at once, restart keeps the port closed for the
 //! boot delay, dropping the last handle stops it.
 
-#[path = "sim_common.rs"]
 mod sim_common;
 
 use std::time::Duration;

@@ -1,7 +1,6 @@
 //! Dify's overload answers in the simulator: the PostgreSQL connection limit (500), the
 //! per-app `APP_MAX_ACTIVE_REQUESTS` (429), and injected faults for retry tests.
 
-#[path = "sim_common.rs"]
 mod sim_common;
 
 use std::time::Duration;
@@ -104,7 +103,11 @@ async fn app_max_active_requests_answers_429_per_app() {
     assert_eq!(r.status, 429);
     assert_eq!(
         r.json(),
-        json!({"code": "too_many_requests", "message": "Too many requests. Please try again later.", "status": 429})
+        json!({
+            "code": "too_many_requests",
+            "message": "Too many requests. Please try again later.",
+            "status": 429
+        })
     );
     // Another app is not affected.
     let other = call(

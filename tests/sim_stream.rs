@@ -1,7 +1,6 @@
 //! Streaming runs (SSE) and abandoned runs: frames are spaced as scheduled and never
 //! coalesced, pings flow, and a client that leaves is counted once its run finishes.
 
-#[path = "sim_common.rs"]
 mod sim_common;
 
 use std::time::Duration;

@@ -99,7 +99,8 @@ async fn wait_for_shutdown(sim: &Simulator) -> io::Result<()> {
             r = tokio::signal::ctrl_c() => return r,
             _ = hup.recv() => {
                 let delay = sim.config().boot_delay;
-                tracing::info!(boot_delay = %humantime::format_duration(delay), "SIGHUP: restarting simulator");
+                let shown = humantime::format_duration(delay);
+                tracing::info!(boot_delay = %shown, "SIGHUP: restarting simulator");
                 sim.restart(delay).await;
             }
         }

@@ -53,7 +53,13 @@ pub(crate) fn app_meta(ctx: &ConnCtx, info: bool) -> Response<SimBody> {
             "more_like_this": {"enabled": false},
             "user_input_form": [],
             "sensitive_word_avoidance": {"enabled": false},
-            "file_upload": {"image": {"enabled": false, "number_limits": 3, "transfer_methods": ["remote_url", "local_file"]}},
+            "file_upload": {
+                "image": {
+                    "enabled": false,
+                    "number_limits": 3,
+                    "transfer_methods": ["remote_url", "local_file"],
+                },
+            },
             "system_parameters": {
                 "file_size_limit": 15,
                 "image_file_size_limit": 10,

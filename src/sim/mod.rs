@@ -23,7 +23,7 @@
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
 //! use dify_shaper::sim::{SimConfig, Simulator};
-//! let sim = Simulator::start("127.0.0.1:0".parse().unwrap(), SimConfig::default()).await?;
+//! let sim = Simulator::start(([127, 0, 0, 1], 0).into(), SimConfig::default()).await?;
 //! println!("POST {}", sim.url("/v1/workflows/run"));
 //! sim.stop().await;
 //! # Ok(()) }
@@ -36,7 +36,7 @@
 //! shapes), `upload`, `ws` (websocket echo), `endpoints` (health, ping, stop, parameters,
 //! `/sim/*`), `envelope` (responses, Dify error envelope), `request` (body and header
 //! parsing), `limits` (DB pool, per-app limit), `shared` (state and connection slots),
-//! `body` ([`SimBody`]), `ids` (ids and determinism), `fault` (`X-Sim-Fail`), `stats`
+//! `body` (the response body type), `ids` (ids and determinism), `fault` (`X-Sim-Fail`), `stats`
 //! ([`SimStats`]), `cli` ([`SimArgs`]).
 
 mod body;
@@ -61,14 +61,13 @@ mod stream;
 mod upload;
 mod ws;
 
-pub use body::{BodyCut, SimBody};
 pub use cli::SimArgs;
 pub use config::SimConfig;
 pub use envelope::{APP_TOO_MANY_REQUESTS, DB_TOO_MANY_CLIENTS};
-pub use fault::{FaultReset, FAIL_FIRST_HEADER, FAIL_HEADER};
+pub use fault::{FAIL_FIRST_HEADER, FAIL_HEADER};
 pub use payload::PING_FRAME;
 pub use request::{EVENTS_HEADER, MAX_EVENTS, SERVICE_TIME_HEADER};
 pub use server::Simulator;
 pub use service_time::{ParseServiceTimeError, ServiceTime, MAX_SAMPLE};
-pub use stats::{SimStats, MAX_TRACKED_REQUEST_IDS};
+pub use stats::{SimStats, MAX_TRACKED_PATHS, MAX_TRACKED_REQUEST_IDS};
 pub use stream::EVENT_STREAM;

@@ -101,12 +101,12 @@ pub(crate) async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>, kind: RunK
 async fn blocking(run: Run) -> Response<SimBody> {
     let (tx, rx) = oneshot::channel::<Bytes>();
     let kill = run.ctx.kill.clone();
+    let task_kill = kill.clone();
     tokio::spawn(async move {
-        let kill = run.ctx.kill.clone();
         let stats = run.ctx.shared.stats.clone();
         tokio::select! {
             biased;
-            () = kill.cancelled() => {
+            () = task_kill.cancelled() => {
                 stats.on_killed();
                 return;
             }

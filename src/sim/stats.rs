@@ -6,9 +6,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 /// At most this many distinct `X-Request-Id` values are tallied (until
-/// [`reset`](Stats::reset)); later new ids are not recorded, so long benchmarks through a proxy
-/// that generates ids cannot grow memory without bound.
+/// [`reset_stats`](super::Simulator::reset_stats)); later new ids are not recorded, so long
+/// benchmarks through a proxy that generates ids cannot grow memory without bound.
 pub const MAX_TRACKED_REQUEST_IDS: usize = 200_000;
+
+/// At most this many distinct paths are counted in `requests_by_path`; further new paths
+/// are counted under `"(other)"`.
+pub const MAX_TRACKED_PATHS: usize = 10_000;
 
 /// A snapshot of the simulator's counters (see [`Simulator::stats`](super::Simulator::stats)).
 ///
@@ -24,7 +28,7 @@ pub struct SimStats {
     pub idle_closed: u64,
     /// Requests whose head was parsed and handed to a handler (every path).
     pub requests: u64,
-    /// Requests per path (query string excluded), every path.
+    /// Requests per path (query string excluded), every path (see [`MAX_TRACKED_PATHS`]).
     pub requests_by_path: BTreeMap<String, u64>,
     /// Responses whose body was produced to the end (a stream cut short does not count).
     pub completed: u64,
@@ -146,7 +150,12 @@ fn bump(map: &mut BTreeMap<String, u64>, key: &str) {
     match map.get_mut(key) {
         Some(n) => *n += 1,
         None => {
-            map.insert(key.to_owned(), 1);
+            let key = if map.len() < MAX_TRACKED_PATHS {
+                key
+            } else {
+                "(other)"
+            };
+            *map.entry(key.to_owned()).or_insert(0) += 1;
         }
     }
 }
