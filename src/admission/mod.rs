@@ -1,0 +1,2 @@
+//! Admission: the adaptive concurrency limit ([`limit`]).
+pub mod limit;
