@@ -1,2 +1,3 @@
-//! Admission: the adaptive concurrency limit ([`limit`]).
+//! Admission: the adaptive concurrency limit ([`limit`]) and the fair queue ([`queue`]).
 pub mod limit;
+pub mod queue;
