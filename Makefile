@@ -26,7 +26,7 @@ run: deps
 
 # The whole test suite (unit + integration against the simulator on 127.0.0.1).
 test: deps
-	$(CARGO) test --all-targets
+	$(CARGO) test
 
 lint: deps
 	$(CARGO) fmt --all -- --check

@@ -1,3 +1,20 @@
-//! Admission: the adaptive concurrency limit ([`limit`]) and the fair queue ([`queue`]).
+//! Admission: keep the backend at the concurrency it can take, and the excess waiting here —
+//! visible, bounded, fair and cheap — instead of in gunicorn's listen backlog.
+//!
+//! - [`limit`]: the adaptive concurrency limit (pure, clock-injected);
+//! - [`queue`]: the fair queue (classes by weight, tenants round robin, adaptive LIFO);
+//! - [`controller`]: [`Admission`], tying both to requests ([`Permit`], [`Refusal`]);
+//! - [`policy`]: the settings it runs with; [`stats`]: running averages and patience;
+//! - [`tenant`]: who a request belongs to, and per-tenant rate limits.
+
+pub mod controller;
 pub mod limit;
+pub mod policy;
 pub mod queue;
+pub mod refusal;
+pub mod stats;
+
+pub use controller::{Admission, AdmissionStatus, Permit, Ticket};
+pub use limit::Outcome;
+pub use policy::{AdmissionPolicy, ClassPolicy};
+pub use refusal::Refusal;

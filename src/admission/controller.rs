@@ -1,0 +1,644 @@
+//! `Admission`: one upstream's gate — the adaptive limit, the fair queue and the bookkeeping
+//! that ties them to requests. `acquire` returns a [`Permit`] (hold it for the whole request,
+//! streams included) or a [`Refusal`]; dropping the `acquire` future (the client left) takes
+//! the request out of the queue, so it never reaches the backend.
+//!
+//! Composition, in the order a request meets it:
+//! 1. bypass: classes with `queued = false` (stop-task calls) and disabled admission pass at
+//!    once — counted in flight, never held;
+//! 2. fast path: nothing waiting and in-flight below the class's cap → admitted;
+//! 3. refused at once when the estimated wait exceeds the class's `queue_timeout` or the
+//!    learned client patience (a fast 503 beats a slow timeout);
+//! 4. queued (a full queue evicts from the heaviest tenant, see [`super::queue`]); a waiter
+//!    is woken when a slot frees, shed when it has waited past the learned patience, or
+//!    answered 503 at its `queue_timeout`.
+//!
+//! A single `std::sync::Mutex` guards the state: every critical section is a few hundred
+//! nanoseconds of bookkeeping and is never held across an `.await`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use super::limit::{AdaptiveLimit, Change, Outcome, Sample};
+use super::policy::AdmissionPolicy;
+use super::queue::{Entry, FairQueue, TenantId};
+use super::refusal::Refusal;
+use super::stats::{Ewma, Patience};
+
+/// Interactive traffic counts as active for this long after its last request.
+const INTERACTIVE_ACTIVE_FOR: Duration = Duration::from_secs(10);
+/// Most tenant labels remembered for `/status`.
+const MAX_LABELS: usize = 4096;
+
+/// What is being admitted.
+#[derive(Debug, Clone)]
+pub struct Ticket {
+    /// The tenant (hashed app key).
+    pub tenant: TenantId,
+    /// The tenant as it may be shown (`app-…abcd`).
+    pub tenant_label: String,
+    /// Class index (see [`AdmissionPolicy::classes`]).
+    pub class: usize,
+}
+
+#[derive(Debug)]
+enum Decision {
+    Admit { in_flight: usize },
+    Shed(Refusal),
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+struct Counters {
+    admitted: u64,
+    queued: u64,
+    abandoned: u64,
+    shed: BTreeMap<&'static str, u64>,
+}
+
+#[derive(Debug)]
+struct State {
+    policy: AdmissionPolicy,
+    limit: AdaptiveLimit,
+    queue: FairQueue<oneshot::Sender<Decision>>,
+    in_flight: usize,
+    in_flight_by_class: Vec<usize>,
+    next_id: u64,
+    standing_since: Option<Instant>,
+    interactive_seen: Option<Instant>,
+    patience: Patience,
+    first_byte: Vec<Ewma>,
+    departure_interval: Ewma,
+    last_departure: Option<Instant>,
+    waits: Ewma,
+    max_wait: Duration,
+    counters: Counters,
+    labels: HashMap<TenantId, String>,
+}
+
+/// One upstream's admission gate.
+#[derive(Debug)]
+pub struct Admission {
+    name: String,
+    state: Mutex<State>,
+}
+
+impl Admission {
+    /// A gate for upstream `name`.
+    pub fn new(name: &str, policy: AdmissionPolicy) -> Arc<Admission> {
+        let classes = policy.classes.len().max(1);
+        let weights: Vec<u32> = policy.classes.iter().map(|c| c.weight).collect();
+        Arc::new(Admission {
+            name: name.to_string(),
+            state: Mutex::new(State {
+                limit: AdaptiveLimit::new(policy.limit.clone()),
+                queue: FairQueue::new(&weights),
+                in_flight: 0,
+                in_flight_by_class: vec![0; classes],
+                next_id: 0,
+                standing_since: None,
+                interactive_seen: None,
+                patience: Patience::default(),
+                first_byte: vec![Ewma::new(0.1); classes],
+                departure_interval: Ewma::new(0.1),
+                last_departure: None,
+                waits: Ewma::new(0.1),
+                max_wait: Duration::ZERO,
+                counters: Counters::default(),
+                labels: HashMap::new(),
+                policy,
+            }),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock would be a bug; keep serving with the state as is
+        // rather than failing every later request.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Applies a new policy (config reload); the learned limit and the queue are kept.
+    pub fn reconfigure(&self, policy: AdmissionPolicy) {
+        let mut st = self.lock();
+        let classes = policy.classes.len().max(1);
+        let weights: Vec<u32> = policy.classes.iter().map(|c| c.weight).collect();
+        st.queue.set_weights(&weights);
+        if st.in_flight_by_class.len() < classes {
+            st.in_flight_by_class.resize(classes, 0);
+            st.first_byte.resize(classes, Ewma::new(0.1));
+        }
+        st.limit.set_settings(policy.limit.clone());
+        st.policy = policy;
+        st.dispatch(Instant::now());
+    }
+
+    /// Waits for a slot. Dropping the returned future before it resolves withdraws the
+    /// request (its client left) and records how long that client waited.
+    pub async fn acquire(self: &Arc<Self>, ticket: Ticket) -> Result<Permit, Refusal> {
+        let now = Instant::now();
+        let (rx, id, class, deadline) = {
+            let mut st = self.lock();
+            let class = ticket.class.min(st.policy.classes.len().saturating_sub(1));
+            if st.labels.len() >= MAX_LABELS {
+                st.labels.clear();
+            }
+            st.labels
+                .entry(ticket.tenant)
+                .or_insert_with(|| ticket.tenant_label.clone());
+            let policy = st.policy.classes.get(class).cloned();
+            let (queued, interactive, timeout) = policy.map_or((true, false, Duration::from_secs(30)), |p| {
+                (p.queued, p.interactive, p.queue_timeout)
+            });
+            if interactive {
+                st.interactive_seen = Some(now);
+            }
+            let demand = st.in_flight + st.queue.len() + 1;
+            st.limit.note_demand(demand);
+            if !st.policy.enabled || !queued || (st.queue.is_empty() && st.in_flight < st.cap(class, now)) {
+                let in_flight = st.take_slot(class, Duration::ZERO);
+                return Ok(Permit::new(
+                    Arc::clone(self),
+                    class,
+                    now,
+                    Duration::ZERO,
+                    in_flight,
+                ));
+            }
+            if let Some(refusal) = st.refuse_on_arrival(class, timeout, now) {
+                st.count_shed(refusal);
+                return Err(refusal);
+            }
+            if st.queue.len() >= st.policy.max_queue {
+                match st.queue.evict_for(ticket.tenant) {
+                    Some(victim) => {
+                        let _ = victim.payload.send(Decision::Shed(Refusal::Evicted));
+                        st.count_shed(Refusal::Evicted);
+                    }
+                    None => {
+                        st.count_shed(Refusal::QueueFull);
+                        return Err(Refusal::QueueFull);
+                    }
+                }
+            }
+            let (tx, rx) = oneshot::channel();
+            let id = st.next_id;
+            st.next_id += 1;
+            if st.queue.is_empty() {
+                st.standing_since = Some(now);
+            }
+            st.queue.push(Entry {
+                id,
+                tenant: ticket.tenant,
+                class,
+                enqueued: now,
+                payload: tx,
+            });
+            st.counters.queued += 1;
+            st.dispatch(now);
+            (rx, id, class, now + timeout)
+        };
+        let mut waiting = Waiting {
+            admission: Arc::clone(self),
+            id,
+            tenant: ticket.tenant,
+            class,
+            enqueued: now,
+            rx: Some(rx),
+        };
+        let decision = match waiting.rx.as_mut() {
+            Some(rx) => tokio::time::timeout_at(deadline, rx).await,
+            None => return Err(Refusal::Evicted),
+        };
+        match decision {
+            Ok(Ok(decision)) => waiting.resolve(decision),
+            // The sender was dropped without a decision: only on shutdown/eviction paths.
+            Ok(Err(_)) => {
+                waiting.rx = None;
+                Err(Refusal::Evicted)
+            }
+            Err(_elapsed) => waiting.time_out(),
+        }
+    }
+
+    /// A snapshot for `/status`.
+    pub fn status(&self) -> AdmissionStatus {
+        let st = self.lock();
+        let now = Instant::now();
+        let classes = st
+            .policy
+            .classes
+            .iter()
+            .enumerate()
+            .map(|(i, c)| ClassStatus {
+                name: c.name.clone(),
+                in_flight: st.in_flight_by_class.get(i).copied().unwrap_or(0),
+                queued: st.queue.class_len(i),
+                cap: st.cap(i, now),
+                expected_first_byte_ms: st.first_byte.get(i).and_then(Ewma::get).map(|s| s * 1e3),
+            })
+            .collect();
+        let top_tenants = st
+            .queue
+            .top_tenants(10)
+            .into_iter()
+            .map(|(t, queued)| TenantStatus {
+                tenant: st.labels.get(&t).cloned().unwrap_or_else(|| format!("{t:016x}")),
+                queued,
+            })
+            .collect();
+        AdmissionStatus {
+            upstream: self.name.clone(),
+            enabled: st.policy.enabled,
+            limit: st.limit.limit(),
+            ceiling: st.limit.ceiling(),
+            latency_ratio: st.limit.last_ratio(),
+            last_change: st.limit.last_change(),
+            in_flight: st.in_flight,
+            queued: st.queue.len(),
+            standing_queue: st
+                .standing_since
+                .is_some_and(|t| now.duration_since(t) >= st.policy.lifo_after),
+            classes,
+            top_tenants,
+            admitted: st.counters.admitted,
+            queued_total: st.counters.queued,
+            abandoned: st.counters.abandoned,
+            shed: st.counters.shed.clone(),
+            wait_avg_ms: st.waits.get().map_or(0.0, |w| w * 1e3),
+            wait_max_ms: st.max_wait.as_secs_f64() * 1e3,
+            patience_ms: st.patience.estimate().map(|p| p.as_secs_f64() * 1e3),
+        }
+    }
+
+    /// The current limit.
+    pub fn limit(&self) -> usize {
+        self.lock().limit.limit()
+    }
+
+    /// Requests in flight.
+    pub fn in_flight(&self) -> usize {
+        self.lock().in_flight
+    }
+
+    /// Requests waiting.
+    pub fn queued(&self) -> usize {
+        self.lock().queue.len()
+    }
+
+    fn release(&self, class: usize, sample: Option<(usize, Option<Duration>, Outcome, Instant, usize)>) {
+        let now = Instant::now();
+        let mut st = self.lock();
+        st.in_flight = st.in_flight.saturating_sub(1);
+        if let Some(n) = st.in_flight_by_class.get_mut(class) {
+            *n = n.saturating_sub(1);
+        }
+        if let Some(last) = st.last_departure.replace(now) {
+            st.departure_interval.add(now.duration_since(last).as_secs_f64());
+        }
+        if let Some((signal, first_byte, outcome, started, in_flight)) = sample {
+            if let (Outcome::Success, Some(latency)) = (outcome, first_byte) {
+                if let Some(e) = st.first_byte.get_mut(class) {
+                    e.add(latency.as_secs_f64());
+                }
+            }
+            let latency = first_byte.unwrap_or_else(|| now.duration_since(started));
+            let before = st.limit.limit();
+            let change = st.limit.on_sample(
+                Sample {
+                    signal,
+                    started,
+                    latency,
+                    outcome,
+                    in_flight,
+                },
+                now,
+            );
+            if let Some(change) = change {
+                log_change(
+                    &self.name,
+                    change,
+                    before,
+                    st.limit.limit(),
+                    st.limit.last_ratio(),
+                );
+            }
+        }
+        st.dispatch(now);
+    }
+}
+
+fn log_change(upstream: &str, change: Change, before: usize, after: usize, ratio: Option<f64>) {
+    if before != after {
+        tracing::info!(upstream, ?change, before, after, latency_ratio = ?ratio, "concurrency limit changed");
+    }
+}
+
+impl State {
+    /// How many may be in flight for `class`: the limit, less a reserve for interactive
+    /// classes while they are active (so cheap calls never wait for a long run to end).
+    fn cap(&self, class: usize, now: Instant) -> usize {
+        let limit = self.limit.limit();
+        let Some(policy) = self.policy.classes.get(class) else {
+            return limit;
+        };
+        let interactive_active = self
+            .interactive_seen
+            .is_some_and(|t| now.duration_since(t) < INTERACTIVE_ACTIVE_FOR);
+        if policy.interactive || !interactive_active || limit <= 2 {
+            return limit;
+        }
+        let reserve = ((limit as f64 * self.policy.interactive_reserve).ceil() as usize).max(1);
+        limit.saturating_sub(reserve).max(1)
+    }
+
+    fn take_slot(&mut self, class: usize, waited: Duration) -> usize {
+        self.in_flight += 1;
+        if let Some(n) = self.in_flight_by_class.get_mut(class) {
+            *n += 1;
+        }
+        self.counters.admitted += 1;
+        self.waits.add(waited.as_secs_f64());
+        self.max_wait = self.max_wait.max(waited);
+        self.in_flight
+    }
+
+    fn count_shed(&mut self, refusal: Refusal) {
+        *self.counters.shed.entry(refusal.as_str()).or_default() += 1;
+    }
+
+    /// The expected time until a slot frees for a request arriving now, if known.
+    fn expected_wait(&self, class: usize, now: Instant) -> Option<Duration> {
+        let interval = self.departure_interval.get()?;
+        let lifo = self
+            .standing_since
+            .is_some_and(|t| now.duration_since(t) >= self.policy.lifo_after);
+        // Under LIFO a newcomer is next in its tenant's line; under FIFO it waits for the
+        // whole class ahead of it.
+        let ahead = if lifo { 0 } else { self.queue.class_len(class) };
+        Some(Duration::from_secs_f64(interval * (ahead + 1) as f64))
+    }
+
+    fn refuse_on_arrival(&self, class: usize, timeout: Duration, now: Instant) -> Option<Refusal> {
+        let wait = self.expected_wait(class, now)?;
+        if wait > timeout {
+            return Some(Refusal::WouldExceedDeadline);
+        }
+        let patience = self.patience.estimate()?;
+        let first_byte = self
+            .first_byte
+            .get(class)
+            .and_then(Ewma::get)
+            .map_or(Duration::ZERO, Duration::from_secs_f64);
+        (wait + first_byte > patience).then_some(Refusal::Impatient)
+    }
+
+    /// Admits waiters while there is room.
+    fn dispatch(&mut self, now: Instant) {
+        loop {
+            if self.queue.is_empty() {
+                self.standing_since = None;
+                return;
+            }
+            if self.in_flight >= self.limit.limit() {
+                return;
+            }
+            let lifo = self
+                .standing_since
+                .is_some_and(|t| now.duration_since(t) >= self.policy.lifo_after);
+            let caps: Vec<usize> = (0..self.policy.classes.len().max(1))
+                .map(|c| self.cap(c, now))
+                .collect();
+            let in_flight = self.in_flight;
+            let Some(entry) = self
+                .queue
+                .pop(lifo, |c| caps.get(c).is_none_or(|cap| in_flight < *cap))
+            else {
+                return;
+            };
+            let waited = now.duration_since(entry.enqueued);
+            if let Some(patience) = self.patience.estimate() {
+                let first_byte = self
+                    .first_byte
+                    .get(entry.class)
+                    .and_then(Ewma::get)
+                    .map_or(Duration::ZERO, Duration::from_secs_f64);
+                if waited + first_byte > patience {
+                    // Its client has most likely given up, or will before the answer comes.
+                    let _ = entry.payload.send(Decision::Shed(Refusal::Impatient));
+                    self.count_shed(Refusal::Impatient);
+                    continue;
+                }
+            }
+            let in_flight = in_flight + 1;
+            if entry.payload.send(Decision::Admit { in_flight }).is_ok() {
+                self.take_slot(entry.class, waited);
+            }
+        }
+    }
+}
+
+/// A queued request's side of the wait. Dropped before a decision arrived = the client left.
+struct Waiting {
+    admission: Arc<Admission>,
+    id: u64,
+    tenant: TenantId,
+    class: usize,
+    enqueued: Instant,
+    rx: Option<oneshot::Receiver<Decision>>,
+}
+
+impl Waiting {
+    fn resolve(&mut self, decision: Decision) -> Result<Permit, Refusal> {
+        self.rx = None;
+        match decision {
+            Decision::Admit { in_flight } => {
+                let now = Instant::now();
+                let waited = now.duration_since(self.enqueued);
+                Ok(Permit::new(
+                    Arc::clone(&self.admission),
+                    self.class,
+                    now,
+                    waited,
+                    in_flight,
+                ))
+            }
+            Decision::Shed(refusal) => Err(refusal),
+        }
+    }
+
+    /// The queue timeout fired: withdraw, unless a decision raced in.
+    fn time_out(&mut self) -> Result<Permit, Refusal> {
+        let removed = {
+            let mut st = self.admission.lock();
+            let removed = st.queue.remove(self.id, self.tenant, self.class).is_some();
+            if removed {
+                st.count_shed(Refusal::Timeout);
+            }
+            removed
+        };
+        if removed {
+            self.rx = None;
+            return Err(Refusal::Timeout);
+        }
+        match self.rx.as_mut().map(oneshot::Receiver::try_recv) {
+            Some(Ok(decision)) => self.resolve(decision),
+            _ => {
+                self.rx = None;
+                Err(Refusal::Timeout)
+            }
+        }
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        let Some(mut rx) = self.rx.take() else { return };
+        let now = Instant::now();
+        let mut st = self.admission.lock();
+        if st.queue.remove(self.id, self.tenant, self.class).is_some() {
+            st.counters.abandoned += 1;
+            st.patience.record(now.duration_since(self.enqueued));
+            if st.queue.is_empty() {
+                st.standing_since = None;
+            }
+            return;
+        }
+        drop(st);
+        // Admitted just as the client left: give the slot back (no latency sample).
+        if let Ok(Decision::Admit { .. }) = rx.try_recv() {
+            self.admission.release(self.class, None);
+        }
+    }
+}
+
+/// A slot with the upstream. Hold it for the whole request (a stream holds it to its end);
+/// report the outcome with [`Permit::complete`]. Dropping it without that releases the slot
+/// without teaching the limiter anything.
+#[derive(Debug)]
+pub struct Permit {
+    admission: Arc<Admission>,
+    class: usize,
+    admitted: Instant,
+    waited: Duration,
+    in_flight: usize,
+    released: bool,
+}
+
+impl Permit {
+    fn new(
+        admission: Arc<Admission>,
+        class: usize,
+        admitted: Instant,
+        waited: Duration,
+        in_flight: usize,
+    ) -> Self {
+        Permit {
+            admission,
+            class,
+            admitted,
+            waited,
+            in_flight,
+            released: false,
+        }
+    }
+
+    /// Time spent in the queue.
+    pub fn waited(&self) -> Duration {
+        self.waited
+    }
+
+    /// When the slot was granted.
+    pub fn admitted_at(&self) -> Instant {
+        self.admitted
+    }
+
+    /// Releases the slot and feeds the limiter: `signal` names the latency signal (class ×
+    /// streaming), `first_byte` the time from admission to the response header.
+    pub fn complete(mut self, signal: usize, first_byte: Option<Duration>, outcome: Outcome) {
+        self.released = true;
+        self.admission.release(
+            self.class,
+            Some((signal, first_byte, outcome, self.admitted, self.in_flight)),
+        );
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if !self.released {
+            self.admission.release(self.class, None);
+        }
+    }
+}
+
+/// `/status` view of one upstream's admission.
+#[derive(Debug, Clone, Serialize)]
+pub struct AdmissionStatus {
+    /// Upstream name.
+    pub upstream: String,
+    /// Whether admission is on.
+    pub enabled: bool,
+    /// The learned concurrency limit.
+    pub limit: usize,
+    /// The remembered failing in-flight level, if any.
+    pub ceiling: Option<usize>,
+    /// The latest latency ratio (window mean / baseline).
+    pub latency_ratio: Option<f64>,
+    /// Why the limit last changed.
+    pub last_change: Option<Change>,
+    /// Requests in flight.
+    pub in_flight: usize,
+    /// Requests waiting.
+    pub queued: usize,
+    /// Whether the queue is standing (served newest first).
+    pub standing_queue: bool,
+    /// Per class.
+    pub classes: Vec<ClassStatus>,
+    /// Tenants with the most waiting requests.
+    pub top_tenants: Vec<TenantStatus>,
+    /// Requests admitted since start.
+    pub admitted: u64,
+    /// Requests that had to wait since start.
+    pub queued_total: u64,
+    /// Queued requests whose client left.
+    pub abandoned: u64,
+    /// Refusals by reason.
+    pub shed: BTreeMap<&'static str, u64>,
+    /// Average queue wait of admitted requests (EWMA), ms.
+    pub wait_avg_ms: f64,
+    /// Longest queue wait of an admitted request, ms.
+    pub wait_max_ms: f64,
+    /// Learned client patience, ms.
+    pub patience_ms: Option<f64>,
+}
+
+/// Per-class counts.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClassStatus {
+    /// Class name.
+    pub name: String,
+    /// In flight.
+    pub in_flight: usize,
+    /// Waiting.
+    pub queued: usize,
+    /// Current in-flight cap for the class.
+    pub cap: usize,
+    /// Typical time from admission to the response header, ms.
+    pub expected_first_byte_ms: Option<f64>,
+}
+
+/// A tenant's queue share.
+#[derive(Debug, Clone, Serialize)]
+pub struct TenantStatus {
+    /// Redacted tenant label.
+    pub tenant: String,
+    /// Waiting requests.
+    pub queued: usize,
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,231 @@
+//! Admission controller on a paused clock: fast path, queueing, timeouts, withdrawal of a
+//! waiter whose client left, fairness, bypass, eviction and the interactive reserve.
+
+use std::time::Duration;
+
+use super::*;
+use crate::admission::limit::LimitSettings;
+use crate::admission::policy::ClassPolicy;
+
+fn class(name: &str, weight: u32, timeout_s: u64, queued: bool, interactive: bool) -> ClassPolicy {
+    ClassPolicy {
+        name: name.into(),
+        weight,
+        queue_timeout: Duration::from_secs(timeout_s),
+        queued,
+        interactive,
+    }
+}
+
+/// Classes: 0 interactive, 1 run, 2 control (bypass). A fixed limit of `limit`.
+fn gate(limit: usize, max_queue: usize) -> Arc<Admission> {
+    let fixed = LimitSettings {
+        initial: limit,
+        min: limit,
+        max: limit,
+        ..LimitSettings::default()
+    };
+    Admission::new(
+        "api",
+        AdmissionPolicy {
+            limit: fixed,
+            max_queue,
+            classes: vec![
+                class("interactive", 4, 10, true, true),
+                class("run", 1, 30, true, false),
+                class("control", 1, 1, false, false),
+            ],
+            ..AdmissionPolicy::default()
+        },
+    )
+}
+
+fn ticket(tenant: u64, class: usize) -> Ticket {
+    Ticket {
+        tenant,
+        tenant_label: format!("t{tenant}"),
+        class,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn admits_up_to_the_limit_then_queues_until_a_slot_frees() {
+    let gate = gate(2, 100);
+    let a = gate.acquire(ticket(1, 1)).await.expect("first");
+    let _b = gate.acquire(ticket(1, 1)).await.expect("second");
+    let waiting = tokio::spawn({
+        let gate = Arc::clone(&gate);
+        async move { gate.acquire(ticket(1, 1)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!((gate.in_flight(), gate.queued()), (2, 1));
+    drop(a);
+    let third = waiting.await.expect("join").expect("admitted after the release");
+    assert_eq!(third.waited(), Duration::from_millis(100));
+    assert_eq!((gate.in_flight(), gate.queued()), (2, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiter_times_out_with_a_refusal() {
+    let gate = gate(1, 100);
+    let _held = gate.acquire(ticket(1, 0)).await.expect("first");
+    let started = Instant::now();
+    let refused = gate.acquire(ticket(1, 0)).await.map(|_| ());
+    assert_eq!(refused, Err(Refusal::Timeout));
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_secs(10),
+        "interactive queue_timeout"
+    );
+    assert_eq!(gate.queued(), 0);
+    assert_eq!(gate.status().shed.get("queue_timeout"), Some(&1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiter_whose_client_left_never_gets_a_slot() {
+    let gate = gate(1, 100);
+    let held = gate.acquire(ticket(1, 1)).await.expect("first");
+    let waiter = tokio::spawn({
+        let gate = Arc::clone(&gate);
+        async move { gate.acquire(ticket(2, 1)).await }
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    waiter.abort(); // the client disconnected: the acquire future is dropped
+    let _ = waiter.await;
+    assert_eq!(gate.queued(), 0);
+    drop(held);
+    assert_eq!(gate.in_flight(), 0, "nobody was admitted for the departed client");
+    let status = gate.status();
+    assert_eq!(status.abandoned, 1);
+    assert_eq!(status.admitted, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn learned_patience_sheds_requests_whose_clients_will_be_gone() {
+    let gate = gate(1, 100);
+    let held = gate.acquire(ticket(1, 1)).await.expect("first");
+    // Five clients give up after 5 s in the queue: patience ≈ 5 s.
+    for _ in 0..5 {
+        let waiter = tokio::spawn({
+            let gate = Arc::clone(&gate);
+            async move { gate.acquire(ticket(2, 1)).await }
+        });
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        waiter.abort();
+        let _ = waiter.await;
+    }
+    assert!(gate
+        .status()
+        .patience_ms
+        .is_some_and(|p| (4900.0..=5100.0).contains(&p)));
+    // A request that has already waited past that is shed when its turn comes.
+    let late = tokio::spawn({
+        let gate = Arc::clone(&gate);
+        async move { gate.acquire(ticket(3, 1)).await.map(|_| ()) }
+    });
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    drop(held);
+    assert_eq!(late.await.expect("join"), Err(Refusal::Impatient));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_flooding_tenant_does_not_starve_another() {
+    let gate = gate(1, 1000);
+    let held = gate.acquire(ticket(1, 1)).await.expect("first");
+    let mut flood = Vec::new();
+    for _ in 0..50 {
+        let gate = Arc::clone(&gate);
+        flood.push(tokio::spawn(async move {
+            gate.acquire(ticket(1, 1)).await.map(|p| drop(p))
+        }));
+        tokio::task::yield_now().await;
+    }
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let other = tokio::spawn({
+        let gate = Arc::clone(&gate);
+        async move {
+            let permit = gate.acquire(ticket(2, 1)).await?;
+            Ok::<_, Refusal>(permit.waited())
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    drop(held); // one slot frees: tenant 1's oldest goes first (its turn), then tenant 2
+    let waited = other.await.expect("join").expect("admitted");
+    assert!(
+        waited <= Duration::from_millis(20),
+        "tenant 2 waited {waited:?} behind a 50-request flood"
+    );
+    for f in flood {
+        let _ = f.await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn control_requests_bypass_the_limit() {
+    let gate = gate(1, 100);
+    let _run = gate.acquire(ticket(1, 1)).await.expect("run");
+    let stop = tokio::time::timeout(Duration::from_millis(1), gate.acquire(ticket(1, 2))).await;
+    assert!(matches!(stop, Ok(Ok(_))), "a stop call is never queued");
+    assert_eq!(gate.in_flight(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_queue_evicts_from_the_heaviest_tenant() {
+    let gate = gate(1, 3);
+    let _held = gate.acquire(ticket(1, 1)).await.expect("first");
+    let mut flood = Vec::new();
+    for _ in 0..3 {
+        let gate = Arc::clone(&gate);
+        flood.push(tokio::spawn(async move {
+            gate.acquire(ticket(1, 1)).await.map(|_| ())
+        }));
+        tokio::task::yield_now().await;
+    }
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(gate.queued(), 3);
+    let light = tokio::spawn({
+        let gate = Arc::clone(&gate);
+        async move { gate.acquire(ticket(2, 1)).await.map(|_| ()) }
+    });
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(gate.queued(), 3, "the newcomer got a place");
+    let mut results = Vec::new();
+    for f in flood {
+        if let Ok(r) = tokio::time::timeout(Duration::from_millis(1), f).await {
+            results.push(r.expect("join"));
+        }
+    }
+    assert_eq!(
+        results,
+        vec![Err(Refusal::Evicted)],
+        "one flood request was evicted at once"
+    );
+    light.abort();
+    // The flood tenant itself gets no room by eviction.
+    let refused = gate.acquire(ticket(1, 1)).await.map(|_| ());
+    assert_eq!(refused, Err(Refusal::QueueFull));
+}
+
+#[tokio::test(start_paused = true)]
+async fn runs_leave_headroom_for_interactive_calls() {
+    let gate = gate(10, 100);
+    let _cheap = gate
+        .acquire(ticket(9, 0))
+        .await
+        .expect("interactive marks itself active");
+    let mut runs = Vec::new();
+    for _ in 0..8 {
+        runs.push(gate.acquire(ticket(1, 1)).await.expect("run within the cap"));
+    }
+    assert_eq!(gate.in_flight(), 9);
+    let tenth_run = tokio::time::timeout(Duration::from_millis(50), gate.acquire(ticket(1, 1))).await;
+    assert!(
+        tenth_run.is_err(),
+        "runs are capped at limit − reserve while interactive is active"
+    );
+    let cheap = tokio::time::timeout(Duration::from_millis(1), gate.acquire(ticket(9, 0))).await;
+    assert!(
+        matches!(cheap, Ok(Ok(_))),
+        "an interactive call gets the reserved slot at once"
+    );
+}

@@ -1,0 +1,52 @@
+//! Why admission refused a request, and the client's answer for each reason: always the
+//! 503 `server_busy` envelope with a `Retry-After`, so a client can tell "busy" from "broken".
+
+use crate::proxy::envelope::ErrorReply;
+
+/// A refused request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The queue was full and this request's tenant had the most waiting.
+    QueueFull,
+    /// Evicted from a full queue to make room for a lighter tenant.
+    Evicted,
+    /// Waited its class's `queue_timeout`.
+    Timeout,
+    /// The estimated wait already exceeds what the request can wait.
+    WouldExceedDeadline,
+    /// Waited so long that its client has most likely left (learned patience).
+    Impatient,
+}
+
+impl Refusal {
+    /// Short name for logs, `/status` and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::QueueFull => "queue_full",
+            Refusal::Evicted => "evicted",
+            Refusal::Timeout => "queue_timeout",
+            Refusal::WouldExceedDeadline => "deadline",
+            Refusal::Impatient => "impatient",
+        }
+    }
+
+    /// The envelope for the client.
+    pub fn reply(self, retry_after_secs: u64) -> ErrorReply {
+        let message = match self {
+            Refusal::QueueFull | Refusal::Evicted => "the backend is at capacity and the queue is full",
+            Refusal::Timeout => "the backend stayed at capacity for as long as this request may wait",
+            Refusal::WouldExceedDeadline => "the expected wait exceeds how long this request may wait",
+            Refusal::Impatient => "the backend is at capacity; this request waited too long",
+        };
+        ErrorReply::server_busy(message).retry_after(retry_after_secs.clamp(1, 60))
+    }
+
+    /// Every reason, for counters.
+    pub const ALL: [Refusal; 5] = [
+        Refusal::QueueFull,
+        Refusal::Evicted,
+        Refusal::Timeout,
+        Refusal::WouldExceedDeadline,
+        Refusal::Impatient,
+    ];
+}
