@@ -136,7 +136,7 @@ async fn a_flooding_tenant_does_not_starve_another() {
     for _ in 0..50 {
         let gate = Arc::clone(&gate);
         flood.push(tokio::spawn(async move {
-            gate.acquire(ticket(1, 1)).await.map(|p| drop(p))
+            gate.acquire(ticket(1, 1)).await.map(drop)
         }));
         tokio::task::yield_now().await;
     }
