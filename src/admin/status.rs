@@ -40,7 +40,7 @@ pub fn status(app: &App) -> serde_json::Value {
             let value = serde_json::json!({
                 "servers": group.servers().iter().map(ToString::to_string).collect::<Vec<_>>(),
                 "endpoints": group.endpoints().iter().map(|e| e.addr.to_string()).collect::<Vec<_>>(),
-                "in_flight": group.in_flight(),
+                "admission": group.admission().status(),
                 "last_resolve_error": group.last_resolve_error(),
             });
             (group.name().to_string(), value)

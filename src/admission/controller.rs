@@ -274,6 +274,14 @@ impl Admission {
         }
     }
 
+    /// Seconds a refused client should wait before retrying: the expected time for the
+    /// queue ahead of it to drain, at least 1.
+    pub fn retry_after_secs(&self) -> u64 {
+        let st = self.lock();
+        let interval = st.departure_interval.get().unwrap_or(1.0);
+        (interval * (st.queue.len() + 1) as f64).ceil().clamp(1.0, 60.0) as u64
+    }
+
     /// The current limit.
     pub fn limit(&self) -> usize {
         self.lock().limit.limit()

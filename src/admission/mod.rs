@@ -13,6 +13,7 @@ pub mod policy;
 pub mod queue;
 pub mod refusal;
 pub mod stats;
+pub mod tenant;
 
 pub use controller::{Admission, AdmissionStatus, Permit, Ticket};
 pub use limit::Outcome;

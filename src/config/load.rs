@@ -14,9 +14,13 @@ use std::time::Duration;
 use thiserror::Error;
 use toml::Spanned;
 
-use super::schema::{RawClass, RawConfig, RawRoute};
+use super::schema::{RawAdmission, RawAdmissionGlobal, RawClass, RawConfig, RawRoute, RawTenants};
 use super::units::HumanDuration;
-use super::{ClassSpec, Config, LogSettings, ServerAddr, ServerSettings, UpstreamSpec};
+use super::{
+    AdmissionGlobal, AdmissionSpec, ClassSpec, Config, LogSettings, RateLimitSpec, ServerAddr,
+    ServerSettings, TenantSettings, UpstreamSpec,
+};
+use crate::admission::AdmissionPolicy;
 use crate::proxy::routing::{Route, Router};
 
 /// The embedded default config used when `run` gets no `--config`.
@@ -142,7 +146,14 @@ fn build(raw: RawConfig, at: &Locator<'_>, overrides: &Overrides) -> Result<Conf
                 .map_err(|m| at.error(server.span(), Some(format!("upstreams.{name}.servers")), m))?;
             parsed.push(addr);
         }
-        upstreams.insert(name.clone(), UpstreamSpec { servers: parsed });
+        let admission = build_admission(name, &spec.get_ref().admission, at)?;
+        upstreams.insert(
+            name.clone(),
+            UpstreamSpec {
+                servers: parsed,
+                admission,
+            },
+        );
     }
     if let Some(url) = &overrides.upstream {
         let addr = parse_upstream_url(url).map_err(|message| ConfigError::Override {
@@ -175,14 +186,121 @@ fn build(raw: RawConfig, at: &Locator<'_>, overrides: &Overrides) -> Result<Conf
         )
     })?;
 
+    let admission = build_admission_global(&raw.admission, at)?;
+    let tenants = build_tenants(&raw.tenants, at)?;
+
     Ok(Config {
         source: at.origin.to_string(),
         server: server_settings,
         log,
         upstreams,
         classes,
+        admission,
+        tenants,
         router,
     })
+}
+
+fn build_admission(name: &str, raw: &RawAdmission, at: &Locator<'_>) -> Result<AdmissionSpec, ConfigError> {
+    let d = AdmissionSpec::default();
+    let key = |k: &str| format!("upstreams.{name}.admission.{k}");
+    let spec = AdmissionSpec {
+        enabled: raw.enabled.unwrap_or(d.enabled),
+        initial_limit: raw.initial_limit.unwrap_or(d.initial_limit),
+        min_limit: raw.min_limit.unwrap_or(d.min_limit),
+        max_limit: raw.max_limit.unwrap_or(d.max_limit),
+        max_queue: raw.max_queue.unwrap_or(d.max_queue),
+        latency_tolerance: raw.latency_tolerance.unwrap_or(d.latency_tolerance),
+    };
+    if spec.min_limit == 0 {
+        return Err(at.unplaced(&key("min_limit"), "must be at least 1".into()));
+    }
+    if spec.max_limit < spec.min_limit || spec.max_limit > 100_000 {
+        return Err(at.unplaced(
+            &key("max_limit"),
+            format!("{} must be within min_limit..=100000", spec.max_limit),
+        ));
+    }
+    if !(spec.min_limit..=spec.max_limit).contains(&spec.initial_limit) {
+        return Err(at.unplaced(
+            &key("initial_limit"),
+            format!(
+                "{} must be within min_limit..=max_limit ({}..={})",
+                spec.initial_limit, spec.min_limit, spec.max_limit
+            ),
+        ));
+    }
+    if spec.max_queue > 1_000_000 {
+        return Err(at.unplaced(
+            &key("max_queue"),
+            format!("{} is out of range: expected 0..=1000000", spec.max_queue),
+        ));
+    }
+    if !(spec.latency_tolerance > 1.0 && spec.latency_tolerance <= 10.0) {
+        return Err(at.unplaced(
+            &key("latency_tolerance"),
+            format!(
+                "{} is out of range: expected a ratio in (1, 10], e.g. 1.3",
+                spec.latency_tolerance
+            ),
+        ));
+    }
+    Ok(spec)
+}
+
+fn build_admission_global(
+    raw: &RawAdmissionGlobal,
+    at: &Locator<'_>,
+) -> Result<AdmissionGlobal, ConfigError> {
+    let defaults = AdmissionPolicy::default();
+    let reserve = raw.interactive_reserve.unwrap_or(defaults.interactive_reserve);
+    if !(0.0..=0.5).contains(&reserve) {
+        return Err(at.unplaced(
+            "admission.interactive_reserve",
+            format!("{reserve} is out of range: expected 0..=0.5"),
+        ));
+    }
+    Ok(AdmissionGlobal {
+        interactive_reserve: reserve,
+        lifo_after: raw.lifo_after.unwrap_or(HumanDuration(defaults.lifo_after)),
+    })
+}
+
+fn build_tenants(raw: &RawTenants, at: &Locator<'_>) -> Result<TenantSettings, ConfigError> {
+    let header = match &raw.header {
+        None => None,
+        Some(name) => {
+            let text = name.get_ref().to_ascii_lowercase();
+            if http::HeaderName::from_bytes(text.as_bytes()).is_err() {
+                return Err(at.error(
+                    name.span(),
+                    Some("tenants.header".into()),
+                    format!("{text:?} is not a valid header name"),
+                ));
+            }
+            // `authorization` means the default: the bearer token, not the whole header.
+            (text != "authorization").then_some(text)
+        }
+    };
+    let rate_limit = match &raw.rate_limit {
+        None => None,
+        Some(r) => {
+            if !(r.rate.is_finite() && r.rate > 0.0 && r.rate <= 1_000_000.0) {
+                return Err(at.unplaced(
+                    "tenants.rate_limit.rate",
+                    format!("{} is out of range: expected requests per second > 0", r.rate),
+                ));
+            }
+            if r.burst == 0 {
+                return Err(at.unplaced("tenants.rate_limit.burst", "must be at least 1".into()));
+            }
+            Some(RateLimitSpec {
+                rate: r.rate,
+                burst: r.burst,
+            })
+        }
+    };
+    Ok(TenantSettings { header, rate_limit })
 }
 
 /// The built-in class names; each always exists.
@@ -193,16 +311,22 @@ const BUILTIN_CLASSES: [&str; 3] = ["interactive", "run", "control"];
 /// any other name starts from the `interactive` values.
 fn class_defaults(name: &str) -> ClassSpec {
     let secs = |s| HumanDuration(Duration::from_secs(s));
-    let (read, write) = match name {
-        "run" => (600, 60),
-        "control" => (30, 30),
-        _ => (60, 60),
+    // (read, write, queue timeout, weight, queued)
+    let (read, write, queue, weight, queued) = match name {
+        "run" => (600, 60, 60, 1, true),
+        "control" => (30, 30, 10, 1, false),
+        _ => (60, 60, 10, 4, true),
     };
     ClassSpec {
         name: name.to_string(),
         connect_timeout: secs(5),
         read_timeout: secs(read),
         write_timeout: secs(write),
+        queue_timeout: secs(queue),
+        weight,
+        queued,
+        interactive: name == "interactive",
+        index: 0,
     }
 }
 
@@ -222,17 +346,33 @@ fn build_classes(
             connect_timeout: overrides.connect_timeout.unwrap_or(base.connect_timeout),
             read_timeout: overrides.read_timeout.unwrap_or(base.read_timeout),
             write_timeout: overrides.write_timeout.unwrap_or(base.write_timeout),
+            queue_timeout: overrides.queue_timeout.unwrap_or(base.queue_timeout),
+            weight: overrides.weight.unwrap_or(base.weight),
+            queued: overrides.queued.unwrap_or(base.queued),
+            interactive: overrides.interactive.unwrap_or(base.interactive),
+            index: 0,
         };
+        if !(1..=100).contains(&spec.weight) {
+            return Err(at.unplaced(
+                &format!("classes.{name}.weight"),
+                format!("{} is out of range: expected 1..=100", spec.weight),
+            ));
+        }
         for (key, value) in [
             ("connect_timeout", spec.connect_timeout),
             ("read_timeout", spec.read_timeout),
             ("write_timeout", spec.write_timeout),
+            ("queue_timeout", spec.queue_timeout),
         ] {
             if value.0.is_zero() {
                 return Err(at.unplaced(&format!("classes.{name}.{key}"), "must be greater than 0".into()));
             }
         }
         classes.insert(name.clone(), Arc::new(spec));
+    }
+    // Indices follow the (sorted) names; admission and latency signals are keyed by them.
+    for (index, spec) in classes.values_mut().enumerate() {
+        Arc::make_mut(spec).index = index;
     }
     Ok(classes)
 }

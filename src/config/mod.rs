@@ -19,6 +19,9 @@ pub use load::{load_embedded, load_file, parse_str, ConfigError, Overrides};
 pub use schema::LogFormat;
 pub use units::{ByteSize, HumanDuration};
 
+use crate::admission::limit::LimitSettings;
+use crate::admission::tenant::TenantSource;
+use crate::admission::{AdmissionPolicy, ClassPolicy};
 use crate::proxy::routing::Router;
 
 /// A validated, effective configuration.
@@ -35,9 +38,123 @@ pub struct Config {
     pub upstreams: BTreeMap<String, UpstreamSpec>,
     /// Traffic classes by name.
     pub classes: BTreeMap<String, Arc<ClassSpec>>,
+    /// Admission settings shared by all upstreams.
+    pub admission: AdmissionGlobal,
+    /// Tenant identification and rate limits.
+    pub tenants: TenantSettings,
     /// Routes, in match order (most specific first).
     #[serde(rename = "routes")]
     pub router: Router,
+}
+
+impl Config {
+    /// The admission policy of upstream `name` (defaults when it is not configured).
+    pub fn admission_policy(&self, name: &str) -> AdmissionPolicy {
+        let spec = self
+            .upstreams
+            .get(name)
+            .map(|u| u.admission.clone())
+            .unwrap_or_default();
+        let mut classes: Vec<&Arc<ClassSpec>> = self.classes.values().collect();
+        classes.sort_by_key(|c| c.index);
+        AdmissionPolicy {
+            enabled: spec.enabled,
+            limit: LimitSettings {
+                initial: spec.initial_limit,
+                min: spec.min_limit,
+                max: spec.max_limit,
+                tolerance: spec.latency_tolerance,
+                ..LimitSettings::default()
+            },
+            max_queue: spec.max_queue,
+            classes: classes
+                .into_iter()
+                .map(|c| ClassPolicy {
+                    name: c.name.clone(),
+                    weight: c.weight,
+                    queue_timeout: c.queue_timeout.0,
+                    queued: c.queued,
+                    interactive: c.interactive,
+                })
+                .collect(),
+            interactive_reserve: self.admission.interactive_reserve,
+            lifo_after: self.admission.lifo_after.0,
+        }
+    }
+}
+
+/// `[admission]` after validation.
+#[derive(Debug, Clone, Serialize)]
+pub struct AdmissionGlobal {
+    /// Fraction of the limit kept for interactive classes while they are active.
+    pub interactive_reserve: f64,
+    /// Standing-queue age after which the newest requests are served first.
+    pub lifo_after: HumanDuration,
+}
+
+/// `[upstreams.NAME.admission]` after validation.
+#[derive(Debug, Clone, Serialize)]
+pub struct AdmissionSpec {
+    /// Whether the limit and queue are on.
+    pub enabled: bool,
+    /// Starting limit.
+    pub initial_limit: usize,
+    /// Lowest limit.
+    pub min_limit: usize,
+    /// Highest limit.
+    pub max_limit: usize,
+    /// Most requests waiting.
+    pub max_queue: usize,
+    /// Latency ratio above which the limit is cut.
+    pub latency_tolerance: f64,
+}
+
+impl Default for AdmissionSpec {
+    fn default() -> Self {
+        let limit = LimitSettings::default();
+        AdmissionSpec {
+            enabled: true,
+            initial_limit: limit.initial,
+            min_limit: limit.min,
+            max_limit: limit.max,
+            max_queue: AdmissionPolicy::default().max_queue,
+            latency_tolerance: limit.tolerance,
+        }
+    }
+}
+
+/// `[tenants]` after validation.
+#[derive(Debug, Clone, Serialize)]
+pub struct TenantSettings {
+    /// The header naming the tenant; `None` = the `Authorization` bearer token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    /// Per-tenant rate limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimitSpec>,
+}
+
+impl TenantSettings {
+    /// Where the tenant key is read from.
+    pub fn source(&self) -> TenantSource {
+        match self
+            .header
+            .as_deref()
+            .map(|h| http::HeaderName::from_bytes(h.as_bytes()))
+        {
+            Some(Ok(name)) => TenantSource::Header(name),
+            _ => TenantSource::BearerToken,
+        }
+    }
+}
+
+/// `[tenants.rate_limit]` after validation.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct RateLimitSpec {
+    /// Requests per second per tenant.
+    pub rate: f64,
+    /// Burst size.
+    pub burst: u32,
 }
 
 /// `[server]` after validation.
@@ -100,6 +217,8 @@ impl Serialize for ServerAddr {
 pub struct UpstreamSpec {
     /// The group's servers.
     pub servers: Vec<ServerAddr>,
+    /// Its admission settings.
+    pub admission: AdmissionSpec,
 }
 
 /// A traffic class after validation: every timeout resolved.
@@ -114,4 +233,15 @@ pub struct ClassSpec {
     pub read_timeout: HumanDuration,
     /// Longest wait for the upstream to accept request bytes.
     pub write_timeout: HumanDuration,
+    /// Longest wait in the admission queue.
+    pub queue_timeout: HumanDuration,
+    /// Share of dequeues when several classes wait.
+    pub weight: u32,
+    /// Whether requests of this class are queued and held to the limit.
+    pub queued: bool,
+    /// Whether the class gets the interactive headroom.
+    pub interactive: bool,
+    /// Position among the classes (admission's class index).
+    #[serde(skip)]
+    pub index: usize,
 }

@@ -31,6 +31,61 @@ pub struct RawConfig {
     /// Routes by path prefix, most specific match wins.
     #[serde(default)]
     pub routes: Vec<RawRoute>,
+    /// Admission settings shared by all upstreams.
+    #[serde(default)]
+    pub admission: RawAdmissionGlobal,
+    /// Tenant identification and per-tenant rate limits.
+    #[serde(default)]
+    pub tenants: RawTenants,
+}
+
+/// `[admission]`: settings shared by every upstream's admission.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmissionGlobal {
+    /// Fraction of the limit kept free for interactive classes while they are active (0..=0.5).
+    pub interactive_reserve: Option<f64>,
+    /// A queue that has not emptied for this long serves newest first (adaptive LIFO).
+    pub lifo_after: Option<HumanDuration>,
+}
+
+/// `[upstreams.NAME.admission]`: the adaptive limit of one upstream. No capacity is given;
+/// these are bounds and a starting point.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmission {
+    /// `false` turns queueing and the limit off for this upstream (requests are only counted).
+    pub enabled: Option<bool>,
+    /// Limit before anything is learned (keep at or below the real capacity).
+    pub initial_limit: Option<usize>,
+    /// Lowest limit (>= 1).
+    pub min_limit: Option<usize>,
+    /// Highest limit.
+    pub max_limit: Option<usize>,
+    /// Most requests waiting at once.
+    pub max_queue: Option<usize>,
+    /// Latency ratio (window mean / no-load baseline) above which the limit is cut (> 1).
+    pub latency_tolerance: Option<f64>,
+}
+
+/// `[tenants]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTenants {
+    /// Header whose value identifies the tenant; default: the `Authorization` bearer token.
+    pub header: Option<Spanned<String>>,
+    /// Optional per-tenant rate limit.
+    pub rate_limit: Option<RawRateLimit>,
+}
+
+/// `[tenants.rate_limit]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    /// Requests per second per tenant (may be fractional, e.g. 0.5).
+    pub rate: f64,
+    /// Requests a tenant may send at once after being quiet.
+    pub burst: u32,
 }
 
 /// `[server]`: listeners and process-wide settings.
@@ -116,6 +171,9 @@ impl Default for RawLog {
 pub struct RawUpstream {
     /// `host:port` entries; hostnames are re-resolved every `server.resolve_interval`.
     pub servers: Vec<Spanned<String>>,
+    /// The upstream's adaptive concurrency limit.
+    #[serde(default)]
+    pub admission: RawAdmission,
 }
 
 /// `[classes.NAME]`: per-class timeouts. Unset keys keep the class's built-in default.
@@ -129,6 +187,15 @@ pub struct RawClass {
     pub read_timeout: Option<HumanDuration>,
     /// Longest wait for the upstream to accept request bytes.
     pub write_timeout: Option<HumanDuration>,
+    /// Longest wait in the admission queue before a 503 `server_busy`.
+    pub queue_timeout: Option<HumanDuration>,
+    /// Share of dequeues when several classes wait (1..=100).
+    pub weight: Option<u32>,
+    /// `false`: never queued nor held back by the limit (only counted), for cheap calls such
+    /// as stop-task that must never wait behind the runs they stop.
+    pub queued: Option<bool>,
+    /// Whether the class gets the interactive headroom (see `admission.interactive_reserve`).
+    pub interactive: Option<bool>,
 }
 
 /// `[[routes]]`: a path prefix (and optional suffix / methods) mapped to an upstream and class.

@@ -7,8 +7,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::envelope::ErrorReply;
+use crate::admission::Permit;
 use crate::config::{ClassSpec, Config};
-use crate::upstream::{Endpoint, InFlightGuard, UpstreamState};
+use crate::upstream::{Endpoint, UpstreamState};
 
 /// What the request was routed to.
 #[derive(Debug)]
@@ -35,7 +36,7 @@ pub struct RequestCtx {
     pub routed: Option<Routed>,
     /// The tenant as it may appear in logs (`app-…abcd`).
     pub tenant: Option<String>,
-    /// Time spent waiting for admission (zero until admission exists).
+    /// Time spent waiting for admission.
     pub queue_wait: Duration,
     /// The endpoint of the latest attempt.
     pub endpoint: Option<Endpoint>,
@@ -55,8 +56,16 @@ pub struct RequestCtx {
     pub bytes_out: u64,
     /// An error answer chosen by a hook, written by `fail_to_proxy` or `request_filter`.
     pub reply: Option<ErrorReply>,
-    /// Holds the upstream's in-flight count while the request lives.
-    pub in_flight: Option<InFlightGuard>,
+    /// The admission slot, held until the response (stream included) is done.
+    pub permit: Option<Permit>,
+    /// When the slot was granted.
+    pub admitted_at: Option<Instant>,
+    /// Time from admission to the upstream's response header (the limiter's latency signal).
+    pub first_byte_after_admission: Option<Duration>,
+    /// The upstream's response status.
+    pub upstream_status: Option<u16>,
+    /// Whether the upstream answered with an event stream.
+    pub streaming: bool,
 }
 
 impl RequestCtx {
@@ -78,7 +87,11 @@ impl RequestCtx {
             bytes_in: 0,
             bytes_out: 0,
             reply: None,
-            in_flight: None,
+            permit: None,
+            admitted_at: None,
+            first_byte_after_admission: None,
+            upstream_status: None,
+            streaming: false,
         }
     }
 }

@@ -3,9 +3,11 @@
 //! envelope, redaction and the access log.
 
 pub mod access_log;
+pub mod admit;
 pub mod ctx;
 pub mod envelope;
 pub mod headers;
+pub mod outcome;
 pub mod redact;
 pub mod routing;
 pub mod service;

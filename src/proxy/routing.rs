@@ -160,6 +160,11 @@ mod tests {
             connect_timeout: d,
             read_timeout: d,
             write_timeout: d,
+            queue_timeout: d,
+            weight: 1,
+            queued: true,
+            interactive: false,
+            index: 0,
         })
     }
 

@@ -2,8 +2,9 @@
 //! small typed pieces; the request lifecycle is:
 //!
 //! ```text
-//! request_filter ──► route, request id, body-size check ──(refused: envelope, done)
-//!        │            [admission and the maintenance gate go here]
+//! request_filter ──► route, request id, body-size check, tenant rate limit
+//!        │            [the maintenance gate goes here]
+//!        │         ──► admission: wait for a slot (client watched) ──(refused: 503, done)
 //!        ▼
 //! upstream_peer ───► pick an endpoint, set the class's timeouts ──(none resolved: 503)
 //!        ▼
@@ -13,7 +14,7 @@
 //!        ▼
 //! fail_to_proxy (on error) ─► Dify envelope if nothing was sent yet
 //!        ▼
-//! logging ─► access log, release the in-flight guard
+//! logging ─► release the admission permit with its outcome, access log
 //! ```
 
 use std::sync::Arc;
@@ -29,10 +30,13 @@ use pingora::{Error, ErrorType, Result};
 use tokio::time::Instant;
 
 use super::access_log::log_request;
+use super::admit::{preread_small_body, wait_for_slot, Admitted};
 use super::ctx::{RequestCtx, Routed};
 use super::envelope::{ErrorReply, REQUEST_ID};
 use super::headers::{apply_forwarding, request_id_from};
-use super::redact::redact_authorization;
+use super::outcome::classify;
+use crate::admission::tenant::tenant_of;
+use crate::admission::Ticket;
 use crate::app::App;
 
 /// Idle upstream keep-alive connections are closed after this. gunicorn's async workers close
@@ -76,16 +80,17 @@ impl ProxyHttp for DifyProxy {
         let req = session.req_header();
         let path = req.uri.path().to_string();
         let method = req.method.clone();
-        ctx.tenant = req
-            .headers
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .map(redact_authorization);
+        let tenant = tenant_of(&config.tenants.source(), req);
+        ctx.tenant = Some(tenant.label.clone());
         let declared_len = req
             .headers
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok());
+        let chunked = req
+            .headers
+            .get(http::header::TRANSFER_ENCODING)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"chunked"));
 
         if !path.starts_with('/') {
             return self
@@ -114,10 +119,11 @@ impl ProxyHttp for DifyProxy {
                 )
                 .await;
         };
+        let class = Arc::clone(&route.class);
         ctx.routed = Some(Routed {
             route: route.name.clone(),
             upstream: Arc::clone(&upstream),
-            class: Arc::clone(&route.class),
+            class: Arc::clone(&class),
         });
         let limit = config.server.max_request_body;
         if declared_len.is_some_and(|len| len > limit.0) {
@@ -127,8 +133,43 @@ impl ProxyHttp for DifyProxy {
                 .refuse(session, ctx, ErrorReply::payload_too_large(limit))
                 .await;
         }
-        ctx.in_flight = Some(upstream.track());
-        Ok(false)
+        if let Some(limiter) = self.app.rate_limiter() {
+            if let Err(wait) = limiter.check(tenant.id) {
+                let reply = ErrorReply::too_many_requests(format!("rate limit of {} exceeded", tenant.label))
+                    .retry_after(wait.as_secs_f64().ceil().max(1.0) as u64);
+                return self.refuse(session, ctx, reply).await;
+            }
+        }
+
+        // Admission: wait here (in our queue, not gunicorn's backlog) for a slot.
+        let watch_client = preread_small_body(session, declared_len, chunked).await?;
+        let admission = Arc::clone(upstream.admission());
+        let ticket = Ticket {
+            tenant: tenant.id,
+            tenant_label: tenant.label,
+            class: class.index,
+        };
+        let queued_at = Instant::now();
+        match wait_for_slot(session, &admission, ticket, watch_client).await {
+            Admitted::Yes(permit) => {
+                ctx.queue_wait = permit.waited();
+                ctx.admitted_at = Some(permit.admitted_at());
+                ctx.permit = Some(permit);
+                Ok(false)
+            }
+            Admitted::Refused(refusal) => {
+                ctx.queue_wait = queued_at.elapsed();
+                let reply = refusal.reply(admission.retry_after_secs());
+                tracing::debug!(id = %ctx.request_id, reason = refusal.as_str(), "admission refused");
+                self.refuse(session, ctx, reply).await
+            }
+            Admitted::ClientGone => {
+                ctx.queue_wait = queued_at.elapsed();
+                let mut e = Error::explain(ErrorType::ConnectionClosed, "client left while queued");
+                e.as_down();
+                Err(e)
+            }
+        }
     }
 
     /// Picks an endpoint of the routed group and applies the class's timeouts.
@@ -226,12 +267,19 @@ impl ProxyHttp for DifyProxy {
     async fn upstream_response_filter(
         &self,
         _session: &mut Session,
-        _upstream_response: &mut ResponseHeader,
+        upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if ctx.first_byte.is_none() {
-            ctx.first_byte = Some(ctx.started.elapsed());
+        if upstream_response.status.is_informational() {
+            return Ok(());
         }
+        ctx.first_byte.get_or_insert_with(|| ctx.started.elapsed());
+        ctx.first_byte_after_admission = ctx.admitted_at.map(|t| t.elapsed());
+        ctx.upstream_status = Some(upstream_response.status.as_u16());
+        ctx.streaming = upstream_response
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
         Ok(())
     }
 
@@ -288,11 +336,20 @@ impl ProxyHttp for DifyProxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        if let (Some(permit), Some(routed)) = (ctx.permit.take(), &ctx.routed) {
+            // One latency signal per class and response kind: a stream's header arrives when
+            // a worker picks it up, a blocking run's only when it is done.
+            let signal = routed.class.index * 2 + usize::from(ctx.streaming);
+            permit.complete(
+                signal,
+                ctx.first_byte_after_admission,
+                classify(ctx.upstream_status, e),
+            );
+        }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let access_log = ctx.config.as_ref().is_none_or(|c| c.log.access_log);
         if access_log {
             log_request(session, ctx, status, e);
         }
-        ctx.in_flight = None;
     }
 }

@@ -10,6 +10,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::admission::{Admission, AdmissionPolicy};
+
 use arc_swap::ArcSwap;
 use serde::Serialize;
 
@@ -31,18 +33,18 @@ pub struct UpstreamState {
     servers: ArcSwap<Vec<ServerAddr>>,
     endpoints: ArcSwap<Vec<Endpoint>>,
     next: AtomicUsize,
-    in_flight: AtomicUsize,
+    admission: Arc<Admission>,
     last_resolve_error: Mutex<Option<String>>,
 }
 
 impl UpstreamState {
-    fn new(name: &str, servers: Vec<ServerAddr>) -> Self {
+    fn new(name: &str, servers: Vec<ServerAddr>, policy: AdmissionPolicy) -> Self {
         UpstreamState {
             name: name.to_string(),
             servers: ArcSwap::from_pointee(servers),
             endpoints: ArcSwap::from_pointee(Vec::new()),
             next: AtomicUsize::new(0),
-            in_flight: AtomicUsize::new(0),
+            admission: Admission::new(name, policy),
             last_resolve_error: Mutex::new(None),
         }
     }
@@ -72,15 +74,9 @@ impl UpstreamState {
         endpoints.get(i).cloned()
     }
 
-    /// Marks a request as in flight to this group until the guard drops.
-    pub fn track(self: &Arc<Self>) -> InFlightGuard {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlightGuard(Arc::clone(self))
-    }
-
-    /// Requests currently in flight to this group.
-    pub fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Relaxed)
+    /// The group's admission gate (its learned limit and queue survive config reloads).
+    pub fn admission(&self) -> &Arc<Admission> {
+        &self.admission
     }
 
     /// The last DNS error, if the last resolution of any server failed.
@@ -100,16 +96,6 @@ impl UpstreamState {
     }
 }
 
-/// Decrements the in-flight count when the request ends (however it ends).
-#[derive(Debug)]
-pub struct InFlightGuard(Arc<UpstreamState>);
-
-impl Drop for InFlightGuard {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 /// All upstream groups by name.
 #[derive(Debug, Default)]
 pub struct Upstreams {
@@ -123,12 +109,14 @@ impl Upstreams {
         let current = self.groups.load();
         let mut next = HashMap::with_capacity(config.upstreams.len());
         for (name, spec) in &config.upstreams {
+            let policy = config.admission_policy(name);
             let state = match current.get(name) {
                 Some(existing) => {
                     existing.servers.store(Arc::new(spec.servers.clone()));
+                    existing.admission.reconfigure(policy);
                     Arc::clone(existing)
                 }
-                None => Arc::new(UpstreamState::new(name, spec.servers.clone())),
+                None => Arc::new(UpstreamState::new(name, spec.servers.clone(), policy)),
             };
             next.insert(name.clone(), state);
         }

@@ -135,9 +135,9 @@ async fn a_flooding_tenant_does_not_starve_another() {
     let mut flood = Vec::new();
     for _ in 0..50 {
         let gate = Arc::clone(&gate);
-        flood.push(tokio::spawn(async move {
-            gate.acquire(ticket(1, 1)).await.map(drop)
-        }));
+        flood.push(tokio::spawn(
+            async move { gate.acquire(ticket(1, 1)).await.map(drop) },
+        ));
         tokio::task::yield_now().await;
     }
     tokio::time::sleep(Duration::from_millis(10)).await;
