@@ -13,34 +13,20 @@ fn routing(c: &mut Criterion) {
     let post = http::Method::POST;
     let get = http::Method::GET;
     c.bench_function("route /v1/workflows/run (shipped config)", |b| {
-        b.iter(|| {
-            config
-                .router
-                .route(black_box(&post), black_box("/v1/workflows/run"))
-        })
+        b.iter(|| config.router.route(black_box(&post), black_box("/v1/workflows/run")))
     });
     c.bench_function("route /v1/chat-messages/{id}/stop", |b| {
-        b.iter(|| {
-            config
-                .router
-                .route(black_box(&post), black_box("/v1/chat-messages/5f1c/stop"))
-        })
+        b.iter(|| config.router.route(black_box(&post), black_box("/v1/chat-messages/5f1c/stop")))
     });
     c.bench_function("route / catch-all (worst case)", |b| {
-        b.iter(|| {
-            config
-                .router
-                .route(black_box(&get), black_box("/apps/123/workflow"))
-        })
+        b.iter(|| config.router.route(black_box(&get), black_box("/apps/123/workflow")))
     });
 }
 
 fn headers(c: &mut Criterion) {
     let mut template = RequestHeader::build("POST", b"/v1/workflows/run", None).expect("request");
     template.insert_header("host", "dify.example").expect("header");
-    template
-        .insert_header("x-forwarded-for", "10.0.0.1")
-        .expect("header");
+    template.insert_header("x-forwarded-for", "10.0.0.1").expect("header");
     let ip = Some("127.0.0.1".parse().expect("ip"));
     c.bench_function("request id + X-Forwarded-*", |b| {
         b.iter(|| {

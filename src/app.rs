@@ -51,8 +51,7 @@ impl App {
     pub fn install(&self, config: Config) {
         self.upstreams.sync(&config);
         let current = self.rate_limiter();
-        self.rate_limiter
-            .store(Arc::new(rate_limiter_for(&config, current)));
+        self.rate_limiter.store(Arc::new(rate_limiter_for(&config, current)));
         self.config.store(Arc::new(config));
     }
 

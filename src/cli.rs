@@ -50,11 +50,7 @@ pub struct RunArgs {
 
 impl RunArgs {
     fn overrides(&self) -> Overrides {
-        Overrides {
-            listen: self.listen,
-            admin: self.admin,
-            upstream: self.upstream.clone(),
-        }
+        Overrides { listen: self.listen, admin: self.admin, upstream: self.upstream.clone() }
     }
 
     fn load(&self) -> Result<Config, ConfigError> {
@@ -105,10 +101,7 @@ fn check(args: &CheckArgs) -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!(
-                    "dify-shaper: {}: valid, but printing it failed: {e}",
-                    args.file.display()
-                );
+                eprintln!("dify-shaper: {}: valid, but printing it failed: {e}", args.file.display());
                 ExitCode::FAILURE
             }
         },

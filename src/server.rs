@@ -53,10 +53,7 @@ pub fn run(app: Arc<App>) -> ! {
     admin.add_tcp(&config.server.admin.to_string());
     server.add_service(admin);
 
-    server.add_service(background_service(
-        "upstream resolver",
-        Resolver::new(Arc::clone(&app)),
-    ));
+    server.add_service(background_service("upstream resolver", Resolver::new(Arc::clone(&app))));
 
     tracing::info!(
         listen = ?config.server.listen,

@@ -7,26 +7,16 @@ fn check(config: &str) -> (bool, String, String) {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("bad.toml");
     std::fs::write(&path, config).expect("write");
-    let out = Command::new(env!("CARGO_BIN_EXE_dify-shaper"))
-        .arg("check")
-        .arg(&path)
-        .output()
-        .expect("run check");
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_dify-shaper")).arg("check").arg(&path).output().expect("run check");
     let stderr = String::from_utf8_lossy(&out.stderr).replace(&path.display().to_string(), "FILE");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr,
-    )
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), stderr)
 }
 
 fn rejected(config: &str, expect_prefix: &str, expect_text: &str) {
     let (ok, _, stderr) = check(config);
     assert!(!ok, "accepted:\n{config}");
-    assert!(
-        stderr.contains(&format!("FILE:{expect_prefix}")),
-        "want FILE:{expect_prefix} in: {stderr}"
-    );
+    assert!(stderr.contains(&format!("FILE:{expect_prefix}")), "want FILE:{expect_prefix} in: {stderr}");
     assert!(stderr.contains(expect_text), "want {expect_text:?} in: {stderr}");
 }
 
@@ -36,11 +26,7 @@ const BASE: &str =
 #[test]
 fn shipped_config_is_valid_and_printed() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/conf/dify-shaper.toml");
-    let out = Command::new(env!("CARGO_BIN_EXE_dify-shaper"))
-        .arg("check")
-        .arg(path)
-        .output()
-        .expect("run");
+    let out = Command::new(env!("CARGO_BIN_EXE_dify-shaper")).arg("check").arg(path).output().expect("run");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("OK. Effective config"), "{stdout}");
@@ -67,11 +53,7 @@ fn bad_address() {
         "2:9: server.admin: ",
         "invalid socket address",
     );
-    rejected(
-        "[upstreams.api]\nservers = [\"api:http\"]\n",
-        "2:12: upstreams.api.servers: ",
-        "invalid port",
-    );
+    rejected("[upstreams.api]\nservers = [\"api:http\"]\n", "2:12: upstreams.api.servers: ", "invalid port");
 }
 
 #[test]

@@ -12,9 +12,7 @@ use http_body_util::{BodyExt, Full};
 use tokio::time::Instant;
 
 async fn sim() -> Simulator {
-    Simulator::start("127.0.0.1:0".parse().expect("addr"), SimConfig::default())
-        .await
-        .expect("simulator")
+    Simulator::start("127.0.0.1:0".parse().expect("addr"), SimConfig::default()).await.expect("simulator")
 }
 
 const WORKFLOW_BLOCKING: &str = r#"{"inputs":{"q":"hi"},"response_mode":"blocking","user":"u1"}"#;
@@ -27,10 +25,7 @@ async fn blocking_and_streaming_responses_are_byte_identical() {
     let proxy = ProxyProcess::start_default(sim.addr()).await;
     let cases = [
         ("/v1/workflows/run", WORKFLOW_BLOCKING),
-        (
-            "/v1/chat-messages",
-            r#"{"inputs":{},"query":"hello","response_mode":"blocking","user":"u1"}"#,
-        ),
+        ("/v1/chat-messages", r#"{"inputs":{},"query":"hello","response_mode":"blocking","user":"u1"}"#),
         ("/v1/workflows/run", WORKFLOW_STREAMING),
         ("/v1/chat-messages", CHAT_STREAMING),
     ];
@@ -45,17 +40,10 @@ async fn blocking_and_streaming_responses_are_byte_identical() {
         let proxied = post_json(proxy.addr, path, body, &headers).await;
         assert_eq!(direct.0, 200, "{path}: {:?}", direct.2);
         assert_eq!(proxied.0, direct.0, "{path}");
-        assert_eq!(
-            proxied.1.get("content-type"),
-            direct.1.get("content-type"),
-            "{path}"
-        );
+        assert_eq!(proxied.1.get("content-type"), direct.1.get("content-type"), "{path}");
         assert!(!proxied.2.is_empty());
         assert_eq!(proxied.2, direct.2, "{path} body differs through the proxy");
-        assert_eq!(
-            proxied.1.get("x-request-id").map(|v| v.as_bytes()),
-            Some(id.as_bytes())
-        );
+        assert_eq!(proxied.1.get("x-request-id").map(|v| v.as_bytes()), Some(id.as_bytes()));
         assert!(proxied.1.get("content-encoding").is_none(), "never compressed");
     }
 }
@@ -75,9 +63,8 @@ async fn event_arrivals(addr: std::net::SocketAddr, id: &str) -> Vec<(Instant, S
     let mut buffer = String::new();
     let mut events = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(20);
-    while let Some(frame) = tokio::time::timeout_at(deadline, body.frame())
-        .await
-        .expect("stream ends in time")
+    while let Some(frame) =
+        tokio::time::timeout_at(deadline, body.frame()).await.expect("stream ends in time")
     {
         let frame = frame.expect("frame");
         let now = Instant::now();
@@ -98,21 +85,15 @@ async fn sse_events_arrive_as_the_backend_sends_them() {
     let proxy = ProxyProcess::start_default(sim.addr()).await;
     // The same stream, direct and through the proxy, at the same time: the sim spaces the
     // 8 events (started, 3 × node started/finished, finished) 200 ms apart.
-    let (direct, proxied) = tokio::join!(
-        event_arrivals(sim.addr(), "sse-direct"),
-        event_arrivals(proxy.addr, "sse-proxied")
-    );
+    let (direct, proxied) =
+        tokio::join!(event_arrivals(sim.addr(), "sse-direct"), event_arrivals(proxy.addr, "sse-proxied"));
     assert!(direct.len() >= 5, "direct events: {direct:?}");
     assert_eq!(direct.len(), proxied.len(), "same number of events");
     let t0_direct = direct[0].0;
     let t0_proxied = proxied[0].0;
     for (i, ((td, ed), (tp, ep))) in direct.iter().zip(&proxied).enumerate() {
-        let event_name = |e: &str| {
-            e.split("\"event\":\"")
-                .nth(1)
-                .and_then(|s| s.split('"').next())
-                .map(str::to_string)
-        };
+        let event_name =
+            |e: &str| e.split("\"event\":\"").nth(1).and_then(|s| s.split('"').next()).map(str::to_string);
         assert_eq!(event_name(ed), event_name(ep), "event {i} differs");
         let offset_direct = td.duration_since(t0_direct).as_secs_f64();
         let offset_proxied = tp.duration_since(t0_proxied).as_secs_f64();
@@ -122,14 +103,8 @@ async fn sse_events_arrive_as_the_backend_sends_them() {
             (offset_proxied - offset_direct) * 1e3
         );
     }
-    let span = proxied
-        .last()
-        .map(|(t, _)| t.duration_since(t0_proxied))
-        .unwrap_or_default();
-    assert!(
-        span > Duration::from_millis(900),
-        "events were coalesced: all arrived within {span:?}"
-    );
+    let span = proxied.last().map(|(t, _)| t.duration_since(t0_proxied)).unwrap_or_default();
+    assert!(span > Duration::from_millis(900), "events were coalesced: all arrived within {span:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -147,45 +122,23 @@ async fn forwarding_headers_host_and_request_id() {
     let echo = json(&body);
     let header = |name: &str| echo["headers"][name].as_str().map(str::to_string);
     assert_eq!(header("host").as_deref(), Some("dify.example.com"), "{echo}");
-    assert_eq!(
-        header("x-forwarded-for").as_deref(),
-        Some("10.9.8.7, 127.0.0.1"),
-        "{echo}"
-    );
+    assert_eq!(header("x-forwarded-for").as_deref(), Some("10.9.8.7, 127.0.0.1"), "{echo}");
     assert_eq!(header("x-forwarded-proto").as_deref(), Some("http"));
     assert_eq!(header("x-forwarded-host").as_deref(), Some("dify.example.com"));
-    let generated = headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .expect("x-request-id");
+    let generated = headers.get("x-request-id").and_then(|v| v.to_str().ok()).expect("x-request-id");
     assert_eq!(generated.len(), 32);
-    assert_eq!(
-        header("x-request-id").as_deref(),
-        Some(generated),
-        "the backend saw the same id"
-    );
+    assert_eq!(header("x-request-id").as_deref(), Some(generated), "the backend saw the same id");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_down_gives_a_502_envelope() {
     let nothing_there = free_port();
     let proxy = ProxyProcess::start_default(nothing_there).await;
-    let (status, headers, body) = post_json(
-        proxy.addr,
-        "/v1/workflows/run",
-        WORKFLOW_BLOCKING,
-        &[("x-request-id", "down-1")],
-    )
-    .await;
+    let (status, headers, body) =
+        post_json(proxy.addr, "/v1/workflows/run", WORKFLOW_BLOCKING, &[("x-request-id", "down-1")]).await;
     assert_eq!(status, 502);
-    assert_eq!(
-        headers.get("content-type").map(|v| v.as_bytes()),
-        Some(&b"application/json"[..])
-    );
-    assert_eq!(
-        headers.get("x-request-id").map(|v| v.as_bytes()),
-        Some(&b"down-1"[..])
-    );
+    assert_eq!(headers.get("content-type").map(|v| v.as_bytes()), Some(&b"application/json"[..]));
+    assert_eq!(headers.get("x-request-id").map(|v| v.as_bytes()), Some(&b"down-1"[..]));
     let envelope = json(&body);
     assert_eq!(envelope["code"], "upstream_unavailable");
     assert_eq!(envelope["status"], 502);
@@ -214,9 +167,8 @@ async fn oversized_bodies_and_unrouted_paths_get_envelopes() {
         .body(http_body_util::StreamBody::new(chunks))
         .expect("request");
     let stream = tokio::net::TcpStream::connect(proxy.addr).await.expect("connect");
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-        .await
-        .expect("handshake");
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.expect("handshake");
     tokio::spawn(conn);
     let response = sender.send_request(req).await.expect("response");
     assert_eq!(response.status(), 413);
@@ -228,38 +180,41 @@ async fn oversized_bodies_and_unrouted_paths_get_envelopes() {
     assert_eq!(json(&body)["code"], "not_found");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn keep_alive_is_used_on_both_sides() {
-    let sim = sim().await;
-    let proxy = ProxyProcess::start_default(sim.addr()).await;
+/// Sends 30 requests over one client connection; returns how many upstream connections the
+/// backend accepted meanwhile.
+async fn upstream_connections_for_30_requests(proxy: &ProxyProcess, sim: &Simulator) -> u64 {
     let stream = tokio::net::TcpStream::connect(proxy.addr).await.expect("connect");
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-        .await
-        .expect("handshake");
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.expect("handshake");
     tokio::spawn(conn);
     let before = sim.stats().accepted_connections;
     for i in 0..30 {
-        let req = request("GET", proxy.addr, "/sim/fast")
-            .body(Full::new(Bytes::new()))
-            .expect("request");
+        let req = request("GET", proxy.addr, "/sim/fast").body(Full::new(Bytes::new())).expect("request");
         if let Err(e) = sender.ready().await {
-            panic!(
-                "the client connection closed after {i} requests ({e}):\n{}",
-                proxy.logs()
-            );
+            panic!("the client connection closed after {i} requests ({e}):\n{}", proxy.logs());
         }
-        let response = sender
-            .send_request(req)
-            .await
-            .expect("one client connection serves all 30");
+        let response = sender.send_request(req).await.expect("one client connection serves all 30");
         assert_eq!(response.status(), 200);
         response.into_body().collect().await.expect("body");
     }
-    let opened = sim.stats().accepted_connections - before;
-    assert!(
-        opened <= 3,
-        "30 sequential requests opened {opened} upstream connections"
+    sim.stats().accepted_connections - before
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_keep_alive_and_upstream_connection_policy() {
+    let sim = sim().await;
+    // Default: like Dify's nginx, a connection per request upstream (`Connection: close`),
+    // so no idle connection holds a gunicorn worker slot; the client side stays keep-alive.
+    let proxy = ProxyProcess::start_default(sim.addr()).await;
+    assert_eq!(upstream_connections_for_30_requests(&proxy, &sim).await, 30);
+    // With `keepalive` set, upstream connections are reused too.
+    let config = format!(
+        "[upstreams.api]\nservers = [\"{}\"]\nkeepalive = \"30s\"\n[[routes]]\nprefix = \"/\"\nupstream = \"api\"\n",
+        sim.addr()
     );
+    let reusing = ProxyProcess::start(&config).await;
+    let opened = upstream_connections_for_30_requests(&reusing, &sim).await;
+    assert!(opened <= 3, "30 sequential requests opened {opened} upstream connections");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -270,32 +225,21 @@ async fn websocket_echo_through_the_proxy() {
     let proxy = ProxyProcess::start_default(sim.addr()).await;
     let stream = tokio::net::TcpStream::connect(proxy.addr).await.expect("connect");
     let url = format!("ws://{}/socket.io/?EIO=4&transport=websocket", proxy.addr);
-    let (mut ws, response) = tokio::time::timeout(
-        Duration::from_secs(10),
-        tokio_tungstenite::client_async(url, stream),
-    )
-    .await
-    .expect("handshake in time")
-    .expect("websocket handshake");
+    let (mut ws, response) =
+        tokio::time::timeout(Duration::from_secs(10), tokio_tungstenite::client_async(url, stream))
+            .await
+            .expect("handshake in time")
+            .expect("websocket handshake");
     assert_eq!(response.status(), 101);
     for i in 0..5 {
         let text = format!("hello {i}");
         ws.send(Message::Text(text.clone())).await.expect("send");
-        let echoed = tokio::time::timeout(Duration::from_secs(10), ws.next())
-            .await
-            .expect("echo in time");
+        let echoed = tokio::time::timeout(Duration::from_secs(10), ws.next()).await.expect("echo in time");
         assert_eq!(echoed.expect("message").expect("ok"), Message::Text(text));
     }
-    ws.send(Message::Binary(vec![1, 2, 3]))
-        .await
-        .expect("send binary");
-    let echoed = tokio::time::timeout(Duration::from_secs(10), ws.next())
-        .await
-        .expect("echo in time");
-    assert_eq!(
-        echoed.expect("message").expect("ok"),
-        Message::Binary(vec![1, 2, 3])
-    );
+    ws.send(Message::Binary(vec![1, 2, 3])).await.expect("send binary");
+    let echoed = tokio::time::timeout(Duration::from_secs(10), ws.next()).await.expect("echo in time");
+    assert_eq!(echoed.expect("message").expect("ok"), Message::Binary(vec![1, 2, 3]));
     ws.close(None).await.expect("close");
 }
 
@@ -312,10 +256,7 @@ async fn access_log_is_json_with_redacted_key() {
         proxy.addr,
         "/v1/workflows/run?user=alice",
         WORKFLOW_BLOCKING,
-        &[
-            ("authorization", &format!("Bearer {key}")),
-            ("x-request-id", "log-1"),
-        ],
+        &[("authorization", &format!("Bearer {key}")), ("x-request-id", "log-1")],
     )
     .await;
     assert_eq!(status, 200);
@@ -334,12 +275,6 @@ async fn access_log_is_json_with_redacted_key() {
     assert_eq!(entry["path"], "/v1/workflows/run?user");
     assert_eq!(entry["tenant"], "app-…9f3a");
     assert!(entry["total_ms"].as_f64().is_some_and(|t| t > 0.0));
-    assert!(
-        !proxy.logs().contains("SECRETsecret"),
-        "the app key leaked into the log"
-    );
-    assert!(
-        !proxy.logs().contains("alice"),
-        "a query value leaked into the log"
-    );
+    assert!(!proxy.logs().contains("SECRETsecret"), "the app key leaked into the log");
+    assert!(!proxy.logs().contains("alice"), "a query value leaked into the log");
 }

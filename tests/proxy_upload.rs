@@ -61,18 +61,14 @@ async fn a_100_mb_upload_passes_with_flat_proxy_memory() {
         parts.into_iter().map(|b| Ok::<_, std::io::Error>(Frame::data(b))),
     ));
     let req = request("POST", proxy.addr, "/v1/files/upload")
-        .header(
-            "content-type",
-            format!("multipart/form-data; boundary={boundary}"),
-        )
+        .header("content-type", format!("multipart/form-data; boundary={boundary}"))
         .header("content-length", total.to_string())
         .header("authorization", "Bearer app-upload00000000000")
         .body(body)
         .expect("request");
     let stream = tokio::net::TcpStream::connect(proxy.addr).await.expect("connect");
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-        .await
-        .expect("handshake");
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.expect("handshake");
     tokio::spawn(conn);
     let response = tokio::time::timeout(Duration::from_secs(120), sender.send_request(req))
         .await
@@ -84,11 +80,7 @@ async fn a_100_mb_upload_passes_with_flat_proxy_memory() {
     sampler.await.expect("sampler");
 
     assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
-    assert_eq!(
-        json(&body)["size"].as_u64(),
-        Some(total as u64),
-        "the backend received every byte"
-    );
+    assert_eq!(json(&body)["size"].as_u64(), Some(total as u64), "the backend received every byte");
     let growth = peak.load(Ordering::Relaxed).saturating_sub(baseline);
     eprintln!(
         "proxy RSS baseline {} MiB, growth during a {} MB upload: {:.1} MiB",

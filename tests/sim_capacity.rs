@@ -19,21 +19,12 @@ async fn excess_connections_wait_in_the_backlog() {
     let calls: Vec<_> = (0..4)
         .map(|_| {
             tokio::spawn(async move {
-                call(
-                    addr,
-                    "POST",
-                    "/v1/workflows/run",
-                    &[("x-sim-service-time", "1s")],
-                    WORKFLOW_BLOCKING,
-                )
-                .await
+                call(addr, "POST", "/v1/workflows/run", &[("x-sim-service-time", "1s")], WORKFLOW_BLOCKING)
+                    .await
             })
         })
         .collect();
-    wait_until("two runs active", Duration::from_secs(10), || {
-        sim.stats().active == 2
-    })
-    .await;
+    wait_until("two runs active", Duration::from_secs(10), || sim.stats().active == 2).await;
     // Observation window: the other two connections stay un-accepted while both slots are busy.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let s = sim.stats();
@@ -45,18 +36,12 @@ async fn excess_connections_wait_in_the_backlog() {
         assert_eq!(r.status, 200, "{r:?}");
     }
     let elapsed = t0.elapsed();
-    assert!(
-        elapsed >= Duration::from_millis(1900),
-        "served in two waves, took {elapsed:?}"
-    );
+    assert!(elapsed >= Duration::from_millis(1900), "served in two waves, took {elapsed:?}");
     let s = sim.stats();
     assert_eq!(s.max_active, 2, "{s:?}");
     assert_eq!(s.accepted_connections, 4);
     assert_eq!(s.runs_by_path.get("/v1/workflows/run"), Some(&4));
-    wait_until("all responses completed", Duration::from_secs(5), || {
-        sim.stats().completed == 4
-    })
-    .await;
+    wait_until("all responses completed", Duration::from_secs(5), || sim.stats().completed == 4).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -66,28 +51,15 @@ async fn raising_capacity_admits_waiting_connections() {
     let calls: Vec<_> = (0..3)
         .map(|_| {
             tokio::spawn(async move {
-                call(
-                    addr,
-                    "POST",
-                    "/v1/chat-messages",
-                    &[("x-sim-service-time", "2s")],
-                    CHAT_BLOCKING,
-                )
-                .await
+                call(addr, "POST", "/v1/chat-messages", &[("x-sim-service-time", "2s")], CHAT_BLOCKING).await
             })
         })
         .collect();
-    wait_until("one run active", Duration::from_secs(10), || {
-        sim.stats().active == 1
-    })
-    .await;
+    wait_until("one run active", Duration::from_secs(10), || sim.stats().active == 1).await;
     sim.set_config(|c| c.workers = 3);
     assert_eq!(sim.config().capacity(), 3);
     // All three run at once, long before the first one (2 s) is done.
-    wait_until("three runs active", Duration::from_millis(1500), || {
-        sim.stats().active == 3
-    })
-    .await;
+    wait_until("three runs active", Duration::from_millis(1500), || sim.stats().active == 3).await;
     for c in calls {
         assert_eq!(c.await.expect("task").status, 200);
     }
@@ -96,10 +68,7 @@ async fn raising_capacity_admits_waiting_connections() {
 
 /// Sends a keep-alive `GET /health` on `stream` and reads the whole response.
 async fn health_on(stream: &mut TcpStream) {
-    stream
-        .write_all(b"GET /health HTTP/1.1\r\nHost: sim\r\n\r\n")
-        .await
-        .expect("write");
+    stream.write_all(b"GET /health HTTP/1.1\r\nHost: sim\r\n\r\n").await.expect("write");
     let mut buf = Vec::new();
     let mut chunk = [0u8; 1024];
     while !String::from_utf8_lossy(&buf).contains(r#""version":"sim"}"#) {
@@ -107,11 +76,7 @@ async fn health_on(stream: &mut TcpStream) {
             .await
             .expect("response in time")
             .expect("read");
-        assert!(
-            n > 0,
-            "closed before the response: {:?}",
-            String::from_utf8_lossy(&buf)
-        );
+        assert!(n > 0, "closed before the response: {:?}", String::from_utf8_lossy(&buf));
         buf.extend_from_slice(&chunk[..n]);
     }
     assert!(buf.starts_with(b"HTTP/1.1 200 OK\r\n"));
@@ -129,10 +94,8 @@ async fn closed_at(stream: &mut TcpStream) -> Instant {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_keepalive_connection_is_closed_and_frees_its_slot() {
-    let config = SimConfig {
-        keepalive_timeout: Duration::from_millis(400),
-        ..SimConfig::default().with_capacity(1)
-    };
+    let config =
+        SimConfig { keepalive_timeout: Duration::from_millis(400), ..SimConfig::default().with_capacity(1) };
     let sim = start(config).await;
     let addr = sim.addr();
 
@@ -149,10 +112,7 @@ async fn idle_keepalive_connection_is_closed_and_frees_its_slot() {
     let idle = a_closed - answered;
     assert!(idle >= Duration::from_millis(350), "closed after {idle:?}");
     let b_done = b.await.expect("task");
-    assert!(
-        b_done >= answered + Duration::from_millis(350),
-        "b was served before a's slot was free"
-    );
+    assert!(b_done >= answered + Duration::from_millis(350), "b was served before a's slot was free");
     let s = sim.stats();
     assert_eq!(s.accepted_connections, 2);
     assert!(s.idle_closed >= 1, "{s:?}");
@@ -161,11 +121,7 @@ async fn idle_keepalive_connection_is_closed_and_frees_its_slot() {
     let mut silent = TcpStream::connect(addr).await.expect("connect");
     let t = Instant::now();
     let closed = closed_at(&mut silent).await;
-    assert!(
-        closed - t >= Duration::from_millis(300),
-        "closed after {:?}",
-        closed - t
-    );
+    assert!(closed - t >= Duration::from_millis(300), "closed after {:?}", closed - t);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -179,10 +135,7 @@ async fn slowdown_grows_service_time_with_load() {
     let addr = sim.addr();
     let first =
         tokio::spawn(async move { call(addr, "POST", "/v1/workflows/run", &[], WORKFLOW_BLOCKING).await });
-    wait_until("first run active", Duration::from_secs(10), || {
-        sim.stats().active == 1
-    })
-    .await;
+    wait_until("first run active", Duration::from_secs(10), || sim.stats().active == 1).await;
     let second = call(addr, "POST", "/v1/workflows/run", &[], WORKFLOW_BLOCKING).await;
     let first = first.await.expect("task");
     let elapsed = |r: &Resp| r.json()["data"]["elapsed_time"].as_f64().expect("elapsed_time");

@@ -21,10 +21,7 @@ async fn health_ping_and_app_endpoints() {
     let sim = start(SimConfig::default()).await;
     let a = sim.addr();
     let r = call(a, "GET", "/health", &[], "").await;
-    assert_eq!(
-        (r.status.as_u16(), r.json()),
-        (200, json!({"status":"ok","version":"sim"}))
-    );
+    assert_eq!((r.status.as_u16(), r.json()), (200, json!({"status":"ok","version":"sim"})));
     assert_eq!(r.header("content-type"), Some("application/json"));
     let r = call(a, "GET", "/console/api/ping", &[], "").await;
     assert_eq!(r.json(), json!({"result":"pong"}));
@@ -51,12 +48,7 @@ async fn errors_use_difys_envelope() {
     assert_eq!(r.status, 405);
     assert_eq!(r.json()["code"], "method_not_allowed");
     assert_eq!(r.header("allow"), Some("POST, OPTIONS"));
-    for bad in [
-        "{not json",
-        "[1,2]",
-        r#"{"inputs":1}"#,
-        r#"{"response_mode":"eventually"}"#,
-    ] {
+    for bad in ["{not json", "[1,2]", r#"{"inputs":1}"#, r#"{"response_mode":"eventually"}"#] {
         let r = call(a, "POST", "/v1/workflows/run", &[], bad).await;
         assert_eq!(r.status, 400, "{bad}");
         let v = r.json();
@@ -64,14 +56,7 @@ async fn errors_use_difys_envelope() {
         assert_eq!(v["status"], 400);
         assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()));
     }
-    let r = call(
-        a,
-        "POST",
-        "/v1/workflows/run",
-        &[("x-sim-service-time", "later")],
-        WORKFLOW_BLOCKING,
-    )
-    .await;
+    let r = call(a, "POST", "/v1/workflows/run", &[("x-sim-service-time", "later")], WORKFLOW_BLOCKING).await;
     assert_eq!(r.status, 400);
     assert_eq!(sim.stats().by_status.get(&400), Some(&5));
 }
@@ -83,10 +68,7 @@ async fn blocking_bodies_are_deterministic_per_request_id() {
     for (path, body) in [
         ("/v1/workflows/run", WORKFLOW_BLOCKING),
         ("/v1/chat-messages", CHAT_BLOCKING),
-        (
-            "/v1/completion-messages",
-            r#"{"inputs":{"q":"x"},"response_mode":"blocking"}"#,
-        ),
+        ("/v1/completion-messages", r#"{"inputs":{"q":"x"},"response_mode":"blocking"}"#),
     ] {
         let one = call(a, "POST", path, &[("x-request-id", "same")], body).await;
         let two = call(a, "POST", path, &[("x-request-id", "same")], body).await;
@@ -119,12 +101,7 @@ async fn sim_echo_bytes_and_fast() {
         a,
         "POST",
         "/sim/echo?x=1&y=2",
-        &[
-            ("x-forwarded-for", "10.0.0.1"),
-            ("x-request-id", "e1"),
-            ("x-multi", "a"),
-            ("x-multi", "b"),
-        ],
+        &[("x-forwarded-for", "10.0.0.1"), ("x-request-id", "e1"), ("x-multi", "a"), ("x-multi", "b")],
         "12345",
     )
     .await;
@@ -174,10 +151,7 @@ async fn upload(addr: std::net::SocketAddr, chunk: Bytes, chunks: usize) -> (ser
         .map(|b| Ok::<_, Infallible>(Frame::data(b)));
     let req = http::Request::post(format!("http://{addr}/v1/files/upload"))
         .header("host", addr.to_string())
-        .header(
-            "content-type",
-            format!("multipart/form-data; boundary={BOUNDARY}"),
-        )
+        .header("content-type", format!("multipart/form-data; boundary={BOUNDARY}"))
         .header("content-length", total)
         .header("authorization", "Bearer app-up")
         .body(StreamBody::new(futures_util::stream::iter(parts)))
@@ -188,9 +162,7 @@ async fn upload(addr: std::net::SocketAddr, chunk: Bytes, chunks: usize) -> (ser
         let body = resp.into_body().collect().await.expect("body").to_bytes();
         serde_json::from_slice::<serde_json::Value>(&body).expect("json")
     };
-    let v = tokio::time::timeout(Duration::from_secs(120), fut)
-        .await
-        .expect("upload in time");
+    let v = tokio::time::timeout(Duration::from_secs(120), fut).await.expect("upload in time");
     (v, total)
 }
 
@@ -205,14 +177,7 @@ async fn upload_counts_streamed_bytes() {
     assert!(v["id"].is_string() && v["created_by"].is_string() && v["created_at"].is_i64());
     assert_eq!(sim.stats().upload_bytes, total);
 
-    let r = call(
-        sim.addr(),
-        "POST",
-        "/v1/files/upload",
-        &[],
-        r#"{"not":"multipart"}"#,
-    )
-    .await;
+    let r = call(sim.addr(), "POST", "/v1/files/upload", &[], r#"{"not":"multipart"}"#).await;
     assert_eq!(r.status, 400);
     assert_eq!(r.json()["code"], "no_file_uploaded");
 }
@@ -234,10 +199,7 @@ async fn upload_of_100_mb_runs_in_flat_memory() {
     assert_eq!(sim.stats().upload_bytes, total);
     if let (Some(before), Some(after)) = (before, rss_kib()) {
         let grown_mib = after.saturating_sub(before) / 1024;
-        assert!(
-            grown_mib < 48,
-            "RSS grew by {grown_mib} MiB during a 100 MB upload"
-        );
+        assert!(grown_mib < 48, "RSS grew by {grown_mib} MiB during a 100 MB upload");
     }
 }
 
@@ -262,9 +224,7 @@ async fn socket_io_websocket_echoes() {
     assert_eq!(resp.status(), 101);
     ws.send(Message::Text("40".into())).await.expect("send text");
     assert_eq!(next_message(&mut ws).await, Message::Text("40".into()));
-    ws.send(Message::Binary(vec![1, 2, 3]))
-        .await
-        .expect("send binary");
+    ws.send(Message::Binary(vec![1, 2, 3])).await.expect("send binary");
     assert_eq!(next_message(&mut ws).await, Message::Binary(vec![1, 2, 3]));
     // The upgraded connection holds its slot.
     assert_eq!(sim.stats().open_connections, 1);
@@ -276,12 +236,8 @@ async fn socket_io_websocket_echoes() {
     // stop() also cuts websockets.
     let stream = TcpStream::connect(addr).await.expect("connect");
     let url = format!("ws://{addr}/socket.io/");
-    let (mut ws, _) = tokio_tungstenite::client_async(url, stream)
-        .await
-        .expect("handshake");
+    let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await.expect("handshake");
     sim.stop().await;
-    let end = tokio::time::timeout(REQUEST_TIMEOUT, ws.next())
-        .await
-        .expect("ends in time");
+    let end = tokio::time::timeout(REQUEST_TIMEOUT, ws.next()).await.expect("ends in time");
     assert!(!matches!(end, Some(Ok(Message::Text(_)))), "{end:?}");
 }

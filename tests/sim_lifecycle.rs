@@ -18,14 +18,7 @@ async fn stop_refuses_connections_and_cuts_in_flight_requests() {
     assert_eq!(call(addr, "GET", "/health", &[], "").await.status, 200);
 
     let blocking = tokio::spawn(async move {
-        try_call(
-            addr,
-            "POST",
-            "/v1/workflows/run",
-            &[("x-sim-service-time", "20s")],
-            WORKFLOW_BLOCKING,
-        )
-        .await
+        try_call(addr, "POST", "/v1/workflows/run", &[("x-sim-service-time", "20s")], WORKFLOW_BLOCKING).await
     });
     let req = build(
         "POST",
@@ -37,33 +30,20 @@ async fn stop_refuses_connections_and_cuts_in_flight_requests() {
     let stream = send(addr, req).await.expect("stream head");
     assert_eq!(stream.status(), 200);
     let mut body = stream.into_body();
-    let first = tokio::time::timeout(REQUEST_TIMEOUT, body.frame())
-        .await
-        .expect("first frame in time");
+    let first = tokio::time::timeout(REQUEST_TIMEOUT, body.frame()).await.expect("first frame in time");
     assert!(matches!(first, Some(Ok(_))));
-    wait_until("both runs active", Duration::from_secs(10), || {
-        sim.stats().active == 2
-    })
-    .await;
+    wait_until("both runs active", Duration::from_secs(10), || sim.stats().active == 2).await;
 
     let t = Instant::now();
     sim.stop().await;
-    assert!(
-        t.elapsed() < Duration::from_secs(3),
-        "stop took {:?}",
-        t.elapsed()
-    );
+    assert!(t.elapsed() < Duration::from_secs(3), "stop took {:?}", t.elapsed());
     assert!(!sim.is_serving());
     assert!(refused(addr).await, "port still accepts after stop");
 
-    let cut = tokio::time::timeout(REQUEST_TIMEOUT, blocking)
-        .await
-        .expect("blocking call ends")
-        .expect("task");
+    let cut =
+        tokio::time::timeout(REQUEST_TIMEOUT, blocking).await.expect("blocking call ends").expect("task");
     assert!(cut.is_err(), "in-flight request should be cut: {cut:?}");
-    let rest = tokio::time::timeout(REQUEST_TIMEOUT, body.collect())
-        .await
-        .expect("stream ends");
+    let rest = tokio::time::timeout(REQUEST_TIMEOUT, body.collect()).await.expect("stream ends");
     assert!(rest.is_err(), "a cut stream must not end cleanly");
 
     let s = sim.stats();
@@ -81,9 +61,7 @@ async fn restart_keeps_the_port_closed_during_boot() {
     sim.restart(Duration::from_millis(1500)).await;
     assert!(!sim.is_serving());
     assert!(refused(addr).await, "port must be closed while booting");
-    tokio::time::timeout(Duration::from_secs(15), sim.wait_serving())
-        .await
-        .expect("serving again");
+    tokio::time::timeout(Duration::from_secs(15), sim.wait_serving()).await.expect("serving again");
     let booted = t.elapsed();
     assert!(booted >= Duration::from_millis(1400), "booted after {booted:?}");
     assert!(sim.is_serving());
@@ -96,9 +74,7 @@ async fn restart_keeps_the_port_closed_during_boot() {
     assert!(!sim.is_serving());
     assert!(refused(addr).await);
     sim.restart(Duration::ZERO).await;
-    tokio::time::timeout(Duration::from_secs(15), sim.wait_serving())
-        .await
-        .expect("serving again");
+    tokio::time::timeout(Duration::from_secs(15), sim.wait_serving()).await.expect("serving again");
     assert_eq!(call(addr, "GET", "/console/api/ping", &[], "").await.status, 200);
 }
 
@@ -110,13 +86,7 @@ async fn dropping_the_last_handle_stops_the_simulator() {
     drop(sim);
     assert_eq!(call(addr, "GET", "/health", &[], "").await.status, 200);
     // A long stream is running when the last handle goes.
-    let req = build(
-        "POST",
-        addr,
-        "/v1/chat-messages",
-        &[("x-sim-service-time", "30s")],
-        CHAT_STREAMING,
-    );
+    let req = build("POST", addr, "/v1/chat-messages", &[("x-sim-service-time", "30s")], CHAT_STREAMING);
     let stream = send(addr, req).await.expect("stream head");
     drop(clone);
     let mut refused_now = false;
@@ -128,8 +98,7 @@ async fn dropping_the_last_handle_stops_the_simulator() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(refused_now, "port still open after the last handle was dropped");
-    let rest = tokio::time::timeout(REQUEST_TIMEOUT, stream.into_body().collect())
-        .await
-        .expect("stream ends");
+    let rest =
+        tokio::time::timeout(REQUEST_TIMEOUT, stream.into_body().collect()).await.expect("stream ends");
     assert!(rest.is_err(), "the stream is cut");
 }

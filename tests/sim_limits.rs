@@ -12,38 +12,21 @@ use tokio::time::Instant;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn db_pool_exhaustion_fails_fast_with_500() {
-    let sim = start(SimConfig {
-        db_connections: Some(2),
-        ..SimConfig::default()
-    })
-    .await;
+    let sim = start(SimConfig { db_connections: Some(2), ..SimConfig::default() }).await;
     let addr = sim.addr();
     let slow: Vec<_> = (0..2)
         .map(|_| {
             tokio::spawn(async move {
-                call(
-                    addr,
-                    "POST",
-                    "/v1/workflows/run",
-                    &[("x-sim-service-time", "2s")],
-                    WORKFLOW_BLOCKING,
-                )
-                .await
+                call(addr, "POST", "/v1/workflows/run", &[("x-sim-service-time", "2s")], WORKFLOW_BLOCKING)
+                    .await
             })
         })
         .collect();
-    wait_until("two runs hold DB connections", Duration::from_secs(10), || {
-        sim.stats().active == 2
-    })
-    .await;
+    wait_until("two runs hold DB connections", Duration::from_secs(10), || sim.stats().active == 2).await;
     for _ in 0..2 {
         let t = Instant::now();
         let r = call(addr, "POST", "/v1/workflows/run", &[], WORKFLOW_BLOCKING).await;
-        assert!(
-            t.elapsed() < Duration::from_millis(800),
-            "latency stays flat: {:?}",
-            t.elapsed()
-        );
+        assert!(t.elapsed() < Duration::from_millis(800), "latency stays flat: {:?}", t.elapsed());
         assert_eq!(r.status, 500);
         assert_eq!(r.header("content-type"), Some("application/json"));
         assert_eq!(
@@ -70,11 +53,7 @@ async fn db_pool_exhaustion_fails_fast_with_500() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn app_max_active_requests_answers_429_per_app() {
-    let sim = start(SimConfig {
-        app_max_active_requests: Some(1),
-        ..SimConfig::default()
-    })
-    .await;
+    let sim = start(SimConfig { app_max_active_requests: Some(1), ..SimConfig::default() }).await;
     let addr = sim.addr();
     let first = tokio::spawn(async move {
         call(
@@ -86,19 +65,10 @@ async fn app_max_active_requests_answers_429_per_app() {
         )
         .await
     });
-    wait_until("app-a run active", Duration::from_secs(10), || {
-        sim.stats().active == 1
-    })
-    .await;
+    wait_until("app-a run active", Duration::from_secs(10), || sim.stats().active == 1).await;
     let t = Instant::now();
-    let r = call(
-        addr,
-        "POST",
-        "/v1/chat-messages",
-        &[("authorization", "Bearer app-a")],
-        CHAT_BLOCKING,
-    )
-    .await;
+    let r =
+        call(addr, "POST", "/v1/chat-messages", &[("authorization", "Bearer app-a")], CHAT_BLOCKING).await;
     assert!(t.elapsed() < Duration::from_millis(800));
     assert_eq!(r.status, 429);
     assert_eq!(
@@ -123,14 +93,8 @@ async fn app_max_active_requests_answers_429_per_app() {
     // The rejected request did no work.
     assert_eq!(sim.stats().runs_by_path.get("/v1/chat-messages"), Some(&1));
     // The slot is free again.
-    let again = call(
-        addr,
-        "POST",
-        "/v1/chat-messages",
-        &[("authorization", "Bearer app-a")],
-        CHAT_BLOCKING,
-    )
-    .await;
+    let again =
+        call(addr, "POST", "/v1/chat-messages", &[("authorization", "Bearer app-a")], CHAT_BLOCKING).await;
     assert_eq!(again.status, 200);
 }
 
@@ -138,11 +102,7 @@ async fn app_max_active_requests_answers_429_per_app() {
 async fn injected_faults_hit_only_the_first_attempts() {
     let sim = start(SimConfig::default()).await;
     let addr = sim.addr();
-    let headers = [
-        ("x-request-id", "retry-me"),
-        ("x-sim-fail", "503"),
-        ("x-sim-fail-first", "2"),
-    ];
+    let headers = [("x-request-id", "retry-me"), ("x-sim-fail", "503"), ("x-sim-fail-first", "2")];
     for _ in 0..2 {
         let r = call(addr, "POST", "/v1/workflows/run", &headers, WORKFLOW_BLOCKING).await;
         assert_eq!(r.status, 503);

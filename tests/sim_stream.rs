@@ -19,18 +19,15 @@ async fn stream_frames(
     headers: &[(&str, &str)],
     body: &str,
 ) -> (http::HeaderMap, Vec<(Duration, String)>) {
-    let resp = send(addr, build("POST", addr, path, headers, body))
-        .await
-        .expect("stream head");
+    let resp = send(addr, build("POST", addr, path, headers, body)).await.expect("stream head");
     assert_eq!(resp.status(), 200);
     let head_at = Instant::now();
     let (parts, mut body) = resp.into_parts();
     let mut buf = String::new();
     let mut frames = Vec::new();
     let deadline = Instant::now() + REQUEST_TIMEOUT;
-    while let Some(frame) = tokio::time::timeout_at(deadline, body.frame())
-        .await
-        .expect("stream ends in time")
+    while let Some(frame) =
+        tokio::time::timeout_at(deadline, body.frame()).await.expect("stream ends in time")
     {
         let frame = frame.expect("frame");
         let at = head_at.elapsed();
@@ -50,11 +47,7 @@ async fn workflow_stream_frames_arrive_spaced_as_sent() {
     let (headers, frames) = stream_frames(
         sim.addr(),
         "/v1/workflows/run",
-        &[
-            ("x-sim-service-time", "2s"),
-            ("x-sim-events", "5"),
-            ("x-request-id", "s1"),
-        ],
+        &[("x-sim-service-time", "2s"), ("x-sim-events", "5"), ("x-request-id", "s1")],
         WORKFLOW_STREAMING,
     )
     .await;
@@ -74,36 +67,19 @@ async fn workflow_stream_frames_arrive_spaced_as_sent() {
     for (k, (at, f)) in frames.iter().enumerate().take(11).skip(1) {
         let due = Duration::from_millis(200 * k as u64);
         let skew = at.as_secs_f64() - due.as_secs_f64();
-        assert!(
-            skew.abs() < 0.150,
-            "event {k} arrived at {at:?}, due {due:?}: {f}"
-        );
+        assert!(skew.abs() < 0.150, "event {k} arrived at {at:?}, due {due:?}: {f}");
     }
     let s = sim.stats();
     assert_eq!((s.abandoned, s.killed), (0, 0));
-    wait_until("stream completed", Duration::from_secs(5), || {
-        sim.stats().completed == 1
-    })
-    .await;
+    wait_until("stream completed", Duration::from_secs(5), || sim.stats().completed == 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chat_stream_matches_blocking_answer_and_pings() {
-    let sim = start(SimConfig {
-        ping_interval: Duration::from_millis(100),
-        ..SimConfig::default()
-    })
-    .await;
-    let headers = [
-        ("x-sim-service-time", "550ms"),
-        ("x-sim-events", "3"),
-        ("x-request-id", "c1"),
-    ];
+    let sim = start(SimConfig { ping_interval: Duration::from_millis(100), ..SimConfig::default() }).await;
+    let headers = [("x-sim-service-time", "550ms"), ("x-sim-events", "3"), ("x-request-id", "c1")];
     let (_, frames) = stream_frames(sim.addr(), "/v1/chat-messages", &headers, CHAT_STREAMING).await;
-    let pings = frames
-        .iter()
-        .filter(|(_, f)| f.as_str() == "event: ping\n\n")
-        .count();
+    let pings = frames.iter().filter(|(_, f)| f.as_str() == "event: ping\n\n").count();
     assert!((4..=6).contains(&pings), "{pings} pings in {frames:?}");
     let data: Vec<serde_json::Value> = frames
         .iter()
@@ -143,19 +119,10 @@ async fn clients_that_leave_are_counted_as_abandoned() {
     leave_mid_run(&sim, WORKFLOW_BLOCKING).await;
     // The run keeps working to its end, then finds its client gone.
     assert_eq!(sim.stats().abandoned, 0);
-    wait_until("blocking run abandoned", Duration::from_secs(10), || {
-        sim.stats().abandoned == 1
-    })
-    .await;
-    wait_until("first run done", Duration::from_secs(5), || {
-        sim.stats().active == 0
-    })
-    .await;
+    wait_until("blocking run abandoned", Duration::from_secs(10), || sim.stats().abandoned == 1).await;
+    wait_until("first run done", Duration::from_secs(5), || sim.stats().active == 0).await;
     leave_mid_run(&sim, WORKFLOW_STREAMING).await;
-    wait_until("streaming run abandoned", Duration::from_secs(10), || {
-        sim.stats().abandoned == 2
-    })
-    .await;
+    wait_until("streaming run abandoned", Duration::from_secs(10), || sim.stats().abandoned == 2).await;
 
     // A client that stays is not abandoned.
     let r = call(sim.addr(), "POST", "/v1/workflows/run", &[], WORKFLOW_BLOCKING).await;

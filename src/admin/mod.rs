@@ -36,28 +36,19 @@ impl AdminApp {
             "/live" => (StatusCode::OK, serde_json::json!({"status": "live"})),
             "/ready" => {
                 let readiness = status::readiness(&self.app);
-                let code = if readiness.ready {
-                    StatusCode::OK
-                } else {
-                    StatusCode::SERVICE_UNAVAILABLE
-                };
+                let code = if readiness.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
                 (code, serde_json::to_value(readiness).unwrap_or_default())
             }
             "/status" => (StatusCode::OK, status::status(&self.app)),
-            _ => envelope(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                "unknown admin path; try /live, /ready, /status",
-            ),
+            _ => {
+                envelope(StatusCode::NOT_FOUND, "not_found", "unknown admin path; try /live, /ready, /status")
+            }
         }
     }
 }
 
 fn envelope(status: StatusCode, code: &str, message: &str) -> (StatusCode, serde_json::Value) {
-    (
-        status,
-        serde_json::json!({"code": code, "message": message, "status": status.as_u16()}),
-    )
+    (status, serde_json::json!({"code": code, "message": message, "status": status.as_u16()}))
 }
 
 #[async_trait]
@@ -69,18 +60,10 @@ impl ServeHttp for AdminApp {
         let mut response = Response::new(body);
         *response.status_mut() = status;
         let headers = response.headers_mut();
-        headers.insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("application/json"),
-        );
-        headers.insert(
-            http::header::CACHE_CONTROL,
-            http::HeaderValue::from_static("no-store"),
-        );
+        headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+        headers.insert(http::header::CACHE_CONTROL, http::HeaderValue::from_static("no-store"));
         let len = response.body().len();
-        response
-            .headers_mut()
-            .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
+        response.headers_mut().insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
         response
     }
 }

@@ -23,10 +23,7 @@ pub fn readiness(app: &App) -> Readiness {
             reasons.push(format!("upstream {} has no resolved address", group.name()));
         }
     }
-    Readiness {
-        ready: reasons.is_empty(),
-        reasons,
-    }
+    Readiness { ready: reasons.is_empty(), reasons }
 }
 
 /// `/status`: upstreams (servers, resolved endpoints, in flight) and routes.

@@ -78,6 +78,8 @@ struct State {
     max_wait: Duration,
     counters: Counters,
     labels: HashMap<TenantId, String>,
+    /// Admitted requests still waiting for their response header: id → (class, admitted).
+    awaiting_header: HashMap<u64, (usize, Instant)>,
 }
 
 /// One upstream's admission gate.
@@ -110,6 +112,7 @@ impl Admission {
                 max_wait: Duration::ZERO,
                 counters: Counters::default(),
                 labels: HashMap::new(),
+                awaiting_header: HashMap::new(),
                 policy,
             }),
         })
@@ -140,15 +143,13 @@ impl Admission {
     /// request (its client left) and records how long that client waited.
     pub async fn acquire(self: &Arc<Self>, ticket: Ticket) -> Result<Permit, Refusal> {
         let now = Instant::now();
-        let (rx, id, class, deadline) = {
+        let (rx, id, class, deadline, expiry) = {
             let mut st = self.lock();
             let class = ticket.class.min(st.policy.classes.len().saturating_sub(1));
             if st.labels.len() >= MAX_LABELS {
                 st.labels.clear();
             }
-            st.labels
-                .entry(ticket.tenant)
-                .or_insert_with(|| ticket.tenant_label.clone());
+            st.labels.entry(ticket.tenant).or_insert_with(|| ticket.tenant_label.clone());
             let policy = st.policy.classes.get(class).cloned();
             let (queued, interactive, timeout) = policy.map_or((true, false, Duration::from_secs(30)), |p| {
                 (p.queued, p.interactive, p.queue_timeout)
@@ -159,16 +160,12 @@ impl Admission {
             let demand = st.in_flight + st.queue.len() + 1;
             st.limit.note_demand(demand);
             if !st.policy.enabled || !queued || (st.queue.is_empty() && st.in_flight < st.cap(class, now)) {
-                let in_flight = st.take_slot(class, Duration::ZERO);
-                return Ok(Permit::new(
-                    Arc::clone(self),
-                    class,
-                    now,
-                    Duration::ZERO,
-                    in_flight,
-                ));
+                let id = st.next_id;
+                st.next_id += 1;
+                let in_flight = st.take_slot(id, class, Duration::ZERO, now);
+                return Ok(Permit::new(Arc::clone(self), id, class, now, Duration::ZERO, in_flight));
             }
-            if let Some(refusal) = st.refuse_on_arrival(class, timeout, now) {
+            if let Some(refusal) = st.refuse_on_arrival(ticket.tenant, class, timeout, now) {
                 st.count_shed(refusal);
                 return Err(refusal);
             }
@@ -190,16 +187,18 @@ impl Admission {
             if st.queue.is_empty() {
                 st.standing_since = Some(now);
             }
-            st.queue.push(Entry {
-                id,
-                tenant: ticket.tenant,
-                class,
-                enqueued: now,
-                payload: tx,
-            });
+            st.queue.push(Entry { id, tenant: ticket.tenant, class, enqueued: now, payload: tx });
             st.counters.queued += 1;
             st.dispatch(now);
-            (rx, id, class, now + timeout)
+            // Once clients' patience is known, answer 503 just before a waiter's client would
+            // give up, instead of letting it time out silently.
+            let (wait_limit, reason) = match st.patience.estimate() {
+                Some(patience) if patience.saturating_sub(st.expected_first_byte(class)) < timeout => {
+                    (patience.saturating_sub(st.expected_first_byte(class)), Refusal::Impatient)
+                }
+                _ => (timeout, Refusal::Timeout),
+            };
+            (rx, id, class, now + wait_limit, reason)
         };
         let mut waiting = Waiting {
             admission: Arc::clone(self),
@@ -208,6 +207,7 @@ impl Admission {
             class,
             enqueued: now,
             rx: Some(rx),
+            expiry,
         };
         let decision = match waiting.rx.as_mut() {
             Some(rx) => tokio::time::timeout_at(deadline, rx).await,
@@ -259,9 +259,7 @@ impl Admission {
             last_change: st.limit.last_change(),
             in_flight: st.in_flight,
             queued: st.queue.len(),
-            standing_queue: st
-                .standing_since
-                .is_some_and(|t| now.duration_since(t) >= st.policy.lifo_after),
+            standing_queue: st.standing_since.is_some_and(|t| now.duration_since(t) >= st.policy.lifo_after),
             classes,
             top_tenants,
             admitted: st.counters.admitted,
@@ -297,9 +295,21 @@ impl Admission {
         self.lock().queue.len()
     }
 
-    fn release(&self, class: usize, sample: Option<(usize, Option<Duration>, Outcome, Instant, usize)>) {
+    /// Notes that the request `id` got its response header (it no longer counts as possibly
+    /// stuck in the backend's backlog).
+    fn header_received(&self, id: u64) {
+        self.lock().awaiting_header.remove(&id);
+    }
+
+    fn release(
+        &self,
+        id: u64,
+        class: usize,
+        sample: Option<(usize, Option<Duration>, Outcome, Instant, usize)>,
+    ) {
         let now = Instant::now();
         let mut st = self.lock();
+        st.awaiting_header.remove(&id);
         st.in_flight = st.in_flight.saturating_sub(1);
         if let Some(n) = st.in_flight_by_class.get_mut(class) {
             *n = n.saturating_sub(1);
@@ -315,24 +325,16 @@ impl Admission {
             }
             let latency = first_byte.unwrap_or_else(|| now.duration_since(started));
             let before = st.limit.limit();
-            let change = st.limit.on_sample(
-                Sample {
-                    signal,
-                    started,
-                    latency,
-                    outcome,
-                    in_flight,
-                },
-                now,
-            );
+            let pending: Vec<Duration> = st
+                .awaiting_header
+                .values()
+                .filter(|(c, _)| *c == class)
+                .map(|(_, admitted)| now.duration_since(*admitted))
+                .collect();
+            let sample = Sample { signal, started, latency, outcome, in_flight };
+            let change = st.limit.on_sample_with_pending(sample, now, &pending);
             if let Some(change) = change {
-                log_change(
-                    &self.name,
-                    change,
-                    before,
-                    st.limit.limit(),
-                    st.limit.last_ratio(),
-                );
+                log_change(&self.name, change, before, st.limit.limit(), st.limit.last_ratio());
             }
         }
         st.dispatch(now);
@@ -353,9 +355,8 @@ impl State {
         let Some(policy) = self.policy.classes.get(class) else {
             return limit;
         };
-        let interactive_active = self
-            .interactive_seen
-            .is_some_and(|t| now.duration_since(t) < INTERACTIVE_ACTIVE_FOR);
+        let interactive_active =
+            self.interactive_seen.is_some_and(|t| now.duration_since(t) < INTERACTIVE_ACTIVE_FOR);
         if policy.interactive || !interactive_active || limit <= 2 {
             return limit;
         }
@@ -363,7 +364,8 @@ impl State {
         limit.saturating_sub(reserve).max(1)
     }
 
-    fn take_slot(&mut self, class: usize, waited: Duration) -> usize {
+    fn take_slot(&mut self, id: u64, class: usize, waited: Duration, now: Instant) -> usize {
+        self.awaiting_header.insert(id, (class, now));
         self.in_flight += 1;
         if let Some(n) = self.in_flight_by_class.get_mut(class) {
             *n += 1;
@@ -378,29 +380,38 @@ impl State {
         *self.counters.shed.entry(refusal.as_str()).or_default() += 1;
     }
 
-    /// The expected time until a slot frees for a request arriving now, if known.
-    fn expected_wait(&self, class: usize, now: Instant) -> Option<Duration> {
+    /// The expected time until a request of `tenant` arriving now is admitted, if known. Slots
+    /// go round robin over the tenants waiting in the class, so a newcomer waits for its own
+    /// tenant's line (all of it under FIFO, none of it under LIFO) times the number of tenants
+    /// taking turns — a flooding app's backlog does not count against a quiet app.
+    fn expected_wait(&self, tenant: TenantId, class: usize, now: Instant) -> Option<Duration> {
         let interval = self.departure_interval.get()?;
-        let lifo = self
-            .standing_since
-            .is_some_and(|t| now.duration_since(t) >= self.policy.lifo_after);
-        // Under LIFO a newcomer is next in its tenant's line; under FIFO it waits for the
-        // whole class ahead of it.
-        let ahead = if lifo { 0 } else { self.queue.class_len(class) };
-        Some(Duration::from_secs_f64(interval * (ahead + 1) as f64))
+        let lifo = self.standing_since.is_some_and(|t| now.duration_since(t) >= self.policy.lifo_after);
+        let own_line = if lifo { 0 } else { self.queue.tenant_class_len(tenant, class) };
+        let mine_waiting = self.queue.tenant_class_len(tenant, class) > 0;
+        let turns_per_round = self.queue.class_tenants(class) + usize::from(!mine_waiting);
+        Some(Duration::from_secs_f64(interval * ((own_line + 1) * turns_per_round.max(1)) as f64))
     }
 
-    fn refuse_on_arrival(&self, class: usize, timeout: Duration, now: Instant) -> Option<Refusal> {
-        let wait = self.expected_wait(class, now)?;
+    /// Typical time from admission to the response header for `class`.
+    fn expected_first_byte(&self, class: usize) -> Duration {
+        self.first_byte.get(class).and_then(Ewma::get).map_or(Duration::ZERO, Duration::from_secs_f64)
+    }
+
+    fn refuse_on_arrival(
+        &self,
+        tenant: TenantId,
+        class: usize,
+        timeout: Duration,
+        now: Instant,
+    ) -> Option<Refusal> {
+        let wait = self.expected_wait(tenant, class, now)?;
         if wait > timeout {
             return Some(Refusal::WouldExceedDeadline);
         }
         let patience = self.patience.estimate()?;
-        let first_byte = self
-            .first_byte
-            .get(class)
-            .and_then(Ewma::get)
-            .map_or(Duration::ZERO, Duration::from_secs_f64);
+        let first_byte =
+            self.first_byte.get(class).and_then(Ewma::get).map_or(Duration::ZERO, Duration::from_secs_f64);
         (wait + first_byte > patience).then_some(Refusal::Impatient)
     }
 
@@ -414,17 +425,10 @@ impl State {
             if self.in_flight >= self.limit.limit() {
                 return;
             }
-            let lifo = self
-                .standing_since
-                .is_some_and(|t| now.duration_since(t) >= self.policy.lifo_after);
-            let caps: Vec<usize> = (0..self.policy.classes.len().max(1))
-                .map(|c| self.cap(c, now))
-                .collect();
+            let lifo = self.standing_since.is_some_and(|t| now.duration_since(t) >= self.policy.lifo_after);
+            let caps: Vec<usize> = (0..self.policy.classes.len().max(1)).map(|c| self.cap(c, now)).collect();
             let in_flight = self.in_flight;
-            let Some(entry) = self
-                .queue
-                .pop(lifo, |c| caps.get(c).is_none_or(|cap| in_flight < *cap))
-            else {
+            let Some(entry) = self.queue.pop(lifo, |c| caps.get(c).is_none_or(|cap| in_flight < *cap)) else {
                 return;
             };
             let waited = now.duration_since(entry.enqueued);
@@ -443,7 +447,7 @@ impl State {
             }
             let in_flight = in_flight + 1;
             if entry.payload.send(Decision::Admit { in_flight }).is_ok() {
-                self.take_slot(entry.class, waited);
+                self.take_slot(entry.id, entry.class, waited, now);
             }
         }
     }
@@ -457,6 +461,8 @@ struct Waiting {
     class: usize,
     enqueued: Instant,
     rx: Option<oneshot::Receiver<Decision>>,
+    /// What running out of time means: the class's queue timeout, or the learned patience.
+    expiry: Refusal,
 }
 
 impl Waiting {
@@ -466,13 +472,7 @@ impl Waiting {
             Decision::Admit { in_flight } => {
                 let now = Instant::now();
                 let waited = now.duration_since(self.enqueued);
-                Ok(Permit::new(
-                    Arc::clone(&self.admission),
-                    self.class,
-                    now,
-                    waited,
-                    in_flight,
-                ))
+                Ok(Permit::new(Arc::clone(&self.admission), self.id, self.class, now, waited, in_flight))
             }
             Decision::Shed(refusal) => Err(refusal),
         }
@@ -484,19 +484,19 @@ impl Waiting {
             let mut st = self.admission.lock();
             let removed = st.queue.remove(self.id, self.tenant, self.class).is_some();
             if removed {
-                st.count_shed(Refusal::Timeout);
+                st.count_shed(self.expiry);
             }
             removed
         };
         if removed {
             self.rx = None;
-            return Err(Refusal::Timeout);
+            return Err(self.expiry);
         }
         match self.rx.as_mut().map(oneshot::Receiver::try_recv) {
             Some(Ok(decision)) => self.resolve(decision),
             _ => {
                 self.rx = None;
-                Err(Refusal::Timeout)
+                Err(self.expiry)
             }
         }
     }
@@ -518,7 +518,7 @@ impl Drop for Waiting {
         drop(st);
         // Admitted just as the client left: give the slot back (no latency sample).
         if let Ok(Decision::Admit { .. }) = rx.try_recv() {
-            self.admission.release(self.class, None);
+            self.admission.release(self.id, self.class, None);
         }
     }
 }
@@ -529,6 +529,7 @@ impl Drop for Waiting {
 #[derive(Debug)]
 pub struct Permit {
     admission: Arc<Admission>,
+    id: u64,
     class: usize,
     admitted: Instant,
     waited: Duration,
@@ -539,19 +540,18 @@ pub struct Permit {
 impl Permit {
     fn new(
         admission: Arc<Admission>,
+        id: u64,
         class: usize,
         admitted: Instant,
         waited: Duration,
         in_flight: usize,
     ) -> Self {
-        Permit {
-            admission,
-            class,
-            admitted,
-            waited,
-            in_flight,
-            released: false,
-        }
+        Permit { admission, id, class, admitted, waited, in_flight, released: false }
+    }
+
+    /// Call when the response header arrived.
+    pub fn header_received(&self) {
+        self.admission.header_received(self.id);
     }
 
     /// Time spent in the queue.
@@ -569,6 +569,7 @@ impl Permit {
     pub fn complete(mut self, signal: usize, first_byte: Option<Duration>, outcome: Outcome) {
         self.released = true;
         self.admission.release(
+            self.id,
             self.class,
             Some((signal, first_byte, outcome, self.admitted, self.in_flight)),
         );
@@ -578,7 +579,7 @@ impl Permit {
 impl Drop for Permit {
     fn drop(&mut self) {
         if !self.released {
-            self.admission.release(self.class, None);
+            self.admission.release(self.id, self.class, None);
         }
     }
 }

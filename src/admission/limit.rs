@@ -32,7 +32,9 @@
 //! * **Utilisation** — the limit only grows when it was actually reached (in-flight at the
 //!   limit, or requests waiting), so an idle period cannot inflate it. Growth is
 //!   multiplicative (`increase_ratio` per window, at least one), so a capacity increase is
-//!   followed within a few windows.
+//!   followed within a few windows — except near the level where queueing last began (the
+//!   *knee*), where it creeps by one, so the limit hovers at the capacity instead of
+//!   oscillating between it and 1.5× it. Growing two past the knee without queueing forgets it.
 //!
 //! This combines Envoy's gradient controller and Netflix concurrency-limits' Gradient2 (a
 //! latency gradient against a no-load baseline) with AIMD on explicit overload, plus the
@@ -105,7 +107,12 @@ pub enum Outcome {
     Throttled,
     /// A timeout waiting for the backend.
     Timeout,
-    /// Tells nothing (the client left, or the proxy refused it before the backend saw it).
+    /// The client gave up while the backend had not even sent the response header: the
+    /// latency was *at least* the time waited. Counted as a latency sample — leaving these
+    /// out would judge the backend only by the requests that were lucky enough to finish.
+    Abandoned,
+    /// Tells nothing (the proxy refused it before the backend saw it, or the client left
+    /// after the response had started).
     Ignore,
 }
 
@@ -148,19 +155,13 @@ struct Signal {
 
 impl Signal {
     fn baseline(&self) -> Option<f64> {
-        self.means
-            .iter()
-            .map(|m| m.1)
-            .fold(None, |m, x| Some(m.map_or(x, |m: f64| m.min(x))))
+        self.means.iter().map(|m| m.1).fold(None, |m, x| Some(m.map_or(x, |m: f64| m.min(x))))
     }
 
     fn remember(&mut self, now: Instant, mean: f64, horizon: Duration) {
         self.means.push_back((now, mean));
         while self.means.len() > MAX_BASELINE_ENTRIES
-            || self
-                .means
-                .front()
-                .is_some_and(|(t, _)| now.duration_since(*t) > horizon)
+            || self.means.front().is_some_and(|(t, _)| now.duration_since(*t) > horizon)
         {
             self.means.pop_front();
         }
@@ -178,6 +179,7 @@ pub struct AdaptiveLimit {
     last_cut: Option<Instant>,
     last_change_at: Option<Instant>,
     ceiling: Option<f64>,
+    knee: Option<f64>,
     probe_wait: Duration,
     probe_after: Option<Instant>,
     last_ratio: Option<f64>,
@@ -197,6 +199,7 @@ impl AdaptiveLimit {
             last_cut: None,
             last_change_at: None,
             ceiling: None,
+            knee: None,
             probe_wait,
             probe_after: None,
             last_ratio: None,
@@ -242,10 +245,23 @@ impl AdaptiveLimit {
 
     /// Feeds one finished request; returns the change it caused, if any.
     pub fn on_sample(&mut self, sample: Sample, now: Instant) -> Option<Change> {
+        self.on_sample_with_pending(sample, now, &[])
+    }
+
+    /// Like [`Self::on_sample`], with the ages of requests of the same signal that are still
+    /// waiting for their response header. When a window closes, those older than the window's
+    /// mean count as samples of at least their age: a backend that parks requests in its
+    /// backlog shows up *before* they finish (or are abandoned), not only after.
+    pub fn on_sample_with_pending(
+        &mut self,
+        sample: Sample,
+        now: Instant,
+        pending: &[Duration],
+    ) -> Option<Change> {
         match sample.outcome {
             Outcome::Ignore => None,
             Outcome::Overload | Outcome::Timeout | Outcome::Throttled => self.on_overload(sample, now),
-            Outcome::Success => self.on_latency(sample, now),
+            Outcome::Success | Outcome::Abandoned => self.on_latency(sample, now, pending),
         }
     }
 
@@ -285,10 +301,11 @@ impl AdaptiveLimit {
         }
     }
 
-    fn on_latency(&mut self, sample: Sample, now: Instant) -> Option<Change> {
+    fn on_latency(&mut self, sample: Sample, now: Instant, pending: &[Duration]) -> Option<Change> {
         // Only requests admitted under the current limit say anything about it: ones admitted
         // before the last change still carry the old queueing (after a cut, judging by them
-        // would cut again and again; after growth, they hide what the growth did).
+        // would cut again and again; after growth, they hide what the growth did). Requests
+        // admitted earlier that are still stuck are seen through `pending` instead.
         if self.last_change_at.is_some_and(|at| sample.started < at) {
             return None;
         }
@@ -305,11 +322,17 @@ impl AdaptiveLimit {
         if !(full || stale) {
             return None;
         }
-        let mean = signal.window.iter().sum::<f64>() / signal.window.len() as f64;
+        let completed = signal.window.iter().sum::<f64>() / signal.window.len() as f64;
+        let stuck: Vec<f64> =
+            pending.iter().map(Duration::as_secs_f64).filter(|age| *age > completed).collect();
+        let mean = (signal.window.iter().sum::<f64>() + stuck.iter().sum::<f64>())
+            / (signal.window.len() + stuck.len()) as f64;
         signal.window.clear();
         signal.opened = None;
-        signal.remember(now, mean, settings.baseline_horizon);
-        let baseline = signal.baseline().unwrap_or(mean).max(1e-6);
+        // The baseline learns from finished requests only; requests still stuck say how much
+        // worse than that the present is, not what "no load" looks like.
+        signal.remember(now, completed, settings.baseline_horizon);
+        let baseline = signal.baseline().unwrap_or(completed).max(1e-6);
         let ratio = mean / baseline;
         self.last_ratio = Some(ratio);
         let change = self.decide(ratio, now);
@@ -324,6 +347,8 @@ impl AdaptiveLimit {
             let next = (used / ratio).max(self.limit * 0.5).max(s.min as f64);
             if next < self.limit {
                 self.limit = next;
+                // Where queueing began: growth slows to +1 near it instead of overshooting.
+                self.knee = Some(next);
                 self.last_cut = Some(now);
                 self.last_change_at = Some(now);
                 self.reset_windows();
@@ -338,11 +363,16 @@ impl AdaptiveLimit {
         }
         // Far from any queueing, grow by a fraction (a capacity increase is found in a few
         // windows); with a little queueing already, creep by one.
-        let step = if ratio < 1.0 + (s.grow_below - 1.0) / 2.0 {
+        let near_knee = self.knee.is_some_and(|k| self.limit * (1.0 + s.increase_ratio) > k);
+        let step = if ratio < 1.0 + (s.grow_below - 1.0) / 2.0 && !near_knee {
             (self.limit * s.increase_ratio).max(1.0)
         } else {
             1.0
         };
+        // Well past the old knee without queueing: capacity grew, forget it.
+        if self.knee.is_some_and(|k| self.limit > k + 2.0) {
+            self.knee = None;
+        }
         let mut next = (self.limit + step).min(s.max as f64);
         if let Some(ceiling) = self.ceiling {
             if next >= ceiling - 1.0 {

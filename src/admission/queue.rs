@@ -102,6 +102,16 @@ impl<T> FairQueue<T> {
         self.classes.get(class).map_or(0, |c| c.len)
     }
 
+    /// Tenants with requests waiting in class `class`.
+    pub fn class_tenants(&self, class: usize) -> usize {
+        self.classes.get(class).map_or(0, |c| c.ring.len())
+    }
+
+    /// Waiting requests of `tenant` in class `class`.
+    pub fn tenant_class_len(&self, tenant: TenantId, class: usize) -> usize {
+        self.classes.get(class).and_then(|c| c.tenants.get(&tenant)).map_or(0, VecDeque::len)
+    }
+
     /// Waiting requests of `tenant`.
     pub fn tenant_len(&self, tenant: TenantId) -> usize {
         self.per_tenant.get(&tenant).copied().unwrap_or(0)

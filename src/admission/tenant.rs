@@ -41,10 +41,7 @@ pub struct Tenant {
 impl Tenant {
     /// The shared tenant of requests without a key.
     pub fn anonymous() -> Self {
-        Tenant {
-            id: 0,
-            label: "anonymous".into(),
-        }
+        Tenant { id: 0, label: "anonymous".into() }
     }
 }
 
@@ -57,21 +54,14 @@ pub fn tenant_of(source: &TenantSource, request: &RequestHeader) -> Tenant {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().strip_prefix("Bearer "))
             .map(str::trim),
-        TenantSource::Header(name) => request
-            .headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim),
+        TenantSource::Header(name) => request.headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim),
     };
     match key {
         Some(key) if !key.is_empty() => {
             let mut hasher = std::collections::hash_map::DefaultHasher::new();
             key.hash(&mut hasher);
             // 0 is reserved for the anonymous tenant.
-            Tenant {
-                id: hasher.finish().max(1),
-                label: redact_key(key),
-            }
+            Tenant { id: hasher.finish().max(1), label: redact_key(key) }
         }
         _ => Tenant::anonymous(),
     }
@@ -94,11 +84,7 @@ impl TenantRateLimiter {
         }
         let quota =
             Quota::with_period(Duration::from_secs_f64(1.0 / rate))?.allow_burst(NonZeroU32::new(burst)?);
-        Some(TenantRateLimiter {
-            limiter: RateLimiter::keyed(quota),
-            rate,
-            burst,
-        })
+        Some(TenantRateLimiter { limiter: RateLimiter::keyed(quota), rate, burst })
     }
 
     /// The configured rate and burst.
@@ -138,32 +124,20 @@ mod tests {
 
     #[test]
     fn the_app_key_identifies_the_tenant_without_exposing_it() {
-        let a = tenant_of(
-            &TenantSource::BearerToken,
-            &request(Some("Bearer app-aaaaaaaaaaaaaaaa1111"), None),
-        );
-        let a2 = tenant_of(
-            &TenantSource::BearerToken,
-            &request(Some("Bearer app-aaaaaaaaaaaaaaaa1111"), None),
-        );
-        let b = tenant_of(
-            &TenantSource::BearerToken,
-            &request(Some("Bearer app-bbbbbbbbbbbbbbbb2222"), None),
-        );
+        let a =
+            tenant_of(&TenantSource::BearerToken, &request(Some("Bearer app-aaaaaaaaaaaaaaaa1111"), None));
+        let a2 =
+            tenant_of(&TenantSource::BearerToken, &request(Some("Bearer app-aaaaaaaaaaaaaaaa1111"), None));
+        let b =
+            tenant_of(&TenantSource::BearerToken, &request(Some("Bearer app-bbbbbbbbbbbbbbbb2222"), None));
         assert_eq!(a, a2);
         assert_ne!(a.id, b.id);
         assert_eq!(a.label, "app-…1111");
-        assert_eq!(
-            tenant_of(&TenantSource::BearerToken, &request(None, None)),
-            Tenant::anonymous()
-        );
+        assert_eq!(tenant_of(&TenantSource::BearerToken, &request(None, None)), Tenant::anonymous());
         let header = TenantSource::Header(http::HeaderName::from_static("x-tenant"));
         let t = tenant_of(
             &header,
-            &request(
-                Some("Bearer app-aaaaaaaaaaaaaaaa1111"),
-                Some("customer-0000000042"),
-            ),
+            &request(Some("Bearer app-aaaaaaaaaaaaaaaa1111"), Some("customer-0000000042")),
         );
         assert_eq!(t.label, "customer-…0042");
     }
@@ -173,13 +147,8 @@ mod tests {
         let limiter = TenantRateLimiter::new(1.0, 2).expect("valid quota");
         assert!(limiter.check(1).is_ok());
         assert!(limiter.check(1).is_ok());
-        let wait = limiter
-            .check(1)
-            .expect_err("third request within the burst window");
-        assert!(
-            wait > Duration::from_millis(500) && wait <= Duration::from_secs(1),
-            "{wait:?}"
-        );
+        let wait = limiter.check(1).expect_err("third request within the burst window");
+        assert!(wait > Duration::from_millis(500) && wait <= Duration::from_secs(1), "{wait:?}");
         assert!(limiter.check(2).is_ok(), "other tenants are unaffected");
         assert!(TenantRateLimiter::new(0.0, 1).is_none());
         assert!(TenantRateLimiter::new(1.0, 0).is_none());

@@ -74,10 +74,8 @@ pub struct Overrides {
 
 /// Reads and validates a config file.
 pub fn load_file(path: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-        path: path.display().to_string(),
-        source,
-    })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ConfigError::Io { path: path.display().to_string(), source })?;
     parse_str(&text, &path.display().to_string(), overrides)
 }
 
@@ -113,9 +111,7 @@ fn build(raw: RawConfig, at: &Locator<'_>, overrides: &Overrides) -> Result<Conf
         ));
     }
     let server_settings = ServerSettings {
-        listen: overrides
-            .listen
-            .map_or_else(|| server.listen.clone(), |a| vec![a]),
+        listen: overrides.listen.map_or_else(|| server.listen.clone(), |a| vec![a]),
         admin: overrides.admin.unwrap_or(server.admin),
         threads,
         max_request_body: server.max_request_body,
@@ -123,11 +119,8 @@ fn build(raw: RawConfig, at: &Locator<'_>, overrides: &Overrides) -> Result<Conf
         upstream_keepalive_pool: server.upstream_keepalive_pool,
         shutdown_grace: server.shutdown_grace,
     };
-    let log = LogSettings {
-        format: raw.log.format,
-        level: raw.log.level.clone(),
-        access_log: raw.log.access_log,
-    };
+    let log =
+        LogSettings { format: raw.log.format, level: raw.log.level.clone(), access_log: raw.log.access_log };
 
     let mut upstreams = BTreeMap::new();
     for (name, spec) in &raw.upstreams {
@@ -147,19 +140,18 @@ fn build(raw: RawConfig, at: &Locator<'_>, overrides: &Overrides) -> Result<Conf
             parsed.push(addr);
         }
         let admission = build_admission(name, &spec.get_ref().admission, at)?;
-        upstreams.insert(
-            name.clone(),
-            UpstreamSpec {
-                servers: parsed,
-                admission,
-            },
-        );
+        let keepalive = spec.get_ref().keepalive.unwrap_or(HumanDuration(super::DEFAULT_UPSTREAM_KEEPALIVE));
+        if keepalive.0 > Duration::from_secs(300) {
+            return Err(at.unplaced(
+                &format!("upstreams.{name}.keepalive"),
+                format!("{keepalive} is out of range: expected 0s..=5m"),
+            ));
+        }
+        upstreams.insert(name.clone(), UpstreamSpec { servers: parsed, keepalive, admission });
     }
     if let Some(url) = &overrides.upstream {
-        let addr = parse_upstream_url(url).map_err(|message| ConfigError::Override {
-            flag: "--upstream",
-            message,
-        })?;
+        let addr = parse_upstream_url(url)
+            .map_err(|message| ConfigError::Override { flag: "--upstream", message })?;
         match upstreams.get_mut("api") {
             Some(api) => api.servers = vec![addr],
             None => {
@@ -179,11 +171,7 @@ fn build(raw: RawConfig, at: &Locator<'_>, overrides: &Overrides) -> Result<Conf
         routes.push(build_route(index, route, &upstreams, &classes, at)?);
     }
     let router = Router::new(routes).map_err(|clash| {
-        at.error(
-            clash.span.clone(),
-            Some(format!("routes[{}].prefix", clash.index)),
-            clash.message,
-        )
+        at.error(clash.span.clone(), Some(format!("routes[{}].prefix", clash.index)), clash.message)
     })?;
 
     let admission = build_admission_global(&raw.admission, at)?;
@@ -216,10 +204,9 @@ fn build_admission(name: &str, raw: &RawAdmission, at: &Locator<'_>) -> Result<A
         return Err(at.unplaced(&key("min_limit"), "must be at least 1".into()));
     }
     if spec.max_limit < spec.min_limit || spec.max_limit > 100_000 {
-        return Err(at.unplaced(
-            &key("max_limit"),
-            format!("{} must be within min_limit..=100000", spec.max_limit),
-        ));
+        return Err(
+            at.unplaced(&key("max_limit"), format!("{} must be within min_limit..=100000", spec.max_limit))
+        );
     }
     if !(spec.min_limit..=spec.max_limit).contains(&spec.initial_limit) {
         return Err(at.unplaced(
@@ -239,10 +226,7 @@ fn build_admission(name: &str, raw: &RawAdmission, at: &Locator<'_>) -> Result<A
     if !(spec.latency_tolerance > 1.0 && spec.latency_tolerance <= 10.0) {
         return Err(at.unplaced(
             &key("latency_tolerance"),
-            format!(
-                "{} is out of range: expected a ratio in (1, 10], e.g. 1.3",
-                spec.latency_tolerance
-            ),
+            format!("{} is out of range: expected a ratio in (1, 10], e.g. 1.3", spec.latency_tolerance),
         ));
     }
     Ok(spec)
@@ -294,10 +278,7 @@ fn build_tenants(raw: &RawTenants, at: &Locator<'_>) -> Result<TenantSettings, C
             if r.burst == 0 {
                 return Err(at.unplaced("tenants.rate_limit.burst", "must be at least 1".into()));
             }
-            Some(RateLimitSpec {
-                rate: r.rate,
-                burst: r.burst,
-            })
+            Some(RateLimitSpec { rate: r.rate, burst: r.burst })
         }
     };
     Ok(TenantSettings { header, rate_limit })
@@ -334,10 +315,8 @@ fn build_classes(
     raw: &BTreeMap<String, RawClass>,
     at: &Locator<'_>,
 ) -> Result<BTreeMap<String, Arc<ClassSpec>>, ConfigError> {
-    let mut classes: BTreeMap<String, Arc<ClassSpec>> = BUILTIN_CLASSES
-        .into_iter()
-        .map(|name| (name.to_string(), Arc::new(class_defaults(name))))
-        .collect();
+    let mut classes: BTreeMap<String, Arc<ClassSpec>> =
+        BUILTIN_CLASSES.into_iter().map(|name| (name.to_string(), Arc::new(class_defaults(name)))).collect();
     for (name, overrides) in raw {
         check_name(name).map_err(|m| at.unplaced(&format!("classes.{name}"), m))?;
         let base = class_defaults(name);
@@ -387,19 +366,11 @@ fn build_route(
     let key = |k: &str| Some(format!("routes[{index}].{k}"));
     let prefix = raw.prefix.get_ref();
     if !prefix.starts_with('/') {
-        return Err(at.error(
-            raw.prefix.span(),
-            key("prefix"),
-            format!("{prefix:?} must start with '/'"),
-        ));
+        return Err(at.error(raw.prefix.span(), key("prefix"), format!("{prefix:?} must start with '/'")));
     }
     let suffix = match &raw.suffix {
         Some(s) if s.get_ref().is_empty() || !s.get_ref().starts_with('/') => {
-            return Err(at.error(
-                s.span(),
-                key("suffix"),
-                format!("{:?} must start with '/'", s.get_ref()),
-            ))
+            return Err(at.error(s.span(), key("suffix"), format!("{:?} must start with '/'", s.get_ref())))
         }
         Some(s) => Some(s.get_ref().clone()),
         None => None,
@@ -423,11 +394,7 @@ fn build_route(
     let Some(class) = class else {
         let known: Vec<&str> = classes.keys().map(String::as_str).collect();
         let span = raw.class.as_ref().map_or(0..0, Spanned::span);
-        return Err(at.error(
-            span,
-            key("class"),
-            format!("unknown class (defined: {})", list(&known)),
-        ));
+        return Err(at.error(span, key("class"), format!("unknown class (defined: {})", list(&known))));
     };
     let methods = match &raw.methods {
         None => None,
@@ -436,11 +403,7 @@ fn build_route(
             for text in spanned.get_ref() {
                 let method =
                     http::Method::from_bytes(text.to_ascii_uppercase().as_bytes()).map_err(|_| {
-                        at.error(
-                            spanned.span(),
-                            key("methods"),
-                            format!("{text:?} is not an HTTP method"),
-                        )
+                        at.error(spanned.span(), key("methods"), format!("{text:?} is not an HTTP method"))
                     })?;
                 methods.push(method);
             }
@@ -456,10 +419,7 @@ fn build_route(
     };
     Ok(Route {
         name: raw.name.clone().unwrap_or_else(|| {
-            format!(
-                "{prefix}{}",
-                suffix.as_deref().map(|s| format!("*{s}")).unwrap_or_default()
-            )
+            format!("{prefix}{}", suffix.as_deref().map(|s| format!("*{s}")).unwrap_or_default())
         }),
         prefix: prefix.clone(),
         suffix,
@@ -482,9 +442,7 @@ fn list(names: &[&str]) -> String {
 fn check_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
     if ok {
         Ok(())
     } else {
@@ -496,10 +454,7 @@ fn check_name(name: &str) -> Result<(), String> {
 pub fn parse_server_addr(text: &str) -> Result<ServerAddr, String> {
     let expected = "expected \"host:port\", e.g. \"api:5001\" or \"127.0.0.1:5001\"";
     if let Ok(addr) = text.parse::<std::net::SocketAddr>() {
-        return Ok(ServerAddr {
-            host: addr.ip().to_string(),
-            port: addr.port(),
-        });
+        return Ok(ServerAddr { host: addr.ip().to_string(), port: addr.port() });
     }
     let (host, port) = text
         .rsplit_once(':')
@@ -511,16 +466,11 @@ pub fn parse_server_addr(text: &str) -> Result<ServerAddr, String> {
         .ok_or_else(|| format!("invalid port in {text:?}; {expected}"))?;
     let host_ok = !host.is_empty()
         && host.len() <= 253
-        && host
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_');
+        && host.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_');
     if !host_ok {
         return Err(format!("invalid host in {text:?}; {expected}"));
     }
-    Ok(ServerAddr {
-        host: host.to_string(),
-        port,
-    })
+    Ok(ServerAddr { host: host.to_string(), port })
 }
 
 /// Parses `--upstream`: `http://host:port` (port defaults to 80) or a bare `host:port`.
@@ -531,9 +481,7 @@ pub fn parse_upstream_url(text: &str) -> Result<ServerAddr, String> {
     let rest = text.strip_prefix("http://").unwrap_or(text);
     let authority = rest.split('/').next().unwrap_or_default();
     if rest.len() > authority.len() && rest != format!("{authority}/") {
-        return Err(format!(
-            "{text:?}: a path is not supported, give only scheme, host and port"
-        ));
+        return Err(format!("{text:?}: a path is not supported, give only scheme, host and port"));
     }
     if authority.contains(':') {
         parse_server_addr(authority)
@@ -551,13 +499,7 @@ struct Locator<'a> {
 impl Locator<'_> {
     fn error(&self, span: Range<usize>, key: Option<String>, message: String) -> ConfigError {
         let (line, column) = self.line_col(span.start);
-        ConfigError::Invalid {
-            origin: self.origin.to_string(),
-            line,
-            column,
-            key,
-            message,
-        }
+        ConfigError::Invalid { origin: self.origin.to_string(), line, column, key, message }
     }
 
     /// An error about a key that has no span of its own (a whole-table check): points at the
@@ -586,9 +528,7 @@ impl Locator<'_> {
     fn key_at(&self, offset: usize) -> Option<String> {
         let offset = offset.min(self.text.len());
         let line_start = self.text[..offset].rfind('\n').map_or(0, |i| i + 1);
-        let line_end = self.text[offset..]
-            .find('\n')
-            .map_or(self.text.len(), |i| offset + i);
+        let line_end = self.text[offset..].find('\n').map_or(self.text.len(), |i| offset + i);
         let line = &self.text[line_start..line_end];
         let (key, _) = line.split_once('=')?;
         let key = key.trim().trim_matches('"');

@@ -50,11 +50,7 @@ pub struct Config {
 impl Config {
     /// The admission policy of upstream `name` (defaults when it is not configured).
     pub fn admission_policy(&self, name: &str) -> AdmissionPolicy {
-        let spec = self
-            .upstreams
-            .get(name)
-            .map(|u| u.admission.clone())
-            .unwrap_or_default();
+        let spec = self.upstreams.get(name).map(|u| u.admission.clone()).unwrap_or_default();
         let mut classes: Vec<&Arc<ClassSpec>> = self.classes.values().collect();
         classes.sort_by_key(|c| c.index);
         AdmissionPolicy {
@@ -137,11 +133,7 @@ pub struct TenantSettings {
 impl TenantSettings {
     /// Where the tenant key is read from.
     pub fn source(&self) -> TenantSource {
-        match self
-            .header
-            .as_deref()
-            .map(|h| http::HeaderName::from_bytes(h.as_bytes()))
-        {
+        match self.header.as_deref().map(|h| http::HeaderName::from_bytes(h.as_bytes())) {
             Some(Ok(name)) => TenantSource::Header(name),
             _ => TenantSource::BearerToken,
         }
@@ -217,9 +209,18 @@ impl Serialize for ServerAddr {
 pub struct UpstreamSpec {
     /// The group's servers.
     pub servers: Vec<ServerAddr>,
+    /// Idle time an upstream connection is kept for reuse (zero: a connection per request).
+    pub keepalive: HumanDuration,
     /// Its admission settings.
     pub admission: AdmissionSpec,
 }
+
+/// Default idle keep-alive to an upstream: none. Under gunicorn+gevent an open connection
+/// holds one of the worker's `worker_connections` slots even while idle, so pooled idle
+/// connections lock real requests out in the listen backlog; Dify's own nginx opens a
+/// connection per request (`Connection: close`) for the same reason. Loopback/compose-network
+/// connects cost well under a millisecond next to Dify's run times.
+pub const DEFAULT_UPSTREAM_KEEPALIVE: std::time::Duration = std::time::Duration::ZERO;
 
 /// A traffic class after validation: every timeout resolved.
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -157,11 +157,7 @@ pub struct RawLog {
 
 impl Default for RawLog {
     fn default() -> Self {
-        RawLog {
-            format: LogFormat::Text,
-            level: default_log_level(),
-            access_log: true,
-        }
+        RawLog { format: LogFormat::Text, level: default_log_level(), access_log: true }
     }
 }
 
@@ -171,6 +167,10 @@ impl Default for RawLog {
 pub struct RawUpstream {
     /// `host:port` entries; hostnames are re-resolved every `server.resolve_interval`.
     pub servers: Vec<Spanned<String>>,
+    /// How long an idle connection to this upstream is kept for reuse; `"0s"` sends
+    /// `Connection: close` and opens a connection per request, as Dify's own nginx does.
+    #[serde(default)]
+    pub keepalive: Option<HumanDuration>,
     /// The upstream's adaptive concurrency limit.
     #[serde(default)]
     pub admission: RawAdmission,
@@ -233,9 +233,7 @@ fn one_or_many<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<SocketA
         OneOrMany::Many(texts) => texts,
     };
     if texts.is_empty() {
-        return Err(serde::de::Error::custom(
-            "at least one listen address is required",
-        ));
+        return Err(serde::de::Error::custom("at least one listen address is required"));
     }
     texts
         .iter()

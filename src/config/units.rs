@@ -52,14 +52,10 @@ impl ByteSize {
     /// Parses `"100MiB"`-style text; the error says what was expected.
     pub fn parse(text: &str) -> Result<Self, String> {
         let trimmed = text.trim();
-        let split = trimmed
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(trimmed.len());
+        let split = trimmed.find(|c: char| !c.is_ascii_digit()).unwrap_or(trimmed.len());
         let (number, unit) = trimmed.split_at(split);
         let expected = "expected bytes as an integer or with a unit, e.g. \"64KiB\", \"100MiB\", \"1GB\"";
-        let value: u64 = number
-            .parse()
-            .map_err(|_| format!("invalid size {text:?}: {expected}"))?;
+        let value: u64 = number.parse().map_err(|_| format!("invalid size {text:?}: {expected}"))?;
         let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
             "" | "b" => 1,
             "k" | "kb" => 1_000,
@@ -70,10 +66,7 @@ impl ByteSize {
             "gi" | "gib" => 1 << 30,
             _ => return Err(format!("invalid size unit in {text:?}: {expected}")),
         };
-        value
-            .checked_mul(multiplier)
-            .map(ByteSize)
-            .ok_or_else(|| format!("size {text:?} is too large"))
+        value.checked_mul(multiplier).map(ByteSize).ok_or_else(|| format!("size {text:?} is too large"))
     }
 }
 
@@ -116,18 +109,9 @@ mod tests {
 
     #[test]
     fn durations_parse_and_round_trip() {
-        assert_eq!(
-            HumanDuration::parse("30s").map(|d| d.0),
-            Ok(Duration::from_secs(30))
-        );
-        assert_eq!(
-            HumanDuration::parse("10m").map(|d| d.0),
-            Ok(Duration::from_secs(600))
-        );
-        assert_eq!(
-            HumanDuration::parse("250ms").map(|d| d.0),
-            Ok(Duration::from_millis(250))
-        );
+        assert_eq!(HumanDuration::parse("30s").map(|d| d.0), Ok(Duration::from_secs(30)));
+        assert_eq!(HumanDuration::parse("10m").map(|d| d.0), Ok(Duration::from_secs(600)));
+        assert_eq!(HumanDuration::parse("250ms").map(|d| d.0), Ok(Duration::from_millis(250)));
         let err = HumanDuration::parse("30").unwrap_err();
         assert!(err.contains("expected a number with a unit"), "{err}");
         assert!(HumanDuration::parse("soon").is_err());

@@ -20,10 +20,7 @@ pub fn log_request(session: &Session, ctx: &RequestCtx, status: u16, error: Opti
         Some(r) => (r.route.as_str(), r.class.name.as_str(), r.upstream.name()),
         None => ("-", "-", "-"),
     };
-    let server = ctx
-        .endpoint
-        .as_ref()
-        .map_or_else(|| "-".to_string(), |e| e.addr.to_string());
+    let server = ctx.endpoint.as_ref().map_or_else(|| "-".to_string(), |e| e.addr.to_string());
     let total = ctx.started.elapsed();
     tracing::info!(
         target: "dify_shaper::access",

@@ -27,12 +27,7 @@ pub struct ErrorReply {
 
 impl ErrorReply {
     fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
-        ErrorReply {
-            code,
-            message: message.into(),
-            status,
-            retry_after: None,
-        }
+        ErrorReply { code, message: message.into(), status, retry_after: None }
     }
 
     /// Adds a `Retry-After` in seconds.
@@ -63,11 +58,7 @@ impl ErrorReply {
 
     /// 413 `payload_too_large`.
     pub fn payload_too_large(limit: impl std::fmt::Display) -> Self {
-        Self::new(
-            413,
-            "payload_too_large",
-            format!("request body exceeds the limit of {limit}"),
-        )
+        Self::new(413, "payload_too_large", format!("request body exceeds the limit of {limit}"))
     }
 
     /// 400 `bad_request`.
@@ -111,11 +102,9 @@ impl ErrorReply {
             },
             ErrorSource::Downstream => match etype {
                 ReadError | WriteError | ConnectionClosed => return None,
-                ReadTimedout => Self::new(
-                    408,
-                    "request_timeout",
-                    "the request body was not received in time",
-                ),
+                ReadTimedout => {
+                    Self::new(408, "request_timeout", "the request body was not received in time")
+                }
                 _ => Self::bad_request("malformed request"),
             },
             ErrorSource::Internal | ErrorSource::Unset => {
@@ -163,20 +152,11 @@ mod tests {
     fn envelope_is_difys_shape() {
         let reply = ErrorReply::server_busy("queue full").retry_after(2);
         let json: serde_json::Value = serde_json::from_slice(&reply.body()).expect("json");
-        assert_eq!(
-            json,
-            serde_json::json!({"code":"server_busy","message":"queue full","status":503})
-        );
+        assert_eq!(json, serde_json::json!({"code":"server_busy","message":"queue full","status":503}));
         let header = reply.header("abc", 10).expect("header");
         assert_eq!(header.status.as_u16(), 503);
-        assert_eq!(
-            header.headers.get("retry-after").map(|v| v.as_bytes()),
-            Some(&b"2"[..])
-        );
-        assert_eq!(
-            header.headers.get(REQUEST_ID).map(|v| v.as_bytes()),
-            Some(&b"abc"[..])
-        );
+        assert_eq!(header.headers.get("retry-after").map(|v| v.as_bytes()), Some(&b"2"[..]));
+        assert_eq!(header.headers.get(REQUEST_ID).map(|v| v.as_bytes()), Some(&b"abc"[..]));
     }
 
     #[test]
@@ -190,18 +170,12 @@ mod tests {
             up(ErrorType::ConnectRefused).map(|r| (r.status, r.code)),
             Some((502, "upstream_unavailable"))
         );
-        assert_eq!(
-            up(ErrorType::ReadTimedout).map(|r| (r.status, r.code)),
-            Some((504, "upstream_timeout"))
-        );
+        assert_eq!(up(ErrorType::ReadTimedout).map(|r| (r.status, r.code)), Some((504, "upstream_timeout")));
         assert_eq!(up(ErrorType::ConnectTimedout).map(|r| r.status), Some(504));
         let mut gone = Error::new(ErrorType::ConnectionClosed);
         gone.as_down();
         assert_eq!(ErrorReply::from_error(&gone), None);
         let too_big = Error::new(ErrorType::HTTPStatus(413));
-        assert_eq!(
-            ErrorReply::from_error(&too_big).map(|r| r.code),
-            Some("payload_too_large")
-        );
+        assert_eq!(ErrorReply::from_error(&too_big).map(|r| r.code), Some("payload_too_large"));
     }
 }

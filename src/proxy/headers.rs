@@ -30,11 +30,7 @@ pub fn apply_forwarding(
 ) -> Result<()> {
     upstream.insert_header(REQUEST_ID, request_id)?;
     if let Some(ip) = client_ip {
-        let forwarded_for = match upstream
-            .headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-        {
+        let forwarded_for = match upstream.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
             Some(existing) if !existing.trim().is_empty() => format!("{existing}, {ip}"),
             _ => ip.to_string(),
         };
@@ -65,10 +61,7 @@ mod tests {
 
     #[test]
     fn request_id_is_kept_when_sane_and_generated_otherwise() {
-        assert_eq!(
-            request_id_from(&request(&[("x-request-id", "abc-123")])),
-            "abc-123"
-        );
+        assert_eq!(request_id_from(&request(&[("x-request-id", "abc-123")])), "abc-123");
         let generated = request_id_from(&request(&[("x-request-id", "has space")]));
         assert_eq!(generated.len(), 32);
         assert_ne!(request_id_from(&request(&[])), request_id_from(&request(&[])));
@@ -82,12 +75,7 @@ mod tests {
             ("x-forwarded-proto", "https"),
         ]);
         apply_forwarding(&mut req, "rid", Some("127.0.0.2".parse().expect("ip"))).expect("apply");
-        let get = |k: &str| {
-            req.headers
-                .get(k)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        };
+        let get = |k: &str| req.headers.get(k).and_then(|v| v.to_str().ok()).map(str::to_string);
         assert_eq!(get("x-forwarded-for").as_deref(), Some("10.0.0.1, 127.0.0.2"));
         assert_eq!(get("x-forwarded-proto").as_deref(), Some("https"));
         assert_eq!(get("x-forwarded-host").as_deref(), Some("dify.example"));

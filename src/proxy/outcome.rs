@@ -6,8 +6,9 @@ use pingora::{Error, ErrorSource, ErrorType};
 use crate::admission::Outcome;
 
 /// Classifies a finished request. `upstream_status` is the backend's response status, if one
-/// arrived; `error` the error that ended the request, if any.
-pub fn classify(upstream_status: Option<u16>, error: Option<&Error>) -> Outcome {
+/// arrived; `error` the error that ended the request, if any; `sent_upstream` whether the
+/// request was handed to the backend at all.
+pub fn classify(upstream_status: Option<u16>, error: Option<&Error>, sent_upstream: bool) -> Outcome {
     if let Some(e) = error {
         if e.esource() == &ErrorSource::Upstream {
             return match e.etype() {
@@ -23,9 +24,13 @@ pub fn classify(upstream_status: Option<u16>, error: Option<&Error>) -> Outcome 
                 _ => Outcome::Overload,
             };
         }
-        // The client left or sent garbage: nothing learned about the backend.
+        // The client left before the backend answered: a lower bound on the latency.
         if upstream_status.is_none() {
-            return Outcome::Ignore;
+            let client_left = matches!(
+                e.etype(),
+                ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+            );
+            return if client_left && sent_upstream { Outcome::Abandoned } else { Outcome::Ignore };
         }
     }
     match upstream_status {
@@ -48,27 +53,18 @@ mod tests {
 
     #[test]
     fn statuses_and_errors_map_to_outcomes() {
-        assert_eq!(classify(Some(200), None), Outcome::Success);
-        assert_eq!(classify(Some(404), None), Outcome::Success);
-        assert_eq!(classify(Some(429), None), Outcome::Throttled);
-        assert_eq!(classify(Some(500), None), Outcome::Overload);
-        assert_eq!(classify(Some(503), None), Outcome::Overload);
-        assert_eq!(
-            classify(None, Some(&upstream(ErrorType::ConnectRefused))),
-            Outcome::Overload
-        );
-        assert_eq!(
-            classify(None, Some(&upstream(ErrorType::ReadTimedout))),
-            Outcome::Timeout
-        );
+        assert_eq!(classify(Some(200), None, true), Outcome::Success);
+        assert_eq!(classify(Some(404), None, true), Outcome::Success);
+        assert_eq!(classify(Some(429), None, true), Outcome::Throttled);
+        assert_eq!(classify(Some(500), None, true), Outcome::Overload);
+        assert_eq!(classify(Some(503), None, true), Outcome::Overload);
+        assert_eq!(classify(None, Some(&upstream(ErrorType::ConnectRefused)), true), Outcome::Overload);
+        assert_eq!(classify(None, Some(&upstream(ErrorType::ReadTimedout)), true), Outcome::Timeout);
         let mut gone = Error::new(ErrorType::ConnectionClosed);
         gone.as_down();
-        assert_eq!(classify(None, Some(&gone)), Outcome::Ignore);
-        assert_eq!(
-            classify(Some(200), Some(&gone)),
-            Outcome::Success,
-            "the client left mid-stream"
-        );
-        assert_eq!(classify(None, None), Outcome::Ignore);
+        assert_eq!(classify(None, Some(&gone), true), Outcome::Abandoned, "left before the header");
+        assert_eq!(classify(None, Some(&gone), false), Outcome::Ignore, "left before it was sent");
+        assert_eq!(classify(Some(200), Some(&gone), true), Outcome::Success, "left mid-stream");
+        assert_eq!(classify(None, None, false), Outcome::Ignore);
     }
 }

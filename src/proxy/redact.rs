@@ -45,10 +45,7 @@ mod tests {
 
     #[test]
     fn app_keys_show_only_their_tail() {
-        assert_eq!(
-            redact_authorization("Bearer app-abcdefghijklmnopqrstabcd"),
-            "app-…abcd"
-        );
+        assert_eq!(redact_authorization("Bearer app-abcdefghijklmnopqrstabcd"), "app-…abcd");
         assert_eq!(redact_authorization("Basic dXNlcjpwYXNz"), "redacted");
         assert_eq!(redact_authorization("Bearer short"), "…");
         let console = redact_authorization("Bearer eyJhbGciOiJIUzI1NiJ9.payload.sigXYZW");
@@ -58,10 +55,7 @@ mod tests {
 
     #[test]
     fn query_values_are_dropped() {
-        assert_eq!(
-            path_without_query_values("/v1/messages?user=bob&limit=20"),
-            "/v1/messages?user&limit"
-        );
+        assert_eq!(path_without_query_values("/v1/messages?user=bob&limit=20"), "/v1/messages?user&limit");
         assert_eq!(path_without_query_values("/health"), "/health");
         assert_eq!(path_without_query_values("/x?flag"), "/x?flag");
     }

@@ -202,17 +202,9 @@ mod tests {
         assert_eq!(to(Method::GET, "/apps"), Some("web"));
         assert_eq!(to(Method::POST, "/v1/workflows/run"), Some("api"));
         assert_eq!(to(Method::GET, "/v1"), Some("api"));
-        assert_eq!(
-            to(Method::GET, "/v1beta"),
-            Some("web"),
-            "prefixes match whole segments"
-        );
+        assert_eq!(to(Method::GET, "/v1beta"), Some("web"), "prefixes match whole segments");
         assert_eq!(to(Method::POST, "/v1/chat-messages/abc/stop"), Some("stop"));
-        assert_eq!(
-            to(Method::POST, "/v1/chat-messages/stop"),
-            Some("api"),
-            "a task id must sit between"
-        );
+        assert_eq!(to(Method::POST, "/v1/chat-messages/stop"), Some("api"), "a task id must sit between");
         assert_eq!(to(Method::POST, "/v1/chat-messages"), Some("api"));
         assert_eq!(to(Method::POST, "/e/plugin/x"), Some("plugin"));
         assert_eq!(to(Method::POST, "/v1/files/upload"), Some("upload"));
@@ -227,15 +219,9 @@ mod tests {
 
     #[test]
     fn duplicate_and_overlapping_routes_are_rejected() {
-        let dup = Router::new(vec![
-            route(0, "/v1", None, None, "a"),
-            route(1, "/v1", None, None, "b"),
-        ]);
+        let dup = Router::new(vec![route(0, "/v1", None, None, "a"), route(1, "/v1", None, None, "b")]);
         assert_eq!(dup.map(|_| ()).unwrap_err().index, 1);
-        let slash = Router::new(vec![
-            route(0, "/v1", None, None, "a"),
-            route(1, "/v1/", None, None, "b"),
-        ]);
+        let slash = Router::new(vec![route(0, "/v1", None, None, "a"), route(1, "/v1/", None, None, "b")]);
         assert!(slash.is_err(), "/v1 and /v1/ match the same requests below /v1/");
         let methods = Router::new(vec![
             route(0, "/v1", None, Some(&[Method::GET, Method::POST]), "a"),

@@ -36,13 +36,8 @@ use super::envelope::{ErrorReply, REQUEST_ID};
 use super::headers::{apply_forwarding, request_id_from};
 use super::outcome::classify;
 use crate::admission::tenant::tenant_of;
-use crate::admission::Ticket;
+use crate::admission::{Outcome, Ticket};
 use crate::app::App;
-
-/// Idle upstream keep-alive connections are closed after this. gunicorn's async workers close
-/// idle keep-alive connections after 2 s; closing ours first avoids reusing a connection the
-/// backend is closing at the same moment.
-const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_millis(1500);
 
 /// The proxy service.
 pub struct DifyProxy {
@@ -94,20 +89,12 @@ impl ProxyHttp for DifyProxy {
 
         if !path.starts_with('/') {
             return self
-                .refuse(
-                    session,
-                    ctx,
-                    ErrorReply::bad_request("the request target must be an absolute path"),
-                )
+                .refuse(session, ctx, ErrorReply::bad_request("the request target must be an absolute path"))
                 .await;
         }
         let Some(route) = config.router.route(&method, &path) else {
             return self
-                .refuse(
-                    session,
-                    ctx,
-                    ErrorReply::not_found(format!("no route for {method} {path}")),
-                )
+                .refuse(session, ctx, ErrorReply::not_found(format!("no route for {method} {path}")))
                 .await;
         };
         let Some(upstream) = self.app.upstreams.get(&route.upstream) else {
@@ -129,9 +116,7 @@ impl ProxyHttp for DifyProxy {
         if declared_len.is_some_and(|len| len > limit.0) {
             // The body was not read: the connection cannot be reused for another request.
             session.set_keepalive(None);
-            return self
-                .refuse(session, ctx, ErrorReply::payload_too_large(limit))
-                .await;
+            return self.refuse(session, ctx, ErrorReply::payload_too_large(limit)).await;
         }
         if let Some(limiter) = self.app.rate_limiter() {
             if let Err(wait) = limiter.check(tenant.id) {
@@ -144,11 +129,7 @@ impl ProxyHttp for DifyProxy {
         // Admission: wait here (in our queue, not gunicorn's backlog) for a slot.
         let watch_client = preread_small_body(session, declared_len, chunked).await?;
         let admission = Arc::clone(upstream.admission());
-        let ticket = Ticket {
-            tenant: tenant.id,
-            tenant_label: tenant.label,
-            class: class.index,
-        };
+        let ticket = Ticket { tenant: tenant.id, tenant_label: tenant.label, class: class.index };
         let queued_at = Instant::now();
         match wait_for_slot(session, &admission, ticket, watch_client).await {
             Admitted::Yes(permit) => {
@@ -194,7 +175,9 @@ impl ProxyHttp for DifyProxy {
         peer.options.connection_timeout = Some(class.connect_timeout.0);
         peer.options.read_timeout = Some(class.read_timeout.0);
         peer.options.write_timeout = Some(class.write_timeout.0);
-        peer.options.idle_timeout = Some(UPSTREAM_IDLE_TIMEOUT);
+        let keepalive =
+            ctx.config.as_ref().and_then(|c| c.upstreams.get(routed.upstream.name())).map(|u| u.keepalive.0);
+        peer.options.idle_timeout = keepalive.filter(|k| !k.is_zero());
         ctx.endpoint = Some(endpoint);
         ctx.attempts += 1;
         ctx.peer_chosen_at = Some(Instant::now());
@@ -240,7 +223,17 @@ impl ProxyHttp for DifyProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         let client_ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
-        apply_forwarding(upstream_request, &ctx.request_id, client_ip)
+        apply_forwarding(upstream_request, &ctx.request_id, client_ip)?;
+        let reuse = ctx
+            .routed
+            .as_ref()
+            .and_then(|r| ctx.config.as_ref()?.upstreams.get(r.upstream.name()))
+            .is_some_and(|u| !u.keepalive.0.is_zero());
+        // WebSocket upgrades need their `Connection: upgrade`.
+        if !reuse && !session.is_upgrade_req() {
+            upstream_request.insert_header(http::header::CONNECTION, "close")?;
+        }
+        Ok(())
     }
 
     /// Counts the body and enforces `max_request_body` for bodies without a declared length.
@@ -254,10 +247,7 @@ impl ProxyHttp for DifyProxy {
         if let Some(chunk) = body {
             ctx.bytes_in += chunk.len() as u64;
         }
-        let limit = ctx
-            .config
-            .as_ref()
-            .map_or(u64::MAX, |c| c.server.max_request_body.0);
+        let limit = ctx.config.as_ref().map_or(u64::MAX, |c| c.server.max_request_body.0);
         if ctx.bytes_in > limit {
             return Error::e_explain(ErrorType::HTTPStatus(413), "request body over max_request_body");
         }
@@ -276,6 +266,9 @@ impl ProxyHttp for DifyProxy {
         ctx.first_byte.get_or_insert_with(|| ctx.started.elapsed());
         ctx.first_byte_after_admission = ctx.admitted_at.map(|t| t.elapsed());
         ctx.upstream_status = Some(upstream_response.status.as_u16());
+        if let Some(permit) = &ctx.permit {
+            permit.header_received();
+        }
         ctx.streaming = upstream_response
             .headers
             .get(http::header::CONTENT_TYPE)
@@ -309,17 +302,11 @@ impl ProxyHttp for DifyProxy {
     /// the connection is closed; issue #4 adds the SSE error frame).
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
         if let Some(sent) = session.response_written() {
-            return FailToProxy {
-                error_code: sent.status.as_u16(),
-                can_reuse_downstream: false,
-            };
+            return FailToProxy { error_code: sent.status.as_u16(), can_reuse_downstream: false };
         }
         let reply = ctx.reply.clone().or_else(|| ErrorReply::from_error(e));
         let Some(reply) = reply else {
-            return FailToProxy {
-                error_code: 0,
-                can_reuse_downstream: false,
-            };
+            return FailToProxy { error_code: 0, can_reuse_downstream: false };
         };
         if ctx.request_id.is_empty() {
             ctx.request_id = request_id_from(session.req_header());
@@ -329,10 +316,7 @@ impl ProxyHttp for DifyProxy {
         }
         let code = reply.status;
         ctx.reply = Some(reply);
-        FailToProxy {
-            error_code: code,
-            can_reuse_downstream: false,
-        }
+        FailToProxy { error_code: code, can_reuse_downstream: false }
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
@@ -340,11 +324,12 @@ impl ProxyHttp for DifyProxy {
             // One latency signal per class and response kind: a stream's header arrives when
             // a worker picks it up, a blocking run's only when it is done.
             let signal = routed.class.index * 2 + usize::from(ctx.streaming);
-            permit.complete(
-                signal,
-                ctx.first_byte_after_admission,
-                classify(ctx.upstream_status, e),
-            );
+            let outcome = classify(ctx.upstream_status, e, ctx.endpoint.is_some());
+            let latency = match outcome {
+                Outcome::Abandoned => Some(permit.admitted_at().elapsed()),
+                _ => ctx.first_byte_after_admission,
+            };
+            permit.complete(signal, latency, outcome);
         }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let access_log = ctx.config.as_ref().is_none_or(|c| c.log.access_log);

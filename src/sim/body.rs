@@ -56,46 +56,27 @@ pub struct SimBody {
 impl SimBody {
     /// A complete body.
     pub(crate) fn full(b: impl Into<Bytes>) -> Self {
-        SimBody {
-            kind: Kind::Full(Some(b.into())),
-            tracker: None,
-        }
+        SimBody { kind: Kind::Full(Some(b.into())), tracker: None }
     }
 
     /// An empty body.
     pub(crate) fn empty() -> Self {
-        SimBody {
-            kind: Kind::Full(None),
-            tracker: None,
-        }
+        SimBody { kind: Kind::Full(None), tracker: None }
     }
 
     /// `n` bytes of a repeating pattern, generated as they are sent.
     pub(crate) fn pattern(n: u64) -> Self {
-        SimBody {
-            kind: Kind::Pattern { remaining: n },
-            tracker: None,
-        }
+        SimBody { kind: Kind::Pattern { remaining: n }, tracker: None }
     }
 
     /// A streamed body fed by `rx`.
     pub(crate) fn stream(rx: mpsc::Receiver<StreamItem>) -> Self {
-        SimBody {
-            kind: Kind::Stream {
-                rx,
-                flush_pending: false,
-                ended: false,
-            },
-            tracker: None,
-        }
+        SimBody { kind: Kind::Stream { rx, flush_pending: false, ended: false }, tracker: None }
     }
 
     /// Attaches completion accounting and the connection's in-flight marker.
     pub(crate) fn tracked(mut self, stats: Arc<Stats>, inflight: InflightGuard) -> Self {
-        self.tracker = Some(Tracker {
-            stats,
-            _inflight: inflight,
-        });
+        self.tracker = Some(Tracker { stats, _inflight: inflight });
         self
     }
 
@@ -143,11 +124,7 @@ impl Body for SimBody {
                 *remaining -= n as u64;
                 Poll::Ready(Some(Ok(Frame::data(chunk.slice(..n)))))
             }
-            Kind::Stream {
-                rx,
-                flush_pending,
-                ended,
-            } => {
+            Kind::Stream { rx, flush_pending, ended } => {
                 if *ended {
                     return Poll::Ready(None);
                 }

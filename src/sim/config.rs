@@ -105,11 +105,7 @@ mod tests {
 
     #[test]
     fn capacity_saturates() {
-        let c = SimConfig {
-            workers: usize::MAX,
-            worker_connections: 2,
-            ..SimConfig::default()
-        };
+        let c = SimConfig { workers: usize::MAX, worker_connections: 2, ..SimConfig::default() };
         assert_eq!(c.capacity(), usize::MAX);
         assert_eq!(SimConfig::default().with_capacity(3).capacity(), 3);
     }

@@ -63,20 +63,12 @@ pub(crate) async fn serve(
     // SSE frames must leave at once, not wait for Nagle.
     let _ = stream.set_nodelay(true);
     let (inflight, idle_rx) = watch::channel((0usize, 0u64));
-    let ctx = Arc::new(ConnCtx {
-        shared: shared.clone(),
-        kill: kill.clone(),
-        peer,
-        inflight,
-        _slot: slot,
-    });
+    let ctx = Arc::new(ConnCtx { shared: shared.clone(), kill: kill.clone(), peer, inflight, _slot: slot });
     let svc = service_fn(move |req| router::handle(ctx.clone(), req));
     let mut builder = http1::Builder::new();
     // The idle rule below replaces hyper's header timeout (which would need a timer).
     builder.keep_alive(true).header_read_timeout(None);
-    let conn = builder
-        .serve_connection(TokioIo::new(stream), svc)
-        .with_upgrades();
+    let conn = builder.serve_connection(TokioIo::new(stream), svc).with_upgrades();
     tokio::select! {
         biased;
         () = kill.cancelled() => {}

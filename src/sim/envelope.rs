@@ -27,8 +27,7 @@ const METHOD_NOT_ALLOWED: &str = "The method is not allowed for the requested UR
 pub(crate) fn with_type(status: StatusCode, content_type: &'static str, body: SimBody) -> Response<SimBody> {
     let mut r = Response::new(body);
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     r
 }
 
@@ -45,10 +44,7 @@ pub(crate) fn text(status: StatusCode, body: &'static str) -> Response<SimBody> 
 
 /// Dify's error envelope.
 pub(crate) fn error(status: StatusCode, code: &str, message: &str) -> Response<SimBody> {
-    json(
-        status,
-        &serde_json::json!({ "code": code, "message": message, "status": status.as_u16() }),
-    )
+    json(status, &serde_json::json!({ "code": code, "message": message, "status": status.as_u16() }))
 }
 
 /// 400 `invalid_param`.
@@ -58,20 +54,12 @@ pub(crate) fn invalid_param(message: &str) -> Response<SimBody> {
 
 /// 500 with the PostgreSQL "too many clients" message.
 pub(crate) fn db_refused() -> Response<SimBody> {
-    error(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "internal_server_error",
-        DB_TOO_MANY_CLIENTS,
-    )
+    error(StatusCode::INTERNAL_SERVER_ERROR, "internal_server_error", DB_TOO_MANY_CLIENTS)
 }
 
 /// 429 `too_many_requests` (app's `APP_MAX_ACTIVE_REQUESTS` reached).
 pub(crate) fn app_limited() -> Response<SimBody> {
-    error(
-        StatusCode::TOO_MANY_REQUESTS,
-        "too_many_requests",
-        APP_TOO_MANY_REQUESTS,
-    )
+    error(StatusCode::TOO_MANY_REQUESTS, "too_many_requests", APP_TOO_MANY_REQUESTS)
 }
 
 /// 404 `not_found`.
@@ -81,13 +69,8 @@ pub(crate) fn not_found() -> Response<SimBody> {
 
 /// 405 `method_not_allowed` with an `Allow` header.
 pub(crate) fn method_not_allowed(allow: &'static str) -> Response<SimBody> {
-    let mut r = error(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        METHOD_NOT_ALLOWED,
-    );
-    r.headers_mut()
-        .insert(http::header::ALLOW, HeaderValue::from_static(allow));
+    let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", METHOD_NOT_ALLOWED);
+    r.headers_mut().insert(http::header::ALLOW, HeaderValue::from_static(allow));
     r
 }
 

@@ -25,17 +25,12 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
 /// 64-bit FNV-1a: stable across Rust versions and platforms (unlike `DefaultHasher`).
 pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// The seed of a request, if it asked for determinism.
 pub(crate) fn seed_of(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get(SEED_HEADER)
-        .or_else(|| headers.get(REQUEST_ID_HEADER))
-        .map(|v| fnv1a(v.as_bytes()))
+    headers.get(SEED_HEADER).or_else(|| headers.get(REQUEST_ID_HEADER)).map(|v| fnv1a(v.as_bytes()))
 }
 
 /// Randomness and clock of one request.
@@ -48,10 +43,7 @@ impl Entropy {
     /// Seeded when `seed` is `Some`, else random with the wall clock.
     pub(crate) fn new(seed: Option<u64>) -> Self {
         match seed {
-            Some(s) => Entropy {
-                rng: StdRng::seed_from_u64(s),
-                created_at: SIM_EPOCH + (s % 86_400) as i64,
-            },
+            Some(s) => Entropy { rng: StdRng::seed_from_u64(s), created_at: SIM_EPOCH + (s % 86_400) as i64 },
             None => Entropy {
                 rng: StdRng::from_rng(rand::thread_rng())
                     .unwrap_or_else(|_| StdRng::seed_from_u64(rand::random())),

@@ -35,10 +35,7 @@ impl Limits {
             return None;
         }
         *n += 1;
-        Some(AppGuard {
-            limits: self.clone(),
-            key: key.to_owned(),
-        })
+        Some(AppGuard { limits: self.clone(), key: key.to_owned() })
     }
 
     #[cfg(test)]
@@ -54,11 +51,7 @@ pub(crate) struct DbGuard {
 
 impl Drop for DbGuard {
     fn drop(&mut self) {
-        let mut n = self
-            .limits
-            .db_in_use
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut n = self.limits.db_in_use.lock().unwrap_or_else(PoisonError::into_inner);
         *n = n.saturating_sub(1);
     }
 }

@@ -17,11 +17,7 @@ use super::shared::Shared;
 /// Binds `addr` with `SO_REUSEADDR` (so a restart can rebind while old connections linger
 /// in `TIME_WAIT`) and listens with `backlog`.
 pub(crate) fn bind(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(backlog)
@@ -33,11 +29,7 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, kill
     let mut open = shared.watch_open();
     loop {
         // Wait for a free slot (slot releases and config changes both wake us).
-        let free = async {
-            open.wait_for(|&n| n < shared.config().capacity())
-                .await
-                .map(|_| ())
-        };
+        let free = async { open.wait_for(|&n| n < shared.config().capacity()).await.map(|_| ()) };
         tokio::select! {
             biased;
             () = kill.cancelled() => return,

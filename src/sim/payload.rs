@@ -63,9 +63,7 @@ impl RunSpec {
             task_id,
             run_id,
             workflow_id,
-            conversation_id: conversation_id
-                .filter(|c| !c.is_empty())
-                .unwrap_or(fresh_conversation),
+            conversation_id: conversation_id.filter(|c| !c.is_empty()).unwrap_or(fresh_conversation),
             created_at: entropy.created_at(),
             inputs,
         }
@@ -116,11 +114,7 @@ impl RunSpec {
         } else {
             ("llm", format!("LLM {i}"))
         };
-        let predecessor = if i == 0 {
-            Value::Null
-        } else {
-            Value::String(node_id(i - 1))
-        };
+        let predecessor = if i == 0 { Value::Null } else { Value::String(node_id(i - 1)) };
         json!({
             "id": self.node_execution_id(i),
             "node_id": node_id(i),
@@ -323,10 +317,7 @@ mod tests {
         assert_eq!(v["data"]["status"], "succeeded");
         assert_eq!(v["data"]["id"], v["workflow_run_id"]);
         assert_eq!(v["data"]["outputs"]["inputs"]["q"], "x");
-        assert_eq!(
-            v["data"]["finished_at"].as_i64(),
-            v["data"]["created_at"].as_i64().map(|c| c + 2)
-        );
+        assert_eq!(v["data"]["finished_at"].as_i64(), v["data"]["created_at"].as_i64().map(|c| c + 2));
     }
 
     #[test]

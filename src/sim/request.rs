@@ -116,15 +116,8 @@ impl RunParams {
             Some(Value::String(m)) if m == "streaming" => true,
             Some(_) => return Err("response_mode must be 'blocking' or 'streaming'".to_owned()),
         };
-        let conversation_id = obj
-            .get("conversation_id")
-            .and_then(Value::as_str)
-            .map(str::to_owned);
-        Ok(RunParams {
-            inputs,
-            streaming,
-            conversation_id,
-        })
+        let conversation_id = obj.get("conversation_id").and_then(Value::as_str).map(str::to_owned);
+        Ok(RunParams { inputs, streaming, conversation_id })
     }
 }
 
@@ -151,10 +144,7 @@ mod tests {
         h.insert(EVENTS_HEADER, HeaderValue::from_static("7"));
         assert_eq!(
             Overrides::parse(&h),
-            Ok(Overrides {
-                service_time: Some(Duration::from_secs(1)),
-                events: Some(7)
-            })
+            Ok(Overrides { service_time: Some(Duration::from_secs(1)), events: Some(7) })
         );
         h.insert(EVENTS_HEADER, HeaderValue::from_static("-1"));
         assert!(Overrides::parse(&h).is_err());
@@ -166,26 +156,10 @@ mod tests {
     #[test]
     fn run_params() {
         let p = RunParams::parse(br#"{"inputs":{"a":1},"response_mode":"streaming","user":"u"}"#);
-        assert_eq!(
-            p,
-            Ok(RunParams {
-                inputs: json!({"a":1}),
-                streaming: true,
-                conversation_id: None
-            })
-        );
+        assert_eq!(p, Ok(RunParams { inputs: json!({"a":1}), streaming: true, conversation_id: None }));
         let p = RunParams::parse(br#"{"conversation_id":"c"}"#);
-        assert_eq!(
-            p.map(|p| (p.streaming, p.conversation_id)),
-            Ok((false, Some("c".into())))
-        );
-        for bad in [
-            &b""[..],
-            b"{",
-            b"[]",
-            br#"{"inputs":3}"#,
-            br#"{"response_mode":"fast"}"#,
-        ] {
+        assert_eq!(p.map(|p| (p.streaming, p.conversation_id)), Ok((false, Some("c".into()))));
+        for bad in [&b""[..], b"{", b"[]", br#"{"inputs":3}"#, br#"{"response_mode":"fast"}"#] {
             assert!(RunParams::parse(bad).is_err());
         }
     }

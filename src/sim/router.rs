@@ -97,14 +97,10 @@ impl Route {
 }
 
 fn is_stop(path: &str) -> bool {
-    [
-        "/v1/workflows/tasks/",
-        "/v1/chat-messages/",
-        "/v1/completion-messages/",
-    ]
-    .iter()
-    .filter_map(|prefix| path.strip_prefix(prefix)?.strip_suffix("/stop"))
-    .any(|id| !id.is_empty() && !id.contains('/'))
+    ["/v1/workflows/tasks/", "/v1/chat-messages/", "/v1/completion-messages/"]
+        .iter()
+        .filter_map(|prefix| path.strip_prefix(prefix)?.strip_suffix("/stop"))
+        .any(|id| !id.is_empty() && !id.contains('/'))
 }
 
 fn method_allowed(allow: &str, method: &Method) -> bool {
@@ -119,8 +115,7 @@ async fn route(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<SimBody> {
         if req.method() == Method::OPTIONS {
             let mut r =
                 envelope::with_type(http::StatusCode::OK, "text/html; charset=utf-8", SimBody::empty());
-            r.headers_mut()
-                .insert(http::header::ALLOW, http::HeaderValue::from_static(allow));
+            r.headers_mut().insert(http::header::ALLOW, http::HeaderValue::from_static(allow));
             return r;
         }
         if !method_allowed(allow, req.method()) {
@@ -148,14 +143,8 @@ mod tests {
 
     #[test]
     fn resolves_dify_paths() {
-        assert_eq!(
-            Route::resolve("/v1/workflows/run"),
-            Some(Route::Run(RunKind::Workflow))
-        );
-        assert_eq!(
-            Route::resolve("/v1/workflows/tasks/abc/stop"),
-            Some(Route::StopTask)
-        );
+        assert_eq!(Route::resolve("/v1/workflows/run"), Some(Route::Run(RunKind::Workflow)));
+        assert_eq!(Route::resolve("/v1/workflows/tasks/abc/stop"), Some(Route::StopTask));
         assert_eq!(Route::resolve("/v1/chat-messages/t1/stop"), Some(Route::StopTask));
         assert_eq!(Route::resolve("/v1/chat-messages//stop"), None);
         assert_eq!(Route::resolve("/v1/workflows/tasks/a/b/stop"), None);

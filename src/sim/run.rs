@@ -68,14 +68,9 @@ pub(crate) async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>, kind: RunK
     ctx.shared.stats.on_run_started(&path);
 
     let mut entropy = Entropy::new(seed);
-    let base = overrides
-        .service_time
-        .unwrap_or_else(|| cfg.service_time.sample(entropy.rng()));
+    let base = overrides.service_time.unwrap_or_else(|| cfg.service_time.sample(entropy.rng()));
     let others = u32::try_from(active.active_at_start.saturating_sub(1)).unwrap_or(u32::MAX);
-    let slowdown = cfg
-        .slowdown_per_active
-        .map(|d| d.saturating_mul(others))
-        .unwrap_or_default();
+    let slowdown = cfg.slowdown_per_active.map(|d| d.saturating_mul(others)).unwrap_or_default();
     let spec = RunSpec::new(
         kind,
         base.saturating_add(slowdown),
@@ -84,12 +79,7 @@ pub(crate) async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>, kind: RunK
         params.inputs,
         params.conversation_id,
     );
-    let run = Run {
-        ctx,
-        spec,
-        ping_interval: cfg.ping_interval,
-        _held: (active, db, app),
-    };
+    let run = Run { ctx, spec, ping_interval: cfg.ping_interval, _held: (active, db, app) };
     if params.streaming {
         stream::respond(run)
     } else {
@@ -123,10 +113,8 @@ async fn blocking(run: Run) -> Response<SimBody> {
         // Killed by stop(): never answer, the connection is being dropped.
         Err(_) if kill.is_cancelled() => std::future::pending().await,
         // The run task panicked.
-        Err(_) => envelope::error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal_server_error",
-            "The run failed.",
-        ),
+        Err(_) => {
+            envelope::error(StatusCode::INTERNAL_SERVER_ERROR, "internal_server_error", "The run failed.")
+        }
     }
 }

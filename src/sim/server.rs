@@ -80,10 +80,7 @@ impl Simulator {
             addr,
             root,
             ops: tokio::sync::Mutex::new(()),
-            life: Mutex::new(Life {
-                current: Some(Generation { kill, task }),
-                booting: None,
-            }),
+            life: Mutex::new(Life { current: Some(Generation { kill, task }), booting: None }),
             serving: watch::Sender::new(true),
         });
         tracing::debug!(%addr, "sim started");
@@ -124,10 +121,8 @@ impl Simulator {
     async fn stop_locked(&self) {
         let gens: Vec<Generation> = {
             let mut life = self.inner.life();
-            let gens: Vec<Generation> = [life.current.take(), life.booting.take()]
-                .into_iter()
-                .flatten()
-                .collect();
+            let gens: Vec<Generation> =
+                [life.current.take(), life.booting.take()].into_iter().flatten().collect();
             for g in &gens {
                 g.kill.cancel();
             }

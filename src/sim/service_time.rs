@@ -118,10 +118,7 @@ impl FromStr for ServiceTime {
     type Err = ParseServiceTimeError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = |reason: &str| ParseServiceTimeError {
-            input: s.to_owned(),
-            reason: reason.to_owned(),
-        };
+        let err = |reason: &str| ParseServiceTimeError { input: s.to_owned(), reason: reason.to_owned() };
         let dur = |v: &str| humantime::parse_duration(v.trim()).map_err(|e| err(&format!("{v:?}: {e}")));
         let s_trim = s.trim();
         let Some((kind, rest)) = s_trim.split_once(':') else {
@@ -130,9 +127,7 @@ impl FromStr for ServiceTime {
         match kind.trim().to_ascii_lowercase().as_str() {
             "fixed" => Ok(ServiceTime::Fixed(dur(rest)?)),
             "uniform" => {
-                let (a, b) = rest
-                    .split_once("..")
-                    .ok_or_else(|| err("uniform needs MIN..MAX"))?;
+                let (a, b) = rest.split_once("..").ok_or_else(|| err("uniform needs MIN..MAX"))?;
                 let (min, max) = (dur(a)?, dur(b)?);
                 if min > max {
                     return Err(err("uniform MIN is greater than MAX"));
@@ -141,17 +136,12 @@ impl FromStr for ServiceTime {
             }
             "exp" | "exponential" => Ok(ServiceTime::Exponential { mean: dur(rest)? }),
             "lognormal" | "lognorm" => {
-                let (m, sg) = rest
-                    .split_once(',')
-                    .ok_or_else(|| err("lognormal needs MEDIAN,SIGMA"))?;
+                let (m, sg) = rest.split_once(',').ok_or_else(|| err("lognormal needs MEDIAN,SIGMA"))?;
                 let sigma: f64 = sg.trim().parse().map_err(|_| err("SIGMA is not a number"))?;
                 if !sigma.is_finite() || sigma < 0.0 {
                     return Err(err("SIGMA must be finite and >= 0"));
                 }
-                Ok(ServiceTime::LogNormal {
-                    median: dur(m)?,
-                    sigma,
-                })
+                Ok(ServiceTime::LogNormal { median: dur(m)?, sigma })
             }
             other => Err(err(&format!("unknown distribution {other:?}"))),
         }
@@ -187,23 +177,11 @@ mod tests {
     fn parses_all_forms() {
         assert_eq!("50ms".parse(), Ok(ServiceTime::Fixed(ms(50))));
         assert_eq!("fixed:2s".parse(), Ok(ServiceTime::Fixed(ms(2000))));
-        assert_eq!(
-            "uniform:10s..20s".parse(),
-            Ok(ServiceTime::Uniform {
-                min: ms(10_000),
-                max: ms(20_000)
-            })
-        );
-        assert_eq!(
-            "exp:15s".parse(),
-            Ok(ServiceTime::Exponential { mean: ms(15_000) })
-        );
+        assert_eq!("uniform:10s..20s".parse(), Ok(ServiceTime::Uniform { min: ms(10_000), max: ms(20_000) }));
+        assert_eq!("exp:15s".parse(), Ok(ServiceTime::Exponential { mean: ms(15_000) }));
         assert_eq!(
             " lognormal:15s, 0.3 ".parse(),
-            Ok(ServiceTime::LogNormal {
-                median: ms(15_000),
-                sigma: 0.3
-            })
+            Ok(ServiceTime::LogNormal { median: ms(15_000), sigma: 0.3 })
         );
     }
 
@@ -236,18 +214,12 @@ mod tests {
     fn fixed_and_uniform_samples_stay_in_range() {
         let mut rng = StdRng::seed_from_u64(7);
         assert_eq!(ServiceTime::Fixed(ms(50)).sample(&mut rng), ms(50));
-        let u = ServiceTime::Uniform {
-            min: ms(10),
-            max: ms(20),
-        };
+        let u = ServiceTime::Uniform { min: ms(10), max: ms(20) };
         for _ in 0..1000 {
             let d = u.sample(&mut rng);
             assert!(d >= ms(10) && d <= ms(20), "{d:?}");
         }
-        let degenerate = ServiceTime::Uniform {
-            min: ms(5),
-            max: ms(5),
-        };
+        let degenerate = ServiceTime::Uniform { min: ms(5), max: ms(5) };
         assert_eq!(degenerate.sample(&mut rng), ms(5));
     }
 
@@ -264,28 +236,19 @@ mod tests {
     #[test]
     fn lognormal_median_is_close() {
         let mut rng = StdRng::seed_from_u64(1);
-        let l = ServiceTime::LogNormal {
-            median: ms(1000),
-            sigma: 0.3,
-        };
+        let l = ServiceTime::LogNormal { median: ms(1000), sigma: 0.3 };
         let mut v: Vec<f64> = (0..20_001).map(|_| l.sample(&mut rng).as_secs_f64()).collect();
         v.sort_by(f64::total_cmp);
         let median = v[v.len() / 2];
         assert!((median - 1.0).abs() < 0.03, "median {median}");
-        let zero_sigma = ServiceTime::LogNormal {
-            median: ms(300),
-            sigma: 0.0,
-        };
+        let zero_sigma = ServiceTime::LogNormal { median: ms(300), sigma: 0.0 };
         assert_eq!(zero_sigma.sample(&mut rng), ms(300));
     }
 
     #[test]
     fn samples_are_clamped() {
         let mut rng = StdRng::seed_from_u64(3);
-        let huge = ServiceTime::LogNormal {
-            median: Duration::from_secs(u64::MAX / 4),
-            sigma: 50.0,
-        };
+        let huge = ServiceTime::LogNormal { median: Duration::from_secs(u64::MAX / 4), sigma: 50.0 };
         for _ in 0..100 {
             assert!(huge.sample(&mut rng) <= MAX_SAMPLE);
         }
@@ -294,10 +257,7 @@ mod tests {
     #[test]
     fn mean_of_each_distribution() {
         assert_eq!(ServiceTime::Fixed(ms(5)).mean(), ms(5));
-        let u = ServiceTime::Uniform {
-            min: ms(10),
-            max: ms(20),
-        };
+        let u = ServiceTime::Uniform { min: ms(10), max: ms(20) };
         assert_eq!(u.mean(), ms(15));
     }
 }

@@ -79,11 +79,7 @@ impl Stats {
     pub(crate) fn reset(&self) {
         let mut g = self.lock();
         let active = g.snap.active;
-        g.snap = SimStats {
-            active,
-            max_active: active,
-            ..SimStats::default()
-        };
+        g.snap = SimStats { active, max_active: active, ..SimStats::default() };
         g.by_request_id.clear();
     }
 
@@ -150,11 +146,7 @@ fn bump(map: &mut BTreeMap<String, u64>, key: &str) {
     match map.get_mut(key) {
         Some(n) => *n += 1,
         None => {
-            let key = if map.len() < MAX_TRACKED_PATHS {
-                key
-            } else {
-                "(other)"
-            };
+            let key = if map.len() < MAX_TRACKED_PATHS { key } else { "(other)" };
             *map.entry(key.to_owned()).or_insert(0) += 1;
         }
     }
@@ -175,10 +167,7 @@ impl ActiveGuard {
             g.snap.max_active = g.snap.max_active.max(g.snap.active);
             g.snap.active
         };
-        ActiveGuard {
-            stats,
-            active_at_start,
-        }
+        ActiveGuard { stats, active_at_start }
     }
 }
 

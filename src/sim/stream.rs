@@ -38,8 +38,7 @@ pub(crate) fn respond(run: Run) -> Response<SimBody> {
     let (tx, rx) = mpsc::channel(CHANNEL_FRAMES);
     tokio::spawn(produce(run, tx));
     let mut r = envelope::with_type(StatusCode::OK, EVENT_STREAM, SimBody::stream(rx));
-    r.headers_mut()
-        .insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     r
 }
 
@@ -70,21 +69,16 @@ async fn timeline(spec: &RunSpec, em: &mut Emitter) -> Result<(), Killed> {
     let frame = |v: Value| payload::sse(&v);
     match spec.kind {
         RunKind::Workflow => {
-            em.at(Duration::ZERO, || frame(payload::workflow_started(spec)))
-                .await?;
+            em.at(Duration::ZERO, || frame(payload::workflow_started(spec))).await?;
             for i in 0..n {
-                em.at(spec.node_start_at(i), || frame(payload::node_started(spec, i)))
-                    .await?;
-                em.at(spec.node_finish_at(i), || frame(payload::node_finished(spec, i)))
-                    .await?;
+                em.at(spec.node_start_at(i), || frame(payload::node_started(spec, i))).await?;
+                em.at(spec.node_finish_at(i), || frame(payload::node_finished(spec, i))).await?;
             }
-            em.at(spec.service, || frame(payload::workflow_finished(spec)))
-                .await?;
+            em.at(spec.service, || frame(payload::workflow_finished(spec))).await?;
         }
         RunKind::Chat | RunKind::Completion => {
             for i in 0..n {
-                em.at(spec.tick(i + 1, n), || frame(payload::message_chunk(spec, i)))
-                    .await?;
+                em.at(spec.tick(i + 1, n), || frame(payload::message_chunk(spec, i))).await?;
             }
             em.at(spec.service, || frame(payload::message_end(spec))).await?;
         }

@@ -24,11 +24,8 @@ const HEAD_KEEP: usize = 16 * 1024;
 
 /// Handles an upload.
 pub(crate) async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<SimBody> {
-    let is_multipart = request::header(req.headers(), "content-type").is_some_and(|ct| {
-        ct.trim_start()
-            .to_ascii_lowercase()
-            .starts_with("multipart/form-data")
-    });
+    let is_multipart = request::header(req.headers(), "content-type")
+        .is_some_and(|ct| ct.trim_start().to_ascii_lowercase().starts_with("multipart/form-data"));
     if !is_multipart {
         return no_file();
     }
@@ -56,11 +53,7 @@ pub(crate) async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Respons
     let Some(part) = first_file_part(&head) else {
         return no_file();
     };
-    let extension = part
-        .name
-        .rsplit_once('.')
-        .map(|(_, e)| e.to_ascii_lowercase())
-        .unwrap_or_default();
+    let extension = part.name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase()).unwrap_or_default();
     envelope::json(
         StatusCode::CREATED,
         &json!({
@@ -76,11 +69,7 @@ pub(crate) async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Respons
 }
 
 fn no_file() -> Response<SimBody> {
-    envelope::error(
-        StatusCode::BAD_REQUEST,
-        "no_file_uploaded",
-        "Please upload your file.",
-    )
+    envelope::error(StatusCode::BAD_REQUEST, "no_file_uploaded", "Please upload your file.")
 }
 
 /// Name and type of the first part that carries a `filename`.
@@ -102,9 +91,7 @@ fn first_file_part(head: &[u8]) -> Option<FilePart> {
             .lines()
             .find_map(|l| {
                 let (k, v) = l.split_once(':')?;
-                k.trim()
-                    .eq_ignore_ascii_case("content-type")
-                    .then(|| v.trim().to_owned())
+                k.trim().eq_ignore_ascii_case("content-type").then(|| v.trim().to_owned())
             })
             .unwrap_or_else(|| "application/octet-stream".to_owned());
         return Some(FilePart { name, mime_type });
@@ -129,14 +116,8 @@ mod tests {
         let head = b"--b\r\nContent-Disposition: form-data; name=\"user\"\r\n\r\nu1\r\n--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"Report.PDF\"\r\nContent-Type: application/pdf\r\n\r\n%PDF...";
         assert_eq!(
             first_file_part(head),
-            Some(FilePart {
-                name: "Report.PDF".into(),
-                mime_type: "application/pdf".into()
-            })
+            Some(FilePart { name: "Report.PDF".into(), mime_type: "application/pdf".into() })
         );
-        assert_eq!(
-            first_file_part(b"--b\r\nContent-Disposition: form-data; name=\"x\"\r\n\r\n1"),
-            None
-        );
+        assert_eq!(first_file_part(b"--b\r\nContent-Disposition: form-data; name=\"x\"\r\n\r\n1"), None);
     }
 }

@@ -35,11 +35,7 @@ pub(crate) fn handle(ctx: Arc<ConnCtx>, mut req: Request<Incoming>) -> Response<
     let key = header(h, "sec-websocket-key").map(str::to_owned);
     let upgrade = has_token(h, "upgrade", "websocket") && has_token(h, "connection", "upgrade");
     let (Some(key), true) = (key, upgrade) else {
-        return envelope::error(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "Expected a websocket upgrade.",
-        );
+        return envelope::error(StatusCode::BAD_REQUEST, "bad_request", "Expected a websocket upgrade.");
     };
     let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) else {
         return envelope::error(StatusCode::BAD_REQUEST, "bad_request", "Bad websocket key.");

@@ -23,12 +23,7 @@ pub fn resolve_all_blocking(app: &App) {
         let previous = group.endpoints();
         let results = servers
             .iter()
-            .map(|s| {
-                (
-                    s,
-                    (s.host.as_str(), s.port).to_socket_addrs().map(Iterator::collect),
-                )
-            })
+            .map(|s| (s, (s.host.as_str(), s.port).to_socket_addrs().map(Iterator::collect)))
             .collect::<Vec<_>>();
         apply(&group, &previous, results);
     }
@@ -41,9 +36,8 @@ pub async fn resolve_all(app: &App) {
         let previous = group.endpoints();
         let mut results = Vec::with_capacity(servers.len());
         for server in servers.iter() {
-            let looked_up = tokio::net::lookup_host((server.host.as_str(), server.port))
-                .await
-                .map(Iterator::collect);
+            let looked_up =
+                tokio::net::lookup_host((server.host.as_str(), server.port)).await.map(Iterator::collect);
             results.push((server, looked_up));
         }
         apply(&group, &previous, results);
@@ -64,10 +58,7 @@ fn apply(group: &UpstreamState, previous: &[Endpoint], results: Vec<Lookup<'_>>)
                 let mut addrs: Vec<SocketAddr> = addrs;
                 addrs.sort_by_key(|a| a.is_ipv6());
                 addrs.dedup();
-                endpoints.extend(addrs.into_iter().map(|addr| Endpoint {
-                    addr,
-                    server: label.clone(),
-                }));
+                endpoints.extend(addrs.into_iter().map(|addr| Endpoint { addr, server: label.clone() }));
             }
             Ok(_) => errors.push(format!("{label}: no addresses")),
             Err(e) => {

@@ -14,6 +14,8 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+pub mod load;
+
 /// A port that was free a moment ago (the OS picks it).
 pub fn free_port() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
@@ -52,29 +54,15 @@ impl ProxyProcess {
         let log_path = dir.path().join("proxy.log");
         let log = std::fs::File::create(&log_path).expect("log file");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_dify-shaper"));
-        cmd.arg("run")
-            .arg("--listen")
-            .arg(addr.to_string())
-            .arg("--admin")
-            .arg(admin.to_string());
+        cmd.arg("run").arg("--listen").arg(addr.to_string()).arg("--admin").arg(admin.to_string());
         if let Some(config) = config {
             let path = dir.path().join("dify-shaper.toml");
             std::fs::write(&path, config).expect("write config");
             cmd.arg("--config").arg(&path);
         }
-        cmd.args(extra)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log);
+        cmd.args(extra).env("RUST_LOG", "info").stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
         let child = cmd.spawn().expect("spawn dify-shaper");
-        let mut proxy = ProxyProcess {
-            child,
-            addr,
-            admin,
-            log_path,
-            dir,
-        };
+        let mut proxy = ProxyProcess { child, addr, admin, log_path, dir };
         proxy.wait_live().await;
         proxy
     }
@@ -93,11 +81,7 @@ impl ProxyProcess {
                     return;
                 }
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "dify-shaper did not come up:\n{}",
-                self.logs()
-            );
+            assert!(tokio::time::Instant::now() < deadline, "dify-shaper did not come up:\n{}", self.logs());
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -151,10 +135,7 @@ pub async fn send(
 
 /// A request builder with `Host` set.
 pub fn request(method: &str, addr: SocketAddr, path: &str) -> http::request::Builder {
-    Request::builder()
-        .method(method)
-        .uri(path)
-        .header(http::header::HOST, addr.to_string())
+    Request::builder().method(method).uri(path).header(http::header::HOST, addr.to_string())
 }
 
 /// Sends and collects the whole response.
@@ -175,34 +156,20 @@ pub async fn fetch(addr: SocketAddr, request: Request<Full<Bytes>>) -> (StatusCo
 
 async fn try_get(addr: SocketAddr, path: &str) -> Result<(StatusCode, HeaderMap, Bytes), String> {
     let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| e.to_string())?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
     tokio::spawn(conn);
-    let req = request("GET", addr, path)
-        .body(Full::new(Bytes::new()))
-        .map_err(|e| e.to_string())?;
+    let req = request("GET", addr, path).body(Full::new(Bytes::new())).map_err(|e| e.to_string())?;
     let response = sender.send_request(req).await.map_err(|e| e.to_string())?;
     let status = response.status();
     let headers = response.headers().clone();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
+    let body = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
     Ok((status, headers, body))
 }
 
 /// GET `path` and collect the response.
 pub async fn get(addr: SocketAddr, path: &str) -> (StatusCode, HeaderMap, Bytes) {
-    fetch(
-        addr,
-        request("GET", addr, path)
-            .body(Full::new(Bytes::new()))
-            .expect("request"),
-    )
-    .await
+    fetch(addr, request("GET", addr, path).body(Full::new(Bytes::new())).expect("request")).await
 }
 
 /// POST a JSON body and collect the response.
@@ -216,13 +183,7 @@ pub async fn post_json(
     for (k, v) in headers {
         builder = builder.header(*k, *v);
     }
-    fetch(
-        addr,
-        builder
-            .body(Full::new(Bytes::from(json.to_string())))
-            .expect("request"),
-    )
-    .await
+    fetch(addr, builder.body(Full::new(Bytes::from(json.to_string()))).expect("request")).await
 }
 
 /// Parses a JSON body, with the body in the panic message when it is not JSON.

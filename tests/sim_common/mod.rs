@@ -29,9 +29,7 @@ pub const CHAT_STREAMING: &str = r#"{"inputs":{},"query":"hello","response_mode"
 
 /// Starts a simulator on an ephemeral port.
 pub async fn start(config: SimConfig) -> Simulator {
-    Simulator::start("127.0.0.1:0".parse().expect("addr"), config)
-        .await
-        .expect("start simulator")
+    Simulator::start("127.0.0.1:0".parse().expect("addr"), config).await.expect("start simulator")
 }
 
 /// A complete response.
@@ -45,12 +43,8 @@ pub struct Resp {
 impl Resp {
     /// The body as JSON.
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!(
-                "body is not JSON ({e}): {:?}",
-                String::from_utf8_lossy(&self.body)
-            )
-        })
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
     }
 
     /// A header as `&str`.
@@ -115,25 +109,16 @@ pub async fn try_call(
         let resp = send(addr, req).await.map_err(|e| e.to_string())?;
         let (parts, body) = resp.into_parts();
         let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
-        Ok(Resp {
-            status: parts.status,
-            headers: parts.headers,
-            body,
-        })
+        Ok(Resp { status: parts.status, headers: parts.headers, body })
     };
-    tokio::time::timeout(REQUEST_TIMEOUT, fut)
-        .await
-        .map_err(|_| format!("{method} {path} timed out"))?
+    tokio::time::timeout(REQUEST_TIMEOUT, fut).await.map_err(|_| format!("{method} {path} timed out"))?
 }
 
 /// Polls `cond` every 5 ms until it holds; panics with `what` after `limit`.
 pub async fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for: {what}"
-        );
+        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for: {what}");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }

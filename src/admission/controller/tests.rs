@@ -19,12 +19,7 @@ fn class(name: &str, weight: u32, timeout_s: u64, queued: bool, interactive: boo
 
 /// Classes: 0 interactive, 1 run, 2 control (bypass). A fixed limit of `limit`.
 fn gate(limit: usize, max_queue: usize) -> Arc<Admission> {
-    let fixed = LimitSettings {
-        initial: limit,
-        min: limit,
-        max: limit,
-        ..LimitSettings::default()
-    };
+    let fixed = LimitSettings { initial: limit, min: limit, max: limit, ..LimitSettings::default() };
     Admission::new(
         "api",
         AdmissionPolicy {
@@ -41,11 +36,7 @@ fn gate(limit: usize, max_queue: usize) -> Arc<Admission> {
 }
 
 fn ticket(tenant: u64, class: usize) -> Ticket {
-    Ticket {
-        tenant,
-        tenant_label: format!("t{tenant}"),
-        class,
-    }
+    Ticket { tenant, tenant_label: format!("t{tenant}"), class }
 }
 
 #[tokio::test(start_paused = true)]
@@ -72,11 +63,7 @@ async fn a_waiter_times_out_with_a_refusal() {
     let started = Instant::now();
     let refused = gate.acquire(ticket(1, 0)).await.map(|_| ());
     assert_eq!(refused, Err(Refusal::Timeout));
-    assert_eq!(
-        started.elapsed(),
-        Duration::from_secs(10),
-        "interactive queue_timeout"
-    );
+    assert_eq!(started.elapsed(), Duration::from_secs(10), "interactive queue_timeout");
     assert_eq!(gate.queued(), 0);
     assert_eq!(gate.status().shed.get("queue_timeout"), Some(&1));
 }
@@ -114,10 +101,7 @@ async fn learned_patience_sheds_requests_whose_clients_will_be_gone() {
         waiter.abort();
         let _ = waiter.await;
     }
-    assert!(gate
-        .status()
-        .patience_ms
-        .is_some_and(|p| (4900.0..=5100.0).contains(&p)));
+    assert!(gate.status().patience_ms.is_some_and(|p| (4900.0..=5100.0).contains(&p)));
     // A request that has already waited past that is shed when its turn comes.
     let late = tokio::spawn({
         let gate = Arc::clone(&gate);
@@ -135,9 +119,7 @@ async fn a_flooding_tenant_does_not_starve_another() {
     let mut flood = Vec::new();
     for _ in 0..50 {
         let gate = Arc::clone(&gate);
-        flood.push(tokio::spawn(
-            async move { gate.acquire(ticket(1, 1)).await.map(drop) },
-        ));
+        flood.push(tokio::spawn(async move { gate.acquire(ticket(1, 1)).await.map(drop) }));
         tokio::task::yield_now().await;
     }
     tokio::time::sleep(Duration::from_millis(10)).await;
@@ -151,10 +133,7 @@ async fn a_flooding_tenant_does_not_starve_another() {
     tokio::time::sleep(Duration::from_millis(10)).await;
     drop(held); // one slot frees: tenant 1's oldest goes first (its turn), then tenant 2
     let waited = other.await.expect("join").expect("admitted");
-    assert!(
-        waited <= Duration::from_millis(20),
-        "tenant 2 waited {waited:?} behind a 50-request flood"
-    );
+    assert!(waited <= Duration::from_millis(20), "tenant 2 waited {waited:?} behind a 50-request flood");
     for f in flood {
         let _ = f.await;
     }
@@ -176,9 +155,7 @@ async fn a_full_queue_evicts_from_the_heaviest_tenant() {
     let mut flood = Vec::new();
     for _ in 0..3 {
         let gate = Arc::clone(&gate);
-        flood.push(tokio::spawn(async move {
-            gate.acquire(ticket(1, 1)).await.map(|_| ())
-        }));
+        flood.push(tokio::spawn(async move { gate.acquire(ticket(1, 1)).await.map(|_| ()) }));
         tokio::task::yield_now().await;
     }
     tokio::time::sleep(Duration::from_millis(10)).await;
@@ -195,11 +172,7 @@ async fn a_full_queue_evicts_from_the_heaviest_tenant() {
             results.push(r.expect("join"));
         }
     }
-    assert_eq!(
-        results,
-        vec![Err(Refusal::Evicted)],
-        "one flood request was evicted at once"
-    );
+    assert_eq!(results, vec![Err(Refusal::Evicted)], "one flood request was evicted at once");
     light.abort();
     // The flood tenant itself gets no room by eviction.
     let refused = gate.acquire(ticket(1, 1)).await.map(|_| ());
@@ -209,23 +182,14 @@ async fn a_full_queue_evicts_from_the_heaviest_tenant() {
 #[tokio::test(start_paused = true)]
 async fn runs_leave_headroom_for_interactive_calls() {
     let gate = gate(10, 100);
-    let _cheap = gate
-        .acquire(ticket(9, 0))
-        .await
-        .expect("interactive marks itself active");
+    let _cheap = gate.acquire(ticket(9, 0)).await.expect("interactive marks itself active");
     let mut runs = Vec::new();
     for _ in 0..8 {
         runs.push(gate.acquire(ticket(1, 1)).await.expect("run within the cap"));
     }
     assert_eq!(gate.in_flight(), 9);
     let tenth_run = tokio::time::timeout(Duration::from_millis(50), gate.acquire(ticket(1, 1))).await;
-    assert!(
-        tenth_run.is_err(),
-        "runs are capped at limit − reserve while interactive is active"
-    );
+    assert!(tenth_run.is_err(), "runs are capped at limit − reserve while interactive is active");
     let cheap = tokio::time::timeout(Duration::from_millis(1), gate.acquire(ticket(9, 0))).await;
-    assert!(
-        matches!(cheap, Ok(Ok(_))),
-        "an interactive call gets the reserved slot at once"
-    );
+    assert!(matches!(cheap, Ok(Ok(_))), "an interactive call gets the reserved slot at once");
 }

@@ -13,11 +13,7 @@ use super::*;
 enum Backend {
     /// `capacity` servers; excess requests wait FIFO (gunicorn's backlog). Service time is
     /// `service` × a log-normal factor with `sigma`.
-    WorkerBound {
-        capacity: usize,
-        service: f64,
-        sigma: f64,
-    },
+    WorkerBound { capacity: usize, service: f64, sigma: f64 },
     /// Flat latency; more than `connections` at once fail fast (PostgreSQL's too many clients).
     DbLimited { connections: usize, service: f64 },
 }
@@ -40,10 +36,7 @@ fn run(mut backend: Backend, seconds: f64, change: Option<(f64, Backend)>, seed:
     let mut server_free: Vec<f64> = Vec::new();
     let mut in_flight = 0usize;
     let mut now = 0.0f64;
-    let mut out = Run {
-        limits: Vec::new(),
-        overloads_after: Vec::new(),
-    };
+    let mut out = Run { limits: Vec::new(), overloads_after: Vec::new() };
     let micros = |s: f64| (s * 1e6) as u64;
     while now < seconds {
         if let Some((when, _)) = &change {
@@ -56,11 +49,7 @@ fn run(mut backend: Backend, seconds: f64, change: Option<(f64, Backend)>, seed:
         while in_flight < limiter.limit() {
             in_flight += 1;
             let (latency, outcome) = match &backend {
-                Backend::WorkerBound {
-                    capacity,
-                    service,
-                    sigma,
-                } => {
+                Backend::WorkerBound { capacity, service, sigma } => {
                     server_free.resize(*capacity, now);
                     let jitter: f64 = (rng.gen::<f64>() * 2.0 - 1.0) * sigma * 1.7;
                     let service = service * jitter.exp();
@@ -118,49 +107,23 @@ fn limit_range(run: &Run, from: f64) -> (usize, usize) {
 }
 
 fn overload_fraction(run: &Run, from: f64) -> f64 {
-    let tail: Vec<bool> = run
-        .overloads_after
-        .iter()
-        .filter(|(t, _)| *t >= from)
-        .map(|o| o.1)
-        .collect();
+    let tail: Vec<bool> = run.overloads_after.iter().filter(|(t, _)| *t >= from).map(|o| o.1).collect();
     tail.iter().filter(|o| **o).count() as f64 / tail.len().max(1) as f64
 }
 
 #[test]
 fn worker_bound_backend_settles_near_capacity() {
     for seed in 0..5 {
-        let run = run(
-            Backend::WorkerBound {
-                capacity: 10,
-                service: 0.2,
-                sigma: 0.0,
-            },
-            120.0,
-            None,
-            seed,
-        );
+        let run = run(Backend::WorkerBound { capacity: 10, service: 0.2, sigma: 0.0 }, 120.0, None, seed);
         let (low, high) = limit_range(&run, 60.0);
-        assert!(
-            low >= 8 && high <= 16,
-            "seed {seed}: limit ranged {low}..={high}, capacity 10"
-        );
+        assert!(low >= 8 && high <= 16, "seed {seed}: limit ranged {low}..={high}, capacity 10");
     }
 }
 
 #[test]
 fn long_runs_with_natural_variation_do_not_look_like_overload() {
     // 15 s workflows, log-normal-ish spread: the limit must not collapse below capacity.
-    let run = run(
-        Backend::WorkerBound {
-            capacity: 12,
-            service: 15.0,
-            sigma: 0.3,
-        },
-        3600.0,
-        None,
-        7,
-    );
+    let run = run(Backend::WorkerBound { capacity: 12, service: 15.0, sigma: 0.3 }, 3600.0, None, 7);
     let (low, high) = limit_range(&run, 1800.0);
     assert!(low >= 9 && high <= 20, "limit ranged {low}..={high}, capacity 12");
 }
@@ -168,81 +131,34 @@ fn long_runs_with_natural_variation_do_not_look_like_overload() {
 #[test]
 fn db_limited_backend_converges_below_the_connection_limit_with_few_errors() {
     for seed in 0..3 {
-        let run = run(
-            Backend::DbLimited {
-                connections: 20,
-                service: 0.1,
-            },
-            300.0,
-            None,
-            seed,
-        );
+        let run = run(Backend::DbLimited { connections: 20, service: 0.1 }, 300.0, None, seed);
         let limit = final_limit(&run);
-        assert!(
-            (15..=25).contains(&limit),
-            "seed {seed}: learned {limit}, true limit 20"
-        );
+        assert!((15..=25).contains(&limit), "seed {seed}: learned {limit}, true limit 20");
         let errors = overload_fraction(&run, 10.0);
-        assert!(
-            errors < 0.01,
-            "seed {seed}: {:.2}% overloads after convergence",
-            errors * 100.0
-        );
+        assert!(errors < 0.01, "seed {seed}: {:.2}% overloads after convergence", errors * 100.0);
     }
 }
 
 #[test]
 fn capacity_increase_is_followed() {
     let run = run(
-        Backend::WorkerBound {
-            capacity: 4,
-            service: 0.5,
-            sigma: 0.0,
-        },
+        Backend::WorkerBound { capacity: 4, service: 0.5, sigma: 0.0 },
         60.0,
-        Some((
-            20.0,
-            Backend::WorkerBound {
-                capacity: 16,
-                service: 0.5,
-                sigma: 0.0,
-            },
-        )),
+        Some((20.0, Backend::WorkerBound { capacity: 16, service: 0.5, sigma: 0.0 })),
         1,
     );
-    let before = run
-        .limits
-        .iter()
-        .filter(|(t, _)| (10.0..20.0).contains(t))
-        .map(|l| l.1)
-        .max()
-        .unwrap_or(0);
+    let before = run.limits.iter().filter(|(t, _)| (10.0..20.0).contains(t)).map(|l| l.1).max().unwrap_or(0);
     let after_10s = run.limits.iter().find(|(t, _)| *t >= 30.0).map_or(0, |l| l.1);
-    assert!(
-        (3..=6).contains(&before),
-        "before the change the limit reached {before}, capacity 4"
-    );
-    assert!(
-        after_10s >= 13,
-        "10 s after capacity 4 → 16 the limit is {after_10s}"
-    );
+    assert!((3..=6).contains(&before), "before the change the limit reached {before}, capacity 4");
+    assert!(after_10s >= 13, "10 s after capacity 4 → 16 the limit is {after_10s}");
 }
 
 #[test]
 fn capacity_drop_is_followed() {
     let run = run(
-        Backend::DbLimited {
-            connections: 30,
-            service: 0.05,
-        },
+        Backend::DbLimited { connections: 30, service: 0.05 },
         60.0,
-        Some((
-            20.0,
-            Backend::DbLimited {
-                connections: 10,
-                service: 0.05,
-            },
-        )),
+        Some((20.0, Backend::DbLimited { connections: 10, service: 0.05 })),
         2,
     );
     let after = run.limits.iter().find(|(t, _)| *t >= 21.0).map_or(0, |l| l.1);
@@ -273,10 +189,7 @@ fn unused_limit_does_not_grow() {
 #[test]
 fn one_cut_per_round_trip_and_throttles_back_off_gently() {
     let t0 = Instant::now();
-    let mut limiter = AdaptiveLimit::new(LimitSettings {
-        initial: 20,
-        ..LimitSettings::default()
-    });
+    let mut limiter = AdaptiveLimit::new(LimitSettings { initial: 20, ..LimitSettings::default() });
     let failed = |in_flight, started| Sample {
         signal: 0,
         started,
@@ -284,26 +197,13 @@ fn one_cut_per_round_trip_and_throttles_back_off_gently() {
         outcome: Outcome::Overload,
         in_flight,
     };
-    assert_eq!(
-        limiter.on_sample(failed(18, t0), t0 + Duration::from_millis(10)),
-        Some(Change::Overload)
-    );
+    assert_eq!(limiter.on_sample(failed(18, t0), t0 + Duration::from_millis(10)), Some(Change::Overload));
     assert_eq!(limiter.limit(), 17);
     // Another failure of a request admitted before the cut does not cut again.
-    assert_eq!(
-        limiter.on_sample(failed(18, t0), t0 + Duration::from_millis(11)),
-        None
-    );
+    assert_eq!(limiter.on_sample(failed(18, t0), t0 + Duration::from_millis(11)), None);
     assert_eq!(limiter.limit(), 17);
-    let throttled = Sample {
-        outcome: Outcome::Throttled,
-        ..failed(17, t0 + Duration::from_millis(20))
-    };
+    let throttled = Sample { outcome: Outcome::Throttled, ..failed(17, t0 + Duration::from_millis(20)) };
     limiter.on_sample(throttled, t0 + Duration::from_millis(30));
-    assert_eq!(
-        limiter.limit(),
-        15,
-        "429 backs off by 10%, not to the in-flight level"
-    );
+    assert_eq!(limiter.limit(), 15, "429 backs off by 10%, not to the in-flight level");
     assert_eq!(limiter.ceiling(), Some(18));
 }

@@ -5,13 +5,7 @@ use std::time::Duration;
 use super::*;
 
 fn entry(id: u64, tenant: TenantId, class: usize, at: Instant) -> Entry<()> {
-    Entry {
-        id,
-        tenant,
-        class,
-        enqueued: at,
-        payload: (),
-    }
+    Entry { id, tenant, class, enqueued: at, payload: () }
 }
 
 fn order(q: &mut FairQueue<()>, lifo: bool) -> Vec<u64> {
@@ -27,11 +21,7 @@ fn tenants_take_turns_so_a_flood_does_not_starve_others() {
     }
     q.push(entry(100, 2, 0, t0 + Duration::from_millis(5))); // tenant 2 arrives last
     let served = order(&mut q, false);
-    assert_eq!(
-        served[..2],
-        [0, 100],
-        "tenant 2 is served second, not eleventh: {served:?}"
-    );
+    assert_eq!(served[..2], [0, 100], "tenant 2 is served second, not eleventh: {served:?}");
     assert!(q.is_empty());
 }
 
@@ -95,10 +85,7 @@ fn eviction_takes_from_the_heaviest_tenant() {
     q.push(entry(10, 2, 0, t0));
     let evicted = q.evict_for(2).map(|e| (e.tenant, e.id));
     assert_eq!(evicted, Some((1, 4)), "the flood's newest makes room");
-    assert!(
-        q.evict_for(1).is_none(),
-        "the heaviest tenant itself gets no room"
-    );
+    assert!(q.evict_for(1).is_none(), "the heaviest tenant itself gets no room");
     assert_eq!(q.drain().len(), 5);
     assert!(q.is_empty());
 }

@@ -35,10 +35,7 @@ upstream = "web"
 #[test]
 fn a_valid_config_loads() {
     let config = load(VALID).expect("valid");
-    assert_eq!(
-        config.server.listen,
-        vec!["127.0.0.1:8080".parse().expect("addr")]
-    );
+    assert_eq!(config.server.listen, vec!["127.0.0.1:8080".parse().expect("addr")]);
     assert_eq!(config.upstreams["web"].servers.len(), 2);
     assert_eq!(config.router.routes().len(), 2);
     assert!(config.classes.contains_key("run"));
@@ -55,42 +52,22 @@ fn embedded_defaults_and_overrides() {
     assert_eq!(config.upstreams["api"].servers[0].to_string(), "127.0.0.1:7000");
     assert_eq!(config.server.admin.port(), 2);
     assert_eq!(config.server.listen[0].port(), 1);
-    let run = config
-        .router
-        .route(&http::Method::POST, "/v1/workflows/run")
-        .expect("route");
+    let run = config.router.route(&http::Method::POST, "/v1/workflows/run").expect("route");
     assert_eq!(run.class.name, "run");
-    let stop = config
-        .router
-        .route(&http::Method::POST, "/v1/workflows/tasks/t1/stop")
-        .expect("route");
+    let stop = config.router.route(&http::Method::POST, "/v1/workflows/tasks/t1/stop").expect("route");
     assert_eq!(stop.class.name, "control");
-    let other = config
-        .router
-        .route(&http::Method::GET, "/console/api/apps")
-        .expect("route");
+    let other = config.router.route(&http::Method::GET, "/console/api/apps").expect("route");
     assert_eq!(other.upstream, "api");
 }
 
 #[test]
 fn upstream_override_needs_an_api_upstream() {
-    let text = VALID
-        .replace("upstreams.api", "upstreams.backend")
-        .replace("\"api\"", "\"backend\"");
-    let overrides = Overrides {
-        upstream: Some("http://127.0.0.1:1".into()),
-        ..Overrides::default()
-    };
-    let e = parse_str(&text, "t", &overrides)
-        .map(|_| ())
-        .unwrap_err()
-        .to_string();
+    let text = VALID.replace("upstreams.api", "upstreams.backend").replace("\"api\"", "\"backend\"");
+    let overrides = Overrides { upstream: Some("http://127.0.0.1:1".into()), ..Overrides::default() };
+    let e = parse_str(&text, "t", &overrides).map(|_| ()).unwrap_err().to_string();
     assert!(e.contains("--upstream") && e.contains("`api`"), "{e}");
     assert!(parse_upstream_url("https://x:1").is_err());
-    assert_eq!(
-        parse_upstream_url("http://api").map(|a| a.to_string()),
-        Ok("api:80".into())
-    );
+    assert_eq!(parse_upstream_url("http://api").map(|a| a.to_string()), Ok("api:80".into()));
     assert!(parse_upstream_url("http://api:5001/v1").is_err());
 }
 
@@ -125,10 +102,7 @@ fn duplicate_route_names_line() {
     let text = format!("{VALID}\n[[routes]]\nprefix = \"/v1/\"\nupstream = \"web\"\n");
     let e = err(&text);
     let line = text.lines().position(|l| l == "prefix = \"/v1/\"").expect("line") + 1;
-    assert!(
-        e.starts_with(&format!("test.toml:{line}:10: routes[2].prefix: ")),
-        "{e}"
-    );
+    assert!(e.starts_with(&format!("test.toml:{line}:10: routes[2].prefix: ")), "{e}");
     assert!(e.contains("overlaps"), "{e}");
 }
 
@@ -136,19 +110,9 @@ fn duplicate_route_names_line() {
 fn route_to_missing_upstream_names_line() {
     let text = VALID.replace("upstream = \"web\"", "upstream = \"webb\"");
     let e = err(&text);
-    let line = text
-        .lines()
-        .position(|l| l == "upstream = \"webb\"")
-        .expect("line")
-        + 1;
-    assert!(
-        e.starts_with(&format!("test.toml:{line}:12: routes[1].upstream: ")),
-        "{e}"
-    );
-    assert!(
-        e.contains("\"webb\", which is not defined (defined: api, web)"),
-        "{e}"
-    );
+    let line = text.lines().position(|l| l == "upstream = \"webb\"").expect("line") + 1;
+    assert!(e.starts_with(&format!("test.toml:{line}:12: routes[1].upstream: ")), "{e}");
+    assert!(e.contains("\"webb\", which is not defined (defined: api, web)"), "{e}");
 }
 
 #[test]
@@ -160,10 +124,7 @@ fn other_semantic_errors() {
     let e = err(&VALID.replace("prefix = \"/v1\"", "prefix = \"/v1\"\nclass = \"bulk\""));
     assert!(e.contains("unknown class"), "{e}");
     let e = err("[server]\nmax_request_body = \"12 parsecs\"\n");
-    assert!(
-        e.contains("server.max_request_body") && e.contains("invalid size"),
-        "{e}"
-    );
+    assert!(e.contains("server.max_request_body") && e.contains("invalid size"), "{e}");
     let e = err("[server\nlisten = 1");
     assert!(e.starts_with("test.toml:1:"), "{e}");
 }
