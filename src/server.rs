@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use pingora::listeners::ListenerConfig;
+use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::proxy::http_proxy_service_with_name;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
@@ -44,8 +46,11 @@ pub fn run(app: Arc<App>) -> ! {
         DifyProxy::new(Arc::clone(&app)),
         "dify-shaper proxy",
     );
+    // pingora reads each client connection through a 64 KiB buffer by default; with thousands
+    // of requests held in the admission queue that buffer is most of their cost.
+    let buffers = L4BufferSettings::default().read(config.server.client_read_buffer.0 as usize);
     for addr in &config.server.listen {
-        proxy.add_tcp(&addr.to_string());
+        proxy.add_listener(ListenerConfig::tcp(addr.to_string()).l4_buffer(buffers));
     }
     server.add_service(proxy);
 

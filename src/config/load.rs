@@ -110,11 +110,19 @@ fn build(raw: RawConfig, at: &Locator<'_>, overrides: &Overrides) -> Result<Conf
             format!("{} is out of range: expected 1s..=1h", server.resolve_interval),
         ));
     }
+    let read_buffer = server.client_read_buffer.0;
+    if !(1024..=(1 << 20)).contains(&read_buffer) {
+        return Err(at.unplaced(
+            "server.client_read_buffer",
+            format!("{} is out of range: expected 1KiB..=1MiB", server.client_read_buffer),
+        ));
+    }
     let server_settings = ServerSettings {
         listen: overrides.listen.map_or_else(|| server.listen.clone(), |a| vec![a]),
         admin: overrides.admin.unwrap_or(server.admin),
         threads,
         max_request_body: server.max_request_body,
+        client_read_buffer: server.client_read_buffer,
         resolve_interval: server.resolve_interval,
         upstream_keepalive_pool: server.upstream_keepalive_pool,
         shutdown_grace: server.shutdown_grace,

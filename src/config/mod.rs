@@ -160,6 +160,8 @@ pub struct ServerSettings {
     pub threads: usize,
     /// Largest accepted request body.
     pub max_request_body: ByteSize,
+    /// Read buffer per client connection.
+    pub client_read_buffer: ByteSize,
     /// Upstream hostname re-resolution period.
     pub resolve_interval: HumanDuration,
     /// Idle keep-alive connections kept to upstreams.

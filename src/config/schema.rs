@@ -104,6 +104,9 @@ pub struct RawServer {
     /// Largest request body accepted; larger ones get 413 `payload_too_large`.
     #[serde(default = "default_max_request_body")]
     pub max_request_body: ByteSize,
+    /// Read buffer per client connection (1KiB..=1MiB). Small keeps queued requests cheap.
+    #[serde(default = "default_client_read_buffer")]
+    pub client_read_buffer: ByteSize,
     /// How often upstream hostnames are re-resolved (1s..=1h).
     #[serde(default = "default_resolve_interval")]
     pub resolve_interval: HumanDuration,
@@ -122,6 +125,7 @@ impl Default for RawServer {
             admin: default_admin(),
             threads: None,
             max_request_body: default_max_request_body(),
+            client_read_buffer: default_client_read_buffer(),
             resolve_interval: default_resolve_interval(),
             upstream_keepalive_pool: default_keepalive_pool(),
             shutdown_grace: default_shutdown_grace(),
@@ -256,6 +260,9 @@ fn default_admin() -> SocketAddr {
 fn default_max_request_body() -> ByteSize {
     // Dify's docker nginx ships `client_max_body_size 100M` (NGINX_CLIENT_MAX_BODY_SIZE).
     ByteSize(100 << 20)
+}
+fn default_client_read_buffer() -> ByteSize {
+    ByteSize(8 << 10)
 }
 fn default_resolve_interval() -> HumanDuration {
     HumanDuration(std::time::Duration::from_secs(5))
