@@ -35,6 +35,11 @@ level = "warn"
 access_log = false
 [upstreams.api]
 servers = ["127.0.0.1:$SIM_PORT"]
+# A fast backend without gunicorn's slot-per-connection: reuse upstream connections, and take
+# the admission limit out of the picture (this measures the proxy path itself).
+keepalive = "60s"
+[upstreams.api.admission]
+enabled = false
 [[routes]]
 prefix = "/"
 upstream = "api"
@@ -48,8 +53,8 @@ done
 
 # wrk prints latency percentiles with --latency; pull p50/p99 (in ms) and requests/s.
 measure() {
-  local url=$1 out
-  out=$(wrk -t1 -c"$CONNECTIONS" -d"${SECONDS_PER_ROUND}s" --latency "$url")
+  local url=$1 conns=${2:-$CONNECTIONS} out
+  out=$(wrk -t1 -c"$conns" -d"${SECONDS_PER_ROUND}s" --latency "$url")
   local rps p50 p99
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   p50=$(awk '$1=="50%" {print $2}' <<<"$out")
@@ -58,22 +63,26 @@ measure() {
 }
 to_ms() { python3 -c "import sys,re; v=sys.argv[1]; m=re.match(r'([0-9.]+)(us|ms|s)',v); f={'us':1e-3,'ms':1,'s':1e3}[m.group(2)]; print(round(float(m.group(1))*f,3))" "$1"; }
 
-declare -a D_RPS D_P50 D_P99 P_RPS P_P50 P_P99
+declare -a D_RPS D_P50 D_P99 P_RPS P_P50 P_P99 D1_P50 D1_P99 P1_P50 P1_P99
 for round in $(seq 1 "$ROUNDS"); do
   read -r r a b < <(measure "http://127.0.0.1:$SIM_PORT/sim/fast"); D_RPS+=("$r"); D_P50+=("$a"); D_P99+=("$b")
   read -r r a b < <(measure "http://127.0.0.1:$PROXY_PORT/sim/fast"); P_RPS+=("$r"); P_P50+=("$a"); P_P99+=("$b")
+  # One connection: the latency a request gains, without queueing behind others.
+  read -r r a b < <(measure "http://127.0.0.1:$SIM_PORT/sim/fast" 1); D1_P50+=("$a"); D1_P99+=("$b")
+  read -r r a b < <(measure "http://127.0.0.1:$PROXY_PORT/sim/fast" 1); P1_P50+=("$a"); P1_P99+=("$b")
 done
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 DR=$(median "${D_RPS[@]}"); D50=$(median "${D_P50[@]}"); D99=$(median "${D_P99[@]}")
 PR=$(median "${P_RPS[@]}"); P50=$(median "${P_P50[@]}"); P99=$(median "${P_P99[@]}")
-REPORT=$(python3 - "$DR" "$D50" "$D99" "$PR" "$P50" "$P99" <<'PY'
+D150=$(median "${D1_P50[@]}"); D199=$(median "${D1_P99[@]}"); P150=$(median "${P1_P50[@]}"); P199=$(median "${P1_P99[@]}")
+REPORT=$(python3 - "$DR" "$D50" "$D99" "$PR" "$P50" "$P99" "$D150" "$D199" "$P150" "$P199" "$CONNECTIONS" <<'PY'
 import sys
-dr, d50, d99, pr, p50, p99 = map(float, sys.argv[1:])
-print("| path | requests/s | p50 ms | p99 ms |")
-print("|---|---:|---:|---:|")
-print(f"| direct (simulator) | {dr:,.0f} | {d50:.3f} | {d99:.3f} |")
-print(f"| through dify-shaper | {pr:,.0f} | {p50:.3f} | {p99:.3f} |")
-print(f"| proxy / direct | {pr/dr:.2f}× | +{p50-d50:.3f} | +{p99-d99:.3f} |")
+dr, d50, d99, pr, p50, p99, d150, d199, p150, p199, c = map(float, sys.argv[1:])
+print(f"| path | requests/s ({c:.0f} conns) | p50 ms | p99 ms | p50 ms (1 conn) | p99 ms (1 conn) |")
+print("|---|---:|---:|---:|---:|---:|")
+print(f"| direct (simulator) | {dr:,.0f} | {d50:.3f} | {d99:.3f} | {d150:.3f} | {d199:.3f} |")
+print(f"| through dify-shaper | {pr:,.0f} | {p50:.3f} | {p99:.3f} | {p150:.3f} | {p199:.3f} |")
+print(f"| proxy vs direct | {pr/dr:.2f}× | +{p50-d50:.3f} | +{p99-d99:.3f} | +{p150-d150:.3f} | +{p199-d199:.3f} |")
 PY
 )
 {
@@ -82,7 +91,7 @@ PY
   echo "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr)."
   echo "Command: \`bash benches/overhead.sh $SECONDS_PER_ROUND $CONNECTIONS $ROUNDS\` (PROXY_THREADS=$PROXY_THREADS):"
   echo "wrk -t1 -c$CONNECTIONS, ${SECONDS_PER_ROUND}s per round, $ROUNDS alternating rounds, medians."
-  echo "Backend: \`dify-shaper sim\` /sim/fast (16×64 slots, 60 s keep-alive). Proxy: release build, access log off."
+  echo "Backend: \`dify-shaper sim\` /sim/fast (16×64 slots, 60 s keep-alive). Proxy: release build, access log off, upstream keep-alive on, admission off."
   echo
   echo "$REPORT"
 } | tee benches/results/overhead.md
