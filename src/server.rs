@@ -15,6 +15,7 @@ use pingora::services::listening::Service;
 use crate::admin::AdminApp;
 use crate::app::App;
 use crate::config::Config;
+use crate::housekeeping::Housekeeping;
 use crate::proxy::DifyProxy;
 use crate::upstream::resolver::{resolve_all_blocking, Resolver};
 
@@ -59,6 +60,7 @@ pub fn run(app: Arc<App>) -> ! {
     server.add_service(admin);
 
     server.add_service(background_service("upstream resolver", Resolver::new(Arc::clone(&app))));
+    server.add_service(background_service("housekeeping", Housekeeping::new(Arc::clone(&app))));
 
     tracing::info!(
         listen = ?config.server.listen,

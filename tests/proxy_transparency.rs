@@ -278,3 +278,40 @@ async fn access_log_is_json_with_redacted_key() {
     assert!(!proxy.logs().contains("SECRETsecret"), "the app key leaked into the log");
     assert!(!proxy.logs().contains("alice"), "a query value leaked into the log");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expect_continue_gets_the_go_ahead_before_the_body_is_sent() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let sim = sim().await;
+    let proxy = ProxyProcess::start_default(sim.addr()).await;
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.expect("connect");
+    let head = format!(
+        "POST /v1/workflows/run HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+        proxy.addr,
+        WORKFLOW_BLOCKING.len()
+    );
+    stream.write_all(head.as_bytes()).await.expect("write head");
+    // The client sends nothing more until it hears "100 Continue" (from the backend, relayed).
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&seen).contains("\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+            .await
+            .expect("an interim response while the body is held back")
+            .expect("read");
+        assert!(n > 0, "connection closed: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    assert!(String::from_utf8_lossy(&seen).starts_with("HTTP/1.1 100"), "{}", String::from_utf8_lossy(&seen));
+    stream.write_all(WORKFLOW_BLOCKING.as_bytes()).await.expect("write body");
+    let mut rest = Vec::new();
+    while !String::from_utf8_lossy(&rest).contains("workflow_run_id") {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+            .await
+            .expect("the final response")
+            .expect("read");
+        assert!(n > 0, "connection closed: {}", String::from_utf8_lossy(&rest));
+        rest.extend_from_slice(&buf[..n]);
+    }
+    assert!(String::from_utf8_lossy(&rest).contains(" 200 "), "{}", String::from_utf8_lossy(&rest));
+}

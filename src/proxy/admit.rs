@@ -28,17 +28,24 @@ pub enum Admitted {
 }
 
 /// Reads the whole body when it is declared and small; returns whether the client can be
-/// watched for a disconnect while waiting (the body is complete, or there is none).
+/// watched for a disconnect while waiting (the body is complete, or there is none). A client
+/// that sent `Expect: 100-continue` waits for the backend's go-ahead before sending its body,
+/// so its body is not read here (that would stall it until its own expect timeout).
 pub async fn preread_small_body(
     session: &mut Session,
     declared_len: Option<u64>,
     chunked: bool,
 ) -> Result<bool> {
-    match (declared_len, chunked) {
-        (_, true) => Ok(false),
-        (None | Some(0), false) => Ok(true),
-        (Some(len), false) if len > PREREAD_LIMIT => Ok(false),
-        (Some(_), false) => {
+    let expects_continue = session
+        .req_header()
+        .headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    match declared_len {
+        _ if chunked => Ok(false),
+        None | Some(0) => Ok(true),
+        Some(len) if len > PREREAD_LIMIT || expects_continue => Ok(false),
+        Some(_) => {
             session.as_mut().enable_retry_buffering();
             while session.read_request_body().await?.is_some() {}
             Ok(true)

@@ -126,6 +126,12 @@ impl ProxyHttp for DifyProxy {
             }
         }
 
+        // WebSocket sessions (Dify's collaboration) live for hours and sit idle: holding an
+        // admission slot that long would starve runs, so they pass without one.
+        if session.is_upgrade_req() {
+            return Ok(false);
+        }
+
         // Admission: wait here (in our queue, not gunicorn's backlog) for a slot.
         let watch_client = preread_small_body(session, declared_len, chunked).await?;
         let admission = Arc::clone(upstream.admission());
