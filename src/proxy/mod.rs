@@ -11,5 +11,6 @@ pub mod outcome;
 pub mod redact;
 pub mod routing;
 pub mod service;
+pub mod sse;
 
 pub use service::DifyProxy;

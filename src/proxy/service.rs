@@ -26,7 +26,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::Digest;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
-use pingora::{Error, ErrorType, Result};
+use pingora::{Error, ErrorSource, ErrorType, Result};
 use tokio::time::Instant;
 
 use super::access_log::log_request;
@@ -35,6 +35,7 @@ use super::ctx::{RequestCtx, Routed};
 use super::envelope::{ErrorReply, REQUEST_ID};
 use super::headers::{apply_forwarding, request_id_from};
 use super::outcome::classify;
+use super::sse;
 use crate::admission::tenant::tenant_of;
 use crate::admission::{Outcome, Ticket};
 use crate::app::App;
@@ -308,7 +309,15 @@ impl ProxyHttp for DifyProxy {
     /// the connection is closed; issue #4 adds the SSE error frame).
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
         if let Some(sent) = session.response_written() {
-            return FailToProxy { error_code: sent.status.as_u16(), can_reuse_downstream: false };
+            let status = sent.status.as_u16();
+            // Too late for an error status: end an event stream with Dify's error event.
+            if ctx.streaming && sse::can_append(sent) && e.esource() == &ErrorSource::Upstream {
+                let frame = sse::error_frame(e);
+                if let Err(write_error) = session.write_response_body(Some(frame), true).await {
+                    tracing::debug!(id = %ctx.request_id, error = %write_error, "could not write the SSE error event");
+                }
+            }
+            return FailToProxy { error_code: status, can_reuse_downstream: false };
         }
         let reply = ctx.reply.clone().or_else(|| ErrorReply::from_error(e));
         let Some(reply) = reply else {

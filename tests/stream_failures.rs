@@ -1,0 +1,83 @@
+//! Issue #4 (part): an SSE stream that breaks after it started ends with Dify's `error` event,
+//! not a silent truncation — when the backend dies mid-stream, and when it goes quiet past the
+//! class's idle timeout.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use dify_shaper::sim::{SimConfig, Simulator};
+use http_body_util::{BodyExt, Full};
+
+const STREAMING: &str = r#"{"inputs":{},"response_mode":"streaming","user":"u"}"#;
+
+/// Posts a streaming run and returns its SSE events as they arrive; `on_first` runs once the
+/// first event is in.
+async fn events(
+    addr: std::net::SocketAddr,
+    service: &str,
+    on_first: impl std::future::Future<Output = ()>,
+) -> Vec<String> {
+    let req = request("POST", addr, "/v1/workflows/run")
+        .header("content-type", "application/json")
+        .header("x-sim-service-time", service)
+        .header("x-sim-events", "2")
+        .body(Full::new(Bytes::from_static(STREAMING.as_bytes())))
+        .expect("request");
+    let response = send(addr, req).await.expect("response");
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let mut buffer = String::new();
+    let mut events = Vec::new();
+    let mut on_first = Some(Box::pin(on_first));
+    loop {
+        let frame =
+            tokio::time::timeout(Duration::from_secs(30), body.frame()).await.expect("stream ends in time");
+        let Some(Ok(frame)) = frame else { break };
+        if let Some(data) = frame.data_ref() {
+            buffer.push_str(&String::from_utf8_lossy(data));
+            while let Some(end) = buffer.find("\n\n") {
+                events.push(buffer.drain(..end + 2).collect());
+            }
+        }
+        if let Some(first) = on_first.take() {
+            if !events.is_empty() {
+                first.await;
+            } else {
+                on_first = Some(first);
+            }
+        }
+    }
+    events
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_cut_by_the_backend_ends_with_an_error_event() {
+    let sim =
+        Simulator::start("127.0.0.1:0".parse().expect("addr"), SimConfig::default()).await.expect("sim");
+    let proxy = ProxyProcess::start_default(sim.addr()).await;
+    let events = events(proxy.addr, "6s", async { sim.stop().await }).await;
+    let last = events.last().cloned().unwrap_or_default();
+    assert!(events.first().is_some_and(|e| e.contains("workflow_started")), "{events:?}");
+    assert!(last.contains("\"event\":\"error\""), "the stream ended without an error event: {events:?}");
+    assert!(last.contains("\"code\":\"upstream_lost\"") && last.contains("\"status\":502"), "{last}");
+    assert!(!events.iter().any(|e| e.contains("workflow_finished")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_stream_hits_the_idle_timeout_with_an_error_event() {
+    let sim =
+        Simulator::start("127.0.0.1:0".parse().expect("addr"), SimConfig::default()).await.expect("sim");
+    // Events 3 s apart (and pings only every 10 s) against a 1 s stream idle timeout.
+    let config = format!(
+        "[upstreams.api]\nservers = [\"{}\"]\n[classes.run]\nread_timeout = \"1s\"\n[[routes]]\nprefix = \"/\"\nupstream = \"api\"\nclass = \"run\"\n",
+        sim.addr()
+    );
+    let proxy = ProxyProcess::start(&config).await;
+    let events = events(proxy.addr, "12s", async {}).await;
+    let last = events.last().cloned().unwrap_or_default();
+    assert!(events.first().is_some_and(|e| e.contains("workflow_started")), "{events:?}");
+    assert!(last.contains("\"code\":\"upstream_timeout\"") && last.contains("\"status\":504"), "{events:?}");
+}
