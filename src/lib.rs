@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod housekeeping;
 pub mod proxy;
+pub mod resilience;
 pub mod server;
 pub mod sim;
 pub mod telemetry;

@@ -17,6 +17,7 @@ use crate::app::App;
 use crate::config::Config;
 use crate::housekeeping::Housekeeping;
 use crate::proxy::DifyProxy;
+use crate::resilience::probe::Prober;
 use crate::upstream::resolver::{resolve_all_blocking, Resolver};
 
 /// pingora's process settings from our config.
@@ -29,7 +30,7 @@ fn server_conf(config: &Config) -> ServerConf {
         grace_period_seconds: Some(0),
         graceful_shutdown_timeout_seconds: Some(grace),
         // Retries are decided by our hooks; this only caps them.
-        max_retries: 3,
+        max_retries: 8,
         ..ServerConf::default()
     }
 }
@@ -61,6 +62,7 @@ pub fn run(app: Arc<App>) -> ! {
 
     server.add_service(background_service("upstream resolver", Resolver::new(Arc::clone(&app))));
     server.add_service(background_service("housekeeping", Housekeeping::new(Arc::clone(&app))));
+    server.add_service(background_service("health probes", Prober::new(Arc::clone(&app))));
 
     tracing::info!(
         listen = ?config.server.listen,

@@ -131,18 +131,53 @@ async fn forwarding_headers_host_and_request_id() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn upstream_down_gives_a_502_envelope() {
+async fn upstream_down_gives_an_upstream_unavailable_envelope() {
+    // Nothing listens: the request is held for its class's queue deadline (1 s here), then
+    // answered 503 upstream_unavailable with Retry-After (issue #4 holds while down).
     let nothing_there = free_port();
-    let proxy = ProxyProcess::start_default(nothing_there).await;
+    let config = format!(
+        "[upstreams.api]\nservers = [\"{nothing_there}\"]\n[classes.run]\nqueue_timeout = \"1s\"\n\
+         [[routes]]\nprefix = \"/\"\nupstream = \"api\"\nclass = \"run\"\n"
+    );
+    let proxy = ProxyProcess::start(&config).await;
     let (status, headers, body) =
         post_json(proxy.addr, "/v1/workflows/run", WORKFLOW_BLOCKING, &[("x-request-id", "down-1")]).await;
-    assert_eq!(status, 502);
+    assert_eq!(status, 503, "{}", String::from_utf8_lossy(&body));
     assert_eq!(headers.get("content-type").map(|v| v.as_bytes()), Some(&b"application/json"[..]));
     assert_eq!(headers.get("x-request-id").map(|v| v.as_bytes()), Some(&b"down-1"[..]));
+    assert!(headers.contains_key("retry-after"));
     let envelope = json(&body);
     assert_eq!(envelope["code"], "upstream_unavailable");
-    assert_eq!(envelope["status"], 502);
+    assert_eq!(envelope["status"], 503);
     assert!(envelope["message"].as_str().is_some_and(|m| !m.is_empty()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_dies_mid_request_gives_a_502_envelope() {
+    // The run reached the backend, which then died: not retried (it may have run), 502.
+    let sim = sim().await;
+    let proxy = ProxyProcess::start_default(sim.addr()).await;
+    let addr = proxy.addr;
+    let run = tokio::spawn(async move {
+        post_json(
+            addr,
+            "/v1/workflows/run",
+            WORKFLOW_BLOCKING,
+            &[("x-request-id", "dies-1"), ("x-sim-service-time", "20s")],
+        )
+        .await
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sim.count_for_request_id("dies-1") == 0 {
+        assert!(Instant::now() < deadline, "the run never reached the backend");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    sim.stop().await;
+    let (status, headers, body) = run.await.expect("join");
+    assert_eq!(status, 502, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(headers.get("x-request-id").map(|v| v.as_bytes()), Some(&b"dies-1"[..]));
+    assert_eq!(json(&body)["code"], "upstream_unavailable");
+    assert_eq!(sim.count_for_request_id("dies-1"), 1, "a POST that reached the backend is not retried");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -203,16 +238,20 @@ async fn upstream_connections_for_30_requests(proxy: &ProxyProcess, sim: &Simula
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_keep_alive_and_upstream_connection_policy() {
     let sim = sim().await;
+    // Health probes would add connections of their own: off for this count.
+    let config = |keepalive: &str| {
+        format!(
+            "[upstreams.api]\nservers = [\"{}\"]\n{keepalive}[upstreams.api.health]\nenabled = false\n\
+             [[routes]]\nprefix = \"/\"\nupstream = \"api\"\n",
+            sim.addr()
+        )
+    };
     // Default: like Dify's nginx, a connection per request upstream (`Connection: close`),
     // so no idle connection holds a gunicorn worker slot; the client side stays keep-alive.
-    let proxy = ProxyProcess::start_default(sim.addr()).await;
+    let proxy = ProxyProcess::start(&config("")).await;
     assert_eq!(upstream_connections_for_30_requests(&proxy, &sim).await, 30);
     // With `keepalive` set, upstream connections are reused too.
-    let config = format!(
-        "[upstreams.api]\nservers = [\"{}\"]\nkeepalive = \"30s\"\n[[routes]]\nprefix = \"/\"\nupstream = \"api\"\n",
-        sim.addr()
-    );
-    let reusing = ProxyProcess::start(&config).await;
+    let reusing = ProxyProcess::start(&config("keepalive = \"30s\"\n")).await;
     let opened = upstream_connections_for_30_requests(&reusing, &sim).await;
     assert!(opened <= 3, "30 sequential requests opened {opened} upstream connections");
 }

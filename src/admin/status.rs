@@ -21,6 +21,8 @@ pub fn readiness(app: &App) -> Readiness {
         let used = config.router.routes().iter().any(|r| r.upstream == group.name());
         if used && group.endpoints().is_empty() {
             reasons.push(format!("upstream {} has no resolved address", group.name()));
+        } else if used && !group.health().serving() {
+            reasons.push(format!("upstream {} is down (every endpoint out of rotation)", group.name()));
         }
     }
     Readiness { ready: reasons.is_empty(), reasons }
@@ -38,6 +40,7 @@ pub fn status(app: &App) -> serde_json::Value {
                 "servers": group.servers().iter().map(ToString::to_string).collect::<Vec<_>>(),
                 "endpoints": group.endpoints().iter().map(|e| e.addr.to_string()).collect::<Vec<_>>(),
                 "admission": group.admission().status(),
+                "health": group.health().status(),
                 "last_resolve_error": group.last_resolve_error(),
             });
             (group.name().to_string(), value)

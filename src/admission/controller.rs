@@ -80,6 +80,10 @@ struct State {
     labels: HashMap<TenantId, String>,
     /// Admitted requests still waiting for their response header: id → (class, admitted).
     awaiting_header: HashMap<u64, (usize, Instant)>,
+    /// Whether the upstream can serve at all; while not, nothing is admitted (held).
+    available: bool,
+    /// Slow start after the upstream came back: (since, over).
+    ramp: Option<(Instant, Duration)>,
 }
 
 /// One upstream's admission gate.
@@ -113,6 +117,8 @@ impl Admission {
                 counters: Counters::default(),
                 labels: HashMap::new(),
                 awaiting_header: HashMap::new(),
+                available: true,
+                ramp: None,
                 policy,
             }),
         })
@@ -165,7 +171,10 @@ impl Admission {
                 let in_flight = st.take_slot(id, class, Duration::ZERO, now);
                 return Ok(Permit::new(Arc::clone(self), id, class, now, Duration::ZERO, in_flight));
             }
-            if let Some(refusal) = st.refuse_on_arrival(ticket.tenant, class, timeout, now) {
+            // While the upstream is down, arrivals are held (the departure rate says nothing).
+            let refusal =
+                if st.available { st.refuse_on_arrival(ticket.tenant, class, timeout, now) } else { None };
+            if let Some(refusal) = refusal {
                 st.count_shed(refusal);
                 return Err(refusal);
             }
@@ -253,6 +262,8 @@ impl Admission {
         AdmissionStatus {
             upstream: self.name.clone(),
             enabled: st.policy.enabled,
+            available: st.available,
+            effective_limit: st.effective_limit(now),
             limit: st.limit.limit(),
             ceiling: st.limit.ceiling(),
             latency_ratio: st.limit.last_ratio(),
@@ -270,6 +281,37 @@ impl Admission {
             wait_max_ms: st.max_wait.as_secs_f64() * 1e3,
             patience_ms: st.patience.estimate().map(|p| p.as_secs_f64() * 1e3),
         }
+    }
+
+    /// Whether the upstream can serve. Going down holds every new and queued request (they
+    /// wait for their deadline); coming back starts a slow-start ramp over `ramp`.
+    pub fn set_available(&self, available: bool, ramp: Duration) {
+        let now = Instant::now();
+        let mut st = self.lock();
+        if st.available == available {
+            return;
+        }
+        st.available = available;
+        if available {
+            st.ramp = Some((now, ramp));
+            tracing::info!(upstream = %self.name, ramp = ?ramp, queued = st.queue.len(), "upstream serving again: releasing held requests");
+        } else {
+            tracing::warn!(upstream = %self.name, "upstream cannot serve: holding requests");
+        }
+        st.dispatch(now);
+    }
+
+    /// Periodic nudge (the ramp raises the effective limit with time, not only on releases).
+    pub fn tick(&self) {
+        let mut st = self.lock();
+        if st.ramp.is_some() && !st.queue.is_empty() {
+            st.dispatch(Instant::now());
+        }
+    }
+
+    /// Whether the upstream is marked as able to serve.
+    pub fn available(&self) -> bool {
+        self.lock().available
     }
 
     /// Seconds a refused client should wait before retrying: the expected time for the
@@ -350,8 +392,25 @@ fn log_change(upstream: &str, change: Change, before: usize, after: usize, ratio
 impl State {
     /// How many may be in flight for `class`: the limit, less a reserve for interactive
     /// classes while they are active (so cheap calls never wait for a long run to end).
-    fn cap(&self, class: usize, now: Instant) -> usize {
+    /// The limit in force now: zero while the upstream cannot serve, ramping up from the
+    /// minimum to the learned limit after it came back (so a held queue is not released onto
+    /// a cold backend all at once).
+    fn effective_limit(&self, now: Instant) -> usize {
+        if !self.available {
+            return 0;
+        }
         let limit = self.limit.limit();
+        match self.ramp {
+            Some((since, over)) if !over.is_zero() && now.duration_since(since) < over => {
+                let share = now.duration_since(since).as_secs_f64() / over.as_secs_f64();
+                ((limit as f64 * share).ceil() as usize).clamp(self.policy.limit.min.max(1), limit)
+            }
+            _ => limit,
+        }
+    }
+
+    fn cap(&self, class: usize, now: Instant) -> usize {
+        let limit = self.effective_limit(now);
         let Some(policy) = self.policy.classes.get(class) else {
             return limit;
         };
@@ -422,7 +481,7 @@ impl State {
                 self.standing_since = None;
                 return;
             }
-            if self.in_flight >= self.limit.limit() {
+            if self.in_flight >= self.effective_limit(now) {
                 return;
             }
             let lifo = self.standing_since.is_some_and(|t| now.duration_since(t) >= self.policy.lifo_after);
@@ -483,6 +542,9 @@ impl Waiting {
         let removed = {
             let mut st = self.admission.lock();
             let removed = st.queue.remove(self.id, self.tenant, self.class).is_some();
+            if !st.available {
+                self.expiry = Refusal::Unavailable;
+            }
             if removed {
                 st.count_shed(self.expiry);
             }
@@ -591,6 +653,10 @@ pub struct AdmissionStatus {
     pub upstream: String,
     /// Whether admission is on.
     pub enabled: bool,
+    /// Whether the upstream can serve (false: requests are held).
+    pub available: bool,
+    /// The limit in force now (0 while held, lower than `limit` while ramping up).
+    pub effective_limit: usize,
     /// The learned concurrency limit.
     pub limit: usize,
     /// The remembered failing in-flight level, if any.

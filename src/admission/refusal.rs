@@ -16,6 +16,8 @@ pub enum Refusal {
     WouldExceedDeadline,
     /// Waited so long that its client has most likely left (learned patience).
     Impatient,
+    /// Its wait ended while the upstream could not serve at all (down or restarting).
+    Unavailable,
 }
 
 impl Refusal {
@@ -27,26 +29,36 @@ impl Refusal {
             Refusal::Timeout => "queue_timeout",
             Refusal::WouldExceedDeadline => "deadline",
             Refusal::Impatient => "impatient",
+            Refusal::Unavailable => "unavailable",
         }
     }
 
     /// The envelope for the client.
     pub fn reply(self, retry_after_secs: u64) -> ErrorReply {
+        if self == Refusal::Unavailable {
+            return ErrorReply::upstream_unavailable(
+                503,
+                "the backend is down or restarting; it was not back in time",
+            )
+            .retry_after(retry_after_secs.clamp(1, 60));
+        }
         let message = match self {
             Refusal::QueueFull | Refusal::Evicted => "the backend is at capacity and the queue is full",
             Refusal::Timeout => "the backend stayed at capacity for as long as this request may wait",
             Refusal::WouldExceedDeadline => "the expected wait exceeds how long this request may wait",
             Refusal::Impatient => "the backend is at capacity; this request waited too long",
+            Refusal::Unavailable => "the backend is down",
         };
         ErrorReply::server_busy(message).retry_after(retry_after_secs.clamp(1, 60))
     }
 
     /// Every reason, for counters.
-    pub const ALL: [Refusal; 5] = [
+    pub const ALL: [Refusal; 6] = [
         Refusal::QueueFull,
         Refusal::Evicted,
         Refusal::Timeout,
         Refusal::WouldExceedDeadline,
         Refusal::Impatient,
+        Refusal::Unavailable,
     ];
 }

@@ -14,10 +14,10 @@ use std::time::Duration;
 use thiserror::Error;
 use toml::Spanned;
 
-use super::schema::{RawAdmission, RawAdmissionGlobal, RawClass, RawConfig, RawRoute, RawTenants};
+use super::schema::{RawAdmission, RawAdmissionGlobal, RawClass, RawConfig, RawHealth, RawRoute, RawTenants};
 use super::units::HumanDuration;
 use super::{
-    AdmissionGlobal, AdmissionSpec, ClassSpec, Config, LogSettings, RateLimitSpec, ServerAddr,
+    AdmissionGlobal, AdmissionSpec, ClassSpec, Config, HealthSpec, LogSettings, RateLimitSpec, ServerAddr,
     ServerSettings, TenantSettings, UpstreamSpec,
 };
 use crate::admission::AdmissionPolicy;
@@ -155,7 +155,8 @@ fn build(raw: RawConfig, at: &Locator<'_>, overrides: &Overrides) -> Result<Conf
                 format!("{keepalive} is out of range: expected 0s..=5m"),
             ));
         }
-        upstreams.insert(name.clone(), UpstreamSpec { servers: parsed, keepalive, admission });
+        let health = build_health(name, &spec.get_ref().health, at)?;
+        upstreams.insert(name.clone(), UpstreamSpec { servers: parsed, keepalive, admission, health });
     }
     if let Some(url) = &overrides.upstream {
         let addr = parse_upstream_url(url)
@@ -236,6 +237,37 @@ fn build_admission(name: &str, raw: &RawAdmission, at: &Locator<'_>) -> Result<A
             &key("latency_tolerance"),
             format!("{} is out of range: expected a ratio in (1, 10], e.g. 1.3", spec.latency_tolerance),
         ));
+    }
+    Ok(spec)
+}
+
+fn build_health(name: &str, raw: &RawHealth, at: &Locator<'_>) -> Result<HealthSpec, ConfigError> {
+    let d = HealthSpec::default();
+    let key = |k: &str| format!("upstreams.{name}.health.{k}");
+    let spec = HealthSpec {
+        enabled: raw.enabled.unwrap_or(d.enabled),
+        path: raw.path.clone().unwrap_or(d.path),
+        interval: raw.interval.unwrap_or(d.interval),
+        timeout: raw.timeout.unwrap_or(d.timeout),
+        rise: raw.rise.unwrap_or(d.rise),
+        fall: raw.fall.unwrap_or(d.fall),
+        ramp: raw.ramp.unwrap_or(d.ramp),
+    };
+    if !spec.path.starts_with('/') || spec.path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(at.unplaced(&key("path"), format!("{:?} must be a path starting with '/'", spec.path)));
+    }
+    for (k, v) in [("interval", spec.interval), ("timeout", spec.timeout)] {
+        if !(Duration::from_millis(100)..=Duration::from_secs(300)).contains(&v.0) {
+            return Err(at.unplaced(&key(k), format!("{v} is out of range: expected 100ms..=5m")));
+        }
+    }
+    for (k, v) in [("rise", spec.rise), ("fall", spec.fall)] {
+        if !(1..=100).contains(&v) {
+            return Err(at.unplaced(&key(k), format!("{v} is out of range: expected 1..=100")));
+        }
+    }
+    if spec.ramp.0 > Duration::from_secs(3600) {
+        return Err(at.unplaced(&key("ramp"), format!("{} is out of range: expected 0s..=1h", spec.ramp)));
     }
     Ok(spec)
 }

@@ -215,6 +215,43 @@ pub struct UpstreamSpec {
     pub keepalive: HumanDuration,
     /// Its admission settings.
     pub admission: AdmissionSpec,
+    /// Its health probes.
+    pub health: HealthSpec,
+}
+
+/// `[upstreams.NAME.health]` after validation.
+#[derive(Debug, Clone, Serialize)]
+pub struct HealthSpec {
+    /// Whether active probes run.
+    pub enabled: bool,
+    /// Probed path.
+    pub path: String,
+    /// Time between probes.
+    pub interval: HumanDuration,
+    /// Probe timeout.
+    pub timeout: HumanDuration,
+    /// Good probes to come back.
+    pub rise: u32,
+    /// Failed probes to go out.
+    pub fall: u32,
+    /// Slow start after recovery.
+    pub ramp: HumanDuration,
+}
+
+impl Default for HealthSpec {
+    fn default() -> Self {
+        let secs = |s| HumanDuration(std::time::Duration::from_secs(s));
+        HealthSpec {
+            enabled: true,
+            // Dify's API answers `GET /health`; other services answer something below 500.
+            path: "/health".into(),
+            interval: secs(1),
+            timeout: secs(1),
+            rise: 2,
+            fall: 2,
+            ramp: secs(10),
+        }
+    }
 }
 
 /// Default idle keep-alive to an upstream: none. Under gunicorn+gevent an open connection

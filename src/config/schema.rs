@@ -178,6 +178,31 @@ pub struct RawUpstream {
     /// The upstream's adaptive concurrency limit.
     #[serde(default)]
     pub admission: RawAdmission,
+    /// Active health probes and the slow start after recovery.
+    #[serde(default)]
+    pub health: RawHealth,
+}
+
+/// `[upstreams.NAME.health]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    /// `false` disables active probes (a refused connect still takes an endpoint out until
+    /// the next resolution).
+    pub enabled: Option<bool>,
+    /// Path probed with GET; any answer below 500 counts as up.
+    pub path: Option<String>,
+    /// Time between probes.
+    pub interval: Option<HumanDuration>,
+    /// Longest wait for a probe's answer.
+    pub timeout: Option<HumanDuration>,
+    /// Good probes in a row that bring an endpoint back.
+    pub rise: Option<u32>,
+    /// Failed probes in a row that take an endpoint out.
+    pub fall: Option<u32>,
+    /// Slow start: time over which admission goes from the minimum to the learned limit
+    /// after the upstream came back.
+    pub ramp: Option<HumanDuration>,
 }
 
 /// `[classes.NAME]`: per-class timeouts. Unset keys keep the class's built-in default.

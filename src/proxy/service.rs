@@ -39,6 +39,27 @@ use super::sse;
 use crate::admission::tenant::tenant_of;
 use crate::admission::{Outcome, Ticket};
 use crate::app::App;
+use crate::upstream::{Endpoint, UpstreamState};
+
+/// Connect attempts per request (pingora's `max_retries` caps retries above this).
+const MAX_CONNECT_ATTEMPTS: u32 = 6;
+
+/// Waits until the group has an endpoint in rotation, up to `deadline`.
+async fn wait_for_endpoint(upstream: &UpstreamState, deadline: Instant) -> Option<Endpoint> {
+    let mut serving = upstream.health().watch();
+    loop {
+        if let Some(endpoint) = upstream.pick() {
+            return Some(endpoint);
+        }
+        // Woken by the prober; the short sleep also catches a re-resolution finding an address.
+        let wake = tokio::time::sleep(Duration::from_millis(100));
+        tokio::select! {
+            _ = serving.changed() => {}
+            () = wake => {}
+            () = tokio::time::sleep_until(deadline) => return upstream.pick(),
+        }
+    }
+}
 
 /// The proxy service.
 pub struct DifyProxy {
@@ -165,17 +186,32 @@ impl ProxyHttp for DifyProxy {
         let Some(routed) = &ctx.routed else {
             return Error::e_explain(ErrorType::InternalError, "upstream_peer without a route");
         };
-        let Some(endpoint) = routed.upstream.pick() else {
-            ctx.reply = Some(
-                ErrorReply::upstream_unavailable(
-                    503,
-                    format!("upstream {} has no resolved address", routed.upstream.name()),
-                )
-                .retry_after(5),
-            );
-            let mut e = Error::explain(ErrorType::ConnectNoRoute, "no resolved endpoint");
-            e.as_up();
-            return Err(e);
+        let endpoint = match routed.upstream.pick() {
+            Some(endpoint) => endpoint,
+            None => {
+                // Nothing in rotation (down, restarting, or not resolvable yet): hold this
+                // request — with its admission slot — until the group is back or its
+                // class's queue deadline passes.
+                let deadline = ctx.started + routed.class.queue_timeout.0;
+                match wait_for_endpoint(&routed.upstream, deadline).await {
+                    Some(endpoint) => endpoint,
+                    None => {
+                        ctx.reply = Some(
+                            ErrorReply::upstream_unavailable(
+                                503,
+                                format!(
+                                    "upstream {} is down or restarting and was not back in time",
+                                    routed.upstream.name()
+                                ),
+                            )
+                            .retry_after(5),
+                        );
+                        let mut e = Error::explain(ErrorType::ConnectNoRoute, "no endpoint in rotation");
+                        e.as_up();
+                        return Err(e);
+                    }
+                }
+            }
         };
         let class = &routed.class;
         let mut peer = HttpPeer::new(endpoint.addr, false, String::new());
@@ -200,8 +236,17 @@ impl ProxyHttp for DifyProxy {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        let endpoints = ctx.routed.as_ref().map_or(0, |r| r.upstream.endpoints().len());
-        e.set_retry((ctx.attempts as usize) < endpoints.min(3));
+        if let (Some(routed), Some(endpoint)) = (&ctx.routed, &ctx.endpoint) {
+            let ramp = ctx
+                .config
+                .as_ref()
+                .and_then(|c| c.upstreams.get(routed.upstream.name()))
+                .map_or(Duration::ZERO, |u| u.health.ramp.0);
+            routed.upstream.connect_failed(endpoint.addr, ramp);
+        }
+        // A failed connect never reached the application, so retrying is always safe — on
+        // another endpoint, or (held in upstream_peer) on this one once it is back.
+        e.set_retry(ctx.attempts < MAX_CONNECT_ATTEMPTS);
         e
     }
 

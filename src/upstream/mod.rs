@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::admission::{Admission, AdmissionPolicy};
+use crate::resilience::health::GroupHealth;
 
 use arc_swap::ArcSwap;
 use serde::Serialize;
@@ -34,6 +35,7 @@ pub struct UpstreamState {
     endpoints: ArcSwap<Vec<Endpoint>>,
     next: AtomicUsize,
     admission: Arc<Admission>,
+    health: GroupHealth,
     last_resolve_error: Mutex<Option<String>>,
 }
 
@@ -45,6 +47,7 @@ impl UpstreamState {
             endpoints: ArcSwap::from_pointee(Vec::new()),
             next: AtomicUsize::new(0),
             admission: Admission::new(name, policy),
+            health: GroupHealth::default(),
             last_resolve_error: Mutex::new(None),
         }
     }
@@ -64,14 +67,36 @@ impl UpstreamState {
         self.endpoints.load_full()
     }
 
-    /// Picks the next endpoint round-robin; `None` when nothing is resolved.
+    /// Picks the next endpoint in rotation (round robin over the ones up); `None` when
+    /// nothing is resolved or every endpoint is down.
     pub fn pick(&self) -> Option<Endpoint> {
         let endpoints = self.endpoints.load();
-        if endpoints.is_empty() {
+        let up: Vec<&Endpoint> = endpoints.iter().filter(|e| self.health.is_up(e.addr)).collect();
+        if up.is_empty() {
             return None;
         }
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % endpoints.len();
-        endpoints.get(i).cloned()
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % up.len();
+        up.get(i).map(|e| (*e).clone())
+    }
+
+    /// The group's endpoint health.
+    pub fn health(&self) -> &GroupHealth {
+        &self.health
+    }
+
+    /// A connect to `addr` failed: take it out of rotation and, when nothing is left, hold
+    /// admission until a probe sees the group back.
+    pub fn connect_failed(&self, addr: std::net::SocketAddr, ramp: std::time::Duration) {
+        if self.health.connect_failed(addr) {
+            tracing::warn!(upstream = %self.name, %addr, "upstream endpoint refused a connection: out of rotation");
+        }
+        self.sync_availability(ramp);
+    }
+
+    /// Tells admission whether the group can serve (it holds requests while it cannot, and
+    /// ramps up over `ramp` when it can again).
+    pub fn sync_availability(&self, ramp: std::time::Duration) {
+        self.admission.set_available(self.health.serving(), ramp);
     }
 
     /// The group's admission gate (its learned limit and queue survive config reloads).
@@ -86,6 +111,7 @@ impl UpstreamState {
 
     /// Replaces the resolved endpoints and records the resolution outcome.
     pub fn set_endpoints(&self, endpoints: Vec<Endpoint>, error: Option<String>) {
+        self.health.retain(&endpoints.iter().map(|e| e.addr).collect::<Vec<_>>());
         if **self.endpoints.load() != endpoints {
             tracing::info!(upstream = %self.name, endpoints = ?endpoints.iter().map(|e| e.addr).collect::<Vec<_>>(), "upstream endpoints changed");
             self.endpoints.store(Arc::new(endpoints));

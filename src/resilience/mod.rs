@@ -1,0 +1,5 @@
+//! Resilience: knowing whether an upstream can serve ([`health`]) so requests are held
+//! instead of failed while it restarts, and answered as soon as it is back.
+
+pub mod health;
+pub mod probe;

@@ -1,0 +1,62 @@
+//! Issue #4 (part): requests arriving while the backend is down are held, not failed, and
+//! reach it exactly once when it is back (connect refusals are retried: nothing was sent).
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use dify_shaper::sim::{ServiceTime, SimConfig, Simulator};
+use tokio::time::Instant;
+
+const RUN: &str = r#"{"inputs":{},"response_mode":"blocking","user":"u"}"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_during_an_outage_are_held_and_served_once_it_is_back() {
+    let config = SimConfig {
+        worker_connections: 4,
+        service_time: ServiceTime::Fixed(Duration::from_millis(200)),
+        ..SimConfig::default()
+    };
+    let sim = Simulator::start("127.0.0.1:0".parse().expect("addr"), config).await.expect("sim");
+    let proxy = ProxyProcess::start_default(sim.addr()).await;
+    assert_eq!(post_json(proxy.addr, "/v1/workflows/run", RUN, &[]).await.0, 200);
+
+    // The backend goes away (a restarting container), without telling the proxy.
+    sim.stop().await;
+    let started = Instant::now();
+    let mut requests = Vec::new();
+    for i in 0..10 {
+        let addr = proxy.addr;
+        let id = format!("held-{i}");
+        requests.push(tokio::spawn(async move {
+            let answer = post_json(addr, "/v1/workflows/run", RUN, &[("x-request-id", id.as_str())]).await;
+            (id, answer)
+        }));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The proxy notices (a refused connect or a failed probe) and holds instead of failing.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, _, body) = get(proxy.admin, "/status").await;
+        if json(&body)["upstreams"]["api"]["admission"]["available"] == false {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the outage was never noticed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (ready, _, _) = get(proxy.admin, "/ready").await;
+    assert_eq!(ready, 503, "not ready while the backend is down");
+
+    // Back after a 2 s boot.
+    sim.restart(Duration::from_secs(2)).await;
+    for request in requests {
+        let (id, (status, _, body)) = request.await.expect("join");
+        assert_eq!(status, 200, "{id}: {}", String::from_utf8_lossy(&body));
+        assert_eq!(sim.count_for_request_id(&id), 1, "{id} reached the backend exactly once");
+    }
+    let outage = started.elapsed();
+    assert!(outage >= Duration::from_secs(2), "answered before the backend was back? {outage:?}");
+    let (ready, _, _) = get(proxy.admin, "/ready").await;
+    assert_eq!(ready, 200);
+}
