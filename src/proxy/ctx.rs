@@ -66,6 +66,12 @@ pub struct RequestCtx {
     pub upstream_status: Option<u16>,
     /// Whether the upstream answered with an event stream.
     pub streaming: bool,
+    /// Retries spent from the budget (after a 429/503 that proves nothing was processed).
+    pub budget_retries: u32,
+    /// Set when a hook decided to retry on its own authority; `error_while_proxy` keeps it.
+    pub retry_decided: bool,
+    /// Why the last retry was refused, if it was (`budget`), for the access log.
+    pub retry_refused: Option<&'static str>,
 }
 
 impl RequestCtx {
@@ -92,6 +98,9 @@ impl RequestCtx {
             first_byte_after_admission: None,
             upstream_status: None,
             streaming: false,
+            budget_retries: 0,
+            retry_decided: false,
+            retry_refused: None,
         }
     }
 }

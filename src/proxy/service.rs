@@ -39,10 +39,16 @@ use super::sse;
 use crate::admission::tenant::tenant_of;
 use crate::admission::{Outcome, Ticket};
 use crate::app::App;
+use crate::resilience::retry::{backoff, parse_retry_after};
 use crate::upstream::{Endpoint, UpstreamState};
 
 /// Connect attempts per request (pingora's `max_retries` caps retries above this).
 const MAX_CONNECT_ATTEMPTS: u32 = 6;
+/// Retries after a 429/503 per request (each also needs the upstream's budget).
+const MAX_BUDGET_RETRIES: u32 = 2;
+/// Backoff of those retries: full jitter up to base × 2^n, capped.
+const RETRY_BACKOFF_BASE: Duration = Duration::from_millis(100);
+const RETRY_BACKOFF_CAP: Duration = Duration::from_secs(2);
 
 /// Waits until the group has an endpoint in rotation, up to `deadline`.
 async fn wait_for_endpoint(upstream: &UpstreamState, deadline: Instant) -> Option<Endpoint> {
@@ -70,6 +76,33 @@ impl DifyProxy {
     /// A proxy over the shared state.
     pub fn new(app: Arc<App>) -> Self {
         DifyProxy { app }
+    }
+
+    /// When a 429/503 answer may be retried: the wait before the retry, else `None`.
+    fn retry_after_unprocessed(
+        &self,
+        session: &Session,
+        response: &ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Option<Duration> {
+        let routed = ctx.routed.as_ref()?;
+        let downstream = session.as_downstream();
+        let replayable = !downstream.retry_buffer_truncated()
+            && (downstream.get_retry_buffer().is_some() || session.req_header().method == http::Method::GET);
+        if !replayable || ctx.budget_retries >= MAX_BUDGET_RETRIES {
+            return None;
+        }
+        if !routed.upstream.retry_budget().try_retry(Instant::now()) {
+            ctx.retry_refused = Some("budget");
+            return None;
+        }
+        ctx.budget_retries += 1;
+        let retry_after = response
+            .headers
+            .get(http::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_retry_after);
+        Some(backoff(ctx.budget_retries, RETRY_BACKOFF_BASE, RETRY_BACKOFF_CAP, retry_after))
     }
 
     /// Writes `reply` as the response from `request_filter` and records it.
@@ -161,6 +194,7 @@ impl ProxyHttp for DifyProxy {
         let queued_at = Instant::now();
         match wait_for_slot(session, &admission, ticket, watch_client).await {
             Admitted::Yes(permit) => {
+                upstream.retry_budget().record_request(Instant::now());
                 ctx.queue_wait = permit.waited();
                 ctx.admitted_at = Some(permit.admitted_at());
                 ctx.permit = Some(permit);
@@ -250,6 +284,30 @@ impl ProxyHttp for DifyProxy {
         e
     }
 
+    /// Decides whether an error during proxying may be retried. A decision a hook made on
+    /// what it knew (a 429/503 proves nothing was processed) stands; otherwise pingora's
+    /// policy: only idempotent methods with a replayable body, and errors on a reused
+    /// (possibly stale) connection.
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        if std::mem::take(&mut ctx.retry_decided) {
+            return e;
+        }
+        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated() {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        e
+    }
+
     async fn connected_to_upstream(
         &self,
         _session: &mut Session,
@@ -308,12 +366,26 @@ impl ProxyHttp for DifyProxy {
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         if upstream_response.status.is_informational() {
             return Ok(());
+        }
+        let status = upstream_response.status.as_u16();
+        if matches!(status, 429 | 503) {
+            // Nothing was processed: retry, POST included, if the body can be replayed and
+            // the budget allows. Runs before any response byte reaches the client.
+            if let Some(wait) = self.retry_after_unprocessed(session, upstream_response, ctx) {
+                tokio::time::sleep(wait).await;
+                ctx.retry_decided = true;
+                let mut e =
+                    Error::explain(ErrorType::HTTPStatus(status), "not processed by the backend: retrying");
+                e.as_up();
+                e.set_retry(true);
+                return Err(e);
+            }
         }
         ctx.first_byte.get_or_insert_with(|| ctx.started.elapsed());
         ctx.first_byte_after_admission = ctx.admitted_at.map(|t| t.elapsed());

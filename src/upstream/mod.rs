@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::admission::{Admission, AdmissionPolicy};
 use crate::resilience::health::GroupHealth;
+use crate::resilience::retry::RetryBudget;
 
 use arc_swap::ArcSwap;
 use serde::Serialize;
@@ -36,6 +37,7 @@ pub struct UpstreamState {
     next: AtomicUsize,
     admission: Arc<Admission>,
     health: GroupHealth,
+    retry_budget: RetryBudget,
     last_resolve_error: Mutex<Option<String>>,
 }
 
@@ -48,6 +50,8 @@ impl UpstreamState {
             next: AtomicUsize::new(0),
             admission: Admission::new(name, policy),
             health: GroupHealth::default(),
+            // Envoy/Linkerd-style: 20 % of requests plus 3 retries per 10 s window.
+            retry_budget: RetryBudget::new(0.2, 3.0, std::time::Duration::from_secs(10)),
             last_resolve_error: Mutex::new(None),
         }
     }
@@ -77,6 +81,11 @@ impl UpstreamState {
         }
         let i = self.next.fetch_add(1, Ordering::Relaxed) % up.len();
         up.get(i).map(|e| (*e).clone())
+    }
+
+    /// The group's retry budget (shared by every request to it).
+    pub fn retry_budget(&self) -> &RetryBudget {
+        &self.retry_budget
     }
 
     /// The group's endpoint health.
