@@ -60,3 +60,47 @@ async fn requests_during_an_outage_are_held_and_served_once_it_is_back() {
     let (ready, _, _) = get(proxy.admin, "/ready").await;
     assert_eq!(ready, 200);
 }
+
+/// Load at ~50 % of capacity while the backend restarts gracefully (like `docker restart` of
+/// gunicorn) with a 3 s boot, without telling the proxy; returns the load report and the
+/// backend's run count.
+async fn restart_under_load(through_proxy: bool) -> (common::load::Report, u64) {
+    use common::load::{open_loop, Shot};
+    let config = SimConfig {
+        worker_connections: 4,
+        service_time: ServiceTime::Fixed(Duration::from_millis(500)),
+        ..SimConfig::default()
+    };
+    let sim = Simulator::start("127.0.0.1:0".parse().expect("addr"), config).await.expect("sim");
+    let proxy = if through_proxy { Some(ProxyProcess::start_default(sim.addr()).await) } else { None };
+    let target = proxy.as_ref().map_or(sim.addr(), |p| p.addr);
+    // Capacity 4 × 500 ms = 8/s; offered 4/s for 16 s; clients wait up to 30 s.
+    let load = tokio::spawn(open_loop(
+        target,
+        4.0,
+        Duration::from_secs(16),
+        Duration::from_secs(30),
+        Shot::workflow("app-restartrestartrest1"),
+    ));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    sim.restart_graceful(Duration::from_secs(10), Duration::from_secs(3)).await;
+    let report = load.await.expect("load");
+    let runs = sim.stats().runs_by_path.get("/v1/workflows/run").copied().unwrap_or(0);
+    (report, runs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_uncoordinated_restart_under_load_costs_no_request() {
+    let (direct, _) = restart_under_load(false).await;
+    let (shaped, runs) = restart_under_load(true).await;
+    let longest = shaped.percentile(1.0).unwrap_or_default();
+    eprintln!(
+        "direct {:?}; through dify-shaper {:?}, longest {longest:?}, backend runs {runs}",
+        direct.by_status(),
+        shaped.by_status()
+    );
+    assert_eq!(shaped.ok(), shaped.sent(), "non-2xx through the proxy: {:?}", shaped.by_status());
+    assert_eq!(runs, shaped.sent() as u64, "every request ran exactly once");
+    assert!(longest >= Duration::from_secs(2), "someone was held through the 3 s boot: {longest:?}");
+    assert!(direct.ok() < direct.sent(), "direct access saw no error: {:?}", direct.by_status());
+}

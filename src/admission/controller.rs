@@ -392,8 +392,8 @@ fn log_change(upstream: &str, change: Change, before: usize, after: usize, ratio
 impl State {
     /// How many may be in flight for `class`: the limit, less a reserve for interactive
     /// classes while they are active (so cheap calls never wait for a long run to end).
-    /// The limit in force now: zero while the upstream cannot serve, ramping up from the
-    /// minimum to the learned limit after it came back (so a held queue is not released onto
+    /// The limit in force now: zero while the upstream cannot serve, ramping up from half
+    /// the learned limit to all of it after it came back (so a held queue is not released onto
     /// a cold backend all at once).
     fn effective_limit(&self, now: Instant) -> usize {
         if !self.available {
@@ -402,7 +402,9 @@ impl State {
         let limit = self.limit.limit();
         match self.ramp {
             Some((since, over)) if !over.is_zero() && now.duration_since(since) < over => {
-                let share = now.duration_since(since).as_secs_f64() / over.as_secs_f64();
+                // Start at half the learned limit: enough to drain a held queue promptly,
+                // little enough to spare a backend whose caches and pools are still cold.
+                let share = 0.5 + 0.5 * now.duration_since(since).as_secs_f64() / over.as_secs_f64();
                 ((limit as f64 * share).ceil() as usize).clamp(self.policy.limit.min.max(1), limit)
             }
             _ => limit,
@@ -609,6 +611,15 @@ impl Permit {
         in_flight: usize,
     ) -> Self {
         Permit { admission, id, class, admitted, waited, in_flight, released: false }
+    }
+
+    /// Call when an attempt to reach the backend starts (after any hold while it was down):
+    /// the request's wait for its header is timed from here, not from admission.
+    pub fn attempt_started(&self) {
+        let mut st = self.admission.lock();
+        if let Some(entry) = st.awaiting_header.get_mut(&self.id) {
+            entry.1 = Instant::now();
+        }
     }
 
     /// Call when the response header arrived.

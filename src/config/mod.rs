@@ -249,7 +249,7 @@ impl Default for HealthSpec {
             timeout: secs(1),
             rise: 2,
             fall: 2,
-            ramp: secs(10),
+            ramp: secs(5),
         }
     }
 }

@@ -200,7 +200,7 @@ pub struct RawHealth {
     pub rise: Option<u32>,
     /// Failed probes in a row that take an endpoint out.
     pub fall: Option<u32>,
-    /// Slow start: time over which admission goes from the minimum to the learned limit
+    /// Slow start: time over which admission goes from half the learned limit to all of it
     /// after the upstream came back.
     pub ramp: Option<HumanDuration>,
 }

@@ -15,10 +15,12 @@ pub fn classify(upstream_status: Option<u16>, error: Option<&Error>, sent_upstre
                 ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
                     Outcome::Timeout
                 }
-                ErrorType::ConnectRefused
-                | ErrorType::ConnectNoRoute
-                | ErrorType::ConnectError
-                | ErrorType::ConnectionClosed => Outcome::Overload,
+                // No endpoint in rotation: the upstream is down, which health handles; it says
+                // nothing about how much concurrency it takes.
+                ErrorType::ConnectNoRoute => Outcome::Ignore,
+                ErrorType::ConnectRefused | ErrorType::ConnectError | ErrorType::ConnectionClosed => {
+                    Outcome::Overload
+                }
                 // A backend that answered but broke the protocol says nothing about load.
                 _ if upstream_status.is_some() => Outcome::Ignore,
                 _ => Outcome::Overload,

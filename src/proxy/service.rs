@@ -258,6 +258,9 @@ impl ProxyHttp for DifyProxy {
         ctx.endpoint = Some(endpoint);
         ctx.attempts += 1;
         ctx.peer_chosen_at = Some(Instant::now());
+        if let Some(permit) = &ctx.permit {
+            permit.attempt_started();
+        }
         Ok(Box::new(peer))
     }
 
@@ -388,7 +391,9 @@ impl ProxyHttp for DifyProxy {
             }
         }
         ctx.first_byte.get_or_insert_with(|| ctx.started.elapsed());
-        ctx.first_byte_after_admission = ctx.admitted_at.map(|t| t.elapsed());
+        // The limiter's latency: from the start of the attempt that answered (a request held
+        // through an outage must not read as a slow backend).
+        ctx.first_byte_after_admission = ctx.peer_chosen_at.or(ctx.admitted_at).map(|t| t.elapsed());
         ctx.upstream_status = Some(upstream_response.status.as_u16());
         if let Some(permit) = &ctx.permit {
             permit.header_received();
@@ -458,7 +463,7 @@ impl ProxyHttp for DifyProxy {
             let signal = routed.class.index * 2 + usize::from(ctx.streaming);
             let outcome = classify(ctx.upstream_status, e, ctx.endpoint.is_some());
             let latency = match outcome {
-                Outcome::Abandoned => Some(permit.admitted_at().elapsed()),
+                Outcome::Abandoned => ctx.peer_chosen_at.map(|t| t.elapsed()),
                 _ => ctx.first_byte_after_admission,
             };
             permit.complete(signal, latency, outcome);

@@ -19,6 +19,8 @@ use crate::app::App;
 
 /// How often the prober wakes to see which groups are due.
 const TICK: Duration = Duration::from_millis(100);
+/// Probe interval while a group has no endpoint in rotation.
+const DOWN_INTERVAL: Duration = Duration::from_millis(250);
 
 /// What one probe found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,7 +82,14 @@ impl Prober {
                 group.admission().tick();
                 continue;
             }
-            due.insert(group.name().to_string(), now + health.interval.0);
+            // While the group is down, look more often: every quarter second of a recovery
+            // noticed late is a quarter second of held requests.
+            let interval = if group.health().serving() {
+                health.interval.0
+            } else {
+                health.interval.0.min(DOWN_INTERVAL)
+            };
+            due.insert(group.name().to_string(), now + interval);
             let checks = group
                 .endpoints()
                 .iter()

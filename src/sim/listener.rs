@@ -23,21 +23,27 @@ pub(crate) fn bind(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
     socket.listen(backlog)
 }
 
-/// Accepts while capacity allows, until `kill` fires; dropping the listener on return closes
-/// the port (and resets connections still waiting in the backlog).
-pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, kill: CancellationToken) {
+/// Accepts while capacity allows, until `accept` fires (graceful stop: open connections live
+/// on) or `kill` fires (everything dies); dropping the listener on return closes the port (and
+/// resets connections still waiting in the backlog). `accept` is a child of `kill`.
+pub(crate) async fn accept_loop(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    accept: CancellationToken,
+    kill: CancellationToken,
+) {
     let mut open = shared.watch_open();
     loop {
         // Wait for a free slot (slot releases and config changes both wake us).
         let free = async { open.wait_for(|&n| n < shared.config().capacity()).await.map(|_| ()) };
         tokio::select! {
             biased;
-            () = kill.cancelled() => return,
+            () = accept.cancelled() => return,
             r = free => if r.is_err() { return },
         }
         let accepted = tokio::select! {
             biased;
-            () = kill.cancelled() => return,
+            () = accept.cancelled() => return,
             r = listener.accept() => r,
         };
         match accepted {
@@ -50,7 +56,7 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, kill
                 // EMFILE and friends: back off briefly instead of spinning.
                 tracing::warn!(error = %e, "sim accept failed");
                 tokio::select! {
-                    () = kill.cancelled() => return,
+                    () = accept.cancelled() => return,
                     () = tokio::time::sleep(Duration::from_millis(20)) => {}
                 }
             }

@@ -50,6 +50,8 @@ struct Life {
 
 struct Generation {
     kill: CancellationToken,
+    /// Stops accepting only (a child of `kill`).
+    accept: CancellationToken,
     task: JoinHandle<()>,
 }
 
@@ -74,13 +76,15 @@ impl Simulator {
         let shared = Shared::new(config);
         let root = CancellationToken::new();
         let kill = root.child_token();
-        let task = tokio::spawn(listener::accept_loop(shared.clone(), listener, kill.clone()));
+        let accept = kill.child_token();
+        let task =
+            tokio::spawn(listener::accept_loop(shared.clone(), listener, accept.clone(), kill.clone()));
         let inner = Arc::new(Inner {
             shared,
             addr,
             root,
             ops: tokio::sync::Mutex::new(()),
-            life: Mutex::new(Life { current: Some(Generation { kill, task }), booting: None }),
+            life: Mutex::new(Life { current: Some(Generation { kill, accept, task }), booting: None }),
             serving: watch::Sender::new(true),
         });
         tracing::debug!(%addr, "sim started");
@@ -157,7 +161,27 @@ impl Simulator {
             boot_delay,
             kill.clone(),
         ));
-        self.inner.life().booting = Some(Generation { kill, task });
+        let accept = kill.child_token();
+        self.inner.life().booting = Some(Generation { kill, accept, task });
+    }
+
+    /// Restarts the way `docker restart` restarts gunicorn (SIGTERM, graceful): stops
+    /// accepting at once (new connections are refused), lets in-flight requests finish for up
+    /// to `grace`, kills what is left, and serves again after `boot_delay`. Returns once the
+    /// old generation is gone (not waiting for the boot).
+    pub async fn restart_graceful(&self, grace: Duration, boot_delay: Duration) {
+        {
+            let _op = self.inner.ops.lock().await;
+            if let Some(current) = &self.inner.life().current {
+                current.accept.cancel();
+            }
+            self.inner.serving.send_replace(false);
+        }
+        let deadline = tokio::time::Instant::now() + grace;
+        while self.stats().active > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.restart(boot_delay).await;
     }
 
     /// A copy of the current configuration.
@@ -233,8 +257,9 @@ async fn boot(
         if kill.is_cancelled() {
             return;
         }
-        let task = tokio::spawn(listener::accept_loop(shared, listener, kill.clone()));
-        life.current = Some(Generation { kill, task });
+        let accept = kill.child_token();
+        let task = tokio::spawn(listener::accept_loop(shared, listener, accept.clone(), kill.clone()));
+        life.current = Some(Generation { kill, accept, task });
         life.booting = None;
         inner.serving.send_replace(true);
     }
