@@ -57,3 +57,31 @@ async fn retries_stay_within_the_budget_when_everything_fails() {
     assert!(retries as f64 <= 3.0 + 0.2 * requests as f64, "{retries} retries for {requests} requests");
     assert!(retries > 0, "no retry at all");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_keep_alive_connection_after_a_backend_restart_is_retried_transparently() {
+    let sim =
+        Simulator::start("127.0.0.1:0".parse().expect("addr"), SimConfig::default()).await.expect("sim");
+    let config = format!(
+        "[upstreams.api]\nservers = [\"{}\"]\nkeepalive = \"60s\"\n[[routes]]\nprefix = \"/\"\nupstream = \"api\"\nclass = \"run\"\n",
+        sim.addr()
+    );
+    let proxy = ProxyProcess::start(&config).await;
+    // Fill the pool with a few keep-alive connections, then restart the backend under them.
+    for i in 0..3 {
+        let id = format!("before-{i}");
+        assert_eq!(
+            post_json(proxy.addr, "/v1/workflows/run", RUN, &[("x-request-id", id.as_str())]).await.0,
+            200
+        );
+    }
+    sim.restart(std::time::Duration::ZERO).await;
+    sim.wait_serving().await;
+    for i in 0..3 {
+        let id = format!("after-{i}");
+        let (code, _, body) =
+            post_json(proxy.addr, "/v1/workflows/run", RUN, &[("x-request-id", id.as_str())]).await;
+        assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+        assert_eq!(sim.count_for_request_id(&id), 1, "{id} ran exactly once");
+    }
+}

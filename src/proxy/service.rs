@@ -26,7 +26,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::Digest;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
-use pingora::{Error, ErrorSource, ErrorType, Result};
+use pingora::{Error, ErrorSource, ErrorType, Result, RetryType};
 use tokio::time::Instant;
 
 use super::access_log::log_request;
@@ -303,7 +303,13 @@ impl ProxyHttp for DifyProxy {
         if std::mem::take(&mut ctx.retry_decided) {
             return e;
         }
-        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated() {
+        if session.as_ref().retry_buffer_truncated() {
+            e.set_retry(false);
+        } else if client_reused && matches!(e.retry, RetryType::ReusedOnly) {
+            // A pooled keep-alive connection the backend had already closed: the request
+            // never reached the application, so even a POST is replayed.
+            e.retry.decide_reuse(true);
+        } else if !session.req_header().method.is_idempotent() {
             e.set_retry(false);
         } else {
             e.retry.decide_reuse(client_reused);
