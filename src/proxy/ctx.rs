@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use super::envelope::ErrorReply;
 use crate::admission::Permit;
 use crate::config::{ClassSpec, Config};
-use crate::upstream::{Endpoint, UpstreamState};
+use crate::upstream::{Endpoint, EndpointLease, UpstreamState};
 
 /// What the request was routed to.
 #[derive(Debug)]
@@ -40,6 +40,8 @@ pub struct RequestCtx {
     pub queue_wait: Duration,
     /// The endpoint of the latest attempt.
     pub endpoint: Option<Endpoint>,
+    /// Counts the request in flight to the endpoint of the latest attempt.
+    pub endpoint_lease: Option<EndpointLease>,
     /// Upstream attempts made (connects tried).
     pub attempts: u32,
     /// When the latest peer was chosen (start of connect).
@@ -85,6 +87,7 @@ impl RequestCtx {
             tenant: None,
             queue_wait: Duration::ZERO,
             endpoint: None,
+            endpoint_lease: None,
             attempts: 0,
             peer_chosen_at: None,
             connect: None,

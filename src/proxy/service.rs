@@ -40,7 +40,7 @@ use crate::admission::tenant::tenant_of;
 use crate::admission::{Outcome, Ticket};
 use crate::app::App;
 use crate::resilience::retry::{backoff, parse_retry_after};
-use crate::upstream::{Endpoint, UpstreamState};
+use crate::upstream::{Endpoint, EndpointLease, UpstreamState};
 
 /// Connect attempts per request (pingora's `max_retries` caps retries above this).
 const MAX_CONNECT_ATTEMPTS: u32 = 6;
@@ -51,11 +51,14 @@ const RETRY_BACKOFF_BASE: Duration = Duration::from_millis(100);
 const RETRY_BACKOFF_CAP: Duration = Duration::from_secs(2);
 
 /// Waits until the group has an endpoint in rotation, up to `deadline`.
-async fn wait_for_endpoint(upstream: &UpstreamState, deadline: Instant) -> Option<Endpoint> {
+async fn wait_for_endpoint(
+    upstream: &Arc<UpstreamState>,
+    deadline: Instant,
+) -> Option<(Endpoint, EndpointLease)> {
     let mut serving = upstream.health().watch();
     loop {
-        if let Some(endpoint) = upstream.pick() {
-            return Some(endpoint);
+        if let Some(picked) = upstream.pick() {
+            return Some(picked);
         }
         // Woken by the prober; the short sleep also catches a re-resolution finding an address.
         let wake = tokio::time::sleep(Duration::from_millis(100));
@@ -220,15 +223,15 @@ impl ProxyHttp for DifyProxy {
         let Some(routed) = &ctx.routed else {
             return Error::e_explain(ErrorType::InternalError, "upstream_peer without a route");
         };
-        let endpoint = match routed.upstream.pick() {
-            Some(endpoint) => endpoint,
+        let (endpoint, lease) = match routed.upstream.pick() {
+            Some(picked) => picked,
             None => {
                 // Nothing in rotation (down, restarting, or not resolvable yet): hold this
                 // request — with its admission slot — until the group is back or its
                 // class's queue deadline passes.
                 let deadline = ctx.started + routed.class.queue_timeout.0;
                 match wait_for_endpoint(&routed.upstream, deadline).await {
-                    Some(endpoint) => endpoint,
+                    Some(picked) => picked,
                     None => {
                         ctx.reply = Some(
                             ErrorReply::upstream_unavailable(
@@ -256,6 +259,8 @@ impl ProxyHttp for DifyProxy {
             ctx.config.as_ref().and_then(|c| c.upstreams.get(routed.upstream.name())).map(|u| u.keepalive.0);
         peer.options.idle_timeout = keepalive.filter(|k| !k.is_zero());
         ctx.endpoint = Some(endpoint);
+        // Replacing the previous attempt's lease ends its count (and reports it).
+        ctx.endpoint_lease = Some(lease);
         ctx.attempts += 1;
         ctx.peer_chosen_at = Some(Instant::now());
         if let Some(permit) = &ctx.permit {
@@ -280,6 +285,9 @@ impl ProxyHttp for DifyProxy {
                 .and_then(|c| c.upstreams.get(routed.upstream.name()))
                 .map_or(Duration::ZERO, |u| u.health.ramp.0);
             routed.upstream.connect_failed(endpoint.addr, ramp);
+        }
+        if let Some(lease) = ctx.endpoint_lease.as_mut() {
+            lease.set_outcome(Some(true));
         }
         // A failed connect never reached the application, so retrying is always safe — on
         // another endpoint, or (held in upstream_peer) on this one once it is back.
@@ -463,16 +471,24 @@ impl ProxyHttp for DifyProxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let outcome = classify(ctx.upstream_status, e, ctx.endpoint.is_some());
         if let (Some(permit), Some(routed)) = (ctx.permit.take(), &ctx.routed) {
             // One latency signal per class and response kind: a stream's header arrives when
             // a worker picks it up, a blocking run's only when it is done.
             let signal = routed.class.index * 2 + usize::from(ctx.streaming);
-            let outcome = classify(ctx.upstream_status, e, ctx.endpoint.is_some());
             let latency = match outcome {
                 Outcome::Abandoned => ctx.peer_chosen_at.map(|t| t.elapsed()),
                 _ => ctx.first_byte_after_admission,
             };
             permit.complete(signal, latency, outcome);
+        }
+        if let Some(mut lease) = ctx.endpoint_lease.take() {
+            // Passive outlier detection: failures that blame the endpoint, successes that clear it.
+            lease.set_outcome(match outcome {
+                Outcome::Overload | Outcome::Timeout => Some(true),
+                Outcome::Success | Outcome::Throttled => Some(false),
+                Outcome::Abandoned | Outcome::Ignore => None,
+            });
         }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let access_log = ctx.config.as_ref().is_none_or(|c| c.log.access_log);

@@ -8,15 +8,38 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Mutex;
 
+use std::time::Duration;
+
 use serde::Serialize;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 #[derive(Debug, Clone, Copy, Default)]
 struct EndpointHealth {
     down: bool,
     successes: u32,
     failures: u32,
+    /// Requests in flight to it (least-loaded selection).
+    in_flight: usize,
+    /// Consecutive failed requests (passive outlier detection).
+    errors_in_a_row: u32,
+    /// Taken out as an outlier until then.
+    ejected_until: Option<Instant>,
+    /// Times ejected (each ejection lasts twice as long as the last, up to a cap).
+    ejections: u32,
 }
+
+impl EndpointHealth {
+    fn in_rotation(&self, now: Instant) -> bool {
+        !self.down && self.ejected_until.is_none_or(|t| now >= t)
+    }
+}
+
+/// Failed requests in a row that eject an endpoint.
+const EJECT_AFTER: u32 = 5;
+/// First ejection time; doubles per ejection up to [`EJECT_MAX`].
+const EJECT_BASE: Duration = Duration::from_secs(30);
+const EJECT_MAX: Duration = Duration::from_secs(300);
 
 /// Health of a group's endpoints.
 #[derive(Debug)]
@@ -32,6 +55,10 @@ pub struct EndpointStatus {
     pub addr: SocketAddr,
     /// Whether it is taken out of rotation.
     pub down: bool,
+    /// Whether it is ejected as an outlier right now.
+    pub ejected: bool,
+    /// Requests in flight to it.
+    pub in_flight: usize,
 }
 
 impl Default for GroupHealth {
@@ -64,10 +91,51 @@ impl GroupHealth {
         });
     }
 
-    /// Whether `addr` is in rotation.
+    /// Whether `addr` is in rotation (up and not ejected).
     pub fn is_up(&self, addr: SocketAddr) -> bool {
         let map = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(&addr).is_none_or(|e| !e.down)
+        map.get(&addr).is_none_or(|e| e.in_rotation(Instant::now()))
+    }
+
+    /// The least-loaded endpoint in rotation among `candidates` (ties: the first from
+    /// `start`), and counts a request in flight to it.
+    pub fn take_least_loaded(&self, candidates: &[SocketAddr], start: usize) -> Option<SocketAddr> {
+        let now = Instant::now();
+        let mut map = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        let n = candidates.len();
+        let chosen = (0..n)
+            .map(|i| candidates[(start + i) % n])
+            .filter(|a| map.get(a).is_none_or(|e| e.in_rotation(now)))
+            .min_by_key(|a| map.get(a).map_or(0, |e| e.in_flight))?;
+        map.entry(chosen).or_default().in_flight += 1;
+        Some(chosen)
+    }
+
+    /// A request to `addr` ended; `failed` when it failed in a way that blames the endpoint
+    /// (refused/closed connection, 5xx). Five failures in a row eject it for a while (30 s,
+    /// doubling), unless that would leave fewer than half of the endpoints in rotation.
+    pub fn finished(&self, addr: SocketAddr, failed: Option<bool>) {
+        let now = Instant::now();
+        let mut map = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        let total = map.len();
+        let ejected = map.values().filter(|e| e.ejected_until.is_some_and(|t| now < t)).count();
+        let Some(e) = map.get_mut(&addr) else { return };
+        e.in_flight = e.in_flight.saturating_sub(1);
+        match failed {
+            Some(false) => e.errors_in_a_row = 0,
+            Some(true) => {
+                e.errors_in_a_row += 1;
+                // Never eject the last half: with two endpoints, one may go; with one, none.
+                if e.errors_in_a_row >= EJECT_AFTER && (ejected + 1) * 2 <= total {
+                    let time = EJECT_BASE.saturating_mul(1 << e.ejections.min(4)).min(EJECT_MAX);
+                    e.ejected_until = Some(now + time);
+                    e.ejections += 1;
+                    e.errors_in_a_row = 0;
+                    tracing::warn!(%addr, ?time, "upstream endpoint ejected as an outlier");
+                }
+            }
+            None => {}
+        }
     }
 
     /// A connect to `addr` failed: take it out of rotation now. Returns whether it was up.
@@ -117,8 +185,16 @@ impl GroupHealth {
     /// Per-endpoint view.
     pub fn status(&self) -> Vec<EndpointStatus> {
         let map = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
-        let mut all: Vec<EndpointStatus> =
-            map.iter().map(|(a, e)| EndpointStatus { addr: *a, down: e.down }).collect();
+        let now = Instant::now();
+        let mut all: Vec<EndpointStatus> = map
+            .iter()
+            .map(|(a, e)| EndpointStatus {
+                addr: *a,
+                down: e.down,
+                ejected: e.ejected_until.is_some_and(|t| now < t),
+                in_flight: e.in_flight,
+            })
+            .collect();
         all.sort_by_key(|e| e.addr);
         all
     }
@@ -148,5 +224,25 @@ mod tests {
         assert_eq!(health.probed(addr(2), false, 2, 2), None);
         assert_eq!(health.probed(addr(2), false, 2, 2), Some(false));
         assert!(!health.serving());
+    }
+
+    #[test]
+    fn least_loaded_selection_and_outlier_ejection() {
+        let health = GroupHealth::default();
+        let both = [addr(1), addr(2)];
+        health.retain(&both);
+        assert_eq!(health.take_least_loaded(&both, 0), Some(addr(1)));
+        assert_eq!(health.take_least_loaded(&both, 0), Some(addr(2)), "the idle one");
+        assert_eq!(health.take_least_loaded(&both, 0), Some(addr(1)), "tie: from the start");
+        for _ in 0..5 {
+            health.finished(addr(1), Some(true));
+        }
+        assert!(!health.is_up(addr(1)), "five failures in a row eject it");
+        assert!(health.serving(), "ejection is not an outage");
+        assert_eq!(health.take_least_loaded(&both, 0), Some(addr(2)));
+        for _ in 0..10 {
+            health.finished(addr(2), Some(true));
+        }
+        assert!(health.is_up(addr(2)), "the last half is never ejected");
     }
 }

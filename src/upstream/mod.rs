@@ -71,16 +71,16 @@ impl UpstreamState {
         self.endpoints.load_full()
     }
 
-    /// Picks the next endpoint in rotation (round robin over the ones up); `None` when
-    /// nothing is resolved or every endpoint is down.
-    pub fn pick(&self) -> Option<Endpoint> {
+    /// Picks the least-loaded endpoint in rotation (ties round robin) and counts a request
+    /// in flight to it until the lease drops; `None` when nothing is resolved or every
+    /// endpoint is down or ejected.
+    pub fn pick(self: &Arc<Self>) -> Option<(Endpoint, EndpointLease)> {
         let endpoints = self.endpoints.load();
-        let up: Vec<&Endpoint> = endpoints.iter().filter(|e| self.health.is_up(e.addr)).collect();
-        if up.is_empty() {
-            return None;
-        }
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % up.len();
-        up.get(i).map(|e| (*e).clone())
+        let addrs: Vec<std::net::SocketAddr> = endpoints.iter().map(|e| e.addr).collect();
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % addrs.len().max(1);
+        let addr = self.health.take_least_loaded(&addrs, start)?;
+        let endpoint = endpoints.iter().find(|e| e.addr == addr)?.clone();
+        Some((endpoint, EndpointLease { group: Arc::clone(self), addr, failed: None }))
     }
 
     /// The group's retry budget (shared by every request to it).
@@ -128,6 +128,28 @@ impl UpstreamState {
         if let Ok(mut slot) = self.last_resolve_error.lock() {
             *slot = error;
         }
+    }
+}
+
+/// A request in flight to one endpoint; dropping it ends the count and reports the outcome
+/// for outlier detection.
+#[derive(Debug)]
+pub struct EndpointLease {
+    group: Arc<UpstreamState>,
+    addr: std::net::SocketAddr,
+    failed: Option<bool>,
+}
+
+impl EndpointLease {
+    /// Records whether the request failed because of this endpoint (`None`: tells nothing).
+    pub fn set_outcome(&mut self, failed: Option<bool>) {
+        self.failed = failed;
+    }
+}
+
+impl Drop for EndpointLease {
+    fn drop(&mut self) {
+        self.group.health.finished(self.addr, self.failed);
     }
 }
 
