@@ -70,9 +70,10 @@ async fn a_stream_cut_by_the_backend_ends_with_an_error_event() {
 async fn a_quiet_stream_hits_the_idle_timeout_with_an_error_event() {
     let sim =
         Simulator::start("127.0.0.1:0".parse().expect("addr"), SimConfig::default()).await.expect("sim");
-    // Events 3 s apart (and pings only every 10 s) against a 1 s stream idle timeout.
+    // Events 3 s apart (and pings only every 10 s) against a 1 s stream idle timeout; the
+    // class's read_timeout (10 min, for blocking runs) does not apply to a stream.
     let config = format!(
-        "[upstreams.api]\nservers = [\"{}\"]\n[classes.run]\nread_timeout = \"1s\"\n[[routes]]\nprefix = \"/\"\nupstream = \"api\"\nclass = \"run\"\n",
+        "[upstreams.api]\nservers = [\"{}\"]\n[classes.run]\nstream_idle_timeout = \"1s\"\n[[routes]]\nprefix = \"/\"\nupstream = \"api\"\nclass = \"run\"\n",
         sim.addr()
     );
     let proxy = ProxyProcess::start(&config).await;
@@ -80,4 +81,26 @@ async fn a_quiet_stream_hits_the_idle_timeout_with_an_error_event() {
     let last = events.last().cloned().unwrap_or_default();
     assert!(events.first().is_some_and(|e| e.contains("workflow_started")), "{events:?}");
     assert!(last.contains("\"code\":\"upstream_timeout\"") && last.contains("\"status\":504"), "{events:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocking_and_streaming_runs_get_their_own_timeouts() {
+    let sim =
+        Simulator::start("127.0.0.1:0".parse().expect("addr"), SimConfig::default()).await.expect("sim");
+    // Blocking runs may take 1 s to answer; streams may be quiet for 5 s.
+    let config = format!(
+        "[upstreams.api]\nservers = [\"{}\"]\n[classes.run]\nread_timeout = \"1s\"\nstream_idle_timeout = \"5s\"\n\
+         [[routes]]\nprefix = \"/\"\nupstream = \"api\"\nclass = \"run\"\n",
+        sim.addr()
+    );
+    let proxy = ProxyProcess::start(&config).await;
+    let blocking = r#"{"inputs":{},"response_mode":"blocking","user":"u"}"#;
+    let (status, headers, body) =
+        post_json(proxy.addr, "/v1/workflows/run", blocking, &[("x-sim-service-time", "3s")]).await;
+    assert_eq!(status, 504, "{}", String::from_utf8_lossy(&body));
+    assert!(headers.contains_key("x-request-id"));
+    assert_eq!(json(&body)["code"], "upstream_timeout");
+    // A stream whose events are 1.5 s apart is fine under its 5 s idle timeout.
+    let events = events(proxy.addr, "3s", async {}).await;
+    assert!(events.last().is_some_and(|e| e.contains("workflow_finished")), "{events:?}");
 }

@@ -342,6 +342,8 @@ fn class_defaults(name: &str) -> ClassSpec {
         name: name.to_string(),
         connect_timeout: secs(5),
         read_timeout: secs(read),
+        // Dify pings every 10 s: three missed pings mean the stream is dead.
+        stream_idle_timeout: secs(30),
         write_timeout: secs(write),
         queue_timeout: secs(queue),
         weight,
@@ -364,6 +366,7 @@ fn build_classes(
             name: name.clone(),
             connect_timeout: overrides.connect_timeout.unwrap_or(base.connect_timeout),
             read_timeout: overrides.read_timeout.unwrap_or(base.read_timeout),
+            stream_idle_timeout: overrides.stream_idle_timeout.unwrap_or(base.stream_idle_timeout),
             write_timeout: overrides.write_timeout.unwrap_or(base.write_timeout),
             queue_timeout: overrides.queue_timeout.unwrap_or(base.queue_timeout),
             weight: overrides.weight.unwrap_or(base.weight),
@@ -380,6 +383,7 @@ fn build_classes(
         for (key, value) in [
             ("connect_timeout", spec.connect_timeout),
             ("read_timeout", spec.read_timeout),
+            ("stream_idle_timeout", spec.stream_idle_timeout),
             ("write_timeout", spec.write_timeout),
             ("queue_timeout", spec.queue_timeout),
         ] {

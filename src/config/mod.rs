@@ -269,8 +269,10 @@ pub struct ClassSpec {
     pub name: String,
     /// Upstream TCP connect timeout.
     pub connect_timeout: HumanDuration,
-    /// Longest wait for upstream bytes (headers, then between body chunks).
+    /// Blocking requests: longest wait for the header (= a blocking run's total), then per gap.
     pub read_timeout: HumanDuration,
+    /// Streaming requests: longest wait for the header and between events.
+    pub stream_idle_timeout: HumanDuration,
     /// Longest wait for the upstream to accept request bytes.
     pub write_timeout: HumanDuration,
     /// Longest wait in the admission queue.

@@ -211,9 +211,13 @@ pub struct RawHealth {
 pub struct RawClass {
     /// TCP connect timeout to the upstream.
     pub connect_timeout: Option<HumanDuration>,
-    /// Longest wait for any bytes from the upstream: the response headers, then each gap
-    /// between body chunks (Dify pings SSE streams every 10 s).
+    /// For blocking requests: longest wait for the response header (a blocking run answers only
+    /// when it is done, so this is its total time), then for each gap in the body.
     pub read_timeout: Option<HumanDuration>,
+    /// For streaming requests (`"response_mode":"streaming"`): longest wait for the header and
+    /// then between events (Dify pings every 10 s); past it the stream ends with an `error`
+    /// event.
+    pub stream_idle_timeout: Option<HumanDuration>,
     /// Longest wait for the upstream to accept request bytes.
     pub write_timeout: Option<HumanDuration>,
     /// Longest wait in the admission queue before a 503 `server_busy`.

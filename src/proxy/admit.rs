@@ -53,6 +53,24 @@ pub async fn preread_small_body(
     }
 }
 
+/// Whether a pre-read body asks Dify for a streaming answer (`"response_mode":"streaming"`).
+pub fn asks_for_stream(session: &Session) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Mode<'a> {
+        #[serde(borrow)]
+        response_mode: Option<&'a str>,
+    }
+    session
+        .as_downstream()
+        .get_retry_buffer()
+        .and_then(|body| {
+            serde_json::from_slice::<Mode<'_>>(&body)
+                .ok()
+                .and_then(|m| m.response_mode.map(|m| m == "streaming"))
+        })
+        .unwrap_or(false)
+}
+
 /// Waits for a slot; when `watch_client`, a disconnect withdraws the request.
 pub async fn wait_for_slot(
     session: &mut Session,

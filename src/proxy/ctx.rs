@@ -68,6 +68,8 @@ pub struct RequestCtx {
     pub upstream_status: Option<u16>,
     /// Whether the upstream answered with an event stream.
     pub streaming: bool,
+    /// Whether the request asked for a streaming answer (picks the stream idle timeout).
+    pub wants_stream: bool,
     /// Retries spent from the budget (after a 429/503 that proves nothing was processed).
     pub budget_retries: u32,
     /// Set when a hook decided to retry on its own authority; `error_while_proxy` keeps it.
@@ -101,6 +103,7 @@ impl RequestCtx {
             first_byte_after_admission: None,
             upstream_status: None,
             streaming: false,
+            wants_stream: false,
             budget_retries: 0,
             retry_decided: false,
             retry_refused: None,

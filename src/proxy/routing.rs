@@ -159,6 +159,7 @@ mod tests {
             name: name.into(),
             connect_timeout: d,
             read_timeout: d,
+            stream_idle_timeout: d,
             write_timeout: d,
             queue_timeout: d,
             weight: 1,

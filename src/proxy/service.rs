@@ -30,7 +30,7 @@ use pingora::{Error, ErrorSource, ErrorType, Result, RetryType};
 use tokio::time::Instant;
 
 use super::access_log::log_request;
-use super::admit::{preread_small_body, wait_for_slot, Admitted};
+use super::admit::{asks_for_stream, preread_small_body, wait_for_slot, Admitted};
 use super::ctx::{RequestCtx, Routed};
 use super::envelope::{ErrorReply, REQUEST_ID};
 use super::headers::{apply_forwarding, request_id_from};
@@ -192,6 +192,7 @@ impl ProxyHttp for DifyProxy {
 
         // Admission: wait here (in our queue, not gunicorn's backlog) for a slot.
         let watch_client = preread_small_body(session, declared_len, chunked).await?;
+        ctx.wants_stream = asks_for_stream(session);
         let admission = Arc::clone(upstream.admission());
         let ticket = Ticket { tenant: tenant.id, tenant_label: tenant.label, class: class.index };
         let queued_at = Instant::now();
@@ -253,7 +254,8 @@ impl ProxyHttp for DifyProxy {
         let class = &routed.class;
         let mut peer = HttpPeer::new(endpoint.addr, false, String::new());
         peer.options.connection_timeout = Some(class.connect_timeout.0);
-        peer.options.read_timeout = Some(class.read_timeout.0);
+        let read_timeout = if ctx.wants_stream { class.stream_idle_timeout } else { class.read_timeout };
+        peer.options.read_timeout = Some(read_timeout.0);
         peer.options.write_timeout = Some(class.write_timeout.0);
         let keepalive =
             ctx.config.as_ref().and_then(|c| c.upstreams.get(routed.upstream.name())).map(|u| u.keepalive.0);
