@@ -85,3 +85,39 @@ async fn a_stale_keep_alive_connection_after_a_backend_restart_is_retried_transp
         assert_eq!(sim.count_for_request_id(&id), 1, "{id} ran exactly once");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_requests_and_opted_in_routes_are_retried_after_possible_processing() {
+    let sim =
+        Simulator::start("127.0.0.1:0".parse().expect("addr"), SimConfig::default()).await.expect("sim");
+    let config = format!(
+        "[upstreams.api]\nservers = [\"{}\"]\n\
+         [[routes]]\nprefix = \"/\"\nupstream = \"api\"\n\
+         [[routes]]\nprefix = \"/v1/completion-messages\"\nupstream = \"api\"\nclass = \"run\"\nretry_after_processing = true\n",
+        sim.addr()
+    );
+    let proxy = ProxyProcess::start(&config).await;
+    // A GET that met a 502, then a reset: retried, served.
+    for (fault, id) in [("502", "get-502"), ("reset", "get-reset")] {
+        let req = request("GET", proxy.addr, "/v1/parameters")
+            .header("x-request-id", id)
+            .header("x-sim-fail", fault)
+            .header("x-sim-fail-first", "1")
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .expect("request");
+        let (code, _, body) = fetch(proxy.addr, req).await;
+        assert_eq!(code, 200, "{fault}: {}", String::from_utf8_lossy(&body));
+        assert_eq!(sim.count_for_request_id(id), 2, "{fault}");
+    }
+    // A POST on a route that opted in: retried after a 500.
+    let headers = [("x-request-id", "optin-500"), ("x-sim-fail", "500"), ("x-sim-fail-first", "1")];
+    let body = r#"{"inputs":{},"query":"q","response_mode":"blocking","user":"u"}"#;
+    let (code, _, _) = post_json(proxy.addr, "/v1/completion-messages", body, &headers).await;
+    assert_eq!(code, 200);
+    assert_eq!(sim.count_for_request_id("optin-500"), 2);
+    // The same on a route that did not opt in: not retried.
+    let headers = [("x-request-id", "plain-500"), ("x-sim-fail", "500"), ("x-sim-fail-first", "1")];
+    let (code, _, _) = post_json(proxy.addr, "/v1/workflows/run", RUN, &headers).await;
+    assert_eq!(code, 500);
+    assert_eq!(sim.count_for_request_id("plain-500"), 1);
+}

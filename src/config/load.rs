@@ -14,11 +14,13 @@ use std::time::Duration;
 use thiserror::Error;
 use toml::Spanned;
 
-use super::schema::{RawAdmission, RawAdmissionGlobal, RawClass, RawConfig, RawHealth, RawRoute, RawTenants};
+use super::schema::{
+    RawAdmission, RawAdmissionGlobal, RawClass, RawConfig, RawHealth, RawRetry, RawRoute, RawTenants,
+};
 use super::units::HumanDuration;
 use super::{
-    AdmissionGlobal, AdmissionSpec, ClassSpec, Config, HealthSpec, LogSettings, RateLimitSpec, ServerAddr,
-    ServerSettings, TenantSettings, UpstreamSpec,
+    AdmissionGlobal, AdmissionSpec, ClassSpec, Config, HealthSpec, LogSettings, RateLimitSpec, RetrySpec,
+    ServerAddr, ServerSettings, TenantSettings, UpstreamSpec,
 };
 use crate::admission::AdmissionPolicy;
 use crate::proxy::routing::{Route, Router};
@@ -156,7 +158,8 @@ fn build(raw: RawConfig, at: &Locator<'_>, overrides: &Overrides) -> Result<Conf
             ));
         }
         let health = build_health(name, &spec.get_ref().health, at)?;
-        upstreams.insert(name.clone(), UpstreamSpec { servers: parsed, keepalive, admission, health });
+        let retry = build_retry(name, &spec.get_ref().retry, at)?;
+        upstreams.insert(name.clone(), UpstreamSpec { servers: parsed, keepalive, admission, health, retry });
     }
     if let Some(url) = &overrides.upstream {
         let addr = parse_upstream_url(url)
@@ -268,6 +271,43 @@ fn build_health(name: &str, raw: &RawHealth, at: &Locator<'_>) -> Result<HealthS
     }
     if spec.ramp.0 > Duration::from_secs(3600) {
         return Err(at.unplaced(&key("ramp"), format!("{} is out of range: expected 0s..=1h", spec.ramp)));
+    }
+    Ok(spec)
+}
+
+fn build_retry(name: &str, raw: &RawRetry, at: &Locator<'_>) -> Result<RetrySpec, ConfigError> {
+    let d = RetrySpec::default();
+    let key = |k: &str| format!("upstreams.{name}.retry.{k}");
+    let spec = RetrySpec {
+        budget_ratio: raw.budget_ratio.unwrap_or(d.budget_ratio),
+        budget_min: raw.budget_min.unwrap_or(d.budget_min),
+        max_retries: raw.max_retries.unwrap_or(d.max_retries),
+        backoff_base: raw.backoff_base.unwrap_or(d.backoff_base),
+        backoff_max: raw.backoff_max.unwrap_or(d.backoff_max),
+    };
+    if !(0.0..=1.0).contains(&spec.budget_ratio) {
+        return Err(at.unplaced(
+            &key("budget_ratio"),
+            format!("{} is out of range: expected 0..=1", spec.budget_ratio),
+        ));
+    }
+    if spec.budget_min > 1000 {
+        return Err(at.unplaced(
+            &key("budget_min"),
+            format!("{} is out of range: expected 0..=1000", spec.budget_min),
+        ));
+    }
+    if spec.max_retries > 10 {
+        return Err(at.unplaced(
+            &key("max_retries"),
+            format!("{} is out of range: expected 0..=10", spec.max_retries),
+        ));
+    }
+    if spec.backoff_max < spec.backoff_base || spec.backoff_max.0 > Duration::from_secs(60) {
+        return Err(at.unplaced(
+            &key("backoff_max"),
+            format!("{} must be within backoff_base..=60s", spec.backoff_max),
+        ));
     }
     Ok(spec)
 }
@@ -470,6 +510,7 @@ fn build_route(
         methods,
         upstream: upstream.clone(),
         class,
+        retry_after_processing: raw.retry_after_processing,
         index,
         span: raw.prefix.span(),
     })

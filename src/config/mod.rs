@@ -217,6 +217,36 @@ pub struct UpstreamSpec {
     pub admission: AdmissionSpec,
     /// Its health probes.
     pub health: HealthSpec,
+    /// Its retry budget and backoff.
+    pub retry: RetrySpec,
+}
+
+/// `[upstreams.NAME.retry]` after validation.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RetrySpec {
+    /// Share of requests that may be retried.
+    pub budget_ratio: f64,
+    /// Retries always allowed per 10 s window.
+    pub budget_min: u32,
+    /// Most budgeted retries per request.
+    pub max_retries: u32,
+    /// Backoff base.
+    pub backoff_base: HumanDuration,
+    /// Backoff cap.
+    pub backoff_max: HumanDuration,
+}
+
+impl Default for RetrySpec {
+    fn default() -> Self {
+        // Envoy's and Linkerd's defaults: 20 % plus a small floor.
+        RetrySpec {
+            budget_ratio: 0.2,
+            budget_min: 3,
+            max_retries: 2,
+            backoff_base: HumanDuration(std::time::Duration::from_millis(100)),
+            backoff_max: HumanDuration(std::time::Duration::from_secs(2)),
+        }
+    }
 }
 
 /// `[upstreams.NAME.health]` after validation.

@@ -181,6 +181,26 @@ pub struct RawUpstream {
     /// Active health probes and the slow start after recovery.
     #[serde(default)]
     pub health: RawHealth,
+    /// Retry budget and backoff.
+    #[serde(default)]
+    pub retry: RawRetry,
+}
+
+/// `[upstreams.NAME.retry]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetry {
+    /// Retries may reach this share of requests (0..=1) …
+    pub budget_ratio: Option<f64>,
+    /// … plus this many, per 10 s window.
+    pub budget_min: Option<u32>,
+    /// Most retries of one request after a 429/503 or a possibly-processed failure.
+    pub max_retries: Option<u32>,
+    /// Backoff: full jitter up to `backoff_base × 2^n`, capped at `backoff_max`; a backend's
+    /// `Retry-After` is honoured up to the cap.
+    pub backoff_base: Option<HumanDuration>,
+    /// Cap of the backoff.
+    pub backoff_max: Option<HumanDuration>,
 }
 
 /// `[upstreams.NAME.health]`.
@@ -252,6 +272,11 @@ pub struct RawRoute {
     /// The traffic class (default `interactive`).
     #[serde(default)]
     pub class: Option<Spanned<String>>,
+    /// Retry non-idempotent requests of this route even after a 500/502/504 or a reset, i.e.
+    /// when the backend may have processed them. Only for routes where running twice is
+    /// harmless. Default false.
+    #[serde(default)]
+    pub retry_after_processing: bool,
 }
 
 fn one_or_many<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<SocketAddr>, D::Error> {

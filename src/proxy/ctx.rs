@@ -20,6 +20,8 @@ pub struct Routed {
     pub upstream: Arc<UpstreamState>,
     /// The traffic class.
     pub class: Arc<ClassSpec>,
+    /// Whether the route allows retries after possible processing (or the method is idempotent).
+    pub retry_after_processing: bool,
 }
 
 /// Per-request context (`ProxyHttp::CTX`).

@@ -32,6 +32,9 @@ pub struct Route {
     /// Traffic class.
     #[serde(serialize_with = "serialize_class")]
     pub class: Arc<ClassSpec>,
+    /// Whether non-idempotent requests may be retried after possible processing.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub retry_after_processing: bool,
     /// Position in the config file's `[[routes]]` list.
     #[serde(skip)]
     pub index: usize,
@@ -183,6 +186,7 @@ mod tests {
             methods: methods.map(<[Method]>::to_vec),
             upstream: upstream.into(),
             class: class("interactive"),
+            retry_after_processing: false,
             index,
             span: 0..0,
         }

@@ -39,16 +39,21 @@ use super::sse;
 use crate::admission::tenant::tenant_of;
 use crate::admission::{Outcome, Ticket};
 use crate::app::App;
+use crate::config::RetrySpec;
 use crate::resilience::retry::{backoff, parse_retry_after};
 use crate::upstream::{Endpoint, EndpointLease, UpstreamState};
 
 /// Connect attempts per request (pingora's `max_retries` caps retries above this).
 const MAX_CONNECT_ATTEMPTS: u32 = 6;
-/// Retries after a 429/503 per request (each also needs the upstream's budget).
-const MAX_BUDGET_RETRIES: u32 = 2;
-/// Backoff of those retries: full jitter up to base × 2^n, capped.
-const RETRY_BACKOFF_BASE: Duration = Duration::from_millis(100);
-const RETRY_BACKOFF_CAP: Duration = Duration::from_secs(2);
+
+/// The retry settings of the request's upstream (defaults when unknown).
+fn retry_policy(ctx: &RequestCtx) -> RetrySpec {
+    ctx.routed
+        .as_ref()
+        .and_then(|r| ctx.config.as_ref()?.upstreams.get(r.upstream.name()))
+        .map(|u| u.retry.clone())
+        .unwrap_or_default()
+}
 
 /// Waits until the group has an endpoint in rotation, up to `deadline`.
 async fn wait_for_endpoint(
@@ -92,7 +97,8 @@ impl DifyProxy {
         let downstream = session.as_downstream();
         let replayable = !downstream.retry_buffer_truncated()
             && (downstream.get_retry_buffer().is_some() || session.req_header().method == http::Method::GET);
-        if !replayable || ctx.budget_retries >= MAX_BUDGET_RETRIES {
+        let policy = retry_policy(ctx);
+        if !replayable || ctx.budget_retries >= policy.max_retries {
             return None;
         }
         if !routed.upstream.retry_budget().try_retry(Instant::now()) {
@@ -105,7 +111,7 @@ impl DifyProxy {
             .get(http::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(parse_retry_after);
-        Some(backoff(ctx.budget_retries, RETRY_BACKOFF_BASE, RETRY_BACKOFF_CAP, retry_after))
+        Some(backoff(ctx.budget_retries, policy.backoff_base.0, policy.backoff_max.0, retry_after))
     }
 
     /// Writes `reply` as the response from `request_filter` and records it.
@@ -169,6 +175,7 @@ impl ProxyHttp for DifyProxy {
             route: route.name.clone(),
             upstream: Arc::clone(&upstream),
             class: Arc::clone(&class),
+            retry_after_processing: route.retry_after_processing || method.is_idempotent(),
         });
         let limit = config.server.max_request_body;
         if declared_len.is_some_and(|len| len > limit.0) {
@@ -319,6 +326,15 @@ impl ProxyHttp for DifyProxy {
             // A pooled keep-alive connection the backend had already closed: the request
             // never reached the application, so even a POST is replayed.
             e.retry.decide_reuse(true);
+        } else if ctx.routed.as_ref().is_some_and(|r| r.retry_after_processing)
+            && session.response_written().is_none()
+            && ctx.budget_retries < retry_policy(ctx).max_retries
+            && ctx.routed.as_ref().is_some_and(|r| r.upstream.retry_budget().try_retry(Instant::now()))
+        {
+            // Idempotent method (or an opted-in route), nothing sent to the client yet: a
+            // reset or a broken answer may be retried, within the budget.
+            ctx.budget_retries += 1;
+            e.set_retry(true);
         } else if !session.req_header().method.is_idempotent() {
             e.set_retry(false);
         } else {
@@ -393,14 +409,16 @@ impl ProxyHttp for DifyProxy {
             return Ok(());
         }
         let status = upstream_response.status.as_u16();
-        if matches!(status, 429 | 503) {
-            // Nothing was processed: retry, POST included, if the body can be replayed and
-            // the budget allows. Runs before any response byte reaches the client.
+        let unprocessed = matches!(status, 429 | 503);
+        let may_repeat = ctx.routed.as_ref().is_some_and(|r| r.retry_after_processing);
+        if unprocessed || (may_repeat && matches!(status, 500 | 502 | 504)) {
+            // 429/503: nothing was processed, so retry, POST included. 500/502/504: only
+            // idempotent methods and opted-in routes. Always if the body can be replayed and
+            // the budget allows; this runs before any response byte reaches the client.
             if let Some(wait) = self.retry_after_unprocessed(session, upstream_response, ctx) {
                 tokio::time::sleep(wait).await;
                 ctx.retry_decided = true;
-                let mut e =
-                    Error::explain(ErrorType::HTTPStatus(status), "not processed by the backend: retrying");
+                let mut e = Error::explain(ErrorType::HTTPStatus(status), "retrying a safe-to-repeat answer");
                 e.as_up();
                 e.set_retry(true);
                 return Err(e);

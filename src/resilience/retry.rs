@@ -21,8 +21,7 @@ use tokio::time::Instant;
 /// A retry budget over a sliding window of one-second buckets.
 #[derive(Debug)]
 pub struct RetryBudget {
-    ratio: f64,
-    min_per_window: f64,
+    limits: Mutex<(f64, f64)>,
     window: Duration,
     buckets: Mutex<VecDeque<Bucket>>,
 }
@@ -37,7 +36,16 @@ struct Bucket {
 impl RetryBudget {
     /// Retries may reach `ratio` of requests plus `min_per_window` within `window`.
     pub fn new(ratio: f64, min_per_window: f64, window: Duration) -> Self {
-        RetryBudget { ratio, min_per_window, window, buckets: Mutex::new(VecDeque::new()) }
+        RetryBudget {
+            limits: Mutex::new((ratio, min_per_window)),
+            window,
+            buckets: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    /// Changes the ratio and floor (config reload); what was counted is kept.
+    pub fn set_limits(&self, ratio: f64, min_per_window: f64) {
+        *self.limits.lock().unwrap_or_else(|p| p.into_inner()) = (ratio, min_per_window);
     }
 
     fn with_current<T>(&self, now: Instant, f: impl FnOnce(&mut VecDeque<Bucket>) -> T) -> T {
@@ -65,7 +73,8 @@ impl RetryBudget {
         self.with_current(now, |b| {
             let requests: u64 = b.iter().map(|x| x.requests).sum();
             let retries: u64 = b.iter().map(|x| x.retries).sum();
-            let allowed = self.min_per_window + self.ratio * requests as f64;
+            let (ratio, min_per_window) = *self.limits.lock().unwrap_or_else(|p| p.into_inner());
+            let allowed = min_per_window + ratio * requests as f64;
             if (retries as f64) < allowed {
                 if let Some(last) = b.back_mut() {
                     last.retries += 1;

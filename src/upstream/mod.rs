@@ -50,7 +50,7 @@ impl UpstreamState {
             next: AtomicUsize::new(0),
             admission: Admission::new(name, policy),
             health: GroupHealth::default(),
-            // Envoy/Linkerd-style: 20 % of requests plus 3 retries per 10 s window.
+            // Limits come from `[upstreams.NAME.retry]` in `Upstreams::sync`.
             retry_budget: RetryBudget::new(0.2, 3.0, std::time::Duration::from_secs(10)),
             last_resolve_error: Mutex::new(None),
         }
@@ -175,6 +175,7 @@ impl Upstreams {
                 }
                 None => Arc::new(UpstreamState::new(name, spec.servers.clone(), policy)),
             };
+            state.retry_budget.set_limits(spec.retry.budget_ratio, f64::from(spec.retry.budget_min));
             next.insert(name.clone(), state);
         }
         self.groups.store(Arc::new(next));
