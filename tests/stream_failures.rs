@@ -104,3 +104,23 @@ async fn blocking_and_streaming_runs_get_their_own_timeouts() {
     let events = events(proxy.addr, "3s", async {}).await;
     assert!(events.last().is_some_and(|e| e.contains("workflow_finished")), "{events:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocking_run_is_held_to_its_total_time() {
+    let sim =
+        Simulator::start("127.0.0.1:0".parse().expect("addr"), SimConfig::default()).await.expect("sim");
+    // read_timeout alone would wait 10 minutes; total_timeout caps arrival-to-answer at 1 s.
+    let config = format!(
+        "[upstreams.api]\nservers = [\"{}\"]\n[classes.run]\nread_timeout = \"10m\"\ntotal_timeout = \"1s\"\n\
+         [[routes]]\nprefix = \"/\"\nupstream = \"api\"\nclass = \"run\"\n",
+        sim.addr()
+    );
+    let proxy = ProxyProcess::start(&config).await;
+    let blocking = r#"{"inputs":{},"response_mode":"blocking","user":"u"}"#;
+    let started = tokio::time::Instant::now();
+    let (status, _, body) =
+        post_json(proxy.addr, "/v1/workflows/run", blocking, &[("x-sim-service-time", "5s")]).await;
+    assert_eq!(status, 504, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(json(&body)["code"], "upstream_timeout");
+    assert!(started.elapsed() < Duration::from_secs(4), "answered after {:?}", started.elapsed());
+}

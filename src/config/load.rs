@@ -384,6 +384,7 @@ fn class_defaults(name: &str) -> ClassSpec {
         read_timeout: secs(read),
         // Dify pings every 10 s: three missed pings mean the stream is dead.
         stream_idle_timeout: secs(30),
+        total_timeout: None,
         write_timeout: secs(write),
         queue_timeout: secs(queue),
         weight,
@@ -407,6 +408,7 @@ fn build_classes(
             connect_timeout: overrides.connect_timeout.unwrap_or(base.connect_timeout),
             read_timeout: overrides.read_timeout.unwrap_or(base.read_timeout),
             stream_idle_timeout: overrides.stream_idle_timeout.unwrap_or(base.stream_idle_timeout),
+            total_timeout: overrides.total_timeout.or(base.total_timeout),
             write_timeout: overrides.write_timeout.unwrap_or(base.write_timeout),
             queue_timeout: overrides.queue_timeout.unwrap_or(base.queue_timeout),
             weight: overrides.weight.unwrap_or(base.weight),
@@ -414,6 +416,11 @@ fn build_classes(
             interactive: overrides.interactive.unwrap_or(base.interactive),
             index: 0,
         };
+        if spec.total_timeout.is_some_and(|t| t.0.is_zero()) {
+            return Err(
+                at.unplaced(&format!("classes.{name}.total_timeout"), "must be greater than 0".into())
+            );
+        }
         if !(1..=100).contains(&spec.weight) {
             return Err(at.unplaced(
                 &format!("classes.{name}.weight"),

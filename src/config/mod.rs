@@ -303,6 +303,9 @@ pub struct ClassSpec {
     pub read_timeout: HumanDuration,
     /// Streaming requests: longest wait for the header and between events.
     pub stream_idle_timeout: HumanDuration,
+    /// Blocking requests: longest time from arrival to the response header, if set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total_timeout: Option<HumanDuration>,
     /// Longest wait for the upstream to accept request bytes.
     pub write_timeout: HumanDuration,
     /// Longest wait in the admission queue.

@@ -238,6 +238,9 @@ pub struct RawClass {
     /// then between events (Dify pings every 10 s); past it the stream ends with an `error`
     /// event.
     pub stream_idle_timeout: Option<HumanDuration>,
+    /// For blocking requests: the whole time from arrival (queue wait included) to the
+    /// response header; unset = only the per-phase limits apply.
+    pub total_timeout: Option<HumanDuration>,
     /// Longest wait for the upstream to accept request bytes.
     pub write_timeout: Option<HumanDuration>,
     /// Longest wait in the admission queue before a 503 `server_busy`.

@@ -163,6 +163,7 @@ mod tests {
             connect_timeout: d,
             read_timeout: d,
             stream_idle_timeout: d,
+            total_timeout: None,
             write_timeout: d,
             queue_timeout: d,
             weight: 1,

@@ -261,8 +261,21 @@ impl ProxyHttp for DifyProxy {
         let class = &routed.class;
         let mut peer = HttpPeer::new(endpoint.addr, false, String::new());
         peer.options.connection_timeout = Some(class.connect_timeout.0);
-        let read_timeout = if ctx.wants_stream { class.stream_idle_timeout } else { class.read_timeout };
-        peer.options.read_timeout = Some(read_timeout.0);
+        let mut read_timeout =
+            if ctx.wants_stream { class.stream_idle_timeout.0 } else { class.read_timeout.0 };
+        if let (false, Some(total)) = (ctx.wants_stream, class.total_timeout) {
+            // The header must arrive within what is left of the request's total time.
+            let left = total.0.saturating_sub(ctx.started.elapsed());
+            if left.is_zero() {
+                ctx.reply =
+                    Some(ErrorReply::upstream_timeout("the request's total time ran out before it was sent"));
+                let mut e = Error::explain(ErrorType::ReadTimedout, "total_timeout exhausted");
+                e.as_up();
+                return Err(e);
+            }
+            read_timeout = read_timeout.min(left);
+        }
+        peer.options.read_timeout = Some(read_timeout);
         peer.options.write_timeout = Some(class.write_timeout.0);
         let keepalive =
             ctx.config.as_ref().and_then(|c| c.upstreams.get(routed.upstream.name())).map(|u| u.keepalive.0);
