@@ -78,6 +78,8 @@ pub struct RequestCtx {
     pub retry_decided: bool,
     /// Why the last retry was refused, if it was (`budget`), for the access log.
     pub retry_refused: Option<&'static str>,
+    /// A backoff to sleep before the next attempt (set where a hook cannot sleep itself).
+    pub pending_backoff: Option<Duration>,
 }
 
 impl RequestCtx {
@@ -109,6 +111,7 @@ impl RequestCtx {
             budget_retries: 0,
             retry_decided: false,
             retry_refused: None,
+            pending_backoff: None,
         }
     }
 }

@@ -228,6 +228,9 @@ impl ProxyHttp for DifyProxy {
 
     /// Picks an endpoint of the routed group and applies the class's timeouts.
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        if let Some(wait) = ctx.pending_backoff.take() {
+            tokio::time::sleep(wait).await;
+        }
         let Some(routed) = &ctx.routed else {
             return Error::e_explain(ErrorType::InternalError, "upstream_peer without a route");
         };
@@ -347,6 +350,10 @@ impl ProxyHttp for DifyProxy {
             // Idempotent method (or an opted-in route), nothing sent to the client yet: a
             // reset or a broken answer may be retried, within the budget.
             ctx.budget_retries += 1;
+            let policy = retry_policy(ctx);
+            // This hook cannot sleep; upstream_peer waits it out before the next attempt.
+            ctx.pending_backoff =
+                Some(backoff(ctx.budget_retries, policy.backoff_base.0, policy.backoff_max.0, None));
             e.set_retry(true);
         } else if !session.req_header().method.is_idempotent() {
             e.set_retry(false);
