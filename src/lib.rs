@@ -10,6 +10,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod housekeeping;
+pub mod maintenance;
 pub mod proxy;
 pub mod resilience;
 pub mod server;

@@ -1,0 +1,121 @@
+//! When maintenance is due: a cron expression read in an IANA time zone, DST-correct.
+//!
+//! `"0 20 * * *"` in `Asia/Tokyo` means 20:00 wall-clock time in Tokyo every day, whatever
+//! the server's own zone. Across DST changes (croner's rules, as cron does): a time that does
+//! not exist that day (spring forward) fires at the first valid minute after the gap; a time
+//! that exists twice (fall back) fires once, at its first occurrence.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use croner::Cron;
+use thiserror::Error;
+
+/// A maintenance schedule.
+#[derive(Clone)]
+pub struct Schedule {
+    cron: Cron,
+    expression: String,
+    zone: Tz,
+}
+
+/// Why a schedule was rejected.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ScheduleError {
+    /// The cron expression does not parse.
+    #[error("invalid cron expression {expression:?}: {reason}; expected 5 fields, e.g. \"0 20 * * *\"")]
+    Cron {
+        /// The expression.
+        expression: String,
+        /// The parser's reason.
+        reason: String,
+    },
+    /// The zone is not an IANA name.
+    #[error("unknown time zone {0:?}: expected an IANA name such as \"Asia/Tokyo\" or \"UTC\"")]
+    Zone(String),
+}
+
+impl Schedule {
+    /// Parses `expression` (standard 5-field cron) in IANA `zone`.
+    pub fn new(expression: &str, zone: &str) -> Result<Self, ScheduleError> {
+        let cron = Cron::from_str(expression.trim())
+            .map_err(|e| ScheduleError::Cron { expression: expression.to_string(), reason: e.to_string() })?;
+        let zone: Tz = zone.trim().parse().map_err(|_| ScheduleError::Zone(zone.to_string()))?;
+        Ok(Schedule { cron, expression: expression.trim().to_string(), zone })
+    }
+
+    /// The first time strictly after `now` when maintenance is due (in UTC).
+    pub fn next_after(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let local = now.with_timezone(&self.zone);
+        self.cron.find_next_occurrence(&local, false).ok().map(|t| t.with_timezone(&Utc))
+    }
+
+    /// The time zone.
+    pub fn zone(&self) -> Tz {
+        self.zone
+    }
+}
+
+impl fmt::Debug for Schedule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Schedule({:?} in {})", self.expression, self.zone)
+    }
+}
+
+impl fmt::Display for Schedule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.expression, self.zone)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+
+    fn utc(y: i32, mo: u32, d: u32, h: u32, mi: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(y, mo, d, h, mi, 0).single().expect("valid time")
+    }
+
+    #[test]
+    fn tokyo_at_20_is_11_utc() {
+        let s = Schedule::new("0 20 * * *", "Asia/Tokyo").expect("valid");
+        assert_eq!(s.next_after(utc(2026, 11, 26, 10, 0)), Some(utc(2026, 11, 26, 11, 0)));
+        assert_eq!(s.next_after(utc(2026, 11, 26, 11, 0)), Some(utc(2026, 11, 27, 11, 0)), "strictly after");
+    }
+
+    #[test]
+    fn spring_forward_gap_fires_after_the_gap() {
+        // 02:30 does not exist in New York on 2026-03-08 (02:00 → 03:00 EDT).
+        let s = Schedule::new("30 2 * * *", "America/New_York").expect("valid");
+        let next = s.next_after(utc(2026, 3, 8, 5, 0)).expect("next");
+        assert_eq!(next, utc(2026, 3, 8, 7, 0), "03:00 EDT = 07:00 UTC");
+        // The day after, 02:30 EDT again.
+        assert_eq!(s.next_after(next), Some(utc(2026, 3, 9, 6, 30)));
+    }
+
+    #[test]
+    fn fall_back_overlap_fires_once() {
+        // 01:30 happens twice in New York on 2026-11-01 (EDT, then EST): fire at the first.
+        let s = Schedule::new("30 1 * * *", "America/New_York").expect("valid");
+        let first = s.next_after(utc(2026, 11, 1, 4, 0)).expect("next");
+        assert_eq!(first, utc(2026, 11, 1, 5, 30), "01:30 EDT");
+        let second = s.next_after(first).expect("next");
+        assert_eq!(second, utc(2026, 11, 2, 6, 30), "not again at 01:30 EST the same night");
+    }
+
+    #[test]
+    fn bad_expressions_and_zones_are_named() {
+        let e = Schedule::new("0 25 * * *", "UTC").expect_err("hour 25");
+        assert!(e.to_string().contains("invalid cron expression \"0 25 * * *\""), "{e}");
+        let e = Schedule::new("0 20 * * *", "Tokyo").expect_err("not IANA");
+        assert_eq!(e, ScheduleError::Zone("Tokyo".into()));
+        assert_eq!(
+            Schedule::new("0 20 * * *", "Asia/Tokyo").map(|s| s.to_string()).ok().as_deref(),
+            Some("0 20 * * * (Asia/Tokyo)")
+        );
+    }
+}
