@@ -309,11 +309,6 @@ impl Admission {
         }
     }
 
-    /// Whether the upstream is marked as able to serve.
-    pub fn available(&self) -> bool {
-        self.lock().available
-    }
-
     /// Seconds a refused client should wait before retrying: the expected time for the
     /// queue ahead of it to drain, at least 1.
     pub fn retry_after_secs(&self) -> u64 {

@@ -51,14 +51,4 @@ impl Refusal {
         };
         ErrorReply::server_busy(message).retry_after(retry_after_secs.clamp(1, 60))
     }
-
-    /// Every reason, for counters.
-    pub const ALL: [Refusal; 6] = [
-        Refusal::QueueFull,
-        Refusal::Evicted,
-        Refusal::Timeout,
-        Refusal::WouldExceedDeadline,
-        Refusal::Impatient,
-        Refusal::Unavailable,
-    ];
 }

@@ -22,6 +22,7 @@ use super::{
     AdmissionGlobal, AdmissionSpec, ClassSpec, Config, HealthSpec, LogSettings, RateLimitSpec, RetrySpec,
     ServerAddr, ServerSettings, TenantSettings, UpstreamSpec,
 };
+use crate::admission::tenant::TenantSource;
 use crate::admission::AdmissionPolicy;
 use crate::proxy::routing::{Route, Router};
 
@@ -361,7 +362,12 @@ fn build_tenants(raw: &RawTenants, at: &Locator<'_>) -> Result<TenantSettings, C
             Some(RateLimitSpec { rate: r.rate, burst: r.burst })
         }
     };
-    Ok(TenantSettings { header, rate_limit })
+    // Validated above, so the header name parses; resolve it once instead of per request.
+    let source = match header.as_deref().map(|h| http::HeaderName::from_bytes(h.as_bytes())) {
+        Some(Ok(name)) => TenantSource::Header(name),
+        _ => TenantSource::BearerToken,
+    };
+    Ok(TenantSettings { header, rate_limit, source })
 }
 
 /// The built-in class names; each always exists.

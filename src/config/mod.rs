@@ -128,16 +128,9 @@ pub struct TenantSettings {
     /// Per-tenant rate limit.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimitSpec>,
-}
-
-impl TenantSettings {
-    /// Where the tenant key is read from.
-    pub fn source(&self) -> TenantSource {
-        match self.header.as_deref().map(|h| http::HeaderName::from_bytes(h.as_bytes())) {
-            Some(Ok(name)) => TenantSource::Header(name),
-            _ => TenantSource::BearerToken,
-        }
-    }
+    /// Where the tenant key is read from (derived from `header` once, at load).
+    #[serde(skip)]
+    pub source: TenantSource,
 }
 
 /// `[tenants.rate_limit]` after validation.

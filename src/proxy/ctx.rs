@@ -50,8 +50,6 @@ pub struct RequestCtx {
     pub peer_chosen_at: Option<Instant>,
     /// Connect time of the connection used (zero when reused).
     pub connect: Option<Duration>,
-    /// Whether the upstream connection came from the keep-alive pool.
-    pub reused_connection: bool,
     /// Time to the upstream's response header.
     pub first_byte: Option<Duration>,
     /// Request body bytes received from the client.
@@ -76,8 +74,6 @@ pub struct RequestCtx {
     pub budget_retries: u32,
     /// Set when a hook decided to retry on its own authority; `error_while_proxy` keeps it.
     pub retry_decided: bool,
-    /// Why the last retry was refused, if it was (`budget`), for the access log.
-    pub retry_refused: Option<&'static str>,
     /// A backoff to sleep before the next attempt (set where a hook cannot sleep itself).
     pub pending_backoff: Option<Duration>,
 }
@@ -97,7 +93,6 @@ impl RequestCtx {
             attempts: 0,
             peer_chosen_at: None,
             connect: None,
-            reused_connection: false,
             first_byte: None,
             bytes_in: 0,
             bytes_out: 0,
@@ -110,7 +105,6 @@ impl RequestCtx {
             wants_stream: false,
             budget_retries: 0,
             retry_decided: false,
-            retry_refused: None,
             pending_backoff: None,
         }
     }

@@ -102,7 +102,6 @@ impl DifyProxy {
             return None;
         }
         if !routed.upstream.retry_budget().try_retry(Instant::now()) {
-            ctx.retry_refused = Some("budget");
             return None;
         }
         ctx.budget_retries += 1;
@@ -139,7 +138,7 @@ impl ProxyHttp for DifyProxy {
         let req = session.req_header();
         let path = req.uri.path().to_string();
         let method = req.method.clone();
-        let tenant = tenant_of(&config.tenants.source(), req);
+        let tenant = tenant_of(&config.tenants.source, req);
         ctx.tenant = Some(tenant.label.clone());
         let declared_len = req
             .headers
@@ -372,7 +371,6 @@ impl ProxyHttp for DifyProxy {
         _digest: Option<&Digest>,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        ctx.reused_connection = reused;
         ctx.connect = Some(if reused {
             Duration::ZERO
         } else {

@@ -128,3 +128,13 @@ fn other_semantic_errors() {
     let e = err("[server\nlisten = 1");
     assert!(e.starts_with("test.toml:1:"), "{e}");
 }
+
+#[test]
+fn tenant_source_is_resolved_at_load() {
+    use crate::admission::tenant::TenantSource;
+    let config = load(&format!("{VALID}\n[tenants]\nheader = \"X-Tenant\"\n")).expect("valid");
+    assert_eq!(config.tenants.source, TenantSource::Header(http::HeaderName::from_static("x-tenant")));
+    let config = load(&format!("{VALID}\n[tenants]\nheader = \"Authorization\"\n")).expect("valid");
+    assert_eq!(config.tenants.source, TenantSource::BearerToken, "authorization means the bearer key");
+    assert_eq!(load(VALID).expect("valid").tenants.source, TenantSource::BearerToken);
+}
