@@ -82,6 +82,14 @@ struct State {
     awaiting_header: HashMap<u64, (usize, Instant)>,
     /// Whether the upstream can serve at all; while not, nothing is admitted (held).
     available: bool,
+    /// A deliberate hold (maintenance): nothing is admitted, and held requests wait up to
+    /// this deadline instead of their class's queue timeout.
+    hold_until: Option<Instant>,
+    /// When the gate last opened (health came back or a hold ended): requests held across
+    /// it get their full queue timeout again from then, like fresh arrivals.
+    opened_at: Option<Instant>,
+    /// Share of the learned limit in force (below 1 while some replicas are drained).
+    capacity_share: f64,
     /// Slow start after the upstream came back: (since, over).
     ramp: Option<(Instant, Duration)>,
 }
@@ -118,6 +126,9 @@ impl Admission {
                 labels: HashMap::new(),
                 awaiting_header: HashMap::new(),
                 available: true,
+                hold_until: None,
+                opened_at: None,
+                capacity_share: 1.0,
                 ramp: None,
                 policy,
             }),
@@ -149,7 +160,7 @@ impl Admission {
     /// request (its client left) and records how long that client waited.
     pub async fn acquire(self: &Arc<Self>, ticket: Ticket) -> Result<Permit, Refusal> {
         let now = Instant::now();
-        let (rx, id, class, deadline, expiry) = {
+        let (rx, id, class, deadline, expiry, timeout) = {
             let mut st = self.lock();
             let class = ticket.class.min(st.policy.classes.len().saturating_sub(1));
             if st.labels.len() >= MAX_LABELS {
@@ -165,15 +176,18 @@ impl Admission {
             }
             let demand = st.in_flight + st.queue.len() + 1;
             st.limit.note_demand(demand);
-            if !st.policy.enabled || !queued || (st.queue.is_empty() && st.in_flight < st.cap(class, now)) {
+            // A hold (maintenance or a downed backend) stops admission even when the limit
+            // is disabled; only unqueued classes (stop-task calls) pass it.
+            let open = st.is_open();
+            if !queued || (open && (!st.policy.enabled || (st.queue.is_empty() && st.in_flight < st.cap(class, now))))
+            {
                 let id = st.next_id;
                 st.next_id += 1;
                 let in_flight = st.take_slot(id, class, Duration::ZERO, now);
                 return Ok(Permit::new(Arc::clone(self), id, class, now, Duration::ZERO, in_flight));
             }
             // While the upstream is down, arrivals are held (the departure rate says nothing).
-            let refusal =
-                if st.available { st.refuse_on_arrival(ticket.tenant, class, timeout, now) } else { None };
+            let refusal = if open { st.refuse_on_arrival(ticket.tenant, class, timeout, now) } else { None };
             if let Some(refusal) = refusal {
                 st.count_shed(refusal);
                 return Err(refusal);
@@ -207,7 +221,7 @@ impl Admission {
                 }
                 _ => (timeout, Refusal::Timeout),
             };
-            (rx, id, class, now + wait_limit, reason)
+            (rx, id, class, now + wait_limit, reason, timeout)
         };
         let mut waiting = Waiting {
             admission: Arc::clone(self),
@@ -218,18 +232,27 @@ impl Admission {
             rx: Some(rx),
             expiry,
         };
-        let decision = match waiting.rx.as_mut() {
-            Some(rx) => tokio::time::timeout_at(deadline, rx).await,
-            None => return Err(Refusal::Evicted),
-        };
-        match decision {
-            Ok(Ok(decision)) => waiting.resolve(decision),
-            // The sender was dropped without a decision: only on shutdown/eviction paths.
-            Ok(Err(_)) => {
-                waiting.rx = None;
-                Err(Refusal::Evicted)
-            }
-            Err(_elapsed) => waiting.time_out(),
+        let mut deadline = deadline;
+        loop {
+            let decision = match waiting.rx.as_mut() {
+                Some(rx) => tokio::time::timeout_at(deadline, rx).await,
+                None => return Err(Refusal::Evicted),
+            };
+            return match decision {
+                Ok(Ok(decision)) => waiting.resolve(decision),
+                // The sender was dropped without a decision: only on shutdown/eviction paths.
+                Ok(Err(_)) => {
+                    waiting.rx = None;
+                    Err(Refusal::Evicted)
+                }
+                Err(_elapsed) => match waiting.extended_deadline(timeout) {
+                    Some(later) => {
+                        deadline = later;
+                        continue;
+                    }
+                    None => waiting.time_out(),
+                },
+            };
         }
     }
 
@@ -263,6 +286,7 @@ impl Admission {
             upstream: self.name.clone(),
             enabled: st.policy.enabled,
             available: st.available,
+            held: st.hold_until.is_some(),
             effective_limit: st.effective_limit(now),
             limit: st.limit.limit(),
             ceiling: st.limit.ceiling(),
@@ -291,14 +315,40 @@ impl Admission {
         if st.available == available {
             return;
         }
+        let was_open = st.is_open();
         st.available = available;
-        if available {
-            st.ramp = Some((now, ramp));
-            tracing::info!(upstream = %self.name, ramp = ?ramp, queued = st.queue.len(), "upstream serving again: releasing held requests");
-        } else {
+        if !available {
             tracing::warn!(upstream = %self.name, "upstream cannot serve: holding requests");
         }
-        st.dispatch(now);
+        st.gate_changed(&self.name, was_open, ramp, now);
+    }
+
+    /// Holds every queued request (maintenance) until `until` at the latest, or, with `None`,
+    /// ends the hold and ramps admission up over `ramp`. Requests held past their queue
+    /// timeout keep waiting while the hold lasts; a hold that outlives them answers 503
+    /// `upstream_unavailable` at `until`.
+    pub fn set_hold(&self, until: Option<Instant>, ramp: Duration) {
+        let now = Instant::now();
+        let mut st = self.lock();
+        if st.hold_until == until {
+            return;
+        }
+        let was_open = st.is_open();
+        st.hold_until = until;
+        st.gate_changed(&self.name, was_open, ramp, now);
+    }
+
+    /// Scales the learned limit to the share of the backend that serves (e.g. ½ while one
+    /// of two replicas is drained for a rolling restart), so the rest is not overloaded.
+    pub fn set_capacity_share(&self, share: f64) {
+        let mut st = self.lock();
+        st.capacity_share = share.clamp(0.0, 1.0);
+        st.dispatch(Instant::now());
+    }
+
+    /// Whether a hold is in place.
+    pub fn held(&self) -> bool {
+        self.lock().hold_until.is_some()
     }
 
     /// Periodic nudge (the ramp raises the effective limit with time, not only on releases).
@@ -385,16 +435,35 @@ fn log_change(upstream: &str, change: Change, before: usize, after: usize, ratio
 }
 
 impl State {
+    /// Whether requests may be admitted: the backend can serve and nothing holds them.
+    fn is_open(&self) -> bool {
+        self.available && self.hold_until.is_none()
+    }
+
+    /// After `available` or the hold changed: starts the slow start when the gate opened,
+    /// and admits what now fits.
+    fn gate_changed(&mut self, upstream: &str, was_open: bool, ramp: Duration, now: Instant) {
+        let open = self.is_open();
+        if open && !was_open {
+            self.ramp = Some((now, ramp));
+            self.opened_at = Some(now);
+            tracing::info!(upstream, ramp = ?ramp, queued = self.queue.len(), "admission open again: releasing held requests");
+        } else if !open && was_open {
+            tracing::warn!(upstream, hold_until = ?self.hold_until.map(|t| t.duration_since(now)), "admission closed: holding requests");
+        }
+        self.dispatch(now);
+    }
+
     /// How many may be in flight for `class`: the limit, less a reserve for interactive
     /// classes while they are active (so cheap calls never wait for a long run to end).
     /// The limit in force now: zero while the upstream cannot serve, ramping up from half
     /// the learned limit to all of it after it came back (so a held queue is not released onto
     /// a cold backend all at once).
     fn effective_limit(&self, now: Instant) -> usize {
-        if !self.available {
+        if !self.is_open() {
             return 0;
         }
-        let limit = self.limit.limit();
+        let limit = ((self.limit.limit() as f64 * self.capacity_share).ceil() as usize).max(1);
         match self.ramp {
             Some((since, over)) if !over.is_zero() && now.duration_since(since) < over => {
                 // Start at half the learned limit: enough to drain a held queue promptly,
@@ -478,17 +547,24 @@ impl State {
                 self.standing_since = None;
                 return;
             }
-            if self.in_flight >= self.effective_limit(now) {
+            // Disabled admission has no limit, but a hold still holds.
+            if !self.is_open() || (self.policy.enabled && self.in_flight >= self.effective_limit(now)) {
                 return;
             }
             let lifo = self.standing_since.is_some_and(|t| now.duration_since(t) >= self.policy.lifo_after);
             let caps: Vec<usize> = (0..self.policy.classes.len().max(1)).map(|c| self.cap(c, now)).collect();
             let in_flight = self.in_flight;
-            let Some(entry) = self.queue.pop(lifo, |c| caps.get(c).is_none_or(|cap| in_flight < *cap)) else {
+            let enabled = self.policy.enabled;
+            let Some(entry) =
+                self.queue.pop(lifo, |c| !enabled || caps.get(c).is_none_or(|cap| in_flight < *cap))
+            else {
                 return;
             };
             let waited = now.duration_since(entry.enqueued);
-            if let Some(patience) = self.patience.estimate() {
+            // A request held through a closed gate is still connected (a client that leaves
+            // withdraws it), so its long wait says nothing about its patience.
+            let held_through = self.opened_at.is_some_and(|t| t > entry.enqueued);
+            if let Some(patience) = self.patience.estimate().filter(|_| !held_through) {
                 let first_byte = self
                     .first_byte
                     .get(entry.class)
@@ -522,6 +598,18 @@ struct Waiting {
 }
 
 impl Waiting {
+    /// The queue deadline passed: a later one while a hold keeps this request waiting on
+    /// purpose, or — when the gate opened after it was queued — its full `timeout` from the
+    /// opening, so a request held through a restart is not refused just as it is released.
+    fn extended_deadline(&self, timeout: Duration) -> Option<Instant> {
+        let st = self.admission.lock();
+        let now = Instant::now();
+        if let Some(until) = st.hold_until.filter(|t| *t > now) {
+            return Some(until);
+        }
+        st.opened_at.filter(|t| *t > self.enqueued).map(|t| t + timeout).filter(|t| *t > now)
+    }
+
     fn resolve(&mut self, decision: Decision) -> Result<Permit, Refusal> {
         self.rx = None;
         match decision {
@@ -539,7 +627,7 @@ impl Waiting {
         let removed = {
             let mut st = self.admission.lock();
             let removed = st.queue.remove(self.id, self.tenant, self.class).is_some();
-            if !st.available {
+            if !st.is_open() {
                 self.expiry = Refusal::Unavailable;
             }
             if removed {
@@ -661,6 +749,8 @@ pub struct AdmissionStatus {
     pub enabled: bool,
     /// Whether the upstream can serve (false: requests are held).
     pub available: bool,
+    /// Whether a maintenance hold is in place.
+    pub held: bool,
     /// The limit in force now (0 while held, lower than `limit` while ramping up).
     pub effective_limit: usize,
     /// The learned concurrency limit.

@@ -193,3 +193,65 @@ async fn runs_leave_headroom_for_interactive_calls() {
     let cheap = tokio::time::timeout(Duration::from_millis(1), gate.acquire(ticket(9, 0))).await;
     assert!(matches!(cheap, Ok(Ok(_))), "an interactive call gets the reserved slot at once");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_maintenance_hold_keeps_requests_past_their_queue_timeout_and_releases_them() {
+    let gate = gate(4, 100);
+    let t0 = Instant::now();
+    gate.set_hold(Some(t0 + Duration::from_secs(120)), Duration::ZERO);
+    assert!(gate.held() && gate.status().effective_limit == 0);
+    let waiter = tokio::spawn({
+        let gate = Arc::clone(&gate);
+        async move { gate.acquire(ticket(1, 1)).await }
+    });
+    // The run class times out after 30 s in the queue; the hold outlasts it.
+    tokio::time::sleep(Duration::from_secs(50)).await;
+    assert_eq!((gate.queued(), gate.in_flight()), (1, 0), "still held, not refused");
+    let stop = gate.acquire(ticket(1, 2)).await.expect("unqueued classes pass a hold");
+    drop(stop);
+    gate.set_hold(None, Duration::ZERO);
+    let admitted = waiter.await.expect("join").expect("released when the hold ends");
+    assert_eq!(admitted.waited(), Duration::from_secs(50));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hold_that_outlives_its_deadline_answers_unavailable() {
+    let gate = gate(4, 100);
+    gate.set_hold(Some(Instant::now() + Duration::from_secs(60)), Duration::ZERO);
+    let started = Instant::now();
+    let refused = gate.acquire(ticket(1, 1)).await.map(|_| ());
+    assert_eq!(refused, Err(Refusal::Unavailable));
+    assert_eq!(started.elapsed(), Duration::from_secs(60), "waited for the whole hold");
+}
+
+#[tokio::test(start_paused = true)]
+async fn requests_released_late_get_a_fresh_queue_timeout_and_disabled_admission_still_holds() {
+    let gate = gate(1, 100);
+    let policy = gate.lock().policy.clone();
+    gate.reconfigure(AdmissionPolicy { enabled: false, ..policy });
+    gate.set_hold(Some(Instant::now() + Duration::from_secs(40)), Duration::ZERO);
+    let waiters: Vec<_> = (0..3)
+        .map(|t| {
+            let gate = Arc::clone(&gate);
+            tokio::spawn(async move { gate.acquire(ticket(t, 1)).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(35)).await;
+    assert_eq!(gate.queued(), 3, "held although admission is disabled");
+    gate.set_hold(None, Duration::ZERO);
+    for waiter in waiters {
+        waiter.await.expect("join").expect("disabled admission releases everyone at once");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_capacity_share_scales_the_limit() {
+    let gate = gate(4, 100);
+    gate.set_capacity_share(0.5);
+    let _a = gate.acquire(ticket(1, 1)).await.expect("1");
+    let _b = gate.acquire(ticket(1, 1)).await.expect("2");
+    let third = tokio::time::timeout(Duration::from_secs(1), gate.acquire(ticket(1, 1))).await;
+    assert!(third.is_err(), "half of 4 is 2");
+    gate.set_capacity_share(1.0);
+    let _c = gate.acquire(ticket(1, 1)).await.expect("room again");
+}
