@@ -1,4 +1,5 @@
-//! The command line (clap): `run` (default), `check`, `sim`. `main.rs` only calls [`main`].
+//! The command line (clap): `run` (default), `check`, `sim`, and `ctl` (a client for a running
+//! proxy's admin API, in [`crate::ctl`]). `main.rs` only calls [`main`].
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::app::App;
 use crate::config::{self, Config, ConfigError, Overrides};
+use crate::ctl::CtlArgs;
 use crate::sim::cli::SimArgs;
 
 /// dify-shaper: queue, admit, retry and hold traffic in front of a self-hosted Dify.
@@ -29,6 +31,8 @@ enum Command {
     Check(CheckArgs),
     /// Run the Dify simulator (a test backend speaking Dify's wire format).
     Sim(SimArgs),
+    /// Drain, resume or restart an upstream, or show its state, through a running proxy's admin API.
+    Ctl(CtlArgs),
 }
 
 /// Flags of `run`.
@@ -77,6 +81,7 @@ pub fn main() -> ExitCode {
         Some(Command::Run(args)) => run(args),
         Some(Command::Check(args)) => check(&args),
         Some(Command::Sim(args)) => sim(args),
+        Some(Command::Ctl(args)) => crate::ctl::run(args),
     }
 }
 

@@ -9,6 +9,7 @@ pub mod admission;
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod ctl;
 pub mod housekeeping;
 pub mod maintenance;
 pub mod proxy;
