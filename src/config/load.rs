@@ -123,6 +123,11 @@ fn build(raw: RawConfig, at: &Locator<'_>, overrides: &Overrides) -> Result<Conf
     let server_settings = ServerSettings {
         listen: overrides.listen.map_or_else(|| server.listen.clone(), |a| vec![a]),
         admin: overrides.admin.unwrap_or(server.admin),
+        admin_token: server
+            .admin_token
+            .clone()
+            .or_else(|| std::env::var("DIFY_SHAPER_ADMIN_TOKEN").ok())
+            .filter(|t| !t.trim().is_empty()),
         threads,
         max_request_body: server.max_request_body,
         client_read_buffer: server.client_read_buffer,
@@ -189,6 +194,17 @@ fn build(raw: RawConfig, at: &Locator<'_>, overrides: &Overrides) -> Result<Conf
 
     let admission = build_admission_global(&raw.admission, at)?;
     let tenants = build_tenants(&raw.tenants, at)?;
+    if !server_settings.admin.ip().is_loopback() && server_settings.admin_token.is_none() {
+        return Err(at.unplaced(
+            "server.admin",
+            format!(
+                "{} is reachable from other hosts: set server.admin_token (or DIFY_SHAPER_ADMIN_TOKEN) \
+                 so drain/restart need a bearer token, or listen on 127.0.0.1",
+                server_settings.admin
+            ),
+        ));
+    }
+    let maintenance = build_maintenance(&raw.maintenance, &upstreams, at)?;
 
     Ok(Config {
         source: at.origin.to_string(),
@@ -199,7 +215,37 @@ fn build(raw: RawConfig, at: &Locator<'_>, overrides: &Overrides) -> Result<Conf
         admission,
         tenants,
         router,
+        maintenance,
     })
+}
+
+fn build_maintenance(
+    raw: &[super::maintenance::RawMaintenance],
+    upstreams: &BTreeMap<String, UpstreamSpec>,
+    at: &Locator<'_>,
+) -> Result<BTreeMap<String, super::MaintenanceSpec>, ConfigError> {
+    let mut built = BTreeMap::new();
+    for (index, entry) in raw.iter().enumerate() {
+        let name = entry.upstream.get_ref();
+        let key = format!("maintenance[{index}].upstream");
+        let Some(upstream) = upstreams.get(name) else {
+            let known = upstreams.keys().map(String::as_str).collect::<Vec<_>>();
+            let message = format!("no upstream named {name:?}; defined: {}", list(&known));
+            return Err(at.error(entry.upstream.span(), Some(key), message));
+        };
+        if built.contains_key(name) {
+            let message = format!("upstream {name:?} already has a [[maintenance]] entry; one per upstream");
+            return Err(at.error(entry.upstream.span(), Some(key), message));
+        }
+        let spec = super::maintenance::build(index, entry, &upstream.health.path).map_err(
+            |(key, message, span)| {
+                let span = span.unwrap_or_else(|| entry.upstream.span());
+                at.error(span, Some(key), message)
+            },
+        )?;
+        built.insert(name.clone(), spec);
+    }
+    Ok(built)
 }
 
 fn build_admission(name: &str, raw: &RawAdmission, at: &Locator<'_>) -> Result<AdmissionSpec, ConfigError> {

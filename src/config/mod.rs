@@ -6,6 +6,7 @@
 //! admission limiter and maintenance state) lives outside it, keyed by upstream name.
 
 pub mod load;
+pub mod maintenance;
 pub mod schema;
 pub mod units;
 
@@ -16,6 +17,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 pub use load::{load_embedded, load_file, parse_str, ConfigError, Overrides};
+pub use maintenance::{MaintenanceMode, MaintenanceSpec};
 pub use schema::LogFormat;
 pub use units::{ByteSize, HumanDuration};
 
@@ -45,9 +47,28 @@ pub struct Config {
     /// Routes, in match order (most specific first).
     #[serde(rename = "routes")]
     pub router: Router,
+    /// `[[maintenance]]` entries by upstream name.
+    #[serde(serialize_with = "maintenance_list")]
+    pub maintenance: BTreeMap<String, MaintenanceSpec>,
+}
+
+fn maintenance_list<S: serde::Serializer>(
+    map: &BTreeMap<String, MaintenanceSpec>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(map.values())
 }
 
 impl Config {
+    /// The maintenance settings of upstream `name`: its `[[maintenance]]` entry, or manual
+    /// drain/resume only with default deadlines.
+    pub fn maintenance_spec(&self, name: &str) -> MaintenanceSpec {
+        self.maintenance.get(name).cloned().unwrap_or_else(|| {
+            let path = self.upstreams.get(name).map_or("/health", |u| u.health.path.as_str());
+            MaintenanceSpec::manual_only(name, path)
+        })
+    }
+
     /// The admission policy of upstream `name` (defaults when it is not configured).
     pub fn admission_policy(&self, name: &str) -> AdmissionPolicy {
         let spec = self.upstreams.get(name).map(|u| u.admission.clone()).unwrap_or_default();
@@ -149,6 +170,9 @@ pub struct ServerSettings {
     pub listen: Vec<SocketAddr>,
     /// Admin listen address.
     pub admin: SocketAddr,
+    /// Bearer token of the admin API, if any (never printed).
+    #[serde(skip)]
+    pub admin_token: Option<String>,
     /// Proxy worker threads.
     pub threads: usize,
     /// Largest accepted request body.

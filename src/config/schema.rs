@@ -37,6 +37,9 @@ pub struct RawConfig {
     /// Tenant identification and per-tenant rate limits.
     #[serde(default)]
     pub tenants: RawTenants,
+    /// Scheduled/manual maintenance per upstream (`[[maintenance]]`).
+    #[serde(default)]
+    pub maintenance: Vec<super::maintenance::RawMaintenance>,
 }
 
 /// `[admission]`: settings shared by every upstream's admission.
@@ -95,9 +98,13 @@ pub struct RawServer {
     /// Client-facing listen address(es): one string or a list.
     #[serde(default = "default_listen", deserialize_with = "one_or_many")]
     pub listen: Vec<SocketAddr>,
-    /// Admin listener (`/live`, `/ready`, `/status`).
+    /// Admin listener (`/live`, `/ready`, `/status`, drain/resume/restart).
     #[serde(default = "default_admin")]
     pub admin: SocketAddr,
+    /// Bearer token the admin API requires (all but `/live` and `/ready`); required when
+    /// `admin` is not a loopback address. `DIFY_SHAPER_ADMIN_TOKEN` is used when unset.
+    #[serde(default)]
+    pub admin_token: Option<String>,
     /// Proxy worker threads (1..=256); default: the number of CPUs.
     #[serde(default)]
     pub threads: Option<usize>,
@@ -123,6 +130,7 @@ impl Default for RawServer {
         RawServer {
             listen: default_listen(),
             admin: default_admin(),
+            admin_token: None,
             threads: None,
             max_request_body: default_max_request_body(),
             client_read_buffer: default_client_read_buffer(),

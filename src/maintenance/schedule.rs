@@ -4,12 +4,14 @@
 //! the server's own zone. Across DST changes (croner's rules, as cron does): a time that does
 //! not exist that day (spring forward) fires at the first valid minute after the gap; a time
 //! that exists twice (fall back) fires once, at its first occurrence.
+//!
+//! A sixth, leading field gives seconds (`"30 0 20 * * *"`); five fields mean second 0.
 
 use std::fmt;
-use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
+use croner::parser::{CronParser, Seconds};
 use croner::Cron;
 use thiserror::Error;
 
@@ -25,7 +27,7 @@ pub struct Schedule {
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ScheduleError {
     /// The cron expression does not parse.
-    #[error("invalid cron expression {expression:?}: {reason}; expected 5 fields, e.g. \"0 20 * * *\"")]
+    #[error("invalid cron expression {expression:?}: {reason}; expected 5 fields (or 6 with seconds first), e.g. \"0 20 * * *\"")]
     Cron {
         /// The expression.
         expression: String,
@@ -40,8 +42,10 @@ pub enum ScheduleError {
 impl Schedule {
     /// Parses `expression` (standard 5-field cron) in IANA `zone`.
     pub fn new(expression: &str, zone: &str) -> Result<Self, ScheduleError> {
-        let cron = Cron::from_str(expression.trim())
-            .map_err(|e| ScheduleError::Cron { expression: expression.to_string(), reason: e.to_string() })?;
+        let cron =
+            CronParser::builder().seconds(Seconds::Optional).build().parse(expression.trim()).map_err(
+                |e| ScheduleError::Cron { expression: expression.to_string(), reason: e.to_string() },
+            )?;
         let zone: Tz = zone.trim().parse().map_err(|_| ScheduleError::Zone(zone.to_string()))?;
         Ok(Schedule { cron, expression: expression.trim().to_string(), zone })
     }
@@ -55,6 +59,27 @@ impl Schedule {
     /// The time zone.
     pub fn zone(&self) -> Tz {
         self.zone
+    }
+
+    /// The cron expression as written.
+    pub fn expression(&self) -> &str {
+        &self.expression
+    }
+}
+
+impl PartialEq for Schedule {
+    fn eq(&self, other: &Self) -> bool {
+        self.expression == other.expression && self.zone == other.zone
+    }
+}
+
+impl serde::Serialize for Schedule {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut s = serializer.serialize_struct("Schedule", 2)?;
+        s.serialize_field("cron", &self.expression)?;
+        s.serialize_field("timezone", self.zone.name())?;
+        s.end()
     }
 }
 
@@ -105,6 +130,13 @@ mod tests {
         assert_eq!(first, utc(2026, 11, 1, 5, 30), "01:30 EDT");
         let second = s.next_after(first).expect("next");
         assert_eq!(second, utc(2026, 11, 2, 6, 30), "not again at 01:30 EST the same night");
+    }
+
+    #[test]
+    fn an_optional_seconds_field() {
+        let s = Schedule::new("30 0 20 * * *", "UTC").expect("valid");
+        let next = s.next_after(utc(2026, 11, 26, 19, 0)).expect("next");
+        assert_eq!(next, utc(2026, 11, 26, 20, 0) + chrono::Duration::seconds(30));
     }
 
     #[test]

@@ -138,3 +138,64 @@ fn tenant_source_is_resolved_at_load() {
     assert_eq!(config.tenants.source, TenantSource::BearerToken, "authorization means the bearer key");
     assert_eq!(load(VALID).expect("valid").tenants.source, TenantSource::BearerToken);
 }
+
+const MAINTENANCE: &str = r#"
+[[maintenance]]
+upstream = "api"
+schedule = "0 20 * * *"
+timezone = "Asia/Tokyo"
+drain_timeout = "2m"
+action = { kind = "command", command = "docker compose -p dify restart api worker" }
+[maintenance.health]
+successes = 3
+request = "GET /console/api/setup"
+"#;
+
+#[test]
+fn maintenance_entries_load_and_print_back() {
+    let config = load(&format!("{VALID}{MAINTENANCE}")).expect("valid");
+    let spec = config.maintenance_spec("api");
+    assert_eq!(spec.schedule.as_ref().map(ToString::to_string).as_deref(), Some("0 20 * * * (Asia/Tokyo)"));
+    assert_eq!(spec.drain_timeout.0, Duration::from_secs(120));
+    assert_eq!(spec.hold_timeout.0, Duration::from_secs(120 + 300 + 600), "the whole cycle by default");
+    assert!(
+        matches!(&spec.action, Some(crate::maintenance::actions::Action::Command { timeout, .. }) if *timeout == Duration::from_secs(300))
+    );
+    let manual = config.maintenance_spec("web");
+    assert!(manual.schedule.is_none() && manual.action.is_none(), "manual control only");
+    assert!(toml::to_string_pretty(&config).is_ok(), "`check` can print it");
+}
+
+#[test]
+fn maintenance_errors_name_line_and_key() {
+    let bad = |entry: &str| err(&format!("{VALID}\n[[maintenance]]\nupstream = \"api\"\n{entry}"));
+    let e = bad("schedule = \"0 25 * * *\"\naction = { kind = \"none\" }\n");
+    assert!(e.starts_with("test.toml:21:12: maintenance[0].schedule: invalid cron expression"), "{e}");
+    let e = bad("schedule = \"0 20 * * *\"\ntimezone = \"Tokyo\"\naction = { kind = \"none\" }\n");
+    assert!(e.starts_with("test.toml:22:12: maintenance[0].timezone: unknown time zone \"Tokyo\""), "{e}");
+    let e = bad("action = { kind = \"docker\", command = \"x\" }\n");
+    assert!(e.contains("maintenance[0].action.command: does not apply to kind = \"docker\""), "{e}");
+    let e = bad("action = { kind = \"signal\" }\n");
+    assert!(e.contains("set exactly one of `pid` and `pid_file`"), "{e}");
+    let e = bad("action = { kind = \"signal\", pid = 1, signal = \"NOPE\" }\n");
+    assert!(e.contains("maintenance[0].action.signal"), "{e}");
+    let e = bad("schedule = \"0 20 * * *\"\n");
+    assert!(e.contains("needs an `action`"), "{e}");
+    let e = bad("mode = \"rolling\"\naction = { kind = \"none\" }\n");
+    assert!(e.contains("maintenance[0].mode"), "{e}");
+    let e = err(&format!("{VALID}\n[[maintenance]]\nupstream = \"nope\"\n"));
+    assert!(e.starts_with("test.toml:20:12: maintenance[0].upstream: no upstream named \"nope\""), "{e}");
+    let e =
+        err(&format!("{VALID}\n[[maintenance]]\nupstream = \"api\"\n[[maintenance]]\nupstream = \"api\"\n"));
+    assert!(e.contains("already has a [[maintenance]] entry"), "{e}");
+}
+
+#[test]
+fn an_admin_listener_off_loopback_needs_a_token() {
+    std::env::remove_var("DIFY_SHAPER_ADMIN_TOKEN");
+    let text = VALID.replace("[server]\n", "[server]\nadmin = \"0.0.0.0:9090\"\n");
+    let e = err(&text);
+    assert!(e.starts_with("test.toml:3:1: server.admin: 0.0.0.0:9090 is reachable from other hosts"), "{e}");
+    let with_token = VALID.replace("[server]\n", "[server]\nadmin = \"0.0.0.0:9090\"\nadmin_token = \"t\"\n");
+    assert_eq!(load(&with_token).expect("valid").server.admin_token.as_deref(), Some("t"));
+}

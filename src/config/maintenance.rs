@@ -1,0 +1,449 @@
+//! `[[maintenance]]`: when and how an upstream is drained and restarted — the raw TOML shape,
+//! its validated form ([`MaintenanceSpec`]) and the checks between them. Each entry names
+//! one upstream; an upstream without an entry still gets manual drain/resume with the
+//! defaults below, but no schedule and no restart action.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+use super::units::{ByteSize, HumanDuration};
+use crate::maintenance::actions::Action;
+use crate::maintenance::memory::MemorySource;
+use crate::maintenance::schedule::Schedule;
+
+/// Default Docker Engine API socket.
+pub const DOCKER_SOCKET: &str = "/var/run/docker.sock";
+
+/// One `[[maintenance]]` entry as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMaintenance {
+    /// The upstream this entry maintains.
+    pub upstream: Spanned<String>,
+    /// Cron expression (5 fields, or 6 with seconds first) read in `timezone`.
+    pub schedule: Option<Spanned<String>>,
+    /// IANA time zone of `schedule` (default `UTC`).
+    pub timezone: Option<Spanned<String>>,
+    /// `all` (default): the whole upstream at once, requests held meanwhile; `rolling`: one
+    /// replica at a time while the others serve.
+    pub mode: Option<MaintenanceMode>,
+    /// Longest wait for in-flight requests before the restart goes ahead anyway.
+    pub drain_timeout: Option<HumanDuration>,
+    /// Longest restart action (and, for `none`, the window after the scheduled time).
+    pub restart_timeout: Option<HumanDuration>,
+    /// Longest wait for the health gate after the restart.
+    pub recover_timeout: Option<HumanDuration>,
+    /// Slow start after the restart: admission goes from half the limit to all of it.
+    pub ramp: Option<HumanDuration>,
+    /// Longest manual drain without `resume`, after which serving resumes on its own.
+    pub manual_timeout: Option<HumanDuration>,
+    /// Longest a held request waits before 503 (default: the whole cycle's deadlines).
+    pub hold_timeout: Option<HumanDuration>,
+    /// What restarts the backend.
+    pub action: Option<Spanned<RawAction>>,
+    /// The health gate that ends `Recovering`.
+    #[serde(default)]
+    pub health: RawGate,
+    /// Restart when memory passes a threshold.
+    pub memory: Option<Spanned<RawMemory>>,
+}
+
+/// `all` or `rolling`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MaintenanceMode {
+    /// Every replica at once; requests are held.
+    #[default]
+    All,
+    /// One replica at a time; the others serve.
+    Rolling,
+}
+
+/// `[maintenance.action]` as written; which keys apply depends on `kind`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAction {
+    /// `command`, `docker`, `http`, `signal` or `none`.
+    pub kind: String,
+    /// `command`: the shell command.
+    pub command: Option<String>,
+    /// `command`/`docker`/`http`: longest run.
+    pub timeout: Option<HumanDuration>,
+    /// `docker`: containers restarted in order.
+    pub containers: Option<Vec<String>>,
+    /// `docker`: the Engine API socket.
+    pub socket: Option<PathBuf>,
+    /// `docker`: SIGTERM → SIGKILL grace given to Docker.
+    pub stop_timeout: Option<HumanDuration>,
+    /// `http`: the URL.
+    pub url: Option<String>,
+    /// `http`: the method (default POST).
+    pub method: Option<String>,
+    /// `http`: extra headers.
+    pub headers: Option<BTreeMap<String, String>>,
+    /// `signal`: the pid.
+    pub pid: Option<u32>,
+    /// `signal`: a file holding the pid.
+    pub pid_file: Option<PathBuf>,
+    /// `signal`: the signal name (default HUP).
+    pub signal: Option<String>,
+    /// `none`: how long after the scheduled time the external restart may come.
+    pub window: Option<HumanDuration>,
+}
+
+/// `[maintenance.health]`: the gate after a restart.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGate {
+    /// Path probed with GET; must answer 2xx (default: the upstream's health path).
+    pub path: Option<String>,
+    /// Good answers in a row needed.
+    pub successes: Option<u32>,
+    /// Time between probes.
+    pub interval: Option<HumanDuration>,
+    /// Longest wait for one probe.
+    pub timeout: Option<HumanDuration>,
+    /// Optional request through a real route once the path passes, e.g.
+    /// `"GET /console/api/setup"`: must answer below 500 (it touches the database).
+    pub request: Option<String>,
+}
+
+/// `[maintenance.memory]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMemory {
+    /// Restart when usage passes this.
+    pub threshold: ByteSize,
+    /// A cgroup file to read (`memory.current`), or …
+    pub cgroup: Option<PathBuf>,
+    /// … a container whose Docker stats are read.
+    pub container: Option<String>,
+    /// Docker socket for `container`.
+    pub socket: Option<PathBuf>,
+    /// How often memory is read.
+    pub interval: Option<HumanDuration>,
+    /// At most one memory-triggered restart per this window.
+    pub min_interval: Option<HumanDuration>,
+}
+
+/// A validated `[[maintenance]]` entry (or the defaults of an upstream without one).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MaintenanceSpec {
+    /// The upstream.
+    pub upstream: String,
+    /// When restarts are due.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<Schedule>,
+    /// `all` or `rolling`.
+    pub mode: MaintenanceMode,
+    /// Longest drain.
+    pub drain_timeout: HumanDuration,
+    /// Longest restart action.
+    pub restart_timeout: HumanDuration,
+    /// Longest wait for the health gate.
+    pub recover_timeout: HumanDuration,
+    /// Slow start after the restart.
+    pub ramp: HumanDuration,
+    /// Longest manual drain without resume.
+    pub manual_timeout: HumanDuration,
+    /// Longest wait of one held request.
+    pub hold_timeout: HumanDuration,
+    /// What restarts the backend (`None` when only manual drain/resume is possible).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action: Option<Action>,
+    /// The health gate.
+    pub health: GateSpec,
+    /// The memory trigger.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory: Option<MemorySpec>,
+}
+
+impl MaintenanceSpec {
+    /// The defaults for `upstream` (manual control only), probing `health_path`.
+    pub fn manual_only(upstream: &str, health_path: &str) -> Self {
+        let secs = |s| HumanDuration(Duration::from_secs(s));
+        MaintenanceSpec {
+            upstream: upstream.to_string(),
+            schedule: None,
+            mode: MaintenanceMode::All,
+            drain_timeout: secs(120),
+            restart_timeout: secs(300),
+            recover_timeout: secs(600),
+            ramp: secs(30),
+            manual_timeout: secs(1800),
+            hold_timeout: secs(120 + 300 + 600),
+            action: None,
+            health: GateSpec {
+                path: health_path.to_string(),
+                successes: 3,
+                interval: secs(1),
+                timeout: secs(2),
+                request: None,
+            },
+            memory: None,
+        }
+    }
+
+    /// How long before the scheduled time draining starts: for `none` the external restart
+    /// comes at the scheduled time, so the drain must be over by then; other actions run at
+    /// the scheduled time, after their drain.
+    pub fn lead(&self) -> Duration {
+        match self.action {
+            Some(Action::None { .. }) => self.drain_timeout.0,
+            _ => Duration::ZERO,
+        }
+    }
+}
+
+/// The health gate after a restart.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GateSpec {
+    /// Probed path (GET, 2xx).
+    pub path: String,
+    /// Good answers in a row.
+    pub successes: u32,
+    /// Between probes.
+    pub interval: HumanDuration,
+    /// Per probe.
+    pub timeout: HumanDuration,
+    /// A request through a real route (`METHOD /path`), below 500.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request: Option<String>,
+}
+
+/// The memory trigger.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MemorySpec {
+    /// Where memory is read.
+    pub source: MemorySource,
+    /// Restart above this.
+    pub threshold: ByteSize,
+    /// Between readings.
+    pub interval: HumanDuration,
+    /// At most one memory restart per this window.
+    pub min_interval: HumanDuration,
+}
+
+/// Checks one entry; errors are `(key, message, span)` with the span of the offending value
+/// when it has one (the caller turns them into `FILE:LINE:COL`).
+pub fn build(
+    index: usize,
+    raw: &RawMaintenance,
+    health_path: &str,
+) -> Result<MaintenanceSpec, (String, String, Option<std::ops::Range<usize>>)> {
+    let key = |k: &str| format!("maintenance[{index}].{k}");
+    let err = |k: &str, m: String, span: Option<std::ops::Range<usize>>| (key(k), m, span);
+    let mut spec = MaintenanceSpec::manual_only(raw.upstream.get_ref(), health_path);
+    let zone = raw.timezone.as_ref().map_or("UTC", |z| z.get_ref().as_str());
+    if let Some(expr) = &raw.schedule {
+        let schedule = Schedule::new(expr.get_ref(), zone).map_err(|e| match e {
+            crate::maintenance::schedule::ScheduleError::Zone(_) => {
+                err("timezone", e.to_string(), raw.timezone.as_ref().map(|z| z.span()))
+            }
+            _ => err("schedule", e.to_string(), Some(expr.span())),
+        })?;
+        spec.schedule = Some(schedule);
+    } else if let Some(z) = &raw.timezone {
+        return Err(err("timezone", "a time zone needs a `schedule`".into(), Some(z.span())));
+    }
+    spec.mode = raw.mode.unwrap_or_default();
+    let ranged = |k: &str, v: Option<HumanDuration>, d: HumanDuration, lo: u64, hi: u64| {
+        let v = v.unwrap_or(d);
+        if (Duration::from_secs(lo)..=Duration::from_secs(hi)).contains(&v.0) {
+            Ok(v)
+        } else {
+            Err(err(k, format!("{v} is out of range: expected {lo}s..={hi}s"), None))
+        }
+    };
+    spec.drain_timeout = ranged("drain_timeout", raw.drain_timeout, spec.drain_timeout, 0, 3600)?;
+    spec.restart_timeout = ranged("restart_timeout", raw.restart_timeout, spec.restart_timeout, 1, 3600)?;
+    spec.recover_timeout = ranged("recover_timeout", raw.recover_timeout, spec.recover_timeout, 1, 7200)?;
+    spec.ramp = ranged("ramp", raw.ramp, spec.ramp, 0, 3600)?;
+    spec.manual_timeout = ranged("manual_timeout", raw.manual_timeout, spec.manual_timeout, 1, 86400)?;
+    let cycle = spec.drain_timeout.0 + spec.restart_timeout.0 + spec.recover_timeout.0;
+    spec.hold_timeout = ranged("hold_timeout", raw.hold_timeout, HumanDuration(cycle), 1, 86400)?;
+    if let Some(action) = &raw.action {
+        let built = build_action(action.get_ref(), spec.restart_timeout.0)
+            .map_err(|(k, m)| err(&format!("action.{k}"), m, Some(action.span())))?;
+        if let Action::None { window } = &built {
+            // `Restarting` waits for the external restart from the end of the drain (as early
+            // as `lead` before the scheduled time) to the end of the window.
+            let needed = *window + spec.lead();
+            if needed >= spec.restart_timeout.0 {
+                spec.restart_timeout = HumanDuration(needed + Duration::from_secs(1));
+            }
+            if spec.mode == MaintenanceMode::Rolling {
+                let m = "`rolling` needs an action dify-shaper runs per replica, not `none`".into();
+                return Err(err("mode", m, Some(action.span())));
+            }
+        }
+        spec.action = Some(built);
+    } else if raw.schedule.is_some() || raw.memory.is_some() {
+        let m =
+            "a schedule or memory trigger needs an `action` (kind = command|docker|http|signal|none)".into();
+        return Err(err("action", m, Some(raw.upstream.span())));
+    }
+    spec.health = build_gate(&raw.health, spec.health.clone())
+        .map_err(|(k, m)| err(&format!("health.{k}"), m, None))?;
+    if let Some(memory) = &raw.memory {
+        if matches!(spec.action, Some(Action::None { .. })) {
+            let m = "a memory trigger needs an action dify-shaper runs, not `none`".into();
+            return Err(err("memory", m, Some(memory.span())));
+        }
+        spec.memory = Some(
+            build_memory(memory.get_ref())
+                .map_err(|(k, m)| err(&format!("memory.{k}"), m, Some(memory.span())))?,
+        );
+    }
+    Ok(spec)
+}
+
+fn build_action(raw: &RawAction, restart_timeout: Duration) -> Result<Action, (String, String)> {
+    let present: Vec<&str> = [
+        ("command", raw.command.is_some()),
+        ("timeout", raw.timeout.is_some()),
+        ("containers", raw.containers.is_some()),
+        ("socket", raw.socket.is_some()),
+        ("stop_timeout", raw.stop_timeout.is_some()),
+        ("url", raw.url.is_some()),
+        ("method", raw.method.is_some()),
+        ("headers", raw.headers.is_some()),
+        ("pid", raw.pid.is_some()),
+        ("pid_file", raw.pid_file.is_some()),
+        ("signal", raw.signal.is_some()),
+        ("window", raw.window.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(k, set)| set.then_some(k))
+    .collect();
+    let allowed: &[&str] = match raw.kind.as_str() {
+        "command" => &["command", "timeout"],
+        "docker" => &["containers", "socket", "stop_timeout", "timeout"],
+        "http" => &["url", "method", "headers", "timeout"],
+        "signal" => &["pid", "pid_file", "signal"],
+        "none" => &["window"],
+        other => {
+            return Err((
+                "kind".into(),
+                format!("unknown action {other:?}: expected command, docker, http, signal or none"),
+            ))
+        }
+    };
+    if let Some(extra) = present.iter().find(|k| !allowed.contains(k)) {
+        return Err(((*extra).into(), format!("does not apply to kind = {:?}", raw.kind)));
+    }
+    let timeout = raw.timeout.map_or(restart_timeout, |t| t.0);
+    if timeout.is_zero() || timeout > restart_timeout {
+        return Err((
+            "timeout".into(),
+            format!("must be between 1ms and restart_timeout ({restart_timeout:?})"),
+        ));
+    }
+    let missing = |k: &str| (k.to_string(), format!("kind = {:?} needs `{k}`", raw.kind));
+    Ok(match raw.kind.as_str() {
+        "command" => {
+            let command =
+                raw.command.clone().filter(|c| !c.trim().is_empty()).ok_or_else(|| missing("command"))?;
+            Action::Command { command, timeout }
+        }
+        "docker" => {
+            let containers =
+                raw.containers.clone().filter(|c| !c.is_empty()).ok_or_else(|| missing("containers"))?;
+            Action::Docker {
+                socket: raw.socket.clone().unwrap_or_else(|| PathBuf::from(DOCKER_SOCKET)),
+                containers,
+                stop_timeout: raw.stop_timeout.map_or(Duration::from_secs(10), |t| t.0),
+                timeout,
+            }
+        }
+        "http" => {
+            let url = raw.url.clone().ok_or_else(|| missing("url"))?;
+            if !url.starts_with("http://") {
+                return Err(("url".into(), format!("{url:?}: expected an http:// URL")));
+            }
+            let method = raw.method.clone().unwrap_or_else(|| "POST".into()).to_ascii_uppercase();
+            if http::Method::from_bytes(method.as_bytes()).is_err() {
+                return Err(("method".into(), format!("{method:?} is not an HTTP method")));
+            }
+            let headers = raw.headers.clone().unwrap_or_default().into_iter().collect();
+            let timeout = raw.timeout.map_or(Duration::from_secs(30).min(restart_timeout), |t| t.0);
+            Action::Http { method, url, headers, timeout }
+        }
+        "signal" => {
+            if raw.pid.is_some() == raw.pid_file.is_some() {
+                return Err(("pid".into(), "set exactly one of `pid` and `pid_file`".into()));
+            }
+            let signal = raw.signal.clone().unwrap_or_else(|| "HUP".into());
+            Action::parse_signal(&signal).map_err(|m| ("signal".to_string(), m))?;
+            Action::Signal { pid: raw.pid, pid_file: raw.pid_file.clone(), signal }
+        }
+        _ => Action::None { window: raw.window.map_or(Duration::from_secs(300), |w| w.0) },
+    })
+}
+
+fn build_gate(raw: &RawGate, defaults: GateSpec) -> Result<GateSpec, (String, String)> {
+    let gate = GateSpec {
+        path: raw.path.clone().unwrap_or(defaults.path),
+        successes: raw.successes.unwrap_or(defaults.successes),
+        interval: raw.interval.unwrap_or(defaults.interval),
+        timeout: raw.timeout.unwrap_or(defaults.timeout),
+        request: raw.request.clone(),
+    };
+    if !gate.path.starts_with('/') || gate.path.contains(char::is_whitespace) {
+        return Err(("path".into(), format!("{:?} must be a path starting with '/'", gate.path)));
+    }
+    if !(1..=100).contains(&gate.successes) {
+        return Err(("successes".into(), format!("{} is out of range: expected 1..=100", gate.successes)));
+    }
+    for (k, v) in [("interval", gate.interval), ("timeout", gate.timeout)] {
+        if !(Duration::from_millis(50)..=Duration::from_secs(60)).contains(&v.0) {
+            return Err((k.into(), format!("{v} is out of range: expected 50ms..=60s")));
+        }
+    }
+    if let Some(request) = &gate.request {
+        if parse_gate_request(request).is_none() {
+            return Err(("request".into(), format!("{request:?}: expected \"METHOD /path\"")));
+        }
+    }
+    Ok(gate)
+}
+
+/// Splits a gate request `"GET /console/api/setup"` into method and path.
+pub fn parse_gate_request(text: &str) -> Option<(String, String)> {
+    let (method, path) = text.trim().split_once(' ')?;
+    let path = path.trim();
+    let ok = http::Method::from_bytes(method.as_bytes()).is_ok()
+        && path.starts_with('/')
+        && !path.contains(char::is_whitespace);
+    ok.then(|| (method.to_string(), path.to_string()))
+}
+
+fn build_memory(raw: &RawMemory) -> Result<MemorySpec, (String, String)> {
+    let source = match (&raw.cgroup, &raw.container) {
+        (Some(path), None) if raw.socket.is_none() => MemorySource::Cgroup { path: path.clone() },
+        (None, Some(container)) => MemorySource::Docker {
+            socket: raw.socket.clone().unwrap_or_else(|| PathBuf::from(DOCKER_SOCKET)),
+            container: container.clone(),
+        },
+        _ => {
+            return Err((
+                "cgroup".into(),
+                "set exactly one of `cgroup` (a file) and `container` (Docker stats; `socket` optional)"
+                    .into(),
+            ))
+        }
+    };
+    if raw.threshold.0 < (1 << 20) {
+        return Err(("threshold".into(), format!("{} is too small: expected at least 1MiB", raw.threshold)));
+    }
+    let interval = raw.interval.unwrap_or(HumanDuration(Duration::from_secs(30)));
+    if !(Duration::from_millis(100)..=Duration::from_secs(3600)).contains(&interval.0) {
+        return Err(("interval".into(), format!("{interval} is out of range: expected 100ms..=1h")));
+    }
+    let min_interval = raw.min_interval.unwrap_or(HumanDuration(Duration::from_secs(6 * 3600)));
+    Ok(MemorySpec { source, threshold: raw.threshold, interval, min_interval })
+}
