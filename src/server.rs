@@ -16,6 +16,7 @@ use crate::admin::AdminApp;
 use crate::app::App;
 use crate::config::Config;
 use crate::housekeeping::Housekeeping;
+use crate::maintenance::service::MaintenanceService;
 use crate::proxy::DifyProxy;
 use crate::resilience::probe::Prober;
 use crate::upstream::resolver::{resolve_all_blocking, Resolver};
@@ -63,6 +64,7 @@ pub fn run(app: Arc<App>) -> ! {
     server.add_service(background_service("upstream resolver", Resolver::new(Arc::clone(&app))));
     server.add_service(background_service("housekeeping", Housekeeping::new(Arc::clone(&app))));
     server.add_service(background_service("health probes", Prober::new(Arc::clone(&app))));
+    server.add_service(background_service("maintenance", MaintenanceService::new(Arc::clone(&app))));
 
     tracing::info!(
         listen = ?config.server.listen,

@@ -1,5 +1,17 @@
 //! The admin listener (default `127.0.0.1:9090`, separate from client traffic):
-//! `GET /live`, `GET /ready`, `GET /status`. Later: `/metrics`, `/reload`, drain/resume.
+//!
+//! | request | answer |
+//! |---|---|
+//! | `GET /live` | 200 while the process runs |
+//! | `GET /ready` | 200 when every routed upstream can serve, else 503 |
+//! | `GET /status` | JSON: upstreams (admission, health, maintenance), routes, classes |
+//! | `POST /upstreams/{name}/drain` | 200: hold new requests, wait for in-flight ones; stays drained until resume |
+//! | `POST /upstreams/{name}/resume` | 200: serve again once the health gate passes |
+//! | `POST /upstreams/{name}/restart` | 202: run the restart cycle now (`"cycle": N` in the body) |
+//!
+//! With `server.admin_token` set, everything but `/live` and `/ready` needs
+//! `Authorization: Bearer TOKEN` (401 otherwise); a non-loopback admin address requires it.
+//! Errors use Dify's envelope: 404 `not_found`, 409 `conflict`, 401 `unauthorized`.
 
 pub mod status;
 
@@ -11,10 +23,19 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
 use crate::app::App;
+use crate::maintenance::controller::Refused;
 
 /// The admin HTTP application.
 pub struct AdminApp {
     app: Arc<App>,
+}
+
+/// A maintenance command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Command {
+    Drain,
+    Resume,
+    Restart,
 }
 
 impl AdminApp {
@@ -23,8 +44,25 @@ impl AdminApp {
         AdminApp { app }
     }
 
-    /// Answers one admin request; separated from the session for unit tests.
-    pub fn handle(&self, method: &Method, path: &str) -> (StatusCode, serde_json::Value) {
+    /// Answers one admin request; separated from the session for unit tests. `authorization`
+    /// is the request's `Authorization` header.
+    pub fn handle(
+        &self,
+        method: &Method,
+        path: &str,
+        authorization: Option<&str>,
+    ) -> (StatusCode, serde_json::Value) {
+        let open = matches!(path, "/live" | "/ready");
+        if !open && !self.authorized(authorization) {
+            return envelope(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "missing or wrong admin token (Authorization: Bearer …)",
+            );
+        }
+        if let Some(rest) = path.strip_prefix("/upstreams/") {
+            return self.command(method, rest);
+        }
         if method != Method::GET && method != Method::HEAD {
             return envelope(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -40,11 +78,83 @@ impl AdminApp {
                 (code, serde_json::to_value(readiness).unwrap_or_default())
             }
             "/status" => (StatusCode::OK, status::status(&self.app)),
-            _ => {
-                envelope(StatusCode::NOT_FOUND, "not_found", "unknown admin path; try /live, /ready, /status")
-            }
+            _ => envelope(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "unknown admin path; try /live, /ready, /status, POST /upstreams/NAME/drain|resume|restart",
+            ),
         }
     }
+
+    fn authorized(&self, authorization: Option<&str>) -> bool {
+        let config = self.app.config();
+        let Some(token) = config.server.admin_token.as_deref() else { return true };
+        let given = authorization.and_then(|h| h.strip_prefix("Bearer ")).map(str::trim).unwrap_or("");
+        constant_time_eq(given.as_bytes(), token.as_bytes())
+    }
+
+    /// `POST /upstreams/{name}/{drain|resume|restart}`.
+    fn command(&self, method: &Method, rest: &str) -> (StatusCode, serde_json::Value) {
+        let Some((name, verb)) = rest.split_once('/') else {
+            return envelope(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "expected /upstreams/NAME/drain|resume|restart",
+            );
+        };
+        let command = match verb {
+            "drain" => Command::Drain,
+            "resume" => Command::Resume,
+            "restart" => Command::Restart,
+            _ => {
+                let message = format!("unknown command {verb:?}: expected drain, resume or restart");
+                return envelope(StatusCode::NOT_FOUND, "not_found", &message);
+            }
+        };
+        if method != Method::POST {
+            return envelope(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "maintenance commands are POST",
+            );
+        }
+        let Some(group) = self.app.upstreams.get(name) else {
+            let known: Vec<String> = self.app.upstreams.all().iter().map(|g| g.name().to_string()).collect();
+            let message = format!("no upstream named {name:?}; known: {}", known.join(", "));
+            return envelope(StatusCode::NOT_FOUND, "not_found", &message);
+        };
+        tracing::warn!(upstream = name, ?command, "admin: maintenance command");
+        let maintenance = group.maintenance();
+        let result = match command {
+            Command::Drain => {
+                maintenance.drain(&group).map(|v| (StatusCode::OK, serde_json::to_value(v), None))
+            }
+            Command::Resume => {
+                maintenance.resume(&group).map(|v| (StatusCode::OK, serde_json::to_value(v), None))
+            }
+            Command::Restart => maintenance
+                .restart(&group)
+                .map(|(v, cycle)| (StatusCode::ACCEPTED, serde_json::to_value(v), Some(cycle))),
+        };
+        match result {
+            Ok((code, Ok(mut view), cycle)) => {
+                if let (Some(cycle), Some(map)) = (cycle, view.as_object_mut()) {
+                    map.insert("cycle".into(), cycle.into());
+                }
+                (code, view)
+            }
+            Ok((_, Err(e), _)) => {
+                envelope(StatusCode::INTERNAL_SERVER_ERROR, "internal_server_error", &e.to_string())
+            }
+            Err(Refused::Conflict(message)) => envelope(StatusCode::CONFLICT, "conflict", &message),
+        }
+    }
+}
+
+/// Compares without stopping at the first difference, so the answer time says nothing about
+/// how much of a guessed token was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn envelope(status: StatusCode, code: &str, message: &str) -> (StatusCode, serde_json::Value) {
@@ -55,15 +165,32 @@ fn envelope(status: StatusCode, code: &str, message: &str) -> (StatusCode, serde
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let req = session.req_header();
-        let (status, body) = self.handle(&req.method, req.uri.path());
+        let authorization = req.headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        let (status, body) = self.handle(&req.method, req.uri.path(), authorization);
         let body = serde_json::to_vec_pretty(&body).unwrap_or_default();
         let mut response = Response::new(body);
         *response.status_mut() = status;
         let headers = response.headers_mut();
         headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
         headers.insert(http::header::CACHE_CONTROL, http::HeaderValue::from_static("no-store"));
+        if status == StatusCode::UNAUTHORIZED {
+            headers.insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
+        }
         let len = response.body().len();
         response.headers_mut().insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(!constant_time_eq(b"", b"x"));
     }
 }

@@ -4,7 +4,8 @@ use serde::Serialize;
 
 use crate::app::App;
 
-/// `/ready`: serving only when every upstream that a route uses has an address.
+/// `/ready`: serving only when every upstream that a route uses has an address and can
+/// serve (or is down for maintenance, whose requests are held, not failed).
 #[derive(Debug, Serialize)]
 pub struct Readiness {
     /// Whether the proxy can serve.
@@ -19,9 +20,12 @@ pub fn readiness(app: &App) -> Readiness {
     let mut reasons = Vec::new();
     for group in app.upstreams.all() {
         let used = config.router.routes().iter().any(|r| r.upstream == group.name());
+        // A backend down for planned maintenance is not a reason to take the proxy out of a
+        // load balancer: holding its requests until it is back is the proxy's job.
+        let in_maintenance = group.maintenance().phase() != crate::maintenance::state::Phase::Serving;
         if used && group.endpoints().is_empty() {
             reasons.push(format!("upstream {} has no resolved address", group.name()));
-        } else if used && !group.health().serving() {
+        } else if used && !group.health().serving() && !in_maintenance {
             reasons.push(format!("upstream {} is down (every endpoint out of rotation)", group.name()));
         }
     }
@@ -41,6 +45,7 @@ pub fn status(app: &App) -> serde_json::Value {
                 "endpoints": group.endpoints().iter().map(|e| e.addr.to_string()).collect::<Vec<_>>(),
                 "admission": group.admission().status(),
                 "health": group.health().status(),
+                "maintenance": group.maintenance().view(&group),
                 "last_resolve_error": group.last_resolve_error(),
             });
             (group.name().to_string(), value)

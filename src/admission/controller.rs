@@ -179,7 +179,9 @@ impl Admission {
             // A hold (maintenance or a downed backend) stops admission even when the limit
             // is disabled; only unqueued classes (stop-task calls) pass it.
             let open = st.is_open();
-            if !queued || (open && (!st.policy.enabled || (st.queue.is_empty() && st.in_flight < st.cap(class, now))))
+            if !queued
+                || (open
+                    && (!st.policy.enabled || (st.queue.is_empty() && st.in_flight < st.cap(class, now))))
             {
                 let id = st.next_id;
                 st.next_id += 1;

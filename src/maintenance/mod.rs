@@ -1,9 +1,19 @@
-//! Scheduled maintenance (issue #5, in progress): when the nightly restart is due
-//! ([`schedule`]), the drain → restart → recover → ramp cycle ([`state`]), what restarts the
-//! backend ([`actions`]) and where its memory use is read ([`memory`]). Wiring them to
-//! admission (hold/ramp), the admin API and `ctl` comes next.
+//! Scheduled and manual maintenance: drain an upstream before its restart, restart it (or
+//! wait for an external restart), hold new requests meanwhile, and release them — ramped —
+//! once it is healthy.
+//!
+//! - [`schedule`]: when a restart is due (cron in an IANA zone, DST-correct);
+//! - [`state`]: the pure phase machine (Serving → Draining → Restarting → Recovering →
+//!   Ramping → Serving, plus a manual Drained), every phase with a deadline;
+//! - [`controller`]: one upstream's controller — triggers, effects on admission and replica
+//!   rotation, the status view and operator commands;
+//! - [`actions`]: what restarts the backend; [`gate`]: the health gate and restart watch;
+//!   [`memory`]: where memory use is read; [`service`]: the ticking background service.
 
 pub mod actions;
+pub mod controller;
+pub mod gate;
 pub mod memory;
 pub mod schedule;
+pub mod service;
 pub mod state;

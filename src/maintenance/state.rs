@@ -2,15 +2,19 @@
 //!
 //! ```text
 //! Serving ─due─► Draining ─idle or drain_timeout─► Restarting ─action done─► Recovering
-//!    ▲                                                │ action failed/timed out   │ health passes
-//!    │                                                ▼                           ▼
-//!    └──────────────── (loud, counted) ◄──── back to Serving        Ramping ─ramp over─► Serving
+//!    │  ▲             │ (manual drain)                 │ action failed/timed out   │ health passes
+//!    │  │             ▼                                ▼                           ▼
+//!    │  └──────── Drained ─resume / manual_timeout─► Recovering       Ramping ─ramp over─► Serving
+//!    │                                                                   ▲
+//!    └─ back to Serving on any failure (loud, counted) ──────────────────┘
 //! ```
 //!
 //! Every phase has a deadline; when an action fails or the backend never comes back the
 //! machine returns to `Serving` with the reason recorded — holding traffic forever is never
-//! an outcome. The caller turns the phase into admission decisions (Draining/Restarting/
-//! Recovering hold new work, Ramping ramps) and runs the actions.
+//! an outcome. A manual drain (`drain`) ends in `Drained` instead of restarting, and stays
+//! there until `resume` or `manual_timeout`. The caller turns the phase into admission
+//! decisions (Draining/Drained/Restarting/Recovering hold new work, Ramping ramps) and runs
+//! the actions.
 
 use std::time::Duration;
 
@@ -25,6 +29,9 @@ pub enum Phase {
     Serving,
     /// No new work admitted; in-flight requests finish (up to `drain_timeout`).
     Draining,
+    /// Manually drained: nothing in flight, new work held until `resume` (or
+    /// `manual_timeout`).
+    Drained,
     /// The restart action runs (up to `restart_timeout`).
     Restarting,
     /// Waiting for the health gate (up to `recover_timeout`).
@@ -36,8 +43,12 @@ pub enum Phase {
 /// What happened.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    /// The schedule (or an operator) started maintenance.
+    /// The schedule (or an operator) started a restart cycle.
     Start,
+    /// An operator drained the upstream by hand (no restart: it waits for `Resume`).
+    Drain,
+    /// An operator resumed: wait for the health gate, then serve.
+    Resume,
     /// Requests in flight to the upstream right now.
     InFlight(usize),
     /// The restart action ended.
@@ -59,6 +70,8 @@ pub struct Timeouts {
     pub recover: Duration,
     /// Ramp length.
     pub ramp: Duration,
+    /// Longest manual drain without a `resume`.
+    pub manual: Duration,
 }
 
 /// A phase change, for logs, `/status` and metrics.
@@ -81,12 +94,29 @@ pub struct Machine {
     since: Instant,
     timeouts: Timeouts,
     in_flight: usize,
+    /// Whether this drain ends in `Drained` (manual) rather than `Restarting`.
+    hold_only: bool,
 }
 
 impl Machine {
     /// A machine in `Serving`.
     pub fn new(timeouts: Timeouts, now: Instant) -> Self {
-        Machine { phase: Phase::Serving, since: now, timeouts, in_flight: 0 }
+        Machine { phase: Phase::Serving, since: now, timeouts, in_flight: 0, hold_only: false }
+    }
+
+    /// Replaces the deadlines (config reload); the phase and its start are kept.
+    pub fn set_timeouts(&mut self, timeouts: Timeouts) {
+        self.timeouts = timeouts;
+    }
+
+    /// The deadlines in force.
+    pub fn timeouts(&self) -> &Timeouts {
+        &self.timeouts
+    }
+
+    /// Whether the current drain is a manual one (ends in `Drained`).
+    pub fn hold_only(&self) -> bool {
+        self.hold_only
     }
 
     /// The current phase.
@@ -122,11 +152,32 @@ impl Machine {
             self.in_flight = n;
         }
         match (self.phase, event) {
-            (Phase::Serving, Event::Start) => self.go(Phase::Draining, now, "maintenance started", false),
+            (Phase::Serving, Event::Start) => {
+                self.hold_only = false;
+                self.go(Phase::Draining, now, "maintenance started", false)
+            }
+            (Phase::Serving, Event::Drain) => {
+                self.hold_only = true;
+                self.go(Phase::Draining, now, "drain requested", false)
+            }
+            (Phase::Draining, Event::InFlight(0)) if self.hold_only => {
+                self.go(Phase::Drained, now, "drained", false)
+            }
             (Phase::Draining, Event::InFlight(0)) => self.go(Phase::Restarting, now, "drained", false),
             (Phase::Draining, Event::Tick) if self.overdue(self.timeouts.drain, now) => {
                 let reason = format!("drain timeout: {} still in flight", self.in_flight);
-                self.go(Phase::Restarting, now, reason, false)
+                let to = if self.hold_only { Phase::Drained } else { Phase::Restarting };
+                self.go(to, now, reason, false)
+            }
+            (Phase::Draining | Phase::Drained, Event::Resume) => {
+                self.go(Phase::Recovering, now, "resume requested", false)
+            }
+            (Phase::Drained, Event::Tick) if self.overdue(self.timeouts.manual, now) => {
+                let reason = format!(
+                    "manual drain not resumed within {}: resuming",
+                    humantime::format_duration(self.timeouts.manual)
+                );
+                self.go(Phase::Recovering, now, reason, true)
             }
             (Phase::Restarting, Event::ActionDone(Ok(()))) => {
                 self.go(Phase::Recovering, now, "action done", false)
@@ -155,7 +206,7 @@ mod tests {
 
     fn timeouts() -> Timeouts {
         let s = Duration::from_secs;
-        Timeouts { drain: s(30), restart: s(120), recover: s(300), ramp: s(10) }
+        Timeouts { drain: s(30), restart: s(120), recover: s(300), ramp: s(10), manual: s(600) }
     }
 
     #[test]
@@ -207,5 +258,52 @@ mod tests {
         m.on(Event::Start, t0);
         assert_eq!(m.on(Event::Start, t0), None, "already draining");
         assert_eq!(m.phase(), Phase::Draining);
+    }
+}
+
+#[cfg(test)]
+mod manual_tests {
+    use super::*;
+
+    #[test]
+    fn a_manual_drain_waits_for_resume_and_never_holds_forever() {
+        let s = Duration::from_secs;
+        let timeouts =
+            Timeouts { drain: s(30), restart: s(120), recover: s(300), ramp: s(10), manual: s(600) };
+        let t0 = Instant::now();
+        let at = |secs| t0 + s(secs);
+        let mut m = Machine::new(timeouts, t0);
+        assert_eq!(m.on(Event::Drain, at(0)).map(|t| t.to), Some(Phase::Draining));
+        assert!(m.hold_only());
+        assert_eq!(m.on(Event::InFlight(0), at(2)).map(|t| t.to), Some(Phase::Drained), "no restart");
+        assert_eq!(m.on(Event::Tick, at(300)), None, "stays drained");
+        let resumed = m.on(Event::Resume, at(301)).expect("resume");
+        assert_eq!((resumed.to, resumed.failure), (Phase::Recovering, false));
+        assert_eq!(m.on(Event::Healthy, at(303)).map(|t| t.to), Some(Phase::Ramping));
+        m.on(Event::Tick, at(400));
+        assert_eq!(m.phase(), Phase::Serving);
+
+        m.on(Event::Drain, at(1000));
+        m.on(Event::InFlight(1), at(1000));
+        assert_eq!(m.on(Event::Tick, at(1030)).map(|t| t.to), Some(Phase::Drained), "drain timeout");
+        let expired = m.on(Event::Tick, at(1630)).expect("manual timeout");
+        assert_eq!((expired.to, expired.failure), (Phase::Recovering, true));
+        assert!(expired.reason.contains("not resumed"), "{}", expired.reason);
+    }
+
+    #[test]
+    fn resume_during_a_scheduled_drain_skips_the_restart_but_not_while_it_runs() {
+        let s = Duration::from_secs;
+        let timeouts =
+            Timeouts { drain: s(30), restart: s(120), recover: s(300), ramp: s(10), manual: s(600) };
+        let t0 = Instant::now();
+        let mut m = Machine::new(timeouts, t0);
+        m.on(Event::Start, t0);
+        assert_eq!(m.on(Event::Resume, t0).map(|t| t.to), Some(Phase::Recovering));
+        let mut m = Machine::new(m.timeouts().clone(), t0);
+        m.on(Event::Start, t0);
+        m.on(Event::InFlight(0), t0);
+        assert_eq!(m.phase(), Phase::Restarting);
+        assert_eq!(m.on(Event::Resume, t0), None, "the action is running");
     }
 }

@@ -27,11 +27,13 @@ struct EndpointHealth {
     ejected_until: Option<Instant>,
     /// Times ejected (each ejection lasts twice as long as the last, up to a cap).
     ejections: u32,
+    /// Drained for maintenance (a rolling restart): out of rotation, but not an outage.
+    drained: bool,
 }
 
 impl EndpointHealth {
     fn in_rotation(&self, now: Instant) -> bool {
-        !self.down && self.ejected_until.is_none_or(|t| now >= t)
+        !self.down && !self.drained && self.ejected_until.is_none_or(|t| now >= t)
     }
 }
 
@@ -57,6 +59,8 @@ pub struct EndpointStatus {
     pub down: bool,
     /// Whether it is ejected as an outlier right now.
     pub ejected: bool,
+    /// Whether it is drained for a rolling restart.
+    pub drained: bool,
     /// Requests in flight to it.
     pub in_flight: usize,
 }
@@ -172,6 +176,27 @@ impl GroupHealth {
         })
     }
 
+    /// Takes `addr` out of rotation for maintenance (`true`) or puts it back (`false`).
+    pub fn set_drained(&self, addr: SocketAddr, drained: bool) {
+        self.with_endpoints(|map| map.entry(addr).or_default().drained = drained);
+    }
+
+    /// The maintenance health gate passed for `addr`: it is up now (the gate asked more of
+    /// it than the probes' `rise` does).
+    pub fn mark_up(&self, addr: SocketAddr) {
+        self.with_endpoints(|map| {
+            let e = map.entry(addr).or_default();
+            e.down = false;
+            e.failures = 0;
+        });
+    }
+
+    /// Requests in flight to `addr`.
+    pub fn in_flight(&self, addr: SocketAddr) -> usize {
+        let map = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&addr).map_or(0, |e| e.in_flight)
+    }
+
     /// Whether any endpoint can serve.
     pub fn serving(&self) -> bool {
         *self.serving.borrow()
@@ -192,6 +217,7 @@ impl GroupHealth {
                 addr: *a,
                 down: e.down,
                 ejected: e.ejected_until.is_some_and(|t| now < t),
+                drained: e.drained,
                 in_flight: e.in_flight,
             })
             .collect();

@@ -36,11 +36,32 @@ pub enum ProbeResult {
 
 /// Probes `addr` once with `GET path`.
 pub async fn probe(addr: SocketAddr, host: &str, path: &str, timeout: Duration) -> ProbeResult {
+    match ask(addr, host, "GET", path, timeout).await {
+        Answer::Status(status) if status < 500 => ProbeResult::Up,
+        Answer::Status(_) | Answer::Refused => ProbeResult::Down,
+        Answer::NoAnswer => ProbeResult::Busy,
+    }
+}
+
+/// What one request to an endpoint got back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// A status line.
+    Status(u16),
+    /// The connection was refused, reset or closed without a status line.
+    Refused,
+    /// Connected, but no status line within the timeout.
+    NoAnswer,
+}
+
+/// Sends `METHOD path` (no body) to `addr` and reads the status line.
+pub async fn ask(addr: SocketAddr, host: &str, method: &str, path: &str, timeout: Duration) -> Answer {
     let connect = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await;
-    let Ok(Ok(mut stream)) = connect else { return ProbeResult::Down };
+    let Ok(Ok(mut stream)) = connect else { return Answer::Refused };
     let exchange = async {
-        let request =
-            format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: dify-shaper-health\r\nConnection: close\r\n\r\n");
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: dify-shaper-health\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
         stream.write_all(request.as_bytes()).await.ok()?;
         let mut head = [0u8; 64];
         let mut len = 0;
@@ -55,9 +76,9 @@ pub async fn probe(addr: SocketAddr, host: &str, path: &str, timeout: Duration) 
         line.strip_prefix("HTTP/1.")?.get(2..5)?.parse::<u16>().ok()
     };
     match tokio::time::timeout(timeout, exchange).await {
-        Ok(Some(status)) if status < 500 => ProbeResult::Up,
-        Ok(_) => ProbeResult::Down,
-        Err(_) => ProbeResult::Busy,
+        Ok(Some(status)) => Answer::Status(status),
+        Ok(None) => Answer::Refused,
+        Err(_) => Answer::NoAnswer,
     }
 }
 

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::admission::{Admission, AdmissionPolicy};
+use crate::maintenance::controller::Maintenance;
 use crate::resilience::health::GroupHealth;
 use crate::resilience::retry::RetryBudget;
 
@@ -38,6 +39,7 @@ pub struct UpstreamState {
     admission: Arc<Admission>,
     health: GroupHealth,
     retry_budget: RetryBudget,
+    maintenance: Maintenance,
     last_resolve_error: Mutex<Option<String>>,
 }
 
@@ -52,6 +54,7 @@ impl UpstreamState {
             health: GroupHealth::default(),
             // Limits come from `[upstreams.NAME.retry]` in `Upstreams::sync`.
             retry_budget: RetryBudget::new(0.2, 3.0, std::time::Duration::from_secs(10)),
+            maintenance: Maintenance::new(name),
             last_resolve_error: Mutex::new(None),
         }
     }
@@ -86,6 +89,11 @@ impl UpstreamState {
     /// The group's retry budget (shared by every request to it).
     pub fn retry_budget(&self) -> &RetryBudget {
         &self.retry_budget
+    }
+
+    /// The group's maintenance controller (drain, restart, hold, resume).
+    pub fn maintenance(&self) -> &Maintenance {
+        &self.maintenance
     }
 
     /// The group's endpoint health.

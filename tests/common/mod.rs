@@ -14,6 +14,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+pub mod fixtures;
 pub mod load;
 
 /// A port that was free a moment ago (the OS picks it).

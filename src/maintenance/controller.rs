@@ -1,0 +1,669 @@
+//! One upstream's maintenance controller: drives the [`Machine`] from the schedule, the
+//! memory trigger and operator commands, and turns its phases into effects — the admission
+//! hold (whole upstream) or drained replicas (rolling), the restart action, the health gate,
+//! the ramp. Lives in the upstream's run-time state, so it survives config reloads.
+//!
+//! [`Maintenance::step`] runs every tick from the background service ([`super::service`]);
+//! it never blocks: actions, the health gate and memory readings run as spawned tasks whose
+//! results are collected on a later tick, and are aborted when the phase moves on.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::actions::{Action, Target};
+use super::gate;
+use super::state::{Event, Machine, Phase, Timeouts, Transition};
+use crate::config::{Config, MaintenanceMode, MaintenanceSpec};
+use crate::upstream::UpstreamState;
+
+/// Transitions remembered for `/status`.
+const HISTORY: usize = 32;
+
+/// What started a cycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    /// The cron schedule.
+    Schedule,
+    /// An operator (admin API or `ctl`).
+    Manual,
+    /// Memory use passed the threshold.
+    Memory,
+}
+
+/// Why an operator command was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// The current phase does not allow it.
+    #[error("{0}")]
+    Conflict(String),
+}
+
+/// How a finished cycle went.
+#[derive(Debug, Clone, Serialize)]
+pub struct CycleRecord {
+    /// Cycle number (1-based).
+    pub cycle: u64,
+    /// `ok` or `failed`.
+    pub outcome: &'static str,
+    /// The last reason (the failure's, when it failed).
+    pub reason: String,
+    /// What started it.
+    pub trigger: Trigger,
+    /// When it started.
+    pub started: DateTime<Utc>,
+    /// When it ended.
+    pub ended: DateTime<Utc>,
+}
+
+/// One logged phase change.
+#[derive(Debug, Clone, Serialize)]
+pub struct Record {
+    /// When.
+    pub at: DateTime<Utc>,
+    /// From.
+    pub from: Phase,
+    /// To.
+    pub to: Phase,
+    /// Why.
+    pub reason: String,
+    /// The replica, in a rolling cycle.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+}
+
+/// The `/status` view of an upstream's maintenance.
+#[derive(Debug, Clone, Serialize)]
+pub struct View {
+    /// Current phase.
+    pub phase: Phase,
+    /// Seconds in it.
+    pub since_seconds: f64,
+    /// Why it entered it.
+    pub reason: String,
+    /// What started the current cycle.
+    pub trigger: Option<Trigger>,
+    /// Requests in flight to the upstream (or to the replica being drained).
+    pub in_flight: usize,
+    /// Requests queued (held while the upstream is drained).
+    pub queued: usize,
+    /// Whether new requests are held.
+    pub held: bool,
+    /// The replica being restarted (rolling).
+    pub target: Option<String>,
+    /// `all` or `rolling`.
+    pub mode: MaintenanceMode,
+    /// The schedule, e.g. `0 20 * * * (Asia/Tokyo)`.
+    pub schedule: Option<String>,
+    /// The next scheduled restart (the restart time; draining may start before it).
+    pub next_scheduled: Option<DateTime<Utc>>,
+    /// The restart action, described.
+    pub action: Option<String>,
+    /// Cycles started.
+    pub cycles: u64,
+    /// Cycles that failed (action failed or timed out, backend not back in time, manual
+    /// drain never resumed).
+    pub failures: u64,
+    /// The last finished cycle.
+    pub last_cycle: Option<CycleRecord>,
+    /// The memory trigger's last reading.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory: Option<MemoryView>,
+    /// Recent phase changes, oldest first.
+    pub history: Vec<Record>,
+}
+
+/// The memory trigger's state.
+#[derive(Debug, Clone, Serialize)]
+pub struct MemoryView {
+    /// Where it is read.
+    pub source: String,
+    /// Restart above this many bytes.
+    pub threshold_bytes: u64,
+    /// The last reading.
+    pub last_bytes: Option<u64>,
+    /// The last reading's error.
+    pub last_error: Option<String>,
+}
+
+/// A spawned piece of a cycle whose result a later tick collects.
+struct Task {
+    handle: JoinHandle<()>,
+    done: oneshot::Receiver<Result<(), String>>,
+}
+
+impl Task {
+    fn spawn<F>(work: F) -> Task
+    where
+        F: std::future::Future<Output = Result<(), String>> + Send + 'static,
+    {
+        let (tx, done) = oneshot::channel();
+        let handle = tokio::spawn(async move {
+            let _ = tx.send(work.await);
+        });
+        Task { handle, done }
+    }
+
+    /// `Some(result)` once it finished.
+    fn poll(&mut self) -> Option<Result<(), String>> {
+        match self.done.try_recv() {
+            Ok(result) => Some(result),
+            Err(oneshot::error::TryRecvError::Empty) => None,
+            Err(oneshot::error::TryRecvError::Closed) => Some(Err("task ended without a result".into())),
+        }
+    }
+}
+
+impl Drop for Task {
+    fn drop(&mut self) {
+        // Leaving the phase cancels its work (a running command's process group is killed).
+        self.handle.abort();
+    }
+}
+
+#[derive(Default)]
+struct Memory {
+    next_read: Option<Instant>,
+    reading: Option<oneshot::Receiver<Result<u64, String>>>,
+    last_bytes: Option<u64>,
+    last_error: Option<String>,
+    last_restart: Option<Instant>,
+}
+
+struct Inner {
+    spec: MaintenanceSpec,
+    machine: Machine,
+    reason: String,
+    trigger: Option<Trigger>,
+    rolling: bool,
+    /// Rolling: servers still to restart in this cycle.
+    pending: VecDeque<String>,
+    /// Rolling: the server being restarted.
+    current: Option<String>,
+    /// The occurrence the current cycle serves (for the `none` window).
+    occurrence: Option<DateTime<Utc>>,
+    next_scheduled: Option<DateTime<Utc>>,
+    cycles: u64,
+    failures: u64,
+    cycle_started: Option<DateTime<Utc>>,
+    cycle_failure: Option<String>,
+    last_cycle: Option<CycleRecord>,
+    history: VecDeque<Record>,
+    /// The action, gate or restart watch of the current phase.
+    task: Option<Task>,
+    /// `none` action: the external restart was seen.
+    saw_down: bool,
+    memory: Memory,
+}
+
+/// One upstream's maintenance controller.
+pub struct Maintenance {
+    name: String,
+    inner: Mutex<Inner>,
+}
+
+impl std::fmt::Debug for Maintenance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Maintenance").field("upstream", &self.name).finish_non_exhaustive()
+    }
+}
+
+fn timeouts(spec: &MaintenanceSpec, rolling: bool) -> Timeouts {
+    Timeouts {
+        drain: spec.drain_timeout.0,
+        restart: spec.restart_timeout.0,
+        recover: spec.recover_timeout.0,
+        // A rolling cycle puts each replica straight back: the others carried the load.
+        ramp: if rolling { Duration::ZERO } else { spec.ramp.0 },
+        manual: spec.manual_timeout.0,
+    }
+}
+
+impl Maintenance {
+    /// A controller in `Serving` for upstream `name`.
+    pub fn new(name: &str) -> Self {
+        let spec = MaintenanceSpec::manual_only(name, "/health");
+        let machine = Machine::new(timeouts(&spec, false), Instant::now());
+        Maintenance {
+            name: name.to_string(),
+            inner: Mutex::new(Inner {
+                spec,
+                machine,
+                reason: "started".into(),
+                trigger: None,
+                rolling: false,
+                pending: VecDeque::new(),
+                current: None,
+                occurrence: None,
+                next_scheduled: None,
+                cycles: 0,
+                failures: 0,
+                cycle_started: None,
+                cycle_failure: None,
+                last_cycle: None,
+                history: VecDeque::new(),
+                task: None,
+                saw_down: false,
+                memory: Memory::default(),
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The current phase.
+    pub fn phase(&self) -> Phase {
+        self.lock().machine.phase()
+    }
+
+    /// One tick: picks up config changes, collects finished tasks, checks deadlines, the
+    /// schedule and the memory trigger.
+    pub fn step(&self, group: &Arc<UpstreamState>, config: &Config) {
+        let mut inner = self.lock();
+        let spec = config.maintenance_spec(&self.name);
+        if spec != inner.spec {
+            let rolling = inner.rolling;
+            inner.machine.set_timeouts(timeouts(&spec, rolling));
+            inner.next_scheduled = None;
+            inner.spec = spec;
+        }
+        let now = Instant::now();
+        let wall = Utc::now();
+        if inner.next_scheduled.is_none() {
+            let lead = chrono::Duration::from_std(inner.spec.lead()).unwrap_or_default();
+            inner.next_scheduled = inner.spec.schedule.as_ref().and_then(|s| s.next_after(wall + lead));
+        }
+        self.collect(&mut inner, group, now, wall);
+        if inner.machine.phase() == Phase::Draining {
+            let n = in_flight(&inner, group);
+            self.feed(&mut inner, group, Event::InFlight(n), now);
+        }
+        self.feed(&mut inner, group, Event::Tick, now);
+        self.check_schedule(&mut inner, group, now, wall);
+        self.check_memory(&mut inner, group, now);
+    }
+
+    /// Operator: stop admitting to the upstream and wait for in-flight requests; stays
+    /// drained until [`Maintenance::resume`] (or `manual_timeout`).
+    pub fn drain(&self, group: &Arc<UpstreamState>) -> Result<View, Refused> {
+        let mut inner = self.lock();
+        match inner.machine.phase() {
+            Phase::Serving => {
+                inner.trigger = Some(Trigger::Manual);
+                inner.rolling = false;
+                self.begin_cycle(&mut inner);
+                self.feed(&mut inner, group, Event::Drain, Instant::now());
+            }
+            Phase::Draining | Phase::Drained if inner.machine.hold_only() => {}
+            phase => return Err(busy(phase, "drain")),
+        }
+        Ok(self.view_locked(&inner, group))
+    }
+
+    /// Operator: serve again once the health gate passes (safe while the backend boots).
+    pub fn resume(&self, group: &Arc<UpstreamState>) -> Result<View, Refused> {
+        let mut inner = self.lock();
+        let now = Instant::now();
+        match inner.machine.phase() {
+            Phase::Draining | Phase::Drained => self.feed(&mut inner, group, Event::Resume, now),
+            // Waiting for an external restart: the operator says it is done.
+            Phase::Restarting if matches!(inner.spec.action, Some(Action::None { .. })) => {
+                self.feed(&mut inner, group, Event::ActionDone(Ok(())), now)
+            }
+            Phase::Restarting => return Err(busy(Phase::Restarting, "resume")),
+            Phase::Recovering | Phase::Ramping | Phase::Serving => {}
+        }
+        Ok(self.view_locked(&inner, group))
+    }
+
+    /// Operator: run the restart cycle now. Returns the view and the cycle's number.
+    pub fn restart(&self, group: &Arc<UpstreamState>) -> Result<(View, u64), Refused> {
+        let mut inner = self.lock();
+        match (&inner.spec.action, inner.machine.phase()) {
+            (None | Some(Action::None { .. }), _) => Err(Refused::Conflict(format!(
+                "upstream {} has no restart action dify-shaper can run; configure [[maintenance]] action, \
+                 or wrap your own restart in drain and resume",
+                self.name
+            ))),
+            (_, Phase::Serving) => {
+                self.start(&mut inner, group, Trigger::Manual, None);
+                let cycle = inner.cycles;
+                Ok((self.view_locked(&inner, group), cycle))
+            }
+            (_, phase) => Err(busy(phase, "restart")),
+        }
+    }
+
+    /// The `/status` view.
+    pub fn view(&self, group: &Arc<UpstreamState>) -> View {
+        self.view_locked(&self.lock(), group)
+    }
+
+    fn view_locked(&self, inner: &Inner, group: &Arc<UpstreamState>) -> View {
+        let spec = &inner.spec;
+        View {
+            phase: inner.machine.phase(),
+            since_seconds: inner.machine.since().elapsed().as_secs_f64(),
+            reason: inner.reason.clone(),
+            trigger: inner.trigger,
+            in_flight: in_flight(inner, group),
+            queued: group.admission().queued(),
+            held: group.admission().held(),
+            target: inner.current.clone(),
+            mode: spec.mode,
+            schedule: spec.schedule.as_ref().map(ToString::to_string),
+            next_scheduled: inner.next_scheduled,
+            action: spec.action.as_ref().map(Action::describe),
+            cycles: inner.cycles,
+            failures: inner.failures,
+            last_cycle: inner.last_cycle.clone(),
+            memory: spec.memory.as_ref().map(|m| MemoryView {
+                source: m.source.describe(),
+                threshold_bytes: m.threshold.0,
+                last_bytes: inner.memory.last_bytes,
+                last_error: inner.memory.last_error.clone(),
+            }),
+            history: inner.history.iter().cloned().collect(),
+        }
+    }
+
+    fn begin_cycle(&self, inner: &mut Inner) {
+        inner.cycles += 1;
+        inner.cycle_started = Some(Utc::now());
+        inner.cycle_failure = None;
+        inner.saw_down = false;
+    }
+
+    fn start(
+        &self,
+        inner: &mut Inner,
+        group: &Arc<UpstreamState>,
+        trigger: Trigger,
+        at: Option<DateTime<Utc>>,
+    ) {
+        let servers: Vec<String> = group.servers().iter().map(ToString::to_string).collect();
+        inner.rolling = inner.spec.mode == MaintenanceMode::Rolling && servers.len() > 1;
+        inner.pending = if inner.rolling { servers.into() } else { VecDeque::new() };
+        inner.trigger = Some(trigger);
+        inner.occurrence = at;
+        let t = timeouts(&inner.spec, inner.rolling);
+        inner.machine.set_timeouts(t);
+        self.begin_cycle(inner);
+        tracing::warn!(upstream = %self.name, ?trigger, rolling = inner.rolling, action = ?inner.spec.action.as_ref().map(Action::describe), "maintenance: starting a restart cycle");
+        self.feed(inner, group, Event::Start, Instant::now());
+    }
+
+    /// Feeds one event and applies every transition it causes.
+    fn feed(&self, inner: &mut Inner, group: &Arc<UpstreamState>, event: Event, now: Instant) {
+        if let Some(t) = inner.machine.on(event, now) {
+            self.enter(inner, group, t, now);
+        }
+    }
+
+    fn enter(&self, inner: &mut Inner, group: &Arc<UpstreamState>, t: Transition, now: Instant) {
+        inner.task = None;
+        inner.reason = t.reason.clone();
+        if t.failure {
+            inner.failures += 1;
+            inner.cycle_failure = Some(t.reason.clone());
+            tracing::error!(upstream = %self.name, from = ?t.from, to = ?t.to, reason = %t.reason, target = ?inner.current, "maintenance failed: serving resumes");
+        } else {
+            tracing::warn!(upstream = %self.name, from = ?t.from, to = ?t.to, reason = %t.reason, target = ?inner.current, "maintenance phase changed");
+        }
+        let record = Record {
+            at: Utc::now(),
+            from: t.from,
+            to: t.to,
+            reason: t.reason.clone(),
+            target: inner.current.clone(),
+        };
+        if inner.history.len() == HISTORY {
+            inner.history.pop_front();
+        }
+        inner.history.push_back(record);
+        let spec = inner.spec.clone();
+        let admission = group.admission();
+        match t.to {
+            Phase::Draining => {
+                if inner.rolling {
+                    let next = inner.pending.pop_front();
+                    inner.current = next.clone();
+                    let total = group.servers().len().max(1) as f64;
+                    admission.set_capacity_share((total - 1.0) / total);
+                    for addr in addrs_of(group, next.as_deref()) {
+                        group.health().set_drained(addr, true);
+                    }
+                } else {
+                    let hold = if inner.machine.hold_only() {
+                        spec.drain_timeout.0 + spec.manual_timeout.0 + spec.recover_timeout.0
+                    } else {
+                        spec.hold_timeout.0
+                    };
+                    admission.set_hold(Some(now + hold), spec.ramp.0);
+                }
+                if matches!(spec.action, Some(Action::None { .. })) && !inner.machine.hold_only() {
+                    inner.task = Some(watch_restart(group, inner.current.clone(), &spec));
+                }
+            }
+            Phase::Drained => {}
+            Phase::Restarting => match &spec.action {
+                Some(Action::None { .. }) => {
+                    if inner.saw_down {
+                        self.feed(inner, group, Event::ActionDone(Ok(())), now);
+                        return;
+                    }
+                    inner.task = Some(watch_restart(group, inner.current.clone(), &spec));
+                }
+                Some(action) => {
+                    let action = action.clone();
+                    let target = Target { upstream: self.name.clone(), server: inner.current.clone() };
+                    tracing::warn!(upstream = %self.name, action = %action.describe(), target = ?target.server, "maintenance: running the restart action");
+                    inner.task =
+                        Some(Task::spawn(
+                            async move { action.run(&target).await.map_err(|e| e.to_string()) },
+                        ));
+                }
+                None => self.feed(
+                    inner,
+                    group,
+                    Event::ActionDone(Err("no restart action configured".into())),
+                    now,
+                ),
+            },
+            Phase::Recovering => {
+                let (group2, server, gate) = (Arc::clone(group), inner.current.clone(), spec.health.clone());
+                inner.task = Some(Task::spawn(async move {
+                    let passed = gate::passed(Arc::clone(&group2), server, gate).await;
+                    for addr in passed {
+                        group2.health().mark_up(addr);
+                    }
+                    Ok(())
+                }));
+            }
+            Phase::Ramping => {
+                self.release(inner, group, spec.ramp.0);
+            }
+            Phase::Serving => {
+                self.release(inner, group, spec.ramp.0);
+                if t.failure {
+                    inner.pending.clear();
+                }
+                if !inner.pending.is_empty() {
+                    // Rolling: the next replica.
+                    self.feed(inner, group, Event::Start, now);
+                    return;
+                }
+                self.end_cycle(inner, &t);
+            }
+        }
+    }
+
+    /// Lets traffic back in: ends the hold (ramping over `ramp`) or puts the replica back.
+    fn release(&self, inner: &mut Inner, group: &Arc<UpstreamState>, ramp: Duration) {
+        if inner.rolling {
+            for addr in addrs_of(group, inner.current.as_deref()) {
+                group.health().set_drained(addr, false);
+            }
+            group.admission().set_capacity_share(1.0);
+            inner.current = None;
+        } else {
+            group.admission().set_hold(None, ramp);
+        }
+        group.sync_availability(ramp);
+    }
+
+    fn end_cycle(&self, inner: &mut Inner, t: &Transition) {
+        let Some(started) = inner.cycle_started.take() else { return };
+        let failure = inner.cycle_failure.take();
+        let record = CycleRecord {
+            cycle: inner.cycles,
+            outcome: if failure.is_some() { "failed" } else { "ok" },
+            reason: failure.unwrap_or_else(|| t.reason.clone()),
+            trigger: inner.trigger.unwrap_or(Trigger::Manual),
+            started,
+            ended: Utc::now(),
+        };
+        tracing::warn!(upstream = %self.name, cycle = record.cycle, outcome = record.outcome, reason = %record.reason, "maintenance cycle ended");
+        inner.last_cycle = Some(record);
+        inner.rolling = false;
+        inner.occurrence = None;
+    }
+
+    /// Collects a finished action, gate or restart watch.
+    fn collect(&self, inner: &mut Inner, group: &Arc<UpstreamState>, now: Instant, wall: DateTime<Utc>) {
+        let phase = inner.machine.phase();
+        let finished = inner.task.as_mut().and_then(Task::poll);
+        let none_window = match &inner.spec.action {
+            Some(Action::None { window }) => Some(*window),
+            _ => None,
+        };
+        match (phase, finished) {
+            (Phase::Draining, Some(_)) if none_window.is_some() => {
+                inner.saw_down = true;
+                inner.task = None;
+                tracing::warn!(upstream = %self.name, "maintenance: the external restart began while draining");
+            }
+            (Phase::Restarting, Some(result)) if none_window.is_some() => {
+                let result = result.map_err(|e| format!("watching for the external restart: {e}"));
+                self.feed(inner, group, Event::ActionDone(result), now);
+            }
+            (Phase::Restarting, Some(result)) => self.feed(inner, group, Event::ActionDone(result), now),
+            (Phase::Recovering, Some(Ok(()))) => self.feed(inner, group, Event::Healthy, now),
+            _ => {}
+        }
+        // `none`: the window closed without a restart being seen; serve again after the gate.
+        if let (Phase::Restarting, Some(window)) = (inner.machine.phase(), none_window) {
+            let window = chrono::Duration::from_std(window).unwrap_or_default();
+            let closes = inner.occurrence.map_or(wall, |at| at + window);
+            if wall >= closes {
+                tracing::warn!(upstream = %self.name, "maintenance: no external restart seen in the window");
+                self.feed(inner, group, Event::ActionDone(Ok(())), now);
+            }
+        }
+    }
+
+    fn check_schedule(
+        &self,
+        inner: &mut Inner,
+        group: &Arc<UpstreamState>,
+        now: Instant,
+        wall: DateTime<Utc>,
+    ) {
+        let Some(next) = inner.next_scheduled else { return };
+        let lead = chrono::Duration::from_std(inner.spec.lead()).unwrap_or_default();
+        if wall < next - lead {
+            return;
+        }
+        let after = inner.spec.schedule.as_ref().and_then(|s| s.next_after(next));
+        inner.next_scheduled = after;
+        if inner.machine.phase() == Phase::Serving {
+            self.start(inner, group, Trigger::Schedule, Some(next));
+        } else {
+            tracing::warn!(upstream = %self.name, phase = ?inner.machine.phase(), scheduled = %next, "maintenance: scheduled restart skipped, another cycle is running");
+        }
+        let _ = now;
+    }
+
+    fn check_memory(&self, inner: &mut Inner, group: &Arc<UpstreamState>, now: Instant) {
+        let Some(memory) = inner.spec.memory.clone() else { return };
+        if let Some(rx) = inner.memory.reading.as_mut() {
+            match rx.try_recv() {
+                Err(oneshot::error::TryRecvError::Empty) => return,
+                Err(oneshot::error::TryRecvError::Closed) => inner.memory.reading = None,
+                Ok(result) => {
+                    inner.memory.reading = None;
+                    match result {
+                        Ok(bytes) => {
+                            inner.memory.last_bytes = Some(bytes);
+                            inner.memory.last_error = None;
+                            let allowed = inner
+                                .memory
+                                .last_restart
+                                .is_none_or(|t| now.duration_since(t) >= memory.min_interval.0);
+                            if bytes > memory.threshold.0
+                                && allowed
+                                && inner.machine.phase() == Phase::Serving
+                            {
+                                tracing::warn!(upstream = %self.name, bytes, threshold = memory.threshold.0, "maintenance: memory above the threshold");
+                                inner.memory.last_restart = Some(now);
+                                self.start(inner, group, Trigger::Memory, None);
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(upstream = %self.name, error = %e, "maintenance: cannot read memory use");
+                            inner.memory.last_error = Some(e);
+                        }
+                    }
+                }
+            }
+        }
+        if inner.memory.next_read.is_some_and(|t| now < t) {
+            return;
+        }
+        inner.memory.next_read = Some(now + memory.interval.0);
+        let (tx, rx) = oneshot::channel();
+        inner.memory.reading = Some(rx);
+        tokio::spawn(async move {
+            let _ = tx.send(memory.source.read().await.map_err(|e| e.to_string()));
+        });
+    }
+}
+
+fn busy(phase: Phase, what: &str) -> Refused {
+    Refused::Conflict(format!(
+        "cannot {what} while {}",
+        serde_json::to_value(phase).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+    ))
+}
+
+fn addrs_of(group: &UpstreamState, server: Option<&str>) -> Vec<std::net::SocketAddr> {
+    group.endpoints().iter().filter(|e| server.is_none_or(|s| e.server == s)).map(|e| e.addr).collect()
+}
+
+/// Requests in flight that the drain waits for: to the replica being drained, or to the
+/// whole upstream.
+fn in_flight(inner: &Inner, group: &UpstreamState) -> usize {
+    match (&inner.rolling, inner.current.as_deref()) {
+        (true, Some(server)) => {
+            addrs_of(group, Some(server)).into_iter().map(|a| group.health().in_flight(a)).sum()
+        }
+        _ => group.admission().in_flight(),
+    }
+}
+
+fn watch_restart(group: &Arc<UpstreamState>, server: Option<String>, spec: &MaintenanceSpec) -> Task {
+    let (group, gate) = (Arc::clone(group), spec.health.clone());
+    Task::spawn(async move {
+        gate::went_down(group, server, gate).await;
+        Ok(())
+    })
+}
