@@ -135,8 +135,8 @@ pub struct RawMemory {
 pub struct MaintenanceSpec {
     /// The upstream.
     pub upstream: String,
-    /// When restarts are due.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// When restarts are due (printed as `schedule` and `timezone`).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<Schedule>,
     /// `all` or `rolling`.
     pub mode: MaintenanceMode,
@@ -216,7 +216,7 @@ pub struct GateSpec {
 }
 
 /// The memory trigger.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct MemorySpec {
     /// Where memory is read.
     pub source: MemorySource,
@@ -226,6 +226,26 @@ pub struct MemorySpec {
     pub interval: HumanDuration,
     /// At most one memory restart per this window.
     pub min_interval: HumanDuration,
+}
+
+impl Serialize for MemorySpec {
+    /// As the config file writes it (`cgroup = …` or `container = …`), so `check` output
+    /// loads again.
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("threshold", &self.threshold)?;
+        match &self.source {
+            MemorySource::Cgroup { path } => map.serialize_entry("cgroup", path)?,
+            MemorySource::Docker { socket, container } => {
+                map.serialize_entry("container", container)?;
+                map.serialize_entry("socket", socket)?;
+            }
+        }
+        map.serialize_entry("interval", &self.interval)?;
+        map.serialize_entry("min_interval", &self.min_interval)?;
+        map.end()
+    }
 }
 
 /// Checks one entry; errors are `(key, message, span)` with the span of the offending value

@@ -77,7 +77,8 @@ impl serde::Serialize for Schedule {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
         let mut s = serializer.serialize_struct("Schedule", 2)?;
-        s.serialize_field("cron", &self.expression)?;
+        // The config file's own keys, so `check` prints something that loads again.
+        s.serialize_field("schedule", &self.expression)?;
         s.serialize_field("timezone", self.zone.name())?;
         s.end()
     }

@@ -146,6 +146,9 @@ schedule = "0 20 * * *"
 timezone = "Asia/Tokyo"
 drain_timeout = "2m"
 action = { kind = "command", command = "docker compose -p dify restart api worker" }
+[maintenance.memory]
+container = "docker-api-1"
+threshold = "4GiB"
 [maintenance.health]
 successes = 3
 request = "GET /console/api/setup"
@@ -163,7 +166,9 @@ fn maintenance_entries_load_and_print_back() {
     );
     let manual = config.maintenance_spec("web");
     assert!(manual.schedule.is_none() && manual.action.is_none(), "manual control only");
-    assert!(toml::to_string_pretty(&config).is_ok(), "`check` can print it");
+    let printed = toml::to_string_pretty(&config).expect("`check` can print it");
+    let again = load(&printed).unwrap_or_else(|e| panic!("{e}\n{printed}"));
+    assert_eq!(again.maintenance_spec("api"), spec, "printed back as it was read");
 }
 
 #[test]

@@ -50,7 +50,8 @@ pub enum Action {
         method: String,
         /// The URL.
         url: String,
-        /// Extra request headers.
+        /// Extra request headers (printed as a table, as the config file writes them).
+        #[serde(serialize_with = "header_table")]
         headers: Vec<(String, String)>,
         /// Longest call, from connecting to reading the answer.
         #[serde(serialize_with = "human")]
@@ -231,6 +232,10 @@ impl Action {
 }
 
 /// Serializes a duration the way the config writes it (`5s`, `2m`).
+fn header_table<S: Serializer>(headers: &[(String, String)], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_map(headers.iter().map(|(k, v)| (k, v)))
+}
+
 fn human<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&humantime::format_duration(*d).to_string())
 }
