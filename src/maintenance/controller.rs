@@ -25,6 +25,9 @@ use crate::upstream::UpstreamState;
 
 /// Transitions remembered for `/status`.
 const HISTORY: usize = 32;
+/// How long after `restart_timeout` the phase machine gives up on an action that has not
+/// ended by itself.
+const RESTART_BACKSTOP: Duration = Duration::from_secs(2);
 
 /// What started a cycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -218,7 +221,9 @@ impl std::fmt::Debug for Maintenance {
 fn timeouts(spec: &MaintenanceSpec, rolling: bool) -> Timeouts {
     Timeouts {
         drain: spec.drain_timeout.0,
-        restart: spec.restart_timeout.0,
+        // A backstop a little after the action's own timeout (which defaults to
+        // `restart_timeout`), so the action's precise error is the one reported.
+        restart: spec.restart_timeout.0 + RESTART_BACKSTOP,
         recover: spec.recover_timeout.0,
         // A rolling cycle puts each replica straight back: the others carried the load.
         ramp: if rolling { Duration::ZERO } else { spec.ramp.0 },

@@ -186,7 +186,8 @@ impl Machine {
                 self.go(Phase::Serving, now, format!("action failed: {e}"), true)
             }
             (Phase::Restarting, Event::Tick) if self.overdue(self.timeouts.restart, now) => {
-                self.go(Phase::Serving, now, "action timed out", true)
+                let limit = humantime::format_duration(self.timeouts.restart);
+                self.go(Phase::Serving, now, format!("action did not end within {limit}"), true)
             }
             (Phase::Recovering, Event::Healthy) => self.go(Phase::Ramping, now, "health gate passed", false),
             (Phase::Recovering, Event::Tick) if self.overdue(self.timeouts.recover, now) => {
