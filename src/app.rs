@@ -8,6 +8,7 @@ use tokio::time::Instant;
 
 use crate::admission::tenant::TenantRateLimiter;
 use crate::config::{Config, Overrides};
+use crate::metrics::Metrics;
 use crate::upstream::Upstreams;
 
 /// Everything the proxy hooks, the admin API and background services share.
@@ -20,6 +21,8 @@ pub struct App {
     pub overrides: Overrides,
     rate_limiter: ArcSwap<Option<Arc<TenantRateLimiter>>>,
     started: Instant,
+    /// Per-request Prometheus metrics (state metrics are read at scrape time).
+    pub metrics: Metrics,
 }
 
 impl App {
@@ -34,6 +37,9 @@ impl App {
             overrides,
             rate_limiter,
             started: Instant::now(),
+            // Fails only on a programming error in the metric definitions (a unit test
+            // builds them), never because of config or traffic.
+            metrics: Metrics::new().unwrap_or_else(|e| panic!("metric definitions are invalid: {e}")),
         })
     }
 

@@ -12,6 +12,7 @@ pub mod config;
 pub mod ctl;
 pub mod housekeeping;
 pub mod maintenance;
+pub mod metrics;
 pub mod proxy;
 pub mod resilience;
 pub mod server;

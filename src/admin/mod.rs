@@ -5,6 +5,7 @@
 //! | `GET /live` | 200 while the process runs |
 //! | `GET /ready` | 200 when every routed upstream can serve, else 503 |
 //! | `GET /status` | JSON: upstreams (admission, health, maintenance), routes, classes |
+//! | `GET /metrics` | Prometheus text format ([`crate::metrics`]) |
 //! | `POST /upstreams/{name}/drain` | 200: hold new requests, wait for in-flight ones; stays drained until resume |
 //! | `POST /upstreams/{name}/resume` | 200: serve again once the health gate passes |
 //! | `POST /upstreams/{name}/restart` | 202: run the restart cycle now (`"cycle": N` in the body) |
@@ -78,6 +79,12 @@ impl AdminApp {
                 (code, serde_json::to_value(readiness).unwrap_or_default())
             }
             "/status" => (StatusCode::OK, status::status(&self.app)),
+            "/metrics" => match crate::metrics::render(&self.app) {
+                Ok(text) => (StatusCode::OK, serde_json::Value::String(text)),
+                Err(e) => {
+                    envelope(StatusCode::INTERNAL_SERVER_ERROR, "internal_server_error", &e.to_string())
+                }
+            },
             _ => envelope(
                 StatusCode::NOT_FOUND,
                 "not_found",
@@ -167,11 +174,17 @@ impl ServeHttp for AdminApp {
         let req = session.req_header();
         let authorization = req.headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
         let (status, body) = self.handle(&req.method, req.uri.path(), authorization);
-        let body = serde_json::to_vec_pretty(&body).unwrap_or_default();
+        // `/metrics` is the one text answer: a JSON string carries it from `handle`.
+        let (body, content_type) = match body {
+            serde_json::Value::String(text) => {
+                (text.into_bytes(), "text/plain; version=0.0.4; charset=utf-8")
+            }
+            json => (serde_json::to_vec_pretty(&json).unwrap_or_default(), "application/json"),
+        };
         let mut response = Response::new(body);
         *response.status_mut() = status;
         let headers = response.headers_mut();
-        headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+        headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
         headers.insert(http::header::CACHE_CONTROL, http::HeaderValue::from_static("no-store"));
         if status == StatusCode::UNAUTHORIZED {
             headers.insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));

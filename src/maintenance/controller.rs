@@ -644,10 +644,7 @@ impl Maintenance {
 }
 
 fn busy(phase: Phase, what: &str) -> Refused {
-    Refused::Conflict(format!(
-        "cannot {what} while {}",
-        serde_json::to_value(phase).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
-    ))
+    Refused::Conflict(format!("cannot {what} while {}", phase.as_str()))
 }
 
 fn addrs_of(group: &UpstreamState, server: Option<&str>) -> Vec<std::net::SocketAddr> {

@@ -40,6 +40,30 @@ pub enum Phase {
     Ramping,
 }
 
+impl Phase {
+    /// Every phase, in cycle order.
+    pub const ALL: [Phase; 6] = [
+        Phase::Serving,
+        Phase::Draining,
+        Phase::Drained,
+        Phase::Restarting,
+        Phase::Recovering,
+        Phase::Ramping,
+    ];
+
+    /// The phase's name as `/status` and metrics show it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Serving => "serving",
+            Phase::Draining => "draining",
+            Phase::Drained => "drained",
+            Phase::Restarting => "restarting",
+            Phase::Recovering => "recovering",
+            Phase::Ramping => "ramping",
+        }
+    }
+}
+
 /// What happened.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {

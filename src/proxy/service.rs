@@ -40,6 +40,7 @@ use crate::admission::tenant::tenant_of;
 use crate::admission::{Outcome, Ticket};
 use crate::app::App;
 use crate::config::RetrySpec;
+use crate::metrics::RequestDone;
 use crate::resilience::retry::{backoff, parse_retry_after};
 use crate::upstream::{Endpoint, EndpointLease, UpstreamState};
 
@@ -529,6 +530,20 @@ impl ProxyHttp for DifyProxy {
             });
         }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let (route, class, upstream) = match &ctx.routed {
+            Some(r) => (r.route.as_str(), r.class.name.as_str(), r.upstream.name()),
+            None => ("-", "-", "-"),
+        };
+        self.app.metrics.request_done(RequestDone {
+            route,
+            class,
+            upstream,
+            status,
+            seconds: ctx.started.elapsed().as_secs_f64(),
+            queue_wait: ctx.admitted_at.map(|_| ctx.queue_wait.as_secs_f64()),
+            retries: ctx.attempts.saturating_sub(1),
+            proxy_error: ctx.reply.as_ref().map(|r| r.code),
+        });
         let access_log = ctx.config.as_ref().is_none_or(|c| c.log.access_log);
         if access_log {
             log_request(session, ctx, status, e);

@@ -12,6 +12,7 @@
 //!   (up to the cap).
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -24,6 +25,9 @@ pub struct RetryBudget {
     limits: Mutex<(f64, f64)>,
     window: Duration,
     buckets: Mutex<VecDeque<Bucket>>,
+    /// Retries taken and refused since start (for metrics).
+    granted: AtomicU64,
+    denied: AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -40,6 +44,8 @@ impl RetryBudget {
             limits: Mutex::new((ratio, min_per_window)),
             window,
             buckets: Mutex::new(VecDeque::new()),
+            granted: AtomicU64::new(0),
+            denied: AtomicU64::new(0),
         }
     }
 
@@ -68,9 +74,14 @@ impl RetryBudget {
         });
     }
 
+    /// Retries granted and refused (budget exhausted) since start.
+    pub fn counts(&self) -> (u64, u64) {
+        (self.granted.load(Ordering::Relaxed), self.denied.load(Ordering::Relaxed))
+    }
+
     /// Takes one retry from the budget if there is room.
     pub fn try_retry(&self, now: Instant) -> bool {
-        self.with_current(now, |b| {
+        let granted = self.with_current(now, |b| {
             let requests: u64 = b.iter().map(|x| x.requests).sum();
             let retries: u64 = b.iter().map(|x| x.retries).sum();
             let (ratio, min_per_window) = *self.limits.lock().unwrap_or_else(|p| p.into_inner());
@@ -83,7 +94,10 @@ impl RetryBudget {
             } else {
                 false
             }
-        })
+        });
+        let counter = if granted { &self.granted } else { &self.denied };
+        counter.fetch_add(1, Ordering::Relaxed);
+        granted
     }
 }
 
