@@ -196,7 +196,41 @@ async fn every_metric_is_exported_and_moves_the_right_way() {
     assert_eq!(after.get("dify_shaper_upstream_in_flight", &api), 0.0, "nothing left in flight");
     assert_eq!(after.get("dify_shaper_upstream_available", &api), 1.0);
     assert_eq!(after.get("dify_shaper_upstream_held", &api), 0.0);
+    // The Grafana dashboard only queries metrics this scrape showed.
+    let dashboard = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docker/grafana/dify-shaper.json"))
+        .expect("dashboard file");
+    let dashboard: serde_json::Value = serde_json::from_str(&dashboard).expect("the dashboard is JSON");
+    let panels = dashboard["panels"].as_array().expect("panels");
+    assert!(panels.len() >= 10, "queue, limit, goodput, errors, waits, maintenance …");
+    for panel in panels {
+        let targets = panel["targets"].as_array().filter(|t| !t.is_empty());
+        let targets = targets.unwrap_or_else(|| panic!("panel {} queries nothing", panel["title"]));
+        for target in targets {
+            let expr = target["expr"].as_str().unwrap_or_default();
+            let used = metric_names(expr);
+            assert!(!used.is_empty(), "panel {}: {expr} queries no dify_shaper metric", panel["title"]);
+            for name in used {
+                let seen = after.names.iter().chain(&drained.names).any(|n| *n == name);
+                assert!(seen, "panel {} queries {name}, which the proxy does not export", panel["title"]);
+            }
+        }
+    }
     let endpoint = sim.addr().to_string();
     assert_eq!(after.get("dify_shaper_endpoint_up", &[("upstream", "api"), ("endpoint", &endpoint)]), 1.0);
     assert_eq!(after.get("dify_shaper_build_info", &[("version", env!("CARGO_PKG_VERSION"))]), 1.0);
+}
+
+/// The `dify_shaper_*` metric names in a PromQL expression, histogram suffixes removed.
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = expr;
+    while let Some(start) = rest.find("dify_shaper_") {
+        let tail = &rest[start..];
+        let end = tail.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(tail.len());
+        let name = &tail[..end];
+        let base = ["_bucket", "_sum", "_count"].iter().find_map(|s| name.strip_suffix(s)).unwrap_or(name);
+        names.push(base.to_string());
+        rest = &tail[end..];
+    }
+    names
 }
