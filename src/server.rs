@@ -36,6 +36,26 @@ fn server_conf(config: &Config) -> ServerConf {
     }
 }
 
+/// One line per `[[maintenance]]` entry for the start-up banner: schedule, next occurrence,
+/// action.
+fn maintenance_banner(config: &Config) -> Vec<String> {
+    let now = chrono::Utc::now();
+    config
+        .maintenance
+        .values()
+        .map(|m| {
+            let schedule = m.schedule.as_ref().map_or_else(|| "no schedule".to_string(), ToString::to_string);
+            let next = m
+                .schedule
+                .as_ref()
+                .and_then(|s| s.next_after(now))
+                .map_or_else(|| "-".into(), |t| t.to_rfc3339());
+            let action = m.action.as_ref().map_or_else(|| "none".into(), |a| a.describe());
+            format!("{}: {schedule}, next {next}, {:?} mode, action {action}", m.upstream, m.mode)
+        })
+        .collect()
+}
+
 /// Builds the server for `app` and runs it until a shutdown signal; never returns.
 pub fn run(app: Arc<App>) -> ! {
     let config = app.config();
@@ -72,6 +92,7 @@ pub fn run(app: Arc<App>) -> ! {
         config = %config.source,
         threads = config.server.threads,
         upstreams = ?config.upstreams.iter().map(|(n, u)| format!("{n}={}", u.servers.iter().map(ToString::to_string).collect::<Vec<_>>().join(","))).collect::<Vec<_>>(),
+        maintenance = ?maintenance_banner(&config),
         "dify-shaper starting"
     );
     server.run_forever()

@@ -197,8 +197,9 @@ async fn every_metric_is_exported_and_moves_the_right_way() {
     assert_eq!(after.get("dify_shaper_upstream_available", &api), 1.0);
     assert_eq!(after.get("dify_shaper_upstream_held", &api), 0.0);
     // The Grafana dashboard only queries metrics this scrape showed.
-    let dashboard = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docker/grafana/dify-shaper.json"))
-        .expect("dashboard file");
+    let dashboard =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docker/grafana/dify-shaper.json"))
+            .expect("dashboard file");
     let dashboard: serde_json::Value = serde_json::from_str(&dashboard).expect("the dashboard is JSON");
     let panels = dashboard["panels"].as_array().expect("panels");
     assert!(panels.len() >= 10, "queue, limit, goodput, errors, waits, maintenance …");
