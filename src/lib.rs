@@ -13,6 +13,7 @@ pub mod ctl;
 pub mod housekeeping;
 pub mod maintenance;
 pub mod proxy;
+pub mod reload;
 pub mod resilience;
 pub mod server;
 pub mod sim;

@@ -1,6 +1,6 @@
 //! Assembling and running the pingora server: the proxy service on the client listeners, the
-//! admin service, and background services (DNS refresh), with pingora's process settings
-//! derived from our config.
+//! admin service, and background services (DNS refresh, health probes, maintenance, SIGHUP
+//! reload), with pingora's process settings derived from our config.
 
 use std::sync::Arc;
 
@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::housekeeping::Housekeeping;
 use crate::maintenance::service::MaintenanceService;
 use crate::proxy::DifyProxy;
+use crate::reload::sighup::SighupReloader;
 use crate::resilience::probe::Prober;
 use crate::upstream::resolver::{resolve_all_blocking, Resolver};
 
@@ -65,6 +66,7 @@ pub fn run(app: Arc<App>) -> ! {
     server.add_service(background_service("housekeeping", Housekeeping::new(Arc::clone(&app))));
     server.add_service(background_service("health probes", Prober::new(Arc::clone(&app))));
     server.add_service(background_service("maintenance", MaintenanceService::new(Arc::clone(&app))));
+    server.add_service(background_service("sighup reload", SighupReloader::new(Arc::clone(&app))));
 
     tracing::info!(
         listen = ?config.server.listen,
