@@ -1,7 +1,7 @@
 //! Process-wide shared state: the current config (swapped whole on reload) and the state that
 //! outlives any one config (upstream groups with their admission, health and maintenance,
 //! keyed by name), plus what reload and shutdown need: where the config came from, the
-//! settings fixed at start, and the reload record.
+//! settings fixed at start, the reload record and the count of requests in progress.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,6 +14,7 @@ use crate::admission::tenant::TenantRateLimiter;
 use crate::config::reload::RestartOnly;
 use crate::config::{Config, Overrides};
 use crate::reload::{ReloadLog, ReloadStats};
+use crate::shutdown::ActiveRequests;
 use crate::upstream::Upstreams;
 
 /// Everything the proxy hooks, the admin API and background services share.
@@ -24,6 +25,8 @@ pub struct App {
     pub upstreams: Upstreams,
     /// The CLI overrides, re-applied on every reload.
     pub overrides: Overrides,
+    /// Requests in progress on the client listeners (the shutdown drain waits for them).
+    pub active: ActiveRequests,
     rate_limiter: ArcSwap<Option<Arc<TenantRateLimiter>>>,
     started: Instant,
     config_path: Option<PathBuf>,
@@ -50,6 +53,7 @@ impl App {
             config: ArcSwap::from_pointee(config),
             upstreams,
             overrides,
+            active: ActiveRequests::default(),
             rate_limiter,
             started: Instant::now(),
             config_path: path,

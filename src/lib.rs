@@ -16,6 +16,7 @@ pub mod proxy;
 pub mod reload;
 pub mod resilience;
 pub mod server;
+pub mod shutdown;
 pub mod sim;
 pub mod telemetry;
 pub mod upstream;
