@@ -86,6 +86,11 @@ pub fn main() -> ExitCode {
 }
 
 fn run(args: RunArgs) -> ExitCode {
+    // Before anything slow: from here on a SIGHUP cannot end the process.
+    if let Err(e) = crate::reload::sighup::install_early() {
+        eprintln!("dify-shaper: cannot install the SIGHUP handler: {e}");
+        return ExitCode::FAILURE;
+    }
     let config = match args.load() {
         Ok(config) => config,
         Err(e) => {
@@ -94,7 +99,7 @@ fn run(args: RunArgs) -> ExitCode {
         }
     };
     crate::telemetry::init(&config.log);
-    let app = App::new(config, args.overrides());
+    let app = App::with_config_path(config, args.overrides(), args.config.clone());
     crate::server::run(app)
 }
 

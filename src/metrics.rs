@@ -261,6 +261,19 @@ fn state_registry(app: &App) -> Result<Registry, prometheus::Error> {
             next.with_label_values(&[name]).set(at.timestamp() as f64);
         }
     }
+    let reloads = counter_vec(
+        &r,
+        "dify_shaper_config_reloads_total",
+        "Config reloads (SIGHUP, POST /reload)",
+        &["result"],
+    )?;
+    let stats = app.reload_stats();
+    reloads.with_label_values(&["ok"]).inc_by(stats.ok);
+    reloads.with_label_values(&["failed"]).inc_by(stats.failed);
+    let active =
+        Gauge::new("dify_shaper_client_requests_active", "Client requests in progress (streams included)")?;
+    active.set(app.active.count() as f64);
+    r.register(Box::new(active))?;
     let uptime = Gauge::new("dify_shaper_uptime_seconds", "Time since the process started")?;
     uptime.set(app.uptime().as_secs_f64());
     r.register(Box::new(uptime))?;

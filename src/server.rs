@@ -1,6 +1,6 @@
 //! Assembling and running the pingora server: the proxy service on the client listeners, the
-//! admin service, and background services (DNS refresh), with pingora's process settings
-//! derived from our config.
+//! admin service, and background services (DNS refresh, health probes, maintenance, SIGHUP
+//! reload, shutdown drain), with pingora's process settings derived from our config.
 
 use std::sync::Arc;
 
@@ -18,18 +18,24 @@ use crate::config::Config;
 use crate::housekeeping::Housekeeping;
 use crate::maintenance::service::MaintenanceService;
 use crate::proxy::DifyProxy;
+use crate::reload::sighup::SighupReloader;
 use crate::resilience::probe::Prober;
+use crate::shutdown::Drainer;
 use crate::upstream::resolver::{resolve_all_blocking, Resolver};
 
 /// pingora's process settings from our config.
 fn server_conf(config: &Config) -> ServerConf {
-    let grace = config.server.shutdown_grace.0.as_secs().max(1);
+    // On SIGTERM pingora sleeps `grace_period_seconds` unconditionally (default 300 s), then
+    // cancels every task still running, waiting `graceful_shutdown_timeout_seconds` for its
+    // runtimes. Our drainer (`crate::shutdown`) exits as soon as nothing is in progress, or
+    // at `shutdown_grace`; pingora's grace is a backstop one second later, and its runtime
+    // timeout only bounds the final teardown.
+    let grace = config.server.shutdown_grace.0.as_secs_f64().ceil() as u64;
     ServerConf {
         threads: config.server.threads,
         upstream_keepalive_pool_size: config.server.upstream_keepalive_pool,
-        // pingora's own defaults wait minutes on SIGTERM; ours is the configured grace.
-        grace_period_seconds: Some(0),
-        graceful_shutdown_timeout_seconds: Some(grace),
+        grace_period_seconds: Some(grace + 1),
+        graceful_shutdown_timeout_seconds: Some(1),
         // Retries are decided by our hooks; this only caps them.
         max_retries: 8,
         ..ServerConf::default()
@@ -85,6 +91,8 @@ pub fn run(app: Arc<App>) -> ! {
     server.add_service(background_service("housekeeping", Housekeeping::new(Arc::clone(&app))));
     server.add_service(background_service("health probes", Prober::new(Arc::clone(&app))));
     server.add_service(background_service("maintenance", MaintenanceService::new(Arc::clone(&app))));
+    server.add_service(background_service("sighup reload", SighupReloader::new(Arc::clone(&app))));
+    server.add_service(background_service("shutdown drain", Drainer::new(Arc::clone(&app))));
 
     tracing::info!(
         listen = ?config.server.listen,

@@ -39,6 +39,8 @@ const EXPORTED: &[&str] = &[
     "dify_shaper_maintenance_cycles_total",
     "dify_shaper_maintenance_failures_total",
     "dify_shaper_uptime_seconds",
+    "dify_shaper_config_reloads_total",
+    "dify_shaper_client_requests_active",
     "dify_shaper_build_info",
 ];
 
@@ -171,6 +173,9 @@ async fn every_metric_is_exported_and_moves_the_right_way() {
     })
     .await;
 
+    let (code, body) = admin_post(proxy.admin, "/reload", None).await;
+    assert_eq!(code, 200, "{body:#}");
+
     let after = scrape(proxy.admin).await;
     for name in EXPORTED {
         let seen = after.names.iter().chain(&drained.names).any(|n| n.starts_with(name));
@@ -192,6 +197,8 @@ async fn every_metric_is_exported_and_moves_the_right_way() {
     grew("dify_shaper_retries_total", &api, 1.0);
     grew("dify_shaper_retry_budget_total", &[("upstream", "api"), ("result", "granted")], 1.0);
     grew("dify_shaper_maintenance_cycles_total", &api, 2.0);
+    grew("dify_shaper_config_reloads_total", &[("result", "ok")], 1.0);
+    assert_eq!(after.get("dify_shaper_config_reloads_total", &[("result", "failed")]), 0.0);
     assert_eq!(after.get("dify_shaper_maintenance_failures_total", &api), 0.0);
     assert_eq!(after.get("dify_shaper_upstream_in_flight", &api), 0.0, "nothing left in flight");
     assert_eq!(after.get("dify_shaper_upstream_available", &api), 1.0);

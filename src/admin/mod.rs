@@ -9,6 +9,7 @@
 //! | `POST /upstreams/{name}/drain` | 200: hold new requests, wait for in-flight ones; stays drained until resume |
 //! | `POST /upstreams/{name}/resume` | 200: serve again once the health gate passes |
 //! | `POST /upstreams/{name}/restart` | 202: run the restart cycle now (`"cycle": N` in the body) |
+//! | `POST /reload` | reload the config file (as SIGHUP): 200 with the outcome, 400 `bad_request` with `FILE:LINE:COL` |
 //!
 //! With `server.admin_token` set, everything but `/live` and `/ready` needs
 //! `Authorization: Bearer TOKEN` (401 otherwise); a non-loopback admin address requires it.
@@ -64,7 +65,7 @@ impl AdminApp {
         if let Some(rest) = path.strip_prefix("/upstreams/") {
             return self.command(method, rest);
         }
-        if method != Method::GET && method != Method::HEAD {
+        if method != Method::GET && method != Method::HEAD && path != "/reload" {
             return envelope(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
@@ -85,6 +86,14 @@ impl AdminApp {
                     envelope(StatusCode::INTERNAL_SERVER_ERROR, "internal_server_error", &e.to_string())
                 }
             },
+            // The same reload as SIGHUP; 200 with the outcome, 400 `bad_request` when refused.
+            "/reload" if method != Method::POST => {
+                envelope(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "reload is POST")
+            }
+            "/reload" => {
+                let (code, body) = crate::reload::reload(&self.app, "admin").http();
+                (StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), body)
+            }
             _ => envelope(
                 StatusCode::NOT_FOUND,
                 "not_found",

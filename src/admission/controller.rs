@@ -92,6 +92,8 @@ struct State {
     capacity_share: f64,
     /// Slow start after the upstream came back: (since, over).
     ramp: Option<(Instant, Duration)>,
+    /// Set by [`Admission::shed_all`]: requests that would wait are refused with this.
+    closing: Option<Refusal>,
 }
 
 /// One upstream's admission gate.
@@ -130,6 +132,7 @@ impl Admission {
                 opened_at: None,
                 capacity_share: 1.0,
                 ramp: None,
+                closing: None,
                 policy,
             }),
         })
@@ -189,7 +192,11 @@ impl Admission {
                 return Ok(Permit::new(Arc::clone(self), id, class, now, Duration::ZERO, in_flight));
             }
             // While the upstream is down, arrivals are held (the departure rate says nothing).
-            let refusal = if open { st.refuse_on_arrival(ticket.tenant, class, timeout, now) } else { None };
+            let refusal = match st.closing {
+                Some(closing) => Some(closing),
+                None if open => st.refuse_on_arrival(ticket.tenant, class, timeout, now),
+                None => None,
+            };
             if let Some(refusal) = refusal {
                 st.count_shed(refusal);
                 return Err(refusal);
@@ -346,6 +353,22 @@ impl Admission {
         let mut st = self.lock();
         st.capacity_share = share.clamp(0.0, 1.0);
         st.dispatch(Instant::now());
+    }
+
+    /// Answers every waiting request with `refusal` and refuses, from now on, every request
+    /// that would have to wait (shutdown). Requests that fit under the limit are still
+    /// admitted: they can finish within the grace. Returns how many waiters were answered.
+    pub fn shed_all(&self, refusal: Refusal) -> usize {
+        let mut st = self.lock();
+        st.closing = Some(refusal);
+        let waiting = st.queue.drain();
+        st.standing_since = None;
+        let count = waiting.len();
+        for entry in waiting {
+            st.count_shed(refusal);
+            let _ = entry.payload.send(Decision::Shed(refusal));
+        }
+        count
     }
 
     /// Whether a hold is in place.

@@ -18,6 +18,8 @@ pub enum Refusal {
     Impatient,
     /// Its wait ended while the upstream could not serve at all (down or restarting).
     Unavailable,
+    /// The proxy is shutting down (SIGTERM): it was never sent to the backend.
+    ShuttingDown,
 }
 
 impl Refusal {
@@ -30,11 +32,21 @@ impl Refusal {
             Refusal::WouldExceedDeadline => "deadline",
             Refusal::Impatient => "impatient",
             Refusal::Unavailable => "unavailable",
+            Refusal::ShuttingDown => "shutting_down",
         }
     }
 
     /// The envelope for the client.
     pub fn reply(self, retry_after_secs: u64) -> ErrorReply {
+        if self == Refusal::ShuttingDown {
+            // `server_busy`, not `upstream_unavailable`: the backend is fine and nothing was
+            // sent to it, so any request may be retried at once — by then a restarted proxy
+            // (or another replica) takes it. The queue's own estimate says nothing here.
+            return ErrorReply::server_busy(
+                "the proxy is shutting down; this request was not sent to the backend, retry it",
+            )
+            .retry_after(1);
+        }
         if self == Refusal::Unavailable {
             return ErrorReply::upstream_unavailable(
                 503,
@@ -48,6 +60,7 @@ impl Refusal {
             Refusal::WouldExceedDeadline => "the expected wait exceeds how long this request may wait",
             Refusal::Impatient => "the backend is at capacity; this request waited too long",
             Refusal::Unavailable => "the backend is down",
+            Refusal::ShuttingDown => "the proxy is shutting down",
         };
         ErrorReply::server_busy(message).retry_after(retry_after_secs.clamp(1, 60))
     }

@@ -1,5 +1,5 @@
 //! Configuration: the on-disk schema ([`schema`]), loading and validation into the runtime
-//! [`Config`] ([`load`]), and human units ([`units`]).
+//! [`Config`] ([`load`]), what a reload may change ([`reload`]), and human units ([`units`]).
 //!
 //! The runtime [`Config`] is immutable and shared as `Arc<Config>`; a reload builds a new one
 //! and swaps it in whole. State that must survive a reload (upstream resolution, and later the
@@ -7,6 +7,7 @@
 
 pub mod load;
 pub mod maintenance;
+pub mod reload;
 pub mod schema;
 pub mod units;
 

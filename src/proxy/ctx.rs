@@ -9,6 +9,7 @@ use tokio::time::Instant;
 use super::envelope::ErrorReply;
 use crate::admission::Permit;
 use crate::config::{ClassSpec, Config};
+use crate::shutdown::ActiveGuard;
 use crate::upstream::{Endpoint, EndpointLease, UpstreamState};
 
 /// What the request was routed to.
@@ -76,6 +77,8 @@ pub struct RequestCtx {
     pub retry_decided: bool,
     /// A backoff to sleep before the next attempt (set where a hook cannot sleep itself).
     pub pending_backoff: Option<Duration>,
+    /// Counts the request as in progress until the context drops (the shutdown drain).
+    pub active: Option<ActiveGuard>,
 }
 
 impl RequestCtx {
@@ -106,6 +109,7 @@ impl RequestCtx {
             budget_retries: 0,
             retry_decided: false,
             pending_backoff: None,
+            active: None,
         }
     }
 }

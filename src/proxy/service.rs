@@ -127,7 +127,9 @@ impl ProxyHttp for DifyProxy {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::new()
+        // pingora makes the context once the request header is read and drops it after the
+        // response (stream included) ended: exactly the span the shutdown drain waits for.
+        RequestCtx { active: Some(self.app.active.enter()), ..RequestCtx::new() }
     }
 
     /// Routes the request and checks what can be checked before any upstream work. Returns

@@ -92,6 +92,7 @@ impl BackgroundService for Resolver {
             let interval = self.app.config().server.resolve_interval.0;
             tokio::select! {
                 _ = tokio::time::sleep(interval) => resolve_all(&self.app).await,
+                () = self.app.resolve_requested() => resolve_all(&self.app).await,
                 _ = shutdown.changed() => return,
             }
         }

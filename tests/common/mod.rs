@@ -49,13 +49,34 @@ impl ProxyProcess {
 
     /// Starts with an optional config file and extra `run` arguments.
     pub async fn start_with_args(config: Option<&str>, extra: &[&str]) -> ProxyProcess {
+        Self::spawn(config, extra, free_port(), free_port(), true).await
+    }
+
+    /// Starts with a config file that sets `server.listen = addr` and `server.admin = admin`
+    /// itself (no `--listen`/`--admin` override, so a reload sees what the file says).
+    pub async fn start_listening_as_configured(
+        config: &str,
+        addr: SocketAddr,
+        admin: SocketAddr,
+    ) -> ProxyProcess {
+        Self::spawn(Some(config), &[], addr, admin, false).await
+    }
+
+    async fn spawn(
+        config: Option<&str>,
+        extra: &[&str],
+        addr: SocketAddr,
+        admin: SocketAddr,
+        override_listeners: bool,
+    ) -> ProxyProcess {
         let dir = tempfile::tempdir().expect("temp dir");
-        let addr = free_port();
-        let admin = free_port();
         let log_path = dir.path().join("proxy.log");
         let log = std::fs::File::create(&log_path).expect("log file");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_dify-shaper"));
-        cmd.arg("run").arg("--listen").arg(addr.to_string()).arg("--admin").arg(admin.to_string());
+        cmd.arg("run");
+        if override_listeners {
+            cmd.arg("--listen").arg(addr.to_string()).arg("--admin").arg(admin.to_string());
+        }
         if let Some(config) = config {
             let path = dir.path().join("dify-shaper.toml");
             std::fs::write(&path, config).expect("write config");
@@ -100,6 +121,39 @@ impl ProxyProcess {
     /// A scratch directory that lives as long as the proxy.
     pub fn dir(&self) -> &std::path::Path {
         self.dir.path()
+    }
+
+    /// The config file the proxy was started with (a reload reads it again).
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("dify-shaper.toml")
+    }
+
+    /// Replaces the config file atomically (write aside, rename), so a reload never reads
+    /// half a file.
+    pub fn write_config(&self, text: &str) {
+        let aside = self.dir.path().join("dify-shaper.toml.new");
+        std::fs::write(&aside, text).expect("write config");
+        std::fs::rename(&aside, self.config_path()).expect("replace config");
+    }
+
+    /// Sends `signal` to the process.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.pid()).expect("pid fits i32"));
+        nix::sys::signal::kill(pid, signal).expect("send a signal to the proxy");
+    }
+
+    /// Polls until the process has exited, for at most `limit`; its exit status, if it did.
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 

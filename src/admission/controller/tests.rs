@@ -255,3 +255,30 @@ async fn a_capacity_share_scales_the_limit() {
     gate.set_capacity_share(1.0);
     let _c = gate.acquire(ticket(1, 1)).await.expect("room again");
 }
+
+#[tokio::test(start_paused = true)]
+async fn shed_all_answers_waiters_and_refuses_later_waits_but_keeps_admitting_what_fits() {
+    let gate = gate(2, 100);
+    let first = gate.acquire(ticket(1, 1)).await.expect("first");
+    let _second = gate.acquire(ticket(2, 1)).await.expect("second");
+    let waiters: Vec<_> = (0..3)
+        .map(|t| {
+            let gate = Arc::clone(&gate);
+            tokio::spawn(async move { gate.acquire(ticket(10 + t, 1)).await.map(|_| ()) })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(gate.queued(), 3);
+    assert_eq!(gate.shed_all(Refusal::ShuttingDown), 3);
+    for waiter in waiters {
+        assert_eq!(waiter.await.expect("join"), Err(Refusal::ShuttingDown));
+    }
+    // Would wait: refused at once.
+    assert_eq!(gate.acquire(ticket(3, 1)).await.map(|_| ()), Err(Refusal::ShuttingDown));
+    // Fits under the limit: still served (it can finish within the grace).
+    drop(first);
+    let fits = gate.acquire(ticket(4, 1)).await.expect("admitted while closing");
+    assert_eq!((gate.in_flight(), gate.queued()), (2, 0));
+    drop(fits);
+    assert_eq!(gate.status().shed.get("shutting_down"), Some(&4));
+}

@@ -1,0 +1,100 @@
+//! Config reload: one function, [`reload`], behind both triggers — SIGHUP ([`sighup`]) and
+//! `POST /reload` on the admin API — so they cannot behave differently.
+//!
+//! A reload reads the file the process was started with (or re-validates the embedded
+//! defaults), with the same command-line overrides. It is all-or-nothing: an invalid file
+//! changes nothing and is logged (`FILE:LINE:COL: key: …`) and counted. A valid one is
+//! installed whole with one atomic swap ([`App::install`]): requests in flight keep the
+//! snapshot they started with, and the state keyed by upstream name — learned limits,
+//! queues, health, maintenance — carries over for upstreams that stay. Settings that only a
+//! restart applies ([`RestartOnly`]) keep their running values and are named in the log.
+
+pub mod sighup;
+pub mod stats;
+
+use serde::Serialize;
+
+use crate::app::App;
+use crate::config::reload::{changed, RestartNeeded};
+use crate::config::{load_embedded, load_file};
+
+pub use stats::{ReloadLog, ReloadRecord, ReloadStats};
+
+/// How a reload went.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum ReloadOutcome {
+    /// The new config is in force.
+    Ok {
+        /// The file (or `embedded defaults`).
+        config: String,
+        /// Settings that need a restart; their running values were kept.
+        restart_needed: Vec<RestartNeeded>,
+        /// Parts of the config that changed.
+        changed: Vec<String>,
+    },
+    /// The file was refused; the running config stays.
+    Failed {
+        /// The precise error (`FILE:LINE:COL: key: …`).
+        error: String,
+    },
+}
+
+impl ReloadOutcome {
+    /// `ok` or `failed`.
+    pub fn result(&self) -> &'static str {
+        match self {
+            ReloadOutcome::Ok { .. } => "ok",
+            ReloadOutcome::Failed { .. } => "failed",
+        }
+    }
+
+    /// The admin API's answer: 200 with the outcome, or 400 `bad_request` in Dify's envelope
+    /// with the precise error (the file, not the HTTP request, was bad — but `bad_request`
+    /// is the envelope's code for invalid input, and 4xx says "fix it, then retry").
+    pub fn http(&self) -> (u16, serde_json::Value) {
+        match self {
+            ReloadOutcome::Ok { .. } => (200, serde_json::to_value(self).unwrap_or_default()),
+            ReloadOutcome::Failed { error } => {
+                (400, serde_json::json!({"code": "bad_request", "message": error, "status": 400}))
+            }
+        }
+    }
+}
+
+/// Reloads the config of `app`; `trigger` (`sighup`, `admin`) is logged and recorded.
+pub fn reload(app: &App, trigger: &str) -> ReloadOutcome {
+    let mut record = app.reload_log().lock();
+    let loaded = match app.config_path() {
+        Some(path) => load_file(path, &app.overrides),
+        None => load_embedded(&app.overrides),
+    };
+    let outcome = match loaded {
+        Err(e) => {
+            tracing::error!(trigger, error = %e, "config reload refused; the running config stays");
+            ReloadOutcome::Failed { error: e.to_string() }
+        }
+        Ok(mut config) => {
+            let running = app.restart_only();
+            let restart_needed = running.differences(&config);
+            for n in &restart_needed {
+                tracing::warn!(
+                    trigger,
+                    setting = n.setting,
+                    wanted = %n.wanted,
+                    "config reload: {} needs a restart, still using {}",
+                    n.setting,
+                    n.running
+                );
+            }
+            running.pin(&mut config);
+            let changed = changed(&app.config(), &config);
+            let source = config.source.clone();
+            app.install(config);
+            tracing::info!(trigger, config = %source, ?changed, "config reloaded");
+            ReloadOutcome::Ok { config: source, restart_needed, changed }
+        }
+    };
+    record.record(trigger, &outcome);
+    outcome
+}
