@@ -8,7 +8,8 @@
 //! - [`controller`]: one upstream's controller — triggers, effects on admission and replica
 //!   rotation, the status view and operator commands;
 //! - [`actions`]: what restarts the backend; [`gate`]: the health gate and restart watch;
-//!   [`memory`]: where memory use is read; [`service`]: the ticking background service.
+//!   [`memory`]: where memory use is read; [`service`]: the ticking background service;
+//!   [`view`]: what `/status` shows of it.
 
 pub mod actions;
 pub mod controller;
@@ -17,3 +18,4 @@ pub mod memory;
 pub mod schedule;
 pub mod service;
 pub mod state;
+pub mod view;
