@@ -24,8 +24,11 @@ deps:
 run: deps
 	$(CARGO) run --release --bin dify-shaper -- run $(ARGS)
 
-# The whole test suite (unit + integration against the simulator on 127.0.0.1).
+# The whole test suite (unit + integration against the simulator on 127.0.0.1, and the
+# end-to-end suite against real gunicorn + PostgreSQL, whose tools e2e/setup.sh installs when
+# missing). A failed setup does not stop the run: the e2e tests then fail saying why.
 test: deps
+	@bash e2e/setup.sh || echo "e2e/setup.sh failed: the end-to-end tests (tests/e2e.rs) will fail" >&2
 	$(CARGO) test
 
 lint: deps

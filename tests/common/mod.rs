@@ -14,6 +14,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+pub mod e2e;
 pub mod fixtures;
 pub mod load;
 
@@ -209,7 +210,8 @@ pub async fn fetch(addr: SocketAddr, request: Request<Full<Bytes>>) -> (StatusCo
     (status, headers, body)
 }
 
-async fn try_get(addr: SocketAddr, path: &str) -> Result<(StatusCode, HeaderMap, Bytes), String> {
+/// GET `path`, or the error when nothing answers (for polling a backend that is starting).
+pub async fn try_get(addr: SocketAddr, path: &str) -> Result<(StatusCode, HeaderMap, Bytes), String> {
     let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;

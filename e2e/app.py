@@ -1,0 +1,142 @@
+"""A small Dify-shaped WSGI app for dify-shaper's end-to-end tests (tests/e2e.rs).
+
+Served by real gunicorn with gevent workers, in front of a real PostgreSQL, so the tests see
+what a self-hosted Dify does under load: a worker's `--worker-connections` bound with the
+rest parked in the listen backlog, and PostgreSQL's `max_connections` bound answered with
+Dify's 500 envelope ("too many clients already").
+
+Endpoints:
+
+- `POST /v1/workflows/run` (JSON body, `Authorization: Bearer app-…`): holds one PostgreSQL
+  connection for the whole run (`SELECT pg_sleep(…)`, which also yields the gevent worker).
+  `response_mode` `blocking` answers JSON after the service time; `streaming` answers
+  `text/event-stream`: `workflow_started`, `X-Events` × `node_finished` spaced evenly over
+  the service time, `workflow_finished`, each frame flushed on its own.
+  `X-Service-Time` is the service time in seconds (default 1.0).
+- `GET /health`: `{"status": "ok", "pid": …}` without touching the database (as Dify's).
+
+The DSN comes from `E2E_PG_DSN` (libpq syntax). Plain WSGI keeps the install small.
+"""
+
+import json
+import os
+import time
+import uuid
+
+import psycopg
+
+DSN = os.environ.get("E2E_PG_DSN", "")
+
+
+def _json(start_response, status, body, headers=()):
+    data = json.dumps(body).encode()
+    start_response(
+        status,
+        [("Content-Type", "application/json"), ("Content-Length", str(len(data)))] + list(headers),
+    )
+    return [data]
+
+
+def _error(start_response, status, code, message):
+    """Dify's error envelope."""
+    number = int(status.split()[0])
+    return _json(start_response, status, {"code": code, "message": message, "status": number})
+
+
+def _read_body(environ):
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        length = 0
+    raw = environ["wsgi.input"].read(length) if length > 0 else b""
+    return json.loads(raw or b"{}")
+
+
+def _frame(event, **fields):
+    payload = {"event": event, **fields}
+    return ("data: " + json.dumps(payload) + "\n\n").encode()
+
+
+def _stream(conn, service_time, events, ids):
+    """The SSE body; the connection is held until the last frame (or the client leaving)."""
+    try:
+        yield _frame("workflow_started", data={"id": ids["run"], "created_at": int(time.time())}, **ids)
+        step = service_time / max(events, 1)
+        for i in range(events):
+            conn.execute("SELECT pg_sleep(%s)", (step,))
+            yield _frame("node_finished", data={"id": str(uuid.uuid4()), "index": i + 1, "status": "succeeded"}, **ids)
+        yield _frame(
+            "workflow_finished",
+            data={"id": ids["run"], "status": "succeeded", "outputs": {}, "elapsed_time": service_time},
+            **ids,
+        )
+    finally:
+        conn.close()
+
+
+def _run(environ, start_response):
+    auth = environ.get("HTTP_AUTHORIZATION", "")
+    if not auth.startswith("Bearer app-"):
+        return _error(
+            start_response, "401 UNAUTHORIZED", "unauthorized",
+            "Authorization header must be provided and start with 'Bearer'",
+        )
+    try:
+        body = _read_body(environ)
+    except ValueError:
+        return _error(start_response, "400 BAD REQUEST", "invalid_param", "body is not JSON")
+    try:
+        service_time = float(environ.get("HTTP_X_SERVICE_TIME") or 1.0)
+        events = int(environ.get("HTTP_X_EVENTS") or 3)
+    except ValueError:
+        return _error(start_response, "400 BAD REQUEST", "invalid_param", "bad X-Service-Time or X-Events")
+    ids = {"task_id": str(uuid.uuid4()), "workflow_run_id": str(uuid.uuid4())}
+    ids["run"] = ids["workflow_run_id"]
+    try:
+        # Dify takes a pooled connection at the start of the request (the app key lookup)
+        # and keeps it until teardown; a fresh connection per run makes PostgreSQL's own
+        # max_connections the limit, which is what the tests exercise.
+        conn = psycopg.connect(DSN, autocommit=True, connect_timeout=10)
+    except psycopg.OperationalError as e:
+        return _error(
+            start_response, "500 INTERNAL SERVER ERROR", "internal_server_error",
+            f"(psycopg.OperationalError) {str(e).strip()}",
+        )
+    if body.get("response_mode") == "streaming":
+        start_response("200 OK", [("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache")])
+        return _stream(conn, service_time, events, ids)
+    try:
+        conn.execute("SELECT pg_sleep(%s)", (service_time,))
+    except psycopg.OperationalError as e:
+        return _error(
+            start_response, "500 INTERNAL SERVER ERROR", "internal_server_error",
+            f"(psycopg.OperationalError) {str(e).strip()}",
+        )
+    finally:
+        conn.close()
+    run = ids.pop("run")
+    return _json(
+        start_response, "200 OK",
+        {
+            **ids,
+            "data": {
+                "id": run,
+                "status": "succeeded",
+                "outputs": {"app": auth[len("Bearer "):]},
+                "elapsed_time": service_time,
+                "created_at": int(time.time()),
+            },
+        },
+    )
+
+
+def app(environ, start_response):
+    """The WSGI entry point (`gunicorn app:app`)."""
+    method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")
+    if path == "/health" and method == "GET":
+        return _json(start_response, "200 OK", {"status": "ok", "pid": os.getpid()})
+    if path == "/v1/workflows/run":
+        if method != "POST":
+            return _error(start_response, "405 METHOD NOT ALLOWED", "method_not_allowed", "use POST")
+        return _run(environ, start_response)
+    return _error(start_response, "404 NOT FOUND", "not_found", "The requested URL was not found on the server.")

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Installs what the end-to-end suite (tests/e2e.rs) needs, when it is missing:
+#   - PostgreSQL server binaries (Debian's `postgresql`, 15 on bookworm) and the unprivileged
+#     `postgres` user the tests run them as (PostgreSQL refuses to run as root);
+#   - a Python venv at target/e2e-venv with e2e/requirements.txt (gunicorn, gevent, psycopg).
+# Starts nothing: the tests start and stop their own PostgreSQL and gunicorn.
+# Idempotent and fast once done: a stamp in the venv records the requirements it holds.
+# `make test` runs it before `cargo test`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+venv="${DIFY_SHAPER_E2E_VENV:-target/e2e-venv}"
+stamp="$venv/.e2e-ready"
+want="$(sha256sum e2e/requirements.txt | cut -d' ' -f1)"
+
+if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
+
+pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1; }
+
+if [ -z "$(pg_bin)" ] || [ ! -x "$(pg_bin)/initdb" ] || [ ! -x "$(pg_bin)/postgres" ]; then
+  echo "e2e setup: installing PostgreSQL (Debian's postgresql)"
+  $SUDO apt-get update -qq
+  # Debian's package creates a cluster and starts it where it can; the tests do not use it
+  # (each runs its own on a private socket), so stop it again if it runs.
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postgresql >/dev/null
+  if command -v pg_ctlcluster >/dev/null 2>&1; then
+    for cluster in $(pg_lsclusters -h 2>/dev/null | awk '$4 == "online" {print $1 "/" $2}'); do
+      $SUDO pg_ctlcluster "${cluster%/*}" "${cluster#*/}" stop || true
+    done
+  fi
+fi
+if [ "$(id -u)" -eq 0 ] && ! id -u postgres >/dev/null 2>&1; then
+  useradd --system --home-dir /var/lib/postgresql --shell /bin/bash postgres
+fi
+
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  exit 0
+fi
+echo "e2e setup: creating the Python venv $venv (gunicorn, gevent, psycopg from PyPI)"
+python="${PYTHON:-python3}"
+command -v "$python" >/dev/null 2>&1 || { echo "e2e setup: $python not found" >&2; exit 1; }
+rm -f "$stamp"
+if ! "$python" -m venv "$venv"; then
+  # Debian's python3 ships venv's pip bootstrap separately.
+  echo "e2e setup: installing python3-venv"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-venv >/dev/null
+  rm -rf "$venv"
+  "$python" -m venv "$venv"
+fi
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r e2e/requirements.txt
+# Prove the pieces import together the way gunicorn's gevent worker loads them.
+"$venv/bin/python" -c 'import gevent.monkey; gevent.monkey.patch_all(); import gunicorn.workers.ggevent, psycopg'
+echo "$want" > "$stamp"
+echo "e2e setup: ready ($("$venv/bin/gunicorn" --version 2>&1), $("$(pg_bin)/postgres" --version))"
