@@ -124,24 +124,30 @@ fn restart_effect(at: Duration, boot: Duration, d: &Summary, s: &Summary) -> Str
     }
 }
 
-/// The latency price of queueing, when there is one worth mentioning.
+/// The latency price of queueing, when there is one worth mentioning: at the median, or in
+/// the tail (a queue shows there first).
 fn waiting_cost(d: &Summary, s: &Summary) -> Option<String> {
-    let (dp50, sp50) = (d.p50?, s.p50?);
-    let slower = sp50.as_secs_f64() > 1.2 * dp50.as_secs_f64();
-    Some(if slower {
+    let (dp50, sp50, dp99, sp99) = (d.p50?, s.p50?, d.p99?, s.p99?);
+    let slower = |shaped: Duration, direct: Duration, factor: f64| {
+        shaped.as_secs_f64() > factor * direct.as_secs_f64()
+    };
+    Some(if slower(sp50, dp50, 1.2) || slower(sp99, dp99, 1.5) {
         format!(
-            "The price is waiting: a typical success took {} through dify-shaper against {} direct \
-             (p99 {} vs {}), time spent queued rather than failing.",
+            "The price is waiting: successes took {} at the median and {} at p99 through \
+             dify-shaper, against {} and {} direct, time spent queued rather than failing.",
             latency(Some(sp50)),
+            latency(Some(sp99)),
             latency(Some(dp50)),
-            latency(s.p99),
-            latency(d.p99)
+            latency(Some(dp99))
         )
     } else {
         format!(
-            "Successes were about as fast both ways (median {} through dify-shaper, {} direct).",
+            "Successes were about as fast both ways (median {} through dify-shaper, {} direct; \
+             p99 {} and {}).",
             latency(Some(sp50)),
-            latency(Some(dp50))
+            latency(Some(dp50)),
+            latency(Some(sp99)),
+            latency(Some(dp99))
         )
     })
 }
@@ -207,6 +213,7 @@ mod tests {
         assert!(text.contains("30 direct requests found it down"), "{text}");
         assert!(text.contains("held its requests"), "{text}");
         assert!(text.contains("The price is waiting"), "{text}");
+        assert!(text.contains("4.00 s at the median"), "{text}");
         assert!(text.contains("3 of its runs"), "{text}");
         assert!(!text.contains("waiting in its queue"), "nobody gave up through dify-shaper: {text}");
     }
@@ -229,6 +236,13 @@ mod tests {
         let text = verdict(&scenario(false), &direct, &patient).replace('\n', " ");
         assert!(text.contains("60 gave up waiting"), "{text}");
         assert!(text.contains("only 2 of them cost the backend a run"), "{text}");
+
+        // Same median, but a queue's tail: the price is named.
+        let mut tail = column(&[(Kind::Ok, 101), (Kind::Busy, 59)], 1000, 0);
+        tail.summary.p99 = Some(Duration::from_secs(9));
+        let text = verdict(&scenario(false), &direct, &tail).replace('\n', " ");
+        assert!(text.contains("The price is waiting"), "{text}");
+        assert!(text.contains("9.00 s at p99"), "{text}");
 
         let clean = column(&[(Kind::Ok, 160)], 1000, 0);
         let text = verdict(&scenario(true), &direct, &clean).replace('\n', " ");
