@@ -1,5 +1,6 @@
-//! The command line (clap): `run` (default), `check`, `sim`, and `ctl` (a client for a running
-//! proxy's admin API, in [`crate::ctl`]). `main.rs` only calls [`main`].
+//! The command line (clap): `run` (default), `check`, `sim`, `ctl` (a client for a running
+//! proxy's admin API, in [`crate::ctl`]) and `demo` (in [`crate::demo`]). `main.rs` only calls
+//! [`main`].
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::app::App;
 use crate::config::{self, Config, ConfigError, Overrides};
 use crate::ctl::CtlArgs;
+use crate::demo::DemoArgs;
 use crate::sim::cli::SimArgs;
 
 /// dify-shaper: queue, admit, retry and hold traffic in front of a self-hosted Dify.
@@ -33,6 +35,9 @@ enum Command {
     Sim(SimArgs),
     /// Drain, resume or restart an upstream, or show its state, through a running proxy's admin API.
     Ctl(CtlArgs),
+    /// Show what dify-shaper does: the same overload and restart of a simulated Dify, straight
+    /// and through dify-shaper, side by side (about 30 s; --quick about 15 s).
+    Demo(DemoArgs),
 }
 
 /// Flags of `run`.
@@ -82,6 +87,7 @@ pub fn main() -> ExitCode {
         Some(Command::Check(args)) => check(&args),
         Some(Command::Sim(args)) => sim(args),
         Some(Command::Ctl(args)) => crate::ctl::run(args),
+        Some(Command::Demo(args)) => crate::demo::run(args),
     }
 }
 

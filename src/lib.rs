@@ -10,6 +10,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod ctl;
+pub mod demo;
 pub mod housekeeping;
 pub mod maintenance;
 pub mod metrics;
