@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# Side by side: the same failure scenarios sent direct to the Dify simulator, through nginx
+# (Dify's docker config), through HAProxy (an expert's static config told the true capacity)
+# and through dify-shaper (embedded defaults, no capacity given). Then the raw overhead of the
+# three proxies (benches/overhead.sh). Not part of `make test` or CI.
+#
+#   bash benches/compare.sh [--quick] [--rounds N] [--no-overhead] [--only s1,s2,…]
+#
+# Writes benches/results/compare.md, compare.json and compare.png (and overhead.md/json).
+# Installs nginx, haproxy and wrk with apt-get when missing, and matplotlib into a venv under
+# ${BENCH_VENV:-/tmp/dify-shaper-bench-venv}. See benches/README.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+QUICK=0; ROUNDS=1; OVERHEAD=1; ONLY=""
+while (($#)); do
+  case $1 in
+    --quick) QUICK=1 ;;
+    --rounds) ROUNDS=$2; shift ;;
+    --no-overhead) OVERHEAD=0 ;;
+    --only) ONLY=$2; shift ;;
+    *) echo "usage: $0 [--quick] [--rounds N] [--no-overhead] [--only s1,s2,s3,s4]" >&2; exit 2 ;;
+  esac
+  shift
+done
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}
+cargo build --release --quiet --bin dify-shaper --example loadgen
+BIN=$CARGO_TARGET_DIR/release/dify-shaper
+LOADGEN=$CARGO_TARGET_DIR/release/examples/loadgen
+WORK=$(mktemp -d)
+RUNS=$WORK/runs; mkdir -p "$RUNS"
+SIM_PID=; TARGET_PID=
+cleanup() { stop_target; stop_sim; [[ -n ${KEEP_WORK:-} ]] || rm -rf "$WORK"; }
+trap cleanup EXIT
+# shellcheck source=benches/lib/targets.sh
+source benches/lib/targets.sh
+ensure_proxies
+T0=$(date +%s)
+export BENCH_LOAD_BEFORE="$(cut -d" " -f1-3 /proc/loadavg)"
+
+# Durations: full / --quick.
+if ((QUICK)); then D_LONG=12; D_SSE=8; D_RESTART=16; else D_LONG=25; D_SSE=20; D_RESTART=25; fi
+CLIENT_TIMEOUT=10s       # blocking clients give up after 10 s = 5× the 2 s run (see README)
+SSE_TIMEOUT=30s
+
+# Scenario table: id|title|sim flags|true capacity|haproxy timeout queue|rate|duration|
+# client timeout|stream (0/1)|SIGHUP at (s, empty = none)|targets
+SCENARIOS=(
+  "s1|Overload: 1 worker × 10 connections, 2 s runs (capacity 5/s), offered 10/s (2×)|--workers 1 --worker-connections 10 --service-time 2s|10|8s|10|$D_LONG|$CLIENT_TIMEOUT|0||direct nginx haproxy dify-shaper"
+  "s2|DB connection exhaustion: 12 slots, --db-connections 8, 2 s runs (DB capacity 4/s), offered 6/s (1.5×)|--workers 12 --worker-connections 1 --service-time 2s --db-connections 8|8|8s|6|$D_LONG|$CLIENT_TIMEOUT|0||direct nginx haproxy haproxy-maxconn12 dify-shaper"
+  "s3|Uncoordinated restart: 10 slots, 2 s runs, 2.5/s (50 %), SIGHUP at 8 s, 3 s boot|--workers 1 --worker-connections 10 --service-time 2s --boot-delay 3s|10|8s|2.5|$D_RESTART|$CLIENT_TIMEOUT|0|8|direct nginx haproxy dify-shaper"
+  "s4|SSE time to first frame: 10 slots, 2 s streaming runs, 2.5/s (50 %)|--workers 1 --worker-connections 10 --service-time 2s|10|28s|2.5|$D_SSE|$SSE_TIMEOUT|1||direct nginx haproxy dify-shaper"
+)
+
+run_one() { # scenario-line target round
+  local line=$1 target=$2 round=$3
+  IFS='|' read -r id title simflags cap qt rate dur ctimeout stream hup _targets <<<"$line"
+  local tname=$target tcap=$cap
+  if [[ $target == haproxy-maxconn12 ]]; then tname=haproxy; tcap=12; fi
+  # shellcheck disable=SC2086
+  start_sim $simflags
+  start_target "$tname" dify "$tcap" "$qt"
+  sleep 1   # the same settling time for every target (HAProxy's first health check)
+  local args=(--url "http://127.0.0.1:$TARGET_PORT/v1/workflows/run" --rate "$rate"
+    --duration "${dur}s" --timeout "$ctimeout" --label "$id/$target" --apps 4
+    --out "$RUNS/$id.$target.$round.json")
+  if ((stream)); then args+=(--stream); fi
+  if [[ -n $hup ]]; then args+=(--signal-pid "$SIM_PID" --signal-at "${hup}s"); fi
+  printf '[%4ds] %s round %s: %-18s ' $(( $(date +%s) - T0 )) "$id" "$round" "$target" >&2
+  "$LOADGEN" "${args[@]}" >/dev/null
+  # dify-shaper: what it learned (limit, sheds, waits, patience), kept beside the run.
+  if [[ -n ${TARGET_ADMIN:-} ]]; then
+    curl -s --max-time 2 "http://127.0.0.1:$TARGET_ADMIN/status" >"$RUNS/$id.$target.$round.status.json" || true
+  fi
+  python3 benches/lib/summary.py "$RUNS/$id.$target.$round.json" >&2
+  stop_target
+  stop_sim
+}
+
+for round in $(seq 1 "$ROUNDS"); do
+  i=0
+  for line in "${SCENARIOS[@]}"; do
+    id=${line%%|*}
+    if [[ -n $ONLY && ",$ONLY," != *",$id,"* ]]; then continue; fi
+    read -ra targets <<<"${line##*|}"
+    # Rotate the order per scenario and round, so no target always runs first.
+    n=${#targets[@]}; shift_by=$(( (i + round - 1) % n )); i=$((i + 1))
+    for k in $(seq 0 $((n - 1))); do
+      run_one "$line" "${targets[$(( (k + shift_by) % n ))]}" "$round"
+    done
+  done
+done
+
+if ((OVERHEAD)); then
+  if ((QUICK)); then bash benches/overhead.sh 3 50 1; else bash benches/overhead.sh 5 50 3; fi
+fi
+
+# Tables, JSON and chart.
+VENV=${BENCH_VENV:-/tmp/dify-shaper-bench-venv}
+if ! "$VENV/bin/python" -c 'import matplotlib' 2>/dev/null; then
+  python3 -m venv "$VENV" && "$VENV/bin/pip" install -q matplotlib
+fi
+printf '%s\n' "${SCENARIOS[@]}" >"$WORK/scenarios.txt"
+CMD="bash benches/compare.sh"; ((QUICK)) && CMD+=" --quick"; ((ROUNDS > 1)) && CMD+=" --rounds $ROUNDS"; true
+"$VENV/bin/python" benches/lib/report.py "$RUNS" "$WORK/scenarios.txt" "$CMD" "$(( $(date +%s) - T0 ))"

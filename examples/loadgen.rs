@@ -1,0 +1,341 @@
+//! Open-loop HTTP load generator for `benches/compare.sh`.
+//!
+//! Requests start on a fixed schedule (`--rate` per second for `--duration`) whatever happened
+//! to earlier ones, as real clients do; each opens its own TCP connection (like Dify's clients
+//! behind nginx), sends one request and gives up after `--timeout` (the whole exchange, body
+//! included), closing its connection. Prints one JSON object (also to `--out`): sent, ok,
+//! goodput, statuses, Dify error codes, client-side errors by kind, latency percentiles of ok
+//! responses, first-frame latency of streams, and a per-second timeline by send time.
+//!
+//! ```text
+//! cargo run --release --example loadgen -- --url http://127.0.0.1:8080/v1/workflows/run \
+//!     --rate 10 --duration 25s --timeout 10s [--stream] [--method POST] [--body JSON] \
+//!     [--header 'k: v']… [--apps N] [--signal-pid PID --signal-at 8s] [--label L] [--out F]
+//! ```
+//!
+//! An answer is **ok** when it is 2xx and its body arrived whole before the timeout; a stream
+//! (`--stream`) must also end with `workflow_finished`/`message_end` and carry no `error`
+//! event. Errors are counted by kind: `status` (a non-2xx answer, by code), `refused`
+//! (connect refused), `reset` (the connection was closed or reset before a response head),
+//! `broken` (a body cut short), `stream_error` (a 200 stream ending without its final event
+//! or with Dify's `error` event), `timeout` (the client gave up), `other`.
+//! Goodput counts ok answers that *completed* inside the send window, per second of it.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Frame;
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+#[derive(Clone)]
+struct Args {
+    url: String,
+    host: String,
+    addr: String,
+    path: String,
+    method: String,
+    body: String,
+    headers: Vec<(String, String)>,
+    rate: f64,
+    duration: Duration,
+    timeout: Duration,
+    stream: bool,
+    apps: usize,
+    signal_pid: Option<i32>,
+    signal_at: Duration,
+    label: String,
+    out: Option<String>,
+}
+
+fn usage(msg: &str) -> ! {
+    eprintln!("loadgen: {msg}\nsee the header of examples/loadgen.rs for flags");
+    std::process::exit(2)
+}
+
+fn parse_args() -> Args {
+    let mut a = Args {
+        url: String::new(),
+        host: String::new(),
+        addr: String::new(),
+        path: String::new(),
+        method: String::new(),
+        body: String::new(),
+        headers: Vec::new(),
+        rate: 1.0,
+        duration: Duration::from_secs(10),
+        timeout: Duration::from_secs(30),
+        stream: false,
+        apps: 1,
+        signal_pid: None,
+        signal_at: Duration::ZERO,
+        label: String::new(),
+        out: None,
+    };
+    let mut body: Option<String> = None;
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut val = || it.next().unwrap_or_else(|| usage(&format!("{flag} needs a value")));
+        let dur = |s: String| humantime::parse_duration(&s).unwrap_or_else(|e| usage(&format!("{s}: {e}")));
+        match flag.as_str() {
+            "--url" => a.url = val(),
+            "--method" => a.method = val(),
+            "--body" => body = Some(val()),
+            "--header" => {
+                let h = val();
+                let (k, v) = h.split_once(':').unwrap_or_else(|| usage("--header wants 'name: value'"));
+                a.headers.push((k.trim().to_owned(), v.trim().to_owned()));
+            }
+            "--rate" => a.rate = val().parse().unwrap_or_else(|_| usage("--rate wants a number")),
+            "--duration" => a.duration = dur(val()),
+            "--timeout" => a.timeout = dur(val()),
+            "--stream" => a.stream = true,
+            "--apps" => a.apps = val().parse().unwrap_or_else(|_| usage("--apps wants a count")),
+            "--signal-pid" => a.signal_pid = Some(val().parse().unwrap_or_else(|_| usage("--signal-pid"))),
+            "--signal-at" => a.signal_at = dur(val()),
+            "--label" => a.label = val(),
+            "--out" => a.out = Some(val()),
+            _ => usage(&format!("unknown flag {flag}")),
+        }
+    }
+    let rest = a.url.strip_prefix("http://").unwrap_or_else(|| usage("--url must start with http://"));
+    let (hostport, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    a.host = hostport.to_owned();
+    a.addr = hostport.to_owned();
+    a.path = path.to_owned();
+    let mode = if a.stream { "streaming" } else { "blocking" };
+    a.body = body.unwrap_or_else(|| format!(r#"{{"inputs":{{}},"response_mode":"{mode}","user":"bench"}}"#));
+    if a.method.is_empty() {
+        a.method = if a.body.is_empty() { "GET".into() } else { "POST".into() };
+    }
+    if a.rate <= 0.0 || a.apps == 0 {
+        usage("--rate and --apps must be positive");
+    }
+    a
+}
+
+/// What happened to one request.
+#[derive(Debug, Default, Clone)]
+struct Outcome {
+    sent_at: f64,
+    /// Seconds from sending to the end of the answer (any answer) or the error.
+    end_at: f64,
+    status: Option<u16>,
+    code: Option<String>,
+    /// `ok`, `status`, `refused`, `reset`, `broken`, `stream_error`, `timeout`, `other`.
+    kind: &'static str,
+    latency: Option<f64>,
+    head: Option<f64>,
+    first_frame: Option<f64>,
+}
+
+fn classify_io(e: &(dyn std::error::Error + 'static)) -> &'static str {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            return match io.kind() {
+                ConnectionRefused => "refused",
+                ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof => "reset",
+                _ => "other",
+            };
+        }
+        if let Some(h) = err.downcast_ref::<hyper::Error>() {
+            if h.is_incomplete_message() || h.is_canceled() || h.is_closed() {
+                return "reset";
+            }
+        }
+        cur = err.source();
+    }
+    "other"
+}
+
+async fn one(a: &Args, idx: usize, start: Instant) -> Outcome {
+    let sent = Instant::now();
+    let mut o = Outcome { sent_at: sent.duration_since(start).as_secs_f64(), ..Default::default() };
+    let key = format!("app-bench{:011}", idx % a.apps);
+    let exchange = async {
+        let stream = TcpStream::connect(&a.addr).await.map_err(|e| classify_io(&e))?;
+        let _ = stream.set_nodelay(true);
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| classify_io(&e))?;
+        tokio::spawn(conn);
+        let mut b = http::Request::builder()
+            .method(a.method.as_str())
+            .uri(a.path.as_str())
+            .header(http::header::HOST, a.host.as_str())
+            .header(http::header::AUTHORIZATION, format!("Bearer {key}"));
+        if !a.body.is_empty() {
+            b = b.header(http::header::CONTENT_TYPE, "application/json");
+        }
+        for (k, v) in &a.headers {
+            b = b.header(k.as_str(), v.as_str());
+        }
+        let req = b.body(Full::new(Bytes::from(a.body.clone()))).map_err(|_| "other")?;
+        let resp = sender.send_request(req).await.map_err(|e| classify_io(&e))?;
+        let status = resp.status().as_u16();
+        let head = sent.elapsed().as_secs_f64();
+        let mut body = resp.into_body();
+        let mut buf = Vec::new();
+        let mut first_frame = None;
+        loop {
+            match body.frame().await {
+                None => break,
+                Some(Ok(f)) => {
+                    if let Ok(d) = Frame::into_data(f) {
+                        if first_frame.is_none() && !d.is_empty() {
+                            first_frame = Some(sent.elapsed().as_secs_f64());
+                        }
+                        // Keep what classification needs: whole small bodies, stream tails.
+                        buf.extend_from_slice(&d);
+                        if buf.len() > 1 << 20 {
+                            buf.drain(..buf.len() - 4096);
+                        }
+                    }
+                }
+                Some(Err(_)) => return Ok::<_, &'static str>((status, head, first_frame, buf, false)),
+            }
+        }
+        Ok((status, head, first_frame, buf, true))
+    };
+    let result = tokio::time::timeout(a.timeout, exchange).await;
+    o.end_at = o.sent_at + sent.elapsed().as_secs_f64();
+    match result {
+        Err(_) => o.kind = "timeout",
+        Ok(Err(kind)) => o.kind = kind,
+        Ok(Ok((status, head, first_frame, buf, complete))) => {
+            o.status = Some(status);
+            o.head = Some(head);
+            o.first_frame = first_frame;
+            if !(200..300).contains(&status) {
+                o.kind = "status";
+                o.code = serde_json::from_slice::<Value>(&buf)
+                    .ok()
+                    .and_then(|v| v["code"].as_str().map(str::to_owned));
+            } else if !complete {
+                o.kind = "broken";
+            } else if a.stream {
+                let text = String::from_utf8_lossy(&buf);
+                let finished = text.contains("\"workflow_finished\"") || text.contains("\"message_end\"");
+                let errored = text.contains("\"event\":\"error\"") || text.contains("\"event\": \"error\"");
+                o.kind = if finished && !errored { "ok" } else { "stream_error" };
+            } else {
+                o.kind = "ok";
+            }
+            if o.kind == "ok" {
+                o.latency = Some(sent.elapsed().as_secs_f64());
+            }
+        }
+    }
+    o
+}
+
+fn pct(v: &mut [f64], p: f64) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let i = ((v.len() as f64 * p).ceil() as usize).saturating_sub(1).min(v.len() - 1);
+    Some((v[i] * 1e6).round() / 1e3)
+}
+
+#[tokio::main]
+async fn main() {
+    let a = parse_args();
+    let total = (a.rate * a.duration.as_secs_f64()).round() as usize;
+    let start = Instant::now();
+    if let Some(pid) = a.signal_pid {
+        let at = start + a.signal_at;
+        tokio::spawn(async move {
+            tokio::time::sleep_until(at).await;
+            let r = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGHUP);
+            eprintln!("loadgen: SIGHUP to {pid} at {:.3}s: {r:?}", start.elapsed().as_secs_f64());
+        });
+    }
+    let shared = std::sync::Arc::new(a.clone());
+    let mut tasks = Vec::with_capacity(total);
+    for i in 0..total {
+        tokio::time::sleep_until(start + Duration::from_secs_f64(i as f64 / a.rate)).await;
+        let args = shared.clone();
+        tasks.push(tokio::spawn(async move { one(&args, i, start).await }));
+    }
+    let mut outcomes = Vec::with_capacity(total);
+    for t in tasks {
+        match t.await {
+            Ok(o) => outcomes.push(o),
+            Err(_) => outcomes.push(Outcome { kind: "other", ..Default::default() }),
+        }
+    }
+    let wall = start.elapsed().as_secs_f64();
+
+    let window = a.duration.as_secs_f64();
+    let sent = outcomes.len();
+    let ok: Vec<&Outcome> = outcomes.iter().filter(|o| o.kind == "ok").collect();
+    let ok_in_window = ok.iter().filter(|o| o.end_at <= window).count();
+    let mut statuses: BTreeMap<String, usize> = BTreeMap::new();
+    let mut codes: BTreeMap<String, usize> = BTreeMap::new();
+    let mut errors: BTreeMap<String, usize> = BTreeMap::new();
+    for k in ["refused", "reset", "broken", "stream_error", "timeout", "other"] {
+        errors.insert(k.to_owned(), 0);
+    }
+    for o in &outcomes {
+        if let Some(s) = o.status {
+            *statuses.entry(s.to_string()).or_default() += 1;
+            if o.kind == "status" {
+                let c = format!("{s} {}", o.code.as_deref().unwrap_or("-"));
+                *codes.entry(c).or_default() += 1;
+            }
+        }
+        if o.kind != "ok" && o.kind != "status" {
+            *errors.entry(o.kind.to_owned()).or_default() += 1;
+        }
+    }
+    let mut lat: Vec<f64> = ok.iter().filter_map(|o| o.latency).collect();
+    let mut ff: Vec<f64> = ok.iter().filter_map(|o| o.first_frame).collect();
+    let mut heads: Vec<f64> = ok.iter().filter_map(|o| o.head).collect();
+    let secs = window.ceil() as usize;
+    let mut timeline = vec![(0usize, 0usize); secs.max(1)];
+    for o in &outcomes {
+        let i = (o.sent_at as usize).min(timeline.len() - 1);
+        timeline[i].0 += 1;
+        if o.kind == "ok" {
+            timeline[i].1 += 1;
+        }
+    }
+    let report = json!({
+        "label": a.label,
+        "url": a.url,
+        "stream": a.stream,
+        "rate": a.rate,
+        "duration_s": window,
+        "timeout_s": a.timeout.as_secs_f64(),
+        "wall_s": (wall * 1000.0).round() / 1000.0,
+        "sent": sent,
+        "ok": ok.len(),
+        "ok_pct": if sent > 0 { (ok.len() as f64 * 1000.0 / sent as f64).round() / 10.0 } else { 0.0 },
+        "ok_in_window": ok_in_window,
+        "goodput": (ok_in_window as f64 * 100.0 / window).round() / 100.0,
+        "statuses": statuses,
+        "codes": codes,
+        "errors": errors,
+        "latency_ms": {"p50": pct(&mut lat, 0.5), "p99": pct(&mut lat, 0.99), "max": pct(&mut lat, 1.0)},
+        "head_ms": {"p50": pct(&mut heads, 0.5), "p99": pct(&mut heads, 0.99)},
+        "first_frame_ms": {"p50": pct(&mut ff, 0.5), "p99": pct(&mut ff, 0.99), "max": pct(&mut ff, 1.0)},
+        "timeline": timeline.iter().map(|(s, k)| json!([s, k])).collect::<Vec<_>>(),
+    });
+    let text = serde_json::to_string(&report).unwrap_or_default();
+    if let Some(path) = &a.out {
+        if let Err(e) = std::fs::write(path, &text) {
+            eprintln!("loadgen: writing {path}: {e}");
+            std::process::exit(1);
+        }
+    }
+    println!("{text}");
+}
