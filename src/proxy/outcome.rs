@@ -15,12 +15,14 @@ pub fn classify(upstream_status: Option<u16>, error: Option<&Error>, sent_upstre
                 ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
                     Outcome::Timeout
                 }
-                // No endpoint in rotation: the upstream is down, which health handles; it says
-                // nothing about how much concurrency it takes.
-                ErrorType::ConnectNoRoute => Outcome::Ignore,
-                ErrorType::ConnectRefused | ErrorType::ConnectError | ErrorType::ConnectionClosed => {
-                    Outcome::Overload
-                }
+                // No endpoint in rotation, or nothing listening: the upstream is down or
+                // restarting, which health handles; it says nothing about how much concurrency
+                // it takes. (Linux does not refuse a connection because the accept queue is
+                // full — with the default `tcp_abort_on_overflow = 0` it drops the SYN and the
+                // client retries — so a refusal is not an overload answer. Counting it as one
+                // left the limit cut far below capacity after every uncoordinated restart.)
+                ErrorType::ConnectNoRoute | ErrorType::ConnectRefused => Outcome::Ignore,
+                ErrorType::ConnectError | ErrorType::ConnectionClosed => Outcome::Overload,
                 // A backend that answered but broke the protocol says nothing about load.
                 _ if upstream_status.is_some() => Outcome::Ignore,
                 _ => Outcome::Overload,
@@ -60,7 +62,8 @@ mod tests {
         assert_eq!(classify(Some(429), None, true), Outcome::Throttled);
         assert_eq!(classify(Some(500), None, true), Outcome::Overload);
         assert_eq!(classify(Some(503), None, true), Outcome::Overload);
-        assert_eq!(classify(None, Some(&upstream(ErrorType::ConnectRefused)), true), Outcome::Overload);
+        assert_eq!(classify(None, Some(&upstream(ErrorType::ConnectRefused)), true), Outcome::Ignore, "down");
+        assert_eq!(classify(None, Some(&upstream(ErrorType::ConnectionClosed)), true), Outcome::Overload);
         assert_eq!(classify(None, Some(&upstream(ErrorType::ReadTimedout)), true), Outcome::Timeout);
         let mut gone = Error::new(ErrorType::ConnectionClosed);
         gone.as_down();
