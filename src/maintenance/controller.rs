@@ -207,7 +207,7 @@ impl Maintenance {
             self.feed(&mut inner, group, Event::InFlight(n), now);
         }
         self.feed(&mut inner, group, Event::Tick, now);
-        self.check_schedule(&mut inner, group, now, wall);
+        self.check_schedule(&mut inner, group, wall);
         self.check_memory(&mut inner, group, now);
     }
 
@@ -490,13 +490,7 @@ impl Maintenance {
         }
     }
 
-    fn check_schedule(
-        &self,
-        inner: &mut Inner,
-        group: &Arc<UpstreamState>,
-        now: Instant,
-        wall: DateTime<Utc>,
-    ) {
+    fn check_schedule(&self, inner: &mut Inner, group: &Arc<UpstreamState>, wall: DateTime<Utc>) {
         let Some(next) = inner.next_scheduled else { return };
         let lead = chrono::Duration::from_std(inner.spec.lead()).unwrap_or_default();
         if wall < next - lead {
@@ -509,7 +503,6 @@ impl Maintenance {
         } else {
             tracing::warn!(upstream = %self.name, phase = ?inner.machine.phase(), scheduled = %next, "maintenance: scheduled restart skipped, another cycle is running");
         }
-        let _ = now;
     }
 
     fn check_memory(&self, inner: &mut Inner, group: &Arc<UpstreamState>, now: Instant) {
@@ -562,7 +555,7 @@ fn busy(phase: Phase, what: &str) -> Refused {
 }
 
 fn addrs_of(group: &UpstreamState, server: Option<&str>) -> Vec<std::net::SocketAddr> {
-    group.endpoints().iter().filter(|e| server.is_none_or(|s| e.server == s)).map(|e| e.addr).collect()
+    group.endpoints_of(server).into_iter().map(|e| e.addr).collect()
 }
 
 /// Requests in flight that the drain waits for: to the replica being drained, or to the

@@ -13,15 +13,10 @@ use std::time::Duration;
 
 use crate::config::maintenance::{parse_gate_request, GateSpec};
 use crate::resilience::probe::{ask, Answer};
-use crate::upstream::{Endpoint, UpstreamState};
+use crate::upstream::UpstreamState;
 
 /// How often the `none` watch looks for the external restart.
 const WATCH_INTERVAL: Duration = Duration::from_millis(200);
-
-/// The endpoints a cycle covers: all of the group's, or those of one server (rolling).
-fn targets(group: &UpstreamState, server: Option<&str>) -> Vec<Endpoint> {
-    group.endpoints().iter().filter(|e| server.is_none_or(|s| e.server == s)).cloned().collect()
-}
 
 /// Resolves once every endpoint in scope passed the gate; returns the addresses that
 /// passed. Endpoints that change meanwhile (a recreated container's new IP) start over.
@@ -29,7 +24,7 @@ pub async fn passed(group: Arc<UpstreamState>, server: Option<String>, gate: Gat
     let mut good: HashMap<SocketAddr, u32> = HashMap::new();
     let request = gate.request.as_deref().and_then(parse_gate_request);
     loop {
-        let endpoints = targets(&group, server.as_deref());
+        let endpoints = group.endpoints_of(server.as_deref());
         good.retain(|a, _| endpoints.iter().any(|e| e.addr == *a));
         let probes = endpoints.iter().map(|e| {
             let (addr, host, path) = (e.addr, e.server.clone(), gate.path.clone());
@@ -65,7 +60,7 @@ pub async fn passed(group: Arc<UpstreamState>, server: Option<String>, gate: Gat
 /// path: the external restart has begun.
 pub async fn went_down(group: Arc<UpstreamState>, server: Option<String>, gate: GateSpec) {
     loop {
-        let endpoints = targets(&group, server.as_deref());
+        let endpoints = group.endpoints_of(server.as_deref());
         let probes = endpoints.iter().map(|e| ask(e.addr, &e.server, "GET", &gate.path, gate.timeout.0));
         let answers = futures_util::future::join_all(probes).await;
         if answers.iter().any(|a| matches!(a, Answer::Refused | Answer::Status(500..))) {

@@ -86,6 +86,12 @@ impl UpstreamState {
         Some((endpoint, EndpointLease { group: Arc::clone(self), addr, failed: None }))
     }
 
+    /// The resolved endpoints of configured server `server` (`host:port`), or all of them
+    /// with `None`: what one step of a rolling restart covers.
+    pub fn endpoints_of(&self, server: Option<&str>) -> Vec<Endpoint> {
+        self.endpoints.load().iter().filter(|e| server.is_none_or(|s| e.server == s)).cloned().collect()
+    }
+
     /// The group's retry budget (shared by every request to it).
     pub fn retry_budget(&self) -> &RetryBudget {
         &self.retry_budget
