@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{free_port, get, post_json};
+use common::{closed_port, free_port, get, post_json};
 use dify_shaper::sim::{SimConfig, Simulator};
 use http::StatusCode;
 use serde_norway::Value as Yaml;
@@ -555,7 +555,8 @@ async fn shipped_config_serves_a_workflow_run_and_its_healthcheck_passes() {
     let command = healthcheck_command(&dockerfile());
     assert!(healthcheck(&command, shaper.admin.port()).await, "healthcheck failed:\n{}", shaper.logs());
     // … and it fails when nothing listens there.
-    assert!(!healthcheck(&command, free_port().port()).await, "healthcheck passed on a closed port");
+    let (_reserved, closed) = closed_port();
+    assert!(!healthcheck(&command, closed.port()).await, "healthcheck passed on a closed port");
 
     // With the token set, /status needs it; /live does not.
     let (status, _, _) = get(shaper.admin, "/status").await;

@@ -134,7 +134,7 @@ async fn forwarding_headers_host_and_request_id() {
 async fn upstream_down_gives_an_upstream_unavailable_envelope() {
     // Nothing listens: the request is held for its class's queue deadline (1 s here), then
     // answered 503 upstream_unavailable with Retry-After (issue #4 holds while down).
-    let nothing_there = free_port();
+    let (_reserved, nothing_there) = closed_port();
     let config = format!(
         "[upstreams.api]\nservers = [\"{nothing_there}\"]\n[classes.run]\nqueue_timeout = \"1s\"\n\
          [[routes]]\nprefix = \"/\"\nupstream = \"api\"\nclass = \"run\"\n"

@@ -24,6 +24,16 @@ pub fn free_port() -> SocketAddr {
     listener.local_addr().expect("local addr")
 }
 
+/// A port nothing listens on, reserved for as long as the returned socket lives: it is bound
+/// but never listening, so connections to it are refused, and no other test's listener can
+/// take it meanwhile (a port from [`free_port`] can be reused by a parallel test).
+pub fn closed_port() -> (socket2::Socket, SocketAddr) {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).expect("bind an ephemeral port");
+    let addr = socket.local_addr().ok().and_then(|a| a.as_socket()).expect("local addr");
+    (socket, addr)
+}
+
 /// The dify-shaper binary under test, running as a child process.
 pub struct ProxyProcess {
     child: Child,
