@@ -22,7 +22,16 @@ pub fn classify(upstream_status: Option<u16>, error: Option<&Error>, sent_upstre
                 // client retries — so a refusal is not an overload answer. Counting it as one
                 // left the limit cut far below capacity after every uncoordinated restart.)
                 ErrorType::ConnectNoRoute | ErrorType::ConnectRefused => Outcome::Ignore,
-                ErrorType::ConnectError | ErrorType::ConnectionClosed => Outcome::Overload,
+                // The backend closed or reset a connection it had accepted, before answering:
+                // a restart or a crashed worker cutting everything in flight at once. gunicorn
+                // does not shed load that way (past its capacity requests wait in the backlog,
+                // which the latency signal sees), so cutting here only dragged the limit — and
+                // the ceiling remembered from it — far below capacity after every restart.
+                // Health counts these failures instead.
+                ErrorType::ConnectionClosed | ErrorType::ReadError if upstream_status.is_none() => {
+                    Outcome::Ignore
+                }
+                ErrorType::ConnectError => Outcome::Overload,
                 // A backend that answered but broke the protocol says nothing about load.
                 _ if upstream_status.is_some() => Outcome::Ignore,
                 _ => Outcome::Overload,
@@ -63,7 +72,13 @@ mod tests {
         assert_eq!(classify(Some(500), None, true), Outcome::Overload);
         assert_eq!(classify(Some(503), None, true), Outcome::Overload);
         assert_eq!(classify(None, Some(&upstream(ErrorType::ConnectRefused)), true), Outcome::Ignore, "down");
-        assert_eq!(classify(None, Some(&upstream(ErrorType::ConnectionClosed)), true), Outcome::Overload);
+        assert_eq!(
+            classify(None, Some(&upstream(ErrorType::ConnectionClosed)), true),
+            Outcome::Ignore,
+            "cut by a restart"
+        );
+        assert_eq!(classify(None, Some(&upstream(ErrorType::ReadError)), true), Outcome::Ignore, "reset");
+        assert_eq!(classify(None, Some(&upstream(ErrorType::ConnectError)), true), Outcome::Overload);
         assert_eq!(classify(None, Some(&upstream(ErrorType::ReadTimedout)), true), Outcome::Timeout);
         let mut gone = Error::new(ErrorType::ConnectionClosed);
         gone.as_down();
