@@ -5,7 +5,8 @@
 //! # Signals
 //!
 //! * **Overload outcomes** — a 5xx from the backend (PostgreSQL's "too many clients" surfaces
-//!   as Dify's 500), Dify's 429 `too_many_requests`, a refused connection or a timeout. They
+//!   as Dify's 500), Dify's 429 `too_many_requests`, a failed connect or a timeout (a refused
+//!   connect, or a connection cut before the answer, is a restart, not overload). They
 //!   cut the limit at once, AIMD-style: to `backoff × limit`, and for 5xx/connect failures no
 //!   higher than the in-flight count that failed minus one (that level is known to be too
 //!   much), but never below half the limit in one step. One cut per round trip: outcomes of
@@ -28,6 +29,22 @@
 //!   `window_samples` absorb the natural variation, and only requests admitted after the last
 //!   change of the limit count towards a window. Streaming runs are measured by their time
 //!   to the response header (when a worker picked them up), not by the stream's length.
+//!
+//! * **Slow start** — until the first cut, nothing is known but that the initial limit is
+//!   safe, so the limit grows by `increase_ratio` per *round trip* while latency stays flat
+//!   (TCP's slow start, gentler): a window then closes after one round of the limit's worth
+//!   of samples (at least `slow_start_min_window`) instead of `window_samples`. Without it a cold proxy in front
+//!   of 2-second runs needs ten seconds per growth step, and clients wait in its queue while
+//!   the backend idles. The first latency or overload cut ends slow start for good; it does
+//!   not come back after an idle spell (the limit learned then still holds).
+//!
+//! * **Noise** — a window mean less than `queue_slack` above the baseline is not queueing:
+//!   for fast requests (a stream's response header after half a millisecond) a jitter of a
+//!   few hundred microseconds is a large *ratio* but no wait at all. And the baseline keeps
+//!   each window's upper confidence bound (mean + two standard errors), not its mean: for
+//!   15-second workflows whose durations spread by a third, the lowest of many noisy window
+//!   means sits well below a typical one, and natural variation then looked like queueing
+//!   (the limit sank to half the capacity). Queueing shifts a whole window; it still shows.
 //!
 //! * **Utilisation** — the limit only grows when it was actually reached (in-flight at the
 //!   limit, or requests waiting), so an idle period cannot inflate it. Growth is
@@ -75,6 +92,10 @@ pub struct LimitSettings {
     pub probe_interval: Duration,
     /// Longest wait between probes past the ceiling.
     pub probe_interval_max: Duration,
+    /// Smallest window during slow start (there a window is one round: `limit` samples).
+    pub slow_start_min_window: usize,
+    /// A latency rise smaller than this above the baseline is noise, not queueing.
+    pub queue_slack: Duration,
 }
 
 impl Default for LimitSettings {
@@ -92,6 +113,8 @@ impl Default for LimitSettings {
             baseline_horizon: Duration::from_secs(600),
             probe_interval: Duration::from_secs(5),
             probe_interval_max: Duration::from_secs(60),
+            slow_start_min_window: 4,
+            queue_slack: Duration::from_millis(10),
         }
     }
 }
@@ -101,7 +124,7 @@ impl Default for LimitSettings {
 pub enum Outcome {
     /// The backend answered normally (2xx–4xx other than 429).
     Success,
-    /// A 5xx from the backend, or a refused/failed connection: too much concurrency.
+    /// A 5xx from the backend, or a failed connect: too much concurrency.
     Overload,
     /// Dify's 429 `too_many_requests`: an app limit, not proof of the in-flight level.
     Throttled,
@@ -143,13 +166,17 @@ pub enum Change {
     Grow,
 }
 
-/// Most window means kept per signal for the baseline.
-const MAX_BASELINE_ENTRIES: usize = 256;
+/// Slots the baseline horizon is divided into: each keeps the lowest window mean that closed
+/// in it, so the horizon spans its full length at any request rate with bounded memory (a
+/// cap on *entries* shrank it to seconds on fast traffic, and the no-load windows it needs
+/// fell out).
+const BASELINE_SLOTS: u32 = 60;
 
 #[derive(Debug, Default)]
 struct Signal {
     window: Vec<f64>,
     opened: Option<Instant>,
+    /// (slot start, lowest window mean in the slot), oldest first.
     means: VecDeque<(Instant, f64)>,
 }
 
@@ -159,10 +186,12 @@ impl Signal {
     }
 
     fn remember(&mut self, now: Instant, mean: f64, horizon: Duration) {
-        self.means.push_back((now, mean));
-        while self.means.len() > MAX_BASELINE_ENTRIES
-            || self.means.front().is_some_and(|(t, _)| now.duration_since(*t) > horizon)
-        {
+        let slot = horizon / BASELINE_SLOTS;
+        match self.means.back_mut() {
+            Some((start, low)) if now.duration_since(*start) < slot => *low = low.min(mean),
+            _ => self.means.push_back((now, mean)),
+        }
+        while self.means.front().is_some_and(|(t, _)| now.duration_since(*t) > horizon) {
             self.means.pop_front();
         }
     }
@@ -184,6 +213,8 @@ pub struct AdaptiveLimit {
     probe_after: Option<Instant>,
     last_ratio: Option<f64>,
     last_change: Option<Change>,
+    /// Still growing per round (no cut yet).
+    slow_start: bool,
 }
 
 impl AdaptiveLimit {
@@ -204,6 +235,7 @@ impl AdaptiveLimit {
             probe_after: None,
             last_ratio: None,
             last_change: None,
+            slow_start: true,
         }
     }
 
@@ -236,6 +268,11 @@ impl AdaptiveLimit {
     /// Why the limit last changed.
     pub fn last_change(&self) -> Option<Change> {
         self.last_change
+    }
+
+    /// Whether the limit is still in slow start (growing per round, no cut yet).
+    pub fn slow_start(&self) -> bool {
+        self.slow_start
     }
 
     /// Records demand: requests in flight plus waiting ones. Growth needs demand at the limit.
@@ -286,6 +323,7 @@ impl AdaptiveLimit {
             self.probe_after = Some(now + self.probe_wait);
         }
         self.limit = next.max(floor);
+        self.slow_start = false;
         self.last_cut = Some(now);
         self.last_change_at = Some(now);
         self.demand = 0;
@@ -313,12 +351,18 @@ impl AdaptiveLimit {
             self.signals.resize_with(sample.signal + 1, Signal::default);
         }
         let settings = &self.settings;
+        let window_samples = if self.slow_start {
+            // One round at the current limit, so the limit can double per round trip.
+            (self.limit.floor() as usize).clamp(settings.slow_start_min_window, settings.window_samples)
+        } else {
+            settings.window_samples
+        };
         let signal = &mut self.signals[sample.signal];
         signal.window.push(sample.latency.as_secs_f64());
         let opened = *signal.opened.get_or_insert(now);
-        let full = signal.window.len() >= settings.window_samples;
-        let stale = signal.window.len() * 2 >= settings.window_samples
-            && now.duration_since(opened) >= settings.window_max;
+        let full = signal.window.len() >= window_samples;
+        let stale =
+            signal.window.len() * 2 >= window_samples && now.duration_since(opened) >= settings.window_max;
         if !(full || stale) {
             return None;
         }
@@ -327,13 +371,17 @@ impl AdaptiveLimit {
             pending.iter().map(Duration::as_secs_f64).filter(|age| *age > completed).collect();
         let mean = (signal.window.iter().sum::<f64>() + stuck.iter().sum::<f64>())
             / (signal.window.len() + stuck.len()) as f64;
+        let noise = 2.0 * standard_error(&signal.window, completed);
         signal.window.clear();
         signal.opened = None;
         // The baseline learns from finished requests only; requests still stuck say how much
-        // worse than that the present is, not what "no load" looks like.
-        signal.remember(now, completed, settings.baseline_horizon);
+        // worse than that the present is, not what "no load" looks like. It keeps each
+        // window's upper bound (mean + two standard errors): the lowest of many noisy means
+        // sits far below a typical one, and would make natural variation look like queueing.
+        signal.remember(now, completed + noise, settings.baseline_horizon);
         let baseline = signal.baseline().unwrap_or(completed).max(1e-6);
-        let ratio = mean / baseline;
+        // Below the absolute floor a rise is jitter, not a wait (see the module docs).
+        let ratio = (mean - settings.queue_slack.as_secs_f64()).max(baseline) / baseline;
         self.last_ratio = Some(ratio);
         let change = self.decide(ratio, now);
         self.demand = 0;
@@ -347,6 +395,7 @@ impl AdaptiveLimit {
             let next = (used / ratio).max(self.limit * 0.5).max(s.min as f64);
             if next < self.limit {
                 self.limit = next;
+                self.slow_start = false;
                 // Where queueing began: growth slows to +1 near it instead of overshooting.
                 self.knee = Some(next);
                 self.last_cut = Some(now);
@@ -364,7 +413,11 @@ impl AdaptiveLimit {
         // Far from any queueing, grow by a fraction (a capacity increase is found in a few
         // windows); with a little queueing already, creep by one.
         let near_knee = self.knee.is_some_and(|k| self.limit * (1.0 + s.increase_ratio) > k);
-        let step = if ratio < 1.0 + (s.grow_below - 1.0) / 2.0 && !near_knee {
+        let step = if self.slow_start {
+            // ×1.5 per round rather than TCP's ×2: a DB-limited backend answers the overshoot
+            // with fast 500s, and ×2 cost half a round of them; ×1.5 costs one or two.
+            (self.limit * s.increase_ratio).max(1.0)
+        } else if ratio < 1.0 + (s.grow_below - 1.0) / 2.0 && !near_knee {
             (self.limit * s.increase_ratio).max(1.0)
         } else {
             1.0
@@ -400,6 +453,16 @@ impl AdaptiveLimit {
         }
         None
     }
+}
+
+/// The standard error of the mean of `samples` (whose mean is `mean`).
+fn standard_error(samples: &[f64], mean: f64) -> f64 {
+    let n = samples.len() as f64;
+    if n < 2.0 {
+        return 0.0;
+    }
+    let variance = samples.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    (variance / n).sqrt()
 }
 
 #[cfg(test)]

@@ -122,10 +122,20 @@ fn worker_bound_backend_settles_near_capacity() {
 
 #[test]
 fn long_runs_with_natural_variation_do_not_look_like_overload() {
-    // 15 s workflows, log-normal-ish spread: the limit must not collapse below capacity.
-    let run = run(Backend::WorkerBound { capacity: 12, service: 15.0, sigma: 0.3 }, 3600.0, None, 7);
-    let (low, high) = limit_range(&run, 1800.0);
-    assert!(low >= 9 && high <= 20, "limit ranged {low}..={high}, capacity 12");
+    // 15 s workflows, log-normal-ish spread: the limit must not collapse below capacity. It
+    // may sit a few above it (a short gunicorn backlog), which costs no throughput.
+    for seed in 0..4 {
+        let run = run(Backend::WorkerBound { capacity: 12, service: 15.0, sigma: 0.3 }, 3600.0, None, seed);
+        let mut tail: Vec<usize> = run.limits.iter().filter(|(t, _)| *t >= 1800.0).map(|l| l.1).collect();
+        tail.sort_unstable();
+        let (p10, median) = (tail[tail.len() / 10], tail[tail.len() / 2]);
+        let (low, high) = limit_range(&run, 1800.0);
+        assert!(
+            p10 >= 10 && (11..=18).contains(&median),
+            "seed {seed}: p10 {p10}, median {median}, capacity 12"
+        );
+        assert!(low >= 8 && high <= 26, "seed {seed}: limit ranged {low}..={high}, capacity 12");
+    }
 }
 
 #[test]
@@ -206,4 +216,44 @@ fn one_cut_per_round_trip_and_throttles_back_off_gently() {
     limiter.on_sample(throttled, t0 + Duration::from_millis(30));
     assert_eq!(limiter.limit(), 15, "429 backs off by 10%, not to the in-flight level");
     assert_eq!(limiter.ceiling(), Some(18));
+}
+
+#[test]
+fn a_cold_limit_grows_per_round_trip_to_the_capacity() {
+    // 2-second runs, capacity 10, starting at 4: slow start reaches the capacity within a few
+    // round trips instead of one 20-sample window (10 s here) per +50 %.
+    let run = run(Backend::WorkerBound { capacity: 10, service: 2.0, sigma: 0.0 }, 120.0, None, 3);
+    let at_10s = run.limits.iter().take_while(|(t, _)| *t <= 10.0).map(|l| l.1).max().unwrap_or(0);
+    assert!(at_10s >= 10, "after 10 s (5 round trips) the limit reached only {at_10s}, capacity 10");
+    let (low, high) = limit_range(&run, 30.0);
+    assert!(low >= 8 && high <= 16, "limit ranged {low}..={high} after slow start, capacity 10");
+}
+
+#[test]
+fn slow_start_into_a_db_limit_costs_a_few_errors_and_ends() {
+    let run = run(Backend::DbLimited { connections: 8, service: 2.0 }, 120.0, None, 4);
+    // 4 → 6 → 9 overshoots once: the request past 8 in that round fails, hardly more.
+    let slow_start = run.overloads_after.iter().filter(|o| o.0 < 10.0 && o.1).count();
+    assert!(slow_start <= 3, "{slow_start} overload answers in slow start, limit 8");
+    let errors = overload_fraction(&run, 30.0);
+    assert!(errors < 0.03, "{:.2}% overloads after convergence", errors * 100.0);
+    let limit = final_limit(&run);
+    assert!((6..=9).contains(&limit), "learned {limit}, true limit 8");
+}
+
+#[test]
+fn sub_millisecond_jitter_is_not_queueing() {
+    // Streams answer their header in ~0.5 ms; 0.7 ms is a ratio of 1.4 but no wait at all.
+    let t0 = Instant::now();
+    let mut limiter = AdaptiveLimit::new(LimitSettings::default());
+    let mut now = t0;
+    for i in 0..400u32 {
+        now += Duration::from_millis(5);
+        limiter.note_demand(limiter.limit());
+        let latency = Duration::from_micros(if i < 40 { 500 } else { 700 });
+        let sample = Sample { signal: 0, started: now, latency, outcome: Outcome::Success, in_flight: 1 };
+        limiter.on_sample(sample, now + latency);
+    }
+    assert_ne!(limiter.last_change(), Some(Change::Latency));
+    assert!(limiter.limit() > LimitSettings::default().initial, "the used limit kept growing");
 }
