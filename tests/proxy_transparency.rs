@@ -59,22 +59,11 @@ async fn event_arrivals(addr: std::net::SocketAddr, id: &str) -> Vec<(Instant, S
         .expect("request");
     let response = send(addr, req).await.expect("response");
     assert_eq!(response.status(), 200);
-    let mut body = response.into_body();
-    let mut buffer = String::new();
-    let mut events = Vec::new();
+    let mut reader = common::sse::SseReader::new(response.into_body());
     let deadline = Instant::now() + Duration::from_secs(20);
-    while let Some(frame) =
-        tokio::time::timeout_at(deadline, body.frame()).await.expect("stream ends in time")
-    {
-        let frame = frame.expect("frame");
-        let now = Instant::now();
-        if let Some(data) = frame.data_ref() {
-            buffer.push_str(&String::from_utf8_lossy(data));
-            while let Some(end) = buffer.find("\n\n") {
-                let event: String = buffer.drain(..end + 2).collect();
-                events.push((now, event));
-            }
-        }
+    let mut events = Vec::new();
+    while let Some(event) = reader.next(deadline).await.expect("stream ends in time") {
+        events.push(event);
     }
     events
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use dify_shaper::sim::{SimConfig, Simulator};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 
 const STREAMING: &str = r#"{"inputs":{},"response_mode":"streaming","user":"u"}"#;
 
@@ -28,26 +28,14 @@ async fn events(
         .expect("request");
     let response = send(addr, req).await.expect("response");
     assert_eq!(response.status(), 200);
-    let mut body = response.into_body();
-    let mut buffer = String::new();
+    let mut reader = common::sse::SseReader::new(response.into_body());
     let mut events = Vec::new();
-    let mut on_first = Some(Box::pin(on_first));
-    loop {
-        let frame =
-            tokio::time::timeout(Duration::from_secs(30), body.frame()).await.expect("stream ends in time");
-        let Some(Ok(frame)) = frame else { break };
-        if let Some(data) = frame.data_ref() {
-            buffer.push_str(&String::from_utf8_lossy(data));
-            while let Some(end) = buffer.find("\n\n") {
-                events.push(buffer.drain(..end + 2).collect());
-            }
-        }
+    let mut on_first = Some(on_first);
+    let stream_deadline = || tokio::time::Instant::now() + Duration::from_secs(30);
+    while let Some((_, event)) = reader.next(stream_deadline()).await.expect("stream ends in time") {
+        events.push(event);
         if let Some(first) = on_first.take() {
-            if !events.is_empty() {
-                first.await;
-            } else {
-                on_first = Some(first);
-            }
+            first.await;
         }
     }
     events

@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use tokio::time::Instant;
 
 use super::{fetch, free_port, request, send};
@@ -127,19 +127,7 @@ pub async fn stream_events(addr: SocketAddr, service: &str, events: usize) -> Ve
         .expect("stream head within 60 s")
         .expect("stream response");
     assert_eq!(response.status(), 200, "stream refused");
-    let mut body = response.into_body();
-    let mut buffer = String::new();
-    let mut out = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while let Ok(Some(Ok(frame))) = tokio::time::timeout_at(deadline, body.frame()).await {
-        if let Some(data) = frame.data_ref() {
-            buffer.push_str(&String::from_utf8_lossy(data));
-            while let Some(end) = buffer.find("\n\n") {
-                out.push(buffer.drain(..end + 2).collect());
-            }
-        }
-    }
-    out
+    super::sse::SseReader::new(response.into_body()).rest(Instant::now() + Duration::from_secs(60)).await
 }
 
 /// Runs `dify-shaper ctl ARGS` (bounded: 90 s) and returns (exit code, stdout, stderr).
