@@ -32,6 +32,15 @@ pub struct AdminApp {
     app: Arc<App>,
 }
 
+/// What an admin request is answered with.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    /// A JSON document (every path but `/metrics`, errors in Dify's envelope).
+    Json(serde_json::Value),
+    /// Prometheus text exposition format (`/metrics`).
+    Metrics(String),
+}
+
 /// A maintenance command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Command {
@@ -48,7 +57,24 @@ impl AdminApp {
 
     /// Answers one admin request; separated from the session for unit tests. `authorization`
     /// is the request's `Authorization` header.
-    pub fn handle(
+    pub fn handle(&self, method: &Method, path: &str, authorization: Option<&str>) -> (StatusCode, Reply) {
+        let readable = method == Method::GET || method == Method::HEAD;
+        if path == "/metrics" && readable && self.authorized(authorization) {
+            return match crate::metrics::render(&self.app) {
+                Ok(text) => (StatusCode::OK, Reply::Metrics(text)),
+                Err(e) => {
+                    let (status, body) =
+                        envelope(StatusCode::INTERNAL_SERVER_ERROR, "internal_server_error", &e.to_string());
+                    (status, Reply::Json(body))
+                }
+            };
+        }
+        let (status, body) = self.handle_json(method, path, authorization);
+        (status, Reply::Json(body))
+    }
+
+    /// Every JSON answer: probes, status, reload, maintenance commands and errors.
+    fn handle_json(
         &self,
         method: &Method,
         path: &str,
@@ -80,12 +106,6 @@ impl AdminApp {
                 (code, serde_json::to_value(readiness).unwrap_or_default())
             }
             "/status" => (StatusCode::OK, status::status(&self.app)),
-            "/metrics" => match crate::metrics::render(&self.app) {
-                Ok(text) => (StatusCode::OK, serde_json::Value::String(text)),
-                Err(e) => {
-                    envelope(StatusCode::INTERNAL_SERVER_ERROR, "internal_server_error", &e.to_string())
-                }
-            },
             // The same reload as SIGHUP; 200 with the outcome, 400 `bad_request` when refused.
             "/reload" if method != Method::POST => {
                 envelope(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "reload is POST")
@@ -97,7 +117,8 @@ impl AdminApp {
             _ => envelope(
                 StatusCode::NOT_FOUND,
                 "not_found",
-                "unknown admin path; try /live, /ready, /status, POST /upstreams/NAME/drain|resume|restart",
+                "unknown admin path; try /live, /ready, /status, /metrics, POST /reload, \
+                 POST /upstreams/NAME/drain|resume|restart",
             ),
         }
     }
@@ -183,12 +204,9 @@ impl ServeHttp for AdminApp {
         let req = session.req_header();
         let authorization = req.headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
         let (status, body) = self.handle(&req.method, req.uri.path(), authorization);
-        // `/metrics` is the one text answer: a JSON string carries it from `handle`.
         let (body, content_type) = match body {
-            serde_json::Value::String(text) => {
-                (text.into_bytes(), "text/plain; version=0.0.4; charset=utf-8")
-            }
-            json => (serde_json::to_vec_pretty(&json).unwrap_or_default(), "application/json"),
+            Reply::Metrics(text) => (text.into_bytes(), "text/plain; version=0.0.4; charset=utf-8"),
+            Reply::Json(json) => (serde_json::to_vec_pretty(&json).unwrap_or_default(), "application/json"),
         };
         let mut response = Response::new(body);
         *response.status_mut() = status;
