@@ -4,21 +4,27 @@
 # and through dify-shaper (embedded defaults, no capacity given). Then the raw overhead of the
 # three proxies (benches/overhead.sh). Not part of `make test` or CI.
 #
-#   bash benches/compare.sh [--quick] [--rounds N] [--no-overhead] [--only s1,s2,…]
+#   bash benches/compare.sh [--quick] [--rounds N] [--no-overhead] [--only s1,s2,…] [--cold]
+#
+# Every run first sends the scenario's own traffic for WARMUP seconds (default 30, not
+# reported): in production the proxy has been learning for hours when a peak or a restart
+# comes, and the backend meets the window as loaded as that traffic leaves it. `--cold`
+# skips it (a proxy just started into the storm) and writes compare-cold.{md,json,png}.
 #
 # Writes benches/results/compare.md, compare.json and compare.png (and overhead.md/json).
 # Installs nginx, haproxy and wrk with apt-get when missing, and matplotlib into a venv under
 # ${BENCH_VENV:-/tmp/dify-shaper-bench-venv}. See benches/README.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-QUICK=0; ROUNDS=1; OVERHEAD=1; ONLY=""
+QUICK=0; ROUNDS=1; OVERHEAD=1; ONLY=""; WARMUP=${WARMUP:-30}
 while (($#)); do
   case $1 in
     --quick) QUICK=1 ;;
     --rounds) ROUNDS=$2; shift ;;
     --no-overhead) OVERHEAD=0 ;;
     --only) ONLY=$2; shift ;;
-    *) echo "usage: $0 [--quick] [--rounds N] [--no-overhead] [--only s1,s2,s3,s4]" >&2; exit 2 ;;
+    --cold) WARMUP=0 ;;
+    *) echo "usage: $0 [--quick] [--rounds N] [--no-overhead] [--only s1,s2,s3,s4] [--cold]" >&2; exit 2 ;;
   esac
   shift
 done
@@ -61,7 +67,7 @@ run_one() { # scenario-line target round
   start_target "$tname" dify "$tcap" "$qt"
   sleep 1   # the same settling time for every target (HAProxy's first health check)
   local args=(--url "http://127.0.0.1:$TARGET_PORT/v1/workflows/run" --rate "$rate"
-    --duration "${dur}s" --timeout "$ctimeout" --label "$id/$target" --apps 4
+    --duration "${dur}s" --warmup "${WARMUP}s" --timeout "$ctimeout" --label "$id/$target" --apps 4
     --out "$RUNS/$id.$target.$round.json")
   if ((stream)); then args+=(--stream); fi
   if [[ -n $hup ]]; then args+=(--signal-pid "$SIM_PID" --signal-at "${hup}s"); fi
@@ -100,5 +106,9 @@ if ! "$VENV/bin/python" -c 'import matplotlib' 2>/dev/null; then
   python3 -m venv "$VENV" && "$VENV/bin/pip" install -q matplotlib
 fi
 printf '%s\n' "${SCENARIOS[@]}" >"$WORK/scenarios.txt"
-CMD="bash benches/compare.sh"; ((QUICK)) && CMD+=" --quick"; ((ROUNDS > 1)) && CMD+=" --rounds $ROUNDS"; true
-"$VENV/bin/python" benches/lib/report.py "$RUNS" "$WORK/scenarios.txt" "$CMD" "$(( $(date +%s) - T0 ))"
+CMD="bash benches/compare.sh"; ((QUICK)) && CMD+=" --quick"; ((ROUNDS > 1)) && CMD+=" --rounds $ROUNDS"
+((WARMUP == 0)) && CMD+=" --cold"; true
+BENCH_WARMUP=$WARMUP "$VENV/bin/python" benches/lib/report.py "$RUNS" "$WORK/scenarios.txt" "$CMD" "$(( $(date +%s) - T0 ))"
+# The raw per-run results beside the report, for anyone who wants to check a number.
+NAME=compare; ((WARMUP == 0)) && NAME=compare-cold
+rm -rf "benches/results/$NAME-runs" && cp -r "$RUNS" "benches/results/$NAME-runs"

@@ -10,7 +10,8 @@
 //! ```text
 //! cargo run --release --example loadgen -- --url http://127.0.0.1:8080/v1/workflows/run \
 //!     --rate 10 --duration 25s --timeout 10s [--stream] [--method POST] [--body JSON] \
-//!     [--header 'k: v']… [--apps N] [--signal-pid PID --signal-at 8s] [--label L] [--out F]
+//!     [--header 'k: v']… [--apps N] [--signal-pid PID --signal-at 8s] [--warmup 30s] \
+//!     [--label L] [--out F]
 //! ```
 //!
 //! An answer is **ok** when it is 2xx and its body arrived whole before the timeout; a stream
@@ -20,6 +21,11 @@
 //! `broken` (a body cut short), `stream_error` (a 200 stream ending without its final event
 //! or with Dify's `error` event), `timeout` (the client gave up), `other`.
 //! Goodput counts ok answers that *completed* inside the send window, per second of it.
+//!
+//! `--warmup D` first sends the same traffic for `D` (a proxy that learns starts the window
+//! warm, as it is after minutes in production; the backend starts it as loaded as the
+//! traffic leaves it). Warm-up requests are not reported, except that their ok answers
+//! completing inside the window count towards goodput: that is useful work done in it.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -42,6 +48,7 @@ struct Args {
     headers: Vec<(String, String)>,
     rate: f64,
     duration: Duration,
+    warmup: Duration,
     timeout: Duration,
     stream: bool,
     apps: usize,
@@ -67,6 +74,7 @@ fn parse_args() -> Args {
         headers: Vec::new(),
         rate: 1.0,
         duration: Duration::from_secs(10),
+        warmup: Duration::ZERO,
         timeout: Duration::from_secs(30),
         stream: false,
         apps: 1,
@@ -91,6 +99,7 @@ fn parse_args() -> Args {
             }
             "--rate" => a.rate = val().parse().unwrap_or_else(|_| usage("--rate wants a number")),
             "--duration" => a.duration = dur(val()),
+            "--warmup" => a.warmup = dur(val()),
             "--timeout" => a.timeout = dur(val()),
             "--stream" => a.stream = true,
             "--apps" => a.apps = val().parse().unwrap_or_else(|_| usage("--apps wants a count")),
@@ -249,14 +258,17 @@ fn pct(v: &mut [f64], p: f64) -> Option<f64> {
 #[tokio::main]
 async fn main() {
     let a = parse_args();
-    let total = (a.rate * a.duration.as_secs_f64()).round() as usize;
+    let warm = (a.rate * a.warmup.as_secs_f64()).round() as usize;
+    let total = warm + (a.rate * a.duration.as_secs_f64()).round() as usize;
     let start = Instant::now();
+    // Times in outcomes count from `start`; the measured window is [warmup, warmup + duration].
+    let offset = a.warmup.as_secs_f64();
     if let Some(pid) = a.signal_pid {
-        let at = start + a.signal_at;
+        let at = start + a.warmup + a.signal_at;
         tokio::spawn(async move {
             tokio::time::sleep_until(at).await;
             let r = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGHUP);
-            eprintln!("loadgen: SIGHUP to {pid} at {:.3}s: {r:?}", start.elapsed().as_secs_f64());
+            eprintln!("loadgen: SIGHUP to {pid} at {:.3}s: {r:?}", start.elapsed().as_secs_f64() - offset);
         });
     }
     let shared = std::sync::Arc::new(a.clone());
@@ -270,15 +282,20 @@ async fn main() {
     for t in tasks {
         match t.await {
             Ok(o) => outcomes.push(o),
-            Err(_) => outcomes.push(Outcome { kind: "other", ..Default::default() }),
+            Err(_) => outcomes.push(Outcome { kind: "other", sent_at: f64::NAN, ..Default::default() }),
         }
     }
-    let wall = start.elapsed().as_secs_f64();
+    let wall = start.elapsed().as_secs_f64() - offset;
 
     let window = a.duration.as_secs_f64();
+    // Useful work done inside the window, whichever phase sent it.
+    let ok_in_window = outcomes
+        .iter()
+        .filter(|o| o.kind == "ok" && o.end_at >= offset && o.end_at <= offset + window)
+        .count();
+    let outcomes: Vec<Outcome> = outcomes.into_iter().skip(warm).collect();
     let sent = outcomes.len();
     let ok: Vec<&Outcome> = outcomes.iter().filter(|o| o.kind == "ok").collect();
-    let ok_in_window = ok.iter().filter(|o| o.end_at <= window).count();
     let mut statuses: BTreeMap<String, usize> = BTreeMap::new();
     let mut codes: BTreeMap<String, usize> = BTreeMap::new();
     let mut errors: BTreeMap<String, usize> = BTreeMap::new();
@@ -303,7 +320,7 @@ async fn main() {
     let secs = window.ceil() as usize;
     let mut timeline = vec![(0usize, 0usize); secs.max(1)];
     for o in &outcomes {
-        let i = (o.sent_at as usize).min(timeline.len() - 1);
+        let i = ((o.sent_at - offset).max(0.0) as usize).min(timeline.len() - 1);
         timeline[i].0 += 1;
         if o.kind == "ok" {
             timeline[i].1 += 1;
@@ -315,6 +332,7 @@ async fn main() {
         "stream": a.stream,
         "rate": a.rate,
         "duration_s": window,
+        "warmup_s": offset,
         "timeout_s": a.timeout.as_secs_f64(),
         "wall_s": (wall * 1000.0).round() / 1000.0,
         "sent": sent,
