@@ -438,6 +438,9 @@ impl AdaptiveLimit {
                     next = self.limit + 1.0;
                     if self.limit >= ceiling {
                         self.ceiling = None;
+                        // Creep on from here rather than jump by half: with flat latency the
+                        // next overload shows only as a burst of 500s, as large as the jump.
+                        self.knee = Some(ceiling);
                         self.probe_wait = s.probe_interval;
                     }
                     self.probe_after = Some(now + self.probe_wait);
