@@ -94,6 +94,10 @@ struct State {
     ramp: Option<(Instant, Duration)>,
     /// Set by [`Admission::shed_all`]: requests that would wait are refused with this.
     closing: Option<Refusal>,
+    /// Reused buffers for `release` (pending ages) and `dispatch` (per-class caps), so the
+    /// per-request path does not allocate.
+    scratch_pending: Vec<Duration>,
+    scratch_caps: Vec<usize>,
 }
 
 /// One upstream's admission gate.
@@ -133,6 +137,8 @@ impl Admission {
                 capacity_share: 1.0,
                 ramp: None,
                 closing: None,
+                scratch_pending: Vec::new(),
+                scratch_caps: Vec::new(),
                 policy,
             }),
         })
@@ -170,10 +176,10 @@ impl Admission {
                 st.labels.clear();
             }
             st.labels.entry(ticket.tenant).or_insert_with(|| ticket.tenant_label.clone());
-            let policy = st.policy.classes.get(class).cloned();
-            let (queued, interactive, timeout) = policy.map_or((true, false, Duration::from_secs(30)), |p| {
-                (p.queued, p.interactive, p.queue_timeout)
-            });
+            let (queued, interactive, timeout) =
+                st.policy.classes.get(class).map_or((true, false, Duration::from_secs(30)), |p| {
+                    (p.queued, p.interactive, p.queue_timeout)
+                });
             if interactive {
                 st.interactive_seen = Some(now);
             }
@@ -437,14 +443,17 @@ impl Admission {
             }
             let latency = first_byte.unwrap_or_else(|| now.duration_since(started));
             let before = st.limit.limit();
-            let pending: Vec<Duration> = st
-                .awaiting_header
-                .values()
-                .filter(|(c, _)| *c == class)
-                .map(|(_, admitted)| now.duration_since(*admitted))
-                .collect();
+            let mut pending = std::mem::take(&mut st.scratch_pending);
+            pending.clear();
+            pending.extend(
+                st.awaiting_header
+                    .values()
+                    .filter(|(c, _)| *c == class)
+                    .map(|(_, admitted)| now.duration_since(*admitted)),
+            );
             let sample = Sample { signal, started, latency, outcome, in_flight };
             let change = st.limit.on_sample_with_pending(sample, now, &pending);
+            st.scratch_pending = pending;
             if let Some(change) = change {
                 log_change(&self.name, change, before, st.limit.limit(), st.limit.last_ratio());
             }
@@ -577,12 +586,14 @@ impl State {
                 return;
             }
             let lifo = self.standing_since.is_some_and(|t| now.duration_since(t) >= self.policy.lifo_after);
-            let caps: Vec<usize> = (0..self.policy.classes.len().max(1)).map(|c| self.cap(c, now)).collect();
+            let mut caps = std::mem::take(&mut self.scratch_caps);
+            caps.clear();
+            caps.extend((0..self.policy.classes.len().max(1)).map(|c| self.cap(c, now)));
             let in_flight = self.in_flight;
             let enabled = self.policy.enabled;
-            let Some(entry) =
-                self.queue.pop(lifo, |c| !enabled || caps.get(c).is_none_or(|cap| in_flight < *cap))
-            else {
+            let popped = self.queue.pop(lifo, |c| !enabled || caps.get(c).is_none_or(|cap| in_flight < *cap));
+            self.scratch_caps = caps;
+            let Some(entry) = popped else {
                 return;
             };
             let waited = now.duration_since(entry.enqueued);

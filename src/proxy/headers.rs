@@ -19,7 +19,14 @@ pub fn request_id_from(header: &RequestHeader) -> String {
         .get(REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
-        .map_or_else(|| uuid::Uuid::new_v4().simple().to_string(), str::to_string)
+        .map_or_else(new_request_id, str::to_string)
+}
+
+/// A random (v4) UUID in simple form. The bytes come from `rand`'s thread-local generator
+/// (a CSPRNG seeded from the OS): `Uuid::new_v4` asks the OS for every id, a `getrandom`
+/// system call on every request that brings no id of its own.
+fn new_request_id() -> String {
+    uuid::Builder::from_random_bytes(rand::random()).into_uuid().simple().to_string()
 }
 
 /// Adds `X-Request-Id` and the `X-Forwarded-*` headers to the upstream request.
@@ -65,6 +72,8 @@ mod tests {
         let generated = request_id_from(&request(&[("x-request-id", "has space")]));
         assert_eq!(generated.len(), 32);
         assert_ne!(request_id_from(&request(&[])), request_id_from(&request(&[])));
+        let id = uuid::Uuid::parse_str(&generated).expect("a uuid");
+        assert_eq!(id.get_version(), Some(uuid::Version::Random));
     }
 
     #[test]
