@@ -33,9 +33,9 @@
 //! * **Slow start** — until the first cut, nothing is known but that the initial limit is
 //!   safe, so the limit grows by `increase_ratio` per *round trip* while latency stays flat
 //!   (TCP's slow start, gentler): a window then closes after one round of the limit's worth
-//!   of samples (at least `slow_start_min_window`) instead of `window_samples`. Without it a cold proxy in front
-//!   of 2-second runs needs ten seconds per growth step, and clients wait in its queue while
-//!   the backend idles. The first latency or overload cut ends slow start for good; it does
+//!   of samples (at least `slow_start_min_window`) instead of `window_samples`. Without it a
+//!   cold proxy in front of 2-second runs needs ten seconds per growth step, and clients wait
+//!   in its queue while the backend idles. The first latency or overload cut ends slow start for good; it does
 //!   not come back after an idle spell (the limit learned then still holds).
 //!
 //! * **Noise** — a window mean less than `queue_slack` above the baseline is not queueing:
@@ -270,11 +270,6 @@ impl AdaptiveLimit {
         self.last_change
     }
 
-    /// Whether the limit is still in slow start (growing per round, no cut yet).
-    pub fn slow_start(&self) -> bool {
-        self.slow_start
-    }
-
     /// Records demand: requests in flight plus waiting ones. Growth needs demand at the limit.
     pub fn note_demand(&mut self, demand: usize) {
         self.demand = self.demand.max(demand);
@@ -352,7 +347,7 @@ impl AdaptiveLimit {
         }
         let settings = &self.settings;
         let window_samples = if self.slow_start {
-            // One round at the current limit, so the limit can double per round trip.
+            // One round at the current limit, so the limit can grow once per round trip.
             (self.limit.floor() as usize).clamp(settings.slow_start_min_window, settings.window_samples)
         } else {
             settings.window_samples
@@ -413,15 +408,11 @@ impl AdaptiveLimit {
         // Far from any queueing, grow by a fraction (a capacity increase is found in a few
         // windows); with a little queueing already, creep by one.
         let near_knee = self.knee.is_some_and(|k| self.limit * (1.0 + s.increase_ratio) > k);
-        let step = if self.slow_start {
-            // ×1.5 per round rather than TCP's ×2: a DB-limited backend answers the overshoot
-            // with fast 500s, and ×2 cost half a round of them; ×1.5 costs one or two.
-            (self.limit * s.increase_ratio).max(1.0)
-        } else if ratio < 1.0 + (s.grow_below - 1.0) / 2.0 && !near_knee {
-            (self.limit * s.increase_ratio).max(1.0)
-        } else {
-            1.0
-        };
+        // Slow start grows by the same fraction, once per round: ×1.5 rather than TCP's ×2,
+        // because a DB-limited backend answers the overshoot with fast 500s — ×2 cost half a
+        // round of them, ×1.5 costs one or two.
+        let far = ratio < 1.0 + (s.grow_below - 1.0) / 2.0 && !near_knee;
+        let step = if self.slow_start || far { (self.limit * s.increase_ratio).max(1.0) } else { 1.0 };
         // Well past the old knee without queueing: capacity grew, forget it.
         if self.knee.is_some_and(|k| self.limit > k + 2.0) {
             self.knee = None;

@@ -28,9 +28,7 @@ pub fn classify(upstream_status: Option<u16>, error: Option<&Error>, sent_upstre
                 // which the latency signal sees), so cutting here only dragged the limit — and
                 // the ceiling remembered from it — far below capacity after every restart.
                 // Health counts these failures instead.
-                ErrorType::ConnectionClosed | ErrorType::ReadError if upstream_status.is_none() => {
-                    Outcome::Ignore
-                }
+                ErrorType::ConnectionClosed | ErrorType::ReadError => Outcome::Ignore,
                 ErrorType::ConnectError => Outcome::Overload,
                 // A backend that answered but broke the protocol says nothing about load.
                 _ if upstream_status.is_some() => Outcome::Ignore,
