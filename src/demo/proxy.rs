@@ -9,13 +9,11 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::config::load::EMBEDDED_DEFAULTS;
+use crate::resilience::probe::{ask, Answer};
 
 /// A cold start on a busy 2-core machine takes a few seconds; this is the bound.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -126,22 +124,10 @@ fn free_port() -> Result<SocketAddr, String> {
     listener.local_addr().map_err(|e| format!("cannot read a bound port: {e}"))
 }
 
-/// Whether the admin API answers `GET /live` with 200.
+/// Whether the admin API answers `GET /live` with 200 (the health prober's one-shot request).
 async fn live(admin: SocketAddr) -> bool {
-    let attempt = async {
-        let stream = TcpStream::connect(admin).await.ok()?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.ok()?;
-        tokio::spawn(conn);
-        let request = http::Request::get("/live")
-            .header(http::header::HOST, admin.to_string())
-            .body(Empty::<Bytes>::new())
-            .ok()?;
-        let response = sender.send_request(request).await.ok()?;
-        let ok = response.status() == http::StatusCode::OK;
-        response.into_body().collect().await.ok()?;
-        Some(ok)
-    };
-    matches!(tokio::time::timeout(Duration::from_secs(2), attempt).await, Ok(Some(true)))
+    let host = admin.to_string();
+    ask(admin, &host, "GET", "/live", Duration::from_secs(2)).await == Answer::Status(200)
 }
 
 #[cfg(test)]
