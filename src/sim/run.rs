@@ -103,10 +103,14 @@ async fn blocking(run: Run) -> Response<SimBody> {
             () = tokio::time::sleep(run.spec.service) => {}
         }
         let answer = Bytes::from(payload::blocking(&run.spec).to_string());
+        // Flask pops the app context (SQLAlchemy's session goes back to the pool) when the
+        // view returns, before gunicorn writes the answer; releasing after the hand-over
+        // instead let a request sent the moment the answer arrived find the connection still
+        // taken — a 500 "too many clients" Dify does not give.
+        drop(run);
         if tx.send(answer).is_err() {
             stats.on_abandoned();
         }
-        drop(run);
     });
     match rx.await {
         Ok(answer) => envelope::with_type(StatusCode::OK, envelope::JSON, SimBody::full(answer)),
