@@ -13,6 +13,10 @@
 //!    is woken when a slot frees, shed when it has waited past the learned patience, or
 //!    answered 503 at its `queue_timeout`.
 //!
+//! A slot is freed when the request ends, except when its client left before the backend
+//! answered: the backend is still running it, so the slot stays taken for the class's typical
+//! time to the answer (an *orphaned* run, see [`Permit::complete`]).
+//!
 //! A single `std::sync::Mutex` guards the state: every critical section is a few hundred
 //! nanoseconds of bookkeeping and is never held across an `.await`.
 
@@ -80,6 +84,9 @@ struct State {
     labels: HashMap<TenantId, String>,
     /// Admitted requests still waiting for their response header: id → (class, admitted).
     awaiting_header: HashMap<u64, (usize, Instant)>,
+    /// Slots still held for runs whose client left while the backend worked on them (see
+    /// [`Permit::complete`]); counted in `in_flight` too.
+    orphaned: usize,
     /// Whether the upstream can serve at all; while not, nothing is admitted (held).
     available: bool,
     /// A deliberate hold (maintenance): nothing is admitted, and held requests wait up to
@@ -131,6 +138,7 @@ impl Admission {
                 counters: Counters::default(),
                 labels: HashMap::new(),
                 awaiting_header: HashMap::new(),
+                orphaned: 0,
                 available: true,
                 hold_until: None,
                 opened_at: None,
@@ -308,6 +316,7 @@ impl Admission {
             latency_ratio: st.limit.last_ratio(),
             last_change: st.limit.last_change(),
             in_flight: st.in_flight,
+            orphaned: st.orphaned,
             queued: st.queue.len(),
             standing_queue: st.standing_since.is_some_and(|t| now.duration_since(t) >= st.policy.lifo_after),
             classes,
@@ -419,22 +428,25 @@ impl Admission {
         self.lock().awaiting_header.remove(&id);
     }
 
+    /// Ends request `id`'s hold on its slot and feeds the limiter its `sample`. Returns how
+    /// much longer the slot stays taken when the client left before the backend answered
+    /// (see [`Permit::complete`]); the caller frees it with [`Admission::release_orphan`].
     fn release(
         &self,
         id: u64,
         class: usize,
         sample: Option<(usize, Option<Duration>, Outcome, Instant, usize)>,
-    ) {
+    ) -> Option<Duration> {
         let now = Instant::now();
         let mut st = self.lock();
-        st.awaiting_header.remove(&id);
-        st.in_flight = st.in_flight.saturating_sub(1);
-        if let Some(n) = st.in_flight_by_class.get_mut(class) {
-            *n = n.saturating_sub(1);
-        }
-        if let Some(last) = st.last_departure.replace(now) {
-            st.departure_interval.add(now.duration_since(last).as_secs_f64());
-        }
+        let attempt = st.awaiting_header.remove(&id);
+        let orphan_for = match (sample, attempt) {
+            (Some((_, _, Outcome::Abandoned, _, _)), Some((_, attempt_started))) => {
+                Some(st.expected_first_byte(class).saturating_sub(now.duration_since(attempt_started)))
+                    .filter(|left| !left.is_zero())
+            }
+            _ => None,
+        };
         if let Some((signal, first_byte, outcome, started, in_flight)) = sample {
             if let (Outcome::Success, Some(latency)) = (outcome, first_byte) {
                 if let Some(e) = st.first_byte.get_mut(class) {
@@ -451,6 +463,10 @@ impl Admission {
                     .filter(|(c, _)| *c == class)
                     .map(|(_, admitted)| now.duration_since(*admitted)),
             );
+            // The level an overload answer blames is the highest the request saw, not only
+            // the one it was admitted at: admitted as the 8th just before a 9th, it can reach
+            // the backend second and be the one refused.
+            let in_flight = in_flight.max(st.in_flight);
             let sample = Sample { signal, started, latency, outcome, in_flight };
             let change = st.limit.on_sample_with_pending(sample, now, &pending);
             st.scratch_pending = pending;
@@ -458,7 +474,34 @@ impl Admission {
                 log_change(&self.name, change, before, st.limit.limit(), st.limit.last_ratio());
             }
         }
-        st.dispatch(now);
+        if orphan_for.is_some() {
+            st.orphaned += 1;
+        } else {
+            st.free_slot(class, now);
+        }
+        orphan_for
+    }
+
+    /// Frees a slot kept for a run whose client left (see [`Permit::complete`]).
+    fn release_orphan(&self, class: usize) {
+        let now = Instant::now();
+        let mut st = self.lock();
+        st.orphaned = st.orphaned.saturating_sub(1);
+        st.free_slot(class, now);
+    }
+}
+
+/// Holds a slot for a run the backend is still working on after its client left, until the
+/// class's typical time to the answer has passed; dropped (timer fired or task cancelled), it
+/// frees the slot, so a shutdown cannot leak it.
+struct OrphanSlot {
+    admission: Arc<Admission>,
+    class: usize,
+}
+
+impl Drop for OrphanSlot {
+    fn drop(&mut self) {
+        self.admission.release_orphan(self.class);
     }
 }
 
@@ -575,6 +618,19 @@ impl State {
     }
 
     /// Admits waiters while there is room.
+    /// A request stopped occupying the backend: one slot less in flight, a departure for the
+    /// wait estimate, and the next waiter's turn.
+    fn free_slot(&mut self, class: usize, now: Instant) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        if let Some(n) = self.in_flight_by_class.get_mut(class) {
+            *n = n.saturating_sub(1);
+        }
+        if let Some(last) = self.last_departure.replace(now) {
+            self.departure_interval.add(now.duration_since(last).as_secs_f64());
+        }
+        self.dispatch(now);
+    }
+
     fn dispatch(&mut self, now: Instant) {
         loop {
             if self.queue.is_empty() {
@@ -701,7 +757,8 @@ impl Drop for Waiting {
         drop(st);
         // Admitted just as the client left: give the slot back (no latency sample).
         if let Ok(Decision::Admit { .. }) = rx.try_recv() {
-            self.admission.release(self.id, self.class, None);
+            // No sample, so the slot is freed at once (never kept as an orphan).
+            let _ = self.admission.release(self.id, self.class, None);
         }
     }
 }
@@ -758,20 +815,37 @@ impl Permit {
 
     /// Releases the slot and feeds the limiter: `signal` names the latency signal (class ×
     /// streaming), `first_byte` the time from admission to the response header.
+    ///
+    /// When the client left before the backend answered (`Outcome::Abandoned`), the backend
+    /// has not noticed: gunicorn finds out only when it writes the answer, so the run keeps
+    /// its worker and its database connection to the end. The slot then stays taken until
+    /// the class's typical time to the answer has passed since the attempt started; freeing
+    /// it at once let the next request in on top of the orphan — past a database limit, a
+    /// 500 "too many clients".
     pub fn complete(mut self, signal: usize, first_byte: Option<Duration>, outcome: Outcome) {
         self.released = true;
-        self.admission.release(
-            self.id,
-            self.class,
-            Some((signal, first_byte, outcome, self.admitted, self.in_flight)),
-        );
+        let sample = Some((signal, first_byte, outcome, self.admitted, self.in_flight));
+        let Some(left) = self.admission.release(self.id, self.class, sample) else {
+            return;
+        };
+        let slot = OrphanSlot { admission: Arc::clone(&self.admission), class: self.class };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    tokio::time::sleep(left).await;
+                    drop(slot);
+                });
+            }
+            // No runtime to time it (only outside the proxy): free it now.
+            Err(_) => drop(slot),
+        }
     }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
         if !self.released {
-            self.admission.release(self.id, self.class, None);
+            let _ = self.admission.release(self.id, self.class, None);
         }
     }
 }
@@ -797,8 +871,11 @@ pub struct AdmissionStatus {
     pub latency_ratio: Option<f64>,
     /// Why the limit last changed.
     pub last_change: Option<Change>,
-    /// Requests in flight.
+    /// Requests in flight (orphaned runs included).
     pub in_flight: usize,
+    /// Slots kept for runs whose client left before the backend answered, until such a run
+    /// would typically have finished.
+    pub orphaned: usize,
     /// Requests waiting.
     pub queued: usize,
     /// Whether the queue is standing (served newest first).

@@ -282,3 +282,52 @@ async fn shed_all_answers_waiters_and_refuses_later_waits_but_keeps_admitting_wh
     drop(fits);
     assert_eq!(gate.status().shed.get("shutting_down"), Some(&4));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_run_whose_client_left_keeps_its_slot_until_it_would_have_finished() {
+    let gate = gate(1, 100);
+    // Runs of this class answer after 2 s.
+    for _ in 0..3 {
+        let permit = gate.acquire(ticket(1, 1)).await.expect("admitted");
+        permit.attempt_started();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        permit.header_received();
+        permit.complete(2, Some(Duration::from_secs(2)), Outcome::Success);
+    }
+    let orphan = gate.acquire(ticket(1, 1)).await.expect("admitted");
+    orphan.attempt_started();
+    let next = tokio::spawn({
+        let gate = Arc::clone(&gate);
+        async move { gate.acquire(ticket(2, 1)).await.map(|p| p.waited()) }
+    });
+    // The client gives up after 0.5 s; the backend keeps working on the run.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    orphan.complete(2, Some(Duration::from_millis(500)), Outcome::Abandoned);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let status = gate.status();
+    assert_eq!((status.in_flight, status.orphaned, status.queued), (1, 1, 1), "the slot is still taken");
+    let waited = next.await.expect("join").expect("admitted once the run would have finished");
+    assert_eq!(waited, Duration::from_secs(2), "2 s after the orphan's attempt started, not at 0.5 s");
+    assert_eq!(gate.status().orphaned, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_leaving_before_anything_is_known_frees_its_slot_at_once() {
+    let gate = gate(1, 100);
+    let permit = gate.acquire(ticket(1, 1)).await.expect("admitted");
+    permit.attempt_started();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // No run of this class has answered yet: there is no estimate to hold the slot for.
+    permit.complete(2, Some(Duration::from_millis(500)), Outcome::Abandoned);
+    assert_eq!((gate.in_flight(), gate.status().orphaned), (0, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_overload_blames_the_highest_level_the_request_saw() {
+    let gate = gate(2, 100);
+    let first = gate.acquire(ticket(1, 1)).await.expect("admitted as the 1st");
+    let _second = gate.acquire(ticket(2, 1)).await.expect("admitted as the 2nd");
+    // The second reached the backend first; the first was refused with 2 in flight.
+    first.complete(2, Some(Duration::from_millis(5)), Outcome::Overload);
+    assert_eq!(gate.status().ceiling, Some(2), "the failing level is 2, not the 1 it was admitted at");
+}
