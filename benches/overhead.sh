@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Raw proxy overhead against a fast backend, measured side by side in one run: the simulator's
 # /sim/fast answered directly, through dify-shaper (admission off, and with its default learned
-# admission on), through nginx and through HAProxy — every proxy with 1 worker thread, access
-# log off, upstream keep-alive on — alternating rounds so all see the same machine state.
+# admission on), through the minimal pingora proxy of examples/bare_pingora.rs (the floor of
+# the framework dify-shaper is built on), through nginx and through HAProxy — every proxy with
+# 1 worker thread, access log off, upstream keep-alive on — alternating rounds so all see the
+# same machine state.
 # Needs wrk, nginx, haproxy (installed with apt-get when missing).
 #
 #   bash benches/overhead.sh [seconds-per-round] [connections] [rounds]
@@ -14,11 +16,12 @@ SECONDS_PER_ROUND=${1:-10}
 CONNECTIONS=${2:-50}
 ROUNDS=${3:-3}
 PROXY_THREADS=1   # every proxy: 1 worker (nginx worker_processes 1, HAProxy nbthread 1)
-TARGETS=(direct dify-shaper-noadm dify-shaper nginx haproxy)
+TARGETS=(direct dify-shaper-noadm dify-shaper pingora-bare nginx haproxy)
 
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}
-cargo build --release --quiet --bin dify-shaper
+cargo build --release --quiet --bin dify-shaper --example bare_pingora
 BIN=$CARGO_TARGET_DIR/release/dify-shaper
+BARE=$CARGO_TARGET_DIR/release/examples/bare_pingora
 WORK=$(mktemp -d)
 SIM_PID=; TARGET_PID=
 declare -A PORT PID
@@ -67,9 +70,10 @@ rows = {}
 for line in open(raw):
     t, _, r, a, b, c, d = line.split()
     rows.setdefault(t, []).append(tuple(map(float, (r, a, b, c, d))))
-order = ["direct", "dify-shaper-noadm", "dify-shaper", "nginx", "haproxy"]
+order = ["direct", "dify-shaper-noadm", "dify-shaper", "pingora-bare", "nginx", "haproxy"]
 label = {"direct": "direct (simulator)", "dify-shaper-noadm": "dify-shaper, admission off",
-         "dify-shaper": "dify-shaper, admission on (default)", "nginx": f"nginx {nginx_v}",
+         "dify-shaper": "dify-shaper, admission on (default)",
+         "pingora-bare": "pingora 0.9, minimal proxy (examples/bare_pingora.rs)", "nginx": f"nginx {nginx_v}",
          "haproxy": f"HAProxy {haproxy_v}"}
 med = lambda xs: statistics.median(xs)
 out = []
