@@ -8,7 +8,7 @@
 //! results are collected on a later tick, and are aborted when the phase moves on.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -96,6 +96,9 @@ struct Memory {
 
 struct Inner {
     spec: MaintenanceSpec,
+    /// The config `spec` was taken from: a tick compares specs only after a reload. (A weak
+    /// reference keeps the allocation, so a later config cannot reuse its address.)
+    seen: Weak<Config>,
     machine: Machine,
     reason: String,
     trigger: Option<Trigger>,
@@ -154,6 +157,7 @@ impl Maintenance {
             name: name.to_string(),
             inner: Mutex::new(Inner {
                 spec,
+                seen: Weak::new(),
                 machine,
                 reason: "started".into(),
                 trigger: None,
@@ -186,14 +190,17 @@ impl Maintenance {
 
     /// One tick: picks up config changes, collects finished tasks, checks deadlines, the
     /// schedule and the memory trigger.
-    pub fn step(&self, group: &Arc<UpstreamState>, config: &Config) {
+    pub fn step(&self, group: &Arc<UpstreamState>, config: &Arc<Config>) {
         let mut inner = self.lock();
-        let spec = config.maintenance_spec(&self.name);
-        if spec != inner.spec {
-            let rolling = inner.rolling;
-            inner.machine.set_timeouts(timeouts(&spec, rolling));
-            inner.next_scheduled = None;
-            inner.spec = spec;
+        if !Weak::ptr_eq(&inner.seen, &Arc::downgrade(config)) {
+            inner.seen = Arc::downgrade(config);
+            let spec = config.maintenance_spec(&self.name);
+            if spec != inner.spec {
+                let rolling = inner.rolling;
+                inner.machine.set_timeouts(timeouts(&spec, rolling));
+                inner.next_scheduled = None;
+                inner.spec = spec;
+            }
         }
         let now = Instant::now();
         let wall = Utc::now();
