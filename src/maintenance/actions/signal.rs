@@ -57,8 +57,10 @@ mod tests {
             "trap 'echo got > {}; exit 0' HUP; echo ready; while :; do sleep 0.05; done",
             out.display()
         );
-        let mut child = Command::new("sh")
-            .arg("-c")
+        // A shell cannot trap a signal that was ignored when it started (POSIX), and a test
+        // run under `nohup` starts everything with HUP ignored: `env` resets it first.
+        let mut child = Command::new("env")
+            .args(["--default-signal=HUP", "sh", "-c"])
             .arg(script)
             .stdout(Stdio::piped())
             .kill_on_drop(true)
