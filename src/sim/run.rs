@@ -29,7 +29,10 @@ pub(crate) struct Run {
     pub(crate) ctx: Arc<ConnCtx>,
     pub(crate) spec: RunSpec,
     pub(crate) ping_interval: Duration,
-    _held: (ActiveGuard, DbGuard, AppGuard),
+    /// The PostgreSQL connection; a blocking run gives it back before its answer is handed
+    /// over (see [`blocking`]).
+    db: Option<DbGuard>,
+    _held: (ActiveGuard, AppGuard),
 }
 
 /// Handles a run request.
@@ -79,7 +82,7 @@ pub(crate) async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>, kind: RunK
         params.inputs,
         params.conversation_id,
     );
-    let run = Run { ctx, spec, ping_interval: cfg.ping_interval, _held: (active, db, app) };
+    let run = Run { ctx, spec, ping_interval: cfg.ping_interval, db: Some(db), _held: (active, app) };
     if params.streaming {
         stream::respond(run)
     } else {
@@ -93,6 +96,7 @@ async fn blocking(run: Run) -> Response<SimBody> {
     let kill = run.ctx.kill.clone();
     let task_kill = kill.clone();
     tokio::spawn(async move {
+        let mut run = run;
         let stats = run.ctx.shared.stats.clone();
         tokio::select! {
             biased;
@@ -106,11 +110,14 @@ async fn blocking(run: Run) -> Response<SimBody> {
         // Flask pops the app context (SQLAlchemy's session goes back to the pool) when the
         // view returns, before gunicorn writes the answer; releasing after the hand-over
         // instead let a request sent the moment the answer arrived find the connection still
-        // taken — a 500 "too many clients" Dify does not give.
-        drop(run);
+        // taken — a 500 "too many clients" Dify does not give. The run itself (counted in
+        // `active`, which a graceful restart waits for) ends only once the answer is handed
+        // over.
+        drop(run.db.take());
         if tx.send(answer).is_err() {
             stats.on_abandoned();
         }
+        drop(run);
     });
     match rx.await {
         Ok(answer) => envelope::with_type(StatusCode::OK, envelope::JSON, SimBody::full(answer)),
