@@ -617,7 +617,6 @@ impl State {
         (wait + first_byte > patience).then_some(Refusal::Impatient)
     }
 
-    /// Admits waiters while there is room.
     /// A request stopped occupying the backend: one slot less in flight, a departure for the
     /// wait estimate, and the next waiter's turn.
     fn free_slot(&mut self, class: usize, now: Instant) {
@@ -631,6 +630,7 @@ impl State {
         self.dispatch(now);
     }
 
+    /// Admits waiters while there is room.
     fn dispatch(&mut self, now: Instant) {
         loop {
             if self.queue.is_empty() {

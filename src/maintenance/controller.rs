@@ -192,8 +192,9 @@ impl Maintenance {
     /// schedule and the memory trigger.
     pub fn step(&self, group: &Arc<UpstreamState>, config: &Arc<Config>) {
         let mut inner = self.lock();
-        if !Weak::ptr_eq(&inner.seen, &Arc::downgrade(config)) {
-            inner.seen = Arc::downgrade(config);
+        let current = Arc::downgrade(config);
+        if !Weak::ptr_eq(&inner.seen, &current) {
+            inner.seen = current;
             let spec = config.maintenance_spec(&self.name);
             if spec != inner.spec {
                 let rolling = inner.rolling;

@@ -91,12 +91,11 @@ pub(crate) async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>, kind: RunK
 }
 
 /// Works for the service time in a task of its own, then hands the JSON answer over.
-async fn blocking(run: Run) -> Response<SimBody> {
+async fn blocking(mut run: Run) -> Response<SimBody> {
     let (tx, rx) = oneshot::channel::<Bytes>();
     let kill = run.ctx.kill.clone();
     let task_kill = kill.clone();
     tokio::spawn(async move {
-        let mut run = run;
         let stats = run.ctx.shared.stats.clone();
         tokio::select! {
             biased;
