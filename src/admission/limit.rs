@@ -27,13 +27,14 @@
 //!   class only with itself is what keeps 15-second workflows, whose durations vary naturally,
 //!   from looking like overload next to 50 ms API calls; means over a window of
 //!   `window_samples` absorb the natural variation, and only requests admitted after the last
-//!   change of the limit count towards a window. Streaming runs are measured by their time
+//!   change of the limit count towards a window (in slow start, every request does). Streaming runs are measured by their time
 //!   to the response header (when a worker picked them up), not by the stream's length.
 //!
 //! * **Slow start** — until the first cut, nothing is known but that the initial limit is
 //!   safe, so the limit grows by `increase_ratio` per *round trip* while latency stays flat
 //!   (TCP's slow start, gentler): a window then closes after one round of the limit's worth
-//!   of samples (at least `slow_start_min_window`) instead of `window_samples`. Without it a
+//!   of samples (at least `slow_start_min_window`) instead of `window_samples`, counting
+//!   requests admitted just before the last step too. Without it a
 //!   cold proxy in front of 2-second runs needs ten seconds per growth step, and clients wait
 //!   in its queue while the backend idles. The first latency or overload cut ends slow start for good; it does
 //!   not come back after an idle spell (the limit learned then still holds).
@@ -339,7 +340,13 @@ impl AdaptiveLimit {
         // before the last change still carry the old queueing (after a cut, judging by them
         // would cut again and again; after growth, they hide what the growth did). Requests
         // admitted earlier that are still stuck are seen through `pending` instead.
-        if self.last_change_at.is_some_and(|at| sample.started < at) {
+        // Slow start is the exception: every change in it is growth, and a request admitted
+        // just before it shares the backend with the new level for most of its run (the ones
+        // admitted *at* the new level show any queueing in the same window). Waiting for a
+        // full round admitted after each step doubled the time per step — ×1.5 per two round
+        // trips left a cold proxy in front of 15-second workflows at half the capacity for
+        // a minute. TCP's slow start, likewise, counts every acknowledgement.
+        if !self.slow_start && self.last_change_at.is_some_and(|at| sample.started < at) {
             return None;
         }
         if self.signals.len() <= sample.signal {

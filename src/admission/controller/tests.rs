@@ -195,6 +195,18 @@ async fn runs_leave_headroom_for_interactive_calls() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_control_call_such_as_a_health_probe_reserves_nothing() {
+    let gate = gate(4, 100);
+    drop(gate.acquire(ticket(9, 2)).await.expect("a probe passes"));
+    let mut runs = Vec::new();
+    for _ in 0..4 {
+        let run = tokio::time::timeout(Duration::from_millis(1), gate.acquire(ticket(1, 1))).await;
+        runs.push(run.expect("not queued").expect("admitted"));
+    }
+    assert_eq!(gate.in_flight(), 4, "runs have the whole limit: no interactive reserve");
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_maintenance_hold_keeps_requests_past_their_queue_timeout_and_releases_them() {
     let gate = gate(4, 100);
     let t0 = Instant::now();

@@ -230,6 +230,16 @@ fn a_cold_limit_grows_per_round_trip_to_the_capacity() {
 }
 
 #[test]
+fn slow_start_steps_once_per_round_trip_when_runs_finish_spread_out() {
+    // Runs that finish spread out keep the next ones starting just before each growth step.
+    // They still count: waiting for a whole round admitted after each step took two round
+    // trips per step (4 → 6 → 9 in 6 s instead of 4).
+    let run = run(Backend::WorkerBound { capacity: 20, service: 2.0, sigma: 0.1 }, 30.0, None, 5);
+    let by = |s: f64| run.limits.iter().take_while(|(t, _)| *t <= s).map(|l| l.1).max().unwrap_or(0);
+    assert!(by(5.0) >= 9, "limit {} after 5 s (2.5 round trips) from 4", by(5.0));
+}
+
+#[test]
 fn slow_start_into_a_db_limit_costs_a_few_errors_and_ends() {
     let run = run(Backend::DbLimited { connections: 8, service: 2.0 }, 120.0, None, 4);
     // 4 → 6 → 9 overshoots once: the request past 8 in that round fails, hardly more.

@@ -56,6 +56,9 @@ fn embedded_defaults_and_overrides() {
     assert_eq!(run.class.name, "run");
     let stop = config.router.route(&http::Method::POST, "/v1/workflows/tasks/t1/stop").expect("route");
     assert_eq!(stop.class.name, "control");
+    // A probe is not user traffic: it must not wait behind runs nor count as interactive.
+    let probe = config.router.route(&http::Method::GET, "/health").expect("route");
+    assert_eq!(probe.class.name, "control");
     let other = config.router.route(&http::Method::GET, "/console/api/apps").expect("route");
     assert_eq!(other.upstream, "api");
 }
