@@ -102,3 +102,27 @@ async fn dropping_the_last_handle_stops_the_simulator() {
         tokio::time::timeout(REQUEST_TIMEOUT, stream.into_body().collect()).await.expect("stream ends");
     assert!(rest.is_err(), "the stream is cut");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_restart_lets_an_answer_being_written_finish() {
+    // Like a run's answer handed over a moment before the restart: no run is active, but the
+    // bytes are still being written. 64 MB, unread until the restart has begun, cannot all
+    // sit in the socket buffers.
+    const SIZE: usize = 64 << 20;
+    let sim = start(SimConfig::default()).await;
+    let addr = sim.addr();
+    let req = build("GET", addr, &format!("/sim/bytes?n={SIZE}"), &[], "");
+    let download = send(addr, req).await.expect("download head");
+    assert_eq!(download.status(), 200);
+    let restarting = tokio::spawn({
+        let sim = sim.clone();
+        async move { sim.restart_graceful(Duration::from_secs(20), Duration::from_secs(2)).await }
+    });
+    wait_until("the restart began", Duration::from_secs(10), || !sim.is_serving()).await;
+    assert_eq!(sim.stats().active, 0, "nothing counts as a run");
+    let body =
+        tokio::time::timeout(REQUEST_TIMEOUT, download.into_body().collect()).await.expect("download ends");
+    let received = body.map(|b| b.to_bytes().len()).unwrap_or(0);
+    assert_eq!(received, SIZE, "the restart cut the answer");
+    tokio::time::timeout(REQUEST_TIMEOUT, restarting).await.expect("restart returns").expect("join");
+}

@@ -33,6 +33,7 @@ impl ConnCtx {
             *n += 1;
             *seq += 1;
         });
+        self.shared.request_started();
         InflightGuard { ctx: self.clone() }
     }
 }
@@ -48,6 +49,7 @@ impl Drop for InflightGuard {
             *n = n.saturating_sub(1);
             *seq += 1;
         });
+        self.ctx.shared.request_done();
     }
 }
 

@@ -166,9 +166,9 @@ impl Simulator {
     }
 
     /// Restarts the way `docker restart` restarts gunicorn (SIGTERM, graceful): stops
-    /// accepting at once (new connections are refused), lets in-flight requests finish for up
-    /// to `grace`, kills what is left, and serves again after `boot_delay`. Returns once the
-    /// old generation is gone (not waiting for the boot).
+    /// accepting at once (new connections are refused), lets in-flight requests finish, their
+    /// answers written, for up to `grace`, kills what is left, and serves again after
+    /// `boot_delay`. Returns once the old generation is gone (not waiting for the boot).
     pub async fn restart_graceful(&self, grace: Duration, boot_delay: Duration) {
         {
             let _op = self.inner.ops.lock().await;
@@ -178,7 +178,10 @@ impl Simulator {
             self.inner.serving.send_replace(false);
         }
         let deadline = tokio::time::Instant::now() + grace;
-        while self.stats().active > 0 && tokio::time::Instant::now() < deadline {
+        // A run leaves `active` when its answer is handed to the connection, a moment before
+        // the answer is written: wait for the writes too, or the restart cuts them.
+        let busy = || self.stats().active > 0 || self.inner.shared.requests_in_flight() > 0;
+        while busy() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         self.restart(boot_delay).await;

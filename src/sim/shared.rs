@@ -1,6 +1,7 @@
 //! [`Shared`]: the state every task of one simulator sees (config, stats, limits, and the
 //! count of held connection slots that gates `accept()`).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use tokio::sync::watch;
@@ -18,6 +19,9 @@ pub(crate) struct Shared {
     /// Connection slots held (gunicorn `worker_connections` in use). Every change, and every
     /// config change, notifies the accept loop.
     open: watch::Sender<usize>,
+    /// Requests being handled or answered, over all connections: a response counts until its
+    /// body is written, so a graceful restart can wait for answers already handed over.
+    requests: AtomicUsize,
 }
 
 impl Shared {
@@ -27,7 +31,23 @@ impl Shared {
             stats: Arc::default(),
             limits: Arc::default(),
             open: watch::Sender::new(0),
+            requests: AtomicUsize::new(0),
         })
+    }
+
+    /// Counts a request in flight (see `requests`); [`Self::request_done`] ends it.
+    pub(crate) fn request_started(&self) {
+        self.requests.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Ends a request counted by [`Self::request_started`].
+    pub(crate) fn request_done(&self) {
+        self.requests.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Requests being handled or answered over all connections.
+    pub(crate) fn requests_in_flight(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
     }
 
     /// A copy of the current config (cheap: no heap data).
