@@ -27,17 +27,18 @@
 //!   class only with itself is what keeps 15-second workflows, whose durations vary naturally,
 //!   from looking like overload next to 50 ms API calls; means over a window of
 //!   `window_samples` absorb the natural variation, and only requests admitted after the last
-//!   change of the limit count towards a window (in slow start, every request does). Streaming runs are measured by their time
-//!   to the response header (when a worker picked them up), not by the stream's length.
+//!   change of the limit count towards a window (in slow start, every request does).
+//!   Streaming runs are measured by their time to the response header (when a worker picked
+//!   them up), not by the stream's length.
 //!
 //! * **Slow start** — until the first cut, nothing is known but that the initial limit is
 //!   safe, so the limit grows by `increase_ratio` per *round trip* while latency stays flat
 //!   (TCP's slow start, gentler): a window then closes after one round of the limit's worth
 //!   of samples (at least `slow_start_min_window`) instead of `window_samples`, counting
-//!   requests admitted just before the last step too. Without it a
-//!   cold proxy in front of 2-second runs needs ten seconds per growth step, and clients wait
-//!   in its queue while the backend idles. The first latency or overload cut ends slow start for good; it does
-//!   not come back after an idle spell (the limit learned then still holds).
+//!   requests admitted just before the last step too. Without it a cold proxy in front of
+//!   2-second runs needs ten seconds per growth step, and clients wait in its queue while the
+//!   backend idles. The first latency or overload cut ends slow start for good; it does not
+//!   come back after an idle spell (the limit learned then still holds).
 //!
 //! * **Noise** — a window mean less than `queue_slack` above the baseline is not queueing:
 //!   for fast requests (a stream's response header after half a millisecond) a jitter of a
