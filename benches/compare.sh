@@ -97,7 +97,7 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 
 if ((OVERHEAD)); then
-  if ((QUICK)); then bash benches/overhead.sh 3 50 1; else bash benches/overhead.sh 5 50 3; fi
+  if ((QUICK)); then bash benches/overhead.sh 3 50 1; else bash benches/overhead.sh 5 50 5; fi
 fi
 
 # Tables, JSON and chart.

@@ -260,6 +260,8 @@ if overhead:
         me += f" ({rps('dify-shaper-noadm')} admission off)"
     if "pingora-bare" in rows:
         me += f"; a minimal pingora proxy: {rps('pingora-bare')}"
+    if "pingora-bare-nosteal" in rows:
+        me += f" ({rps('pingora-bare-nosteal')} on per-thread event loops)"
     summary.append(f"| raw requests/s, 1 thread, 50 conns | {rps('direct')} | {rps('nginx')} | {rps('haproxy')} | {me} |")
 if bar:
     failed = [b for b in bar if not b["pass"]]

@@ -142,8 +142,9 @@ CONF
 }
 
 # start_target NAME MODE [CAPACITY QUEUE_TIMEOUT]: NAME is direct, nginx, haproxy, dify-shaper,
-# dify-shaper-noadm (raw overhead: admission off) or pingora-bare (raw overhead: the minimal
-# pingora proxy, binary in BARE); sets TARGET_PORT and TARGET_PID.
+# dify-shaper-noadm (raw overhead: admission off), pingora-bare or pingora-bare-nosteal (raw
+# overhead: the minimal pingora proxy, binary in BARE, with pingora's default work-stealing
+# runtime or with dify-shaper's per-thread event loops); sets TARGET_PORT and TARGET_PID.
 start_target() {
   local name=$1 mode=$2 cap=${3:-10} qt=${4:-10s} dir
   TARGET_PID=; TARGET_ADMIN=
@@ -178,9 +179,11 @@ start_target() {
       TARGET_PID=$!; TARGET_ADMIN=$admin
       wait_http "$admin" /live
       ;;
-    pingora-bare)
+    pingora-bare | pingora-bare-nosteal)
       # examples/bare_pingora.rs: the framework's floor (raw overhead only); BARE is its binary.
-      "$BARE" "127.0.0.1:$TARGET_PORT" "127.0.0.1:$SIM_PORT" >"$dir/stdout.log" 2>&1 &
+      local flags=()
+      [[ $name == pingora-bare-nosteal ]] && flags=(--no-work-stealing)
+      "$BARE" "127.0.0.1:$TARGET_PORT" "127.0.0.1:$SIM_PORT" "${flags[@]}" >"$dir/stdout.log" 2>&1 &
       TARGET_PID=$!
       ;;
     dify-shaper-noadm)
