@@ -20,6 +20,9 @@ use pingora::server::configuration::{Opt, ServerConf};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// The command line, for both ways of getting it wrong.
+const USAGE: &str = "usage: bare_pingora LISTEN_ADDR UPSTREAM_ADDR [--no-work-stealing]";
+
 /// Forwards every request to one address over plain HTTP/1.1.
 struct Bare {
     upstream: String,
@@ -39,18 +42,18 @@ impl ProxyHttp for Bare {
 fn main() {
     let mut args = std::env::args().skip(1);
     let (Some(listen), Some(upstream)) = (args.next(), args.next()) else {
-        eprintln!("usage: bare_pingora LISTEN_ADDR UPSTREAM_ADDR [--no-work-stealing]");
+        eprintln!("{USAGE}");
         std::process::exit(2);
     };
     let work_stealing = match args.next().as_deref() {
         None => true,
         Some("--no-work-stealing") => false,
         Some(other) => {
-            eprintln!("unknown argument {other}; usage: bare_pingora LISTEN_ADDR UPSTREAM_ADDR [--no-work-stealing]");
+            eprintln!("unknown argument {other}; {USAGE}");
             std::process::exit(2);
         }
     };
-    let conf = ServerConf { threads: 1, work_stealing, ..ServerConf::default() };
+    let conf = ServerConf { work_stealing, ..ServerConf::default() };
     let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
     server.bootstrap();
     let mut service = http_proxy_service(&server.configuration, Bare { upstream });
