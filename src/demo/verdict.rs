@@ -11,7 +11,7 @@ use super::stats::Summary;
 /// Line width of the paragraph.
 const WIDTH: usize = 96;
 
-/// The verdict for `direct` and `shaped` under `scenario`, wrapped to [`WIDTH`] columns.
+/// The verdict for `direct` and `shaped` under `scenario`, wrapped to `WIDTH` (96) columns.
 pub fn verdict(scenario: &Scenario, direct: &Column, shaped: &Column) -> String {
     let (d, s) = (&direct.summary, &shaped.summary);
     let mut sentences = vec![successes(scenario, d, s)];

@@ -7,7 +7,8 @@
 //! installed whole with one atomic swap ([`App::install`]): requests in flight keep the
 //! snapshot they started with, and the state keyed by upstream name — learned limits,
 //! queues, health, maintenance — carries over for upstreams that stay. Settings that only a
-//! restart applies ([`RestartOnly`]) keep their running values and are named in the log.
+//! restart applies ([`RestartOnly`](crate::config::reload::RestartOnly)) keep their running
+//! values and are named in the log.
 
 pub mod sighup;
 pub mod stats;
