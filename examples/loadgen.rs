@@ -1,4 +1,5 @@
-//! Open-loop HTTP load generator for `benches/compare.sh`.
+//! Open-loop HTTP load generator for `benches/compare.sh`: the command line and JSON report
+//! around the crate's generator (`dify_shaper::loadgen`, which the demo and the tests use too).
 //!
 //! Requests start on a fixed schedule (`--rate` per second for `--duration`) whatever happened
 //! to earlier ones, as real clients do; each opens its own TCP connection (like Dify's clients
@@ -28,22 +29,21 @@
 //! completing inside the window count towards goodput: that is useful work done in it.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Frame;
-use serde_json::{json, Value};
-use tokio::net::TcpStream;
+use dify_shaper::loadgen::{exchange, open_loop, Answer, Failure, Shot};
+use serde_json::json;
 use tokio::time::Instant;
 
 #[derive(Clone)]
 struct Args {
     url: String,
-    host: String,
-    addr: String,
+    addr: SocketAddr,
     path: String,
-    method: String,
+    method: http::Method,
     body: String,
     headers: Vec<(String, String)>,
     rate: f64,
@@ -66,10 +66,9 @@ fn usage(msg: &str) -> ! {
 fn parse_args() -> Args {
     let mut a = Args {
         url: String::new(),
-        host: String::new(),
-        addr: String::new(),
+        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         path: String::new(),
-        method: String::new(),
+        method: http::Method::GET,
         body: String::new(),
         headers: Vec::new(),
         rate: 1.0,
@@ -84,13 +83,14 @@ fn parse_args() -> Args {
         out: None,
     };
     let mut body: Option<String> = None;
+    let mut method: Option<String> = None;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut val = || it.next().unwrap_or_else(|| usage(&format!("{flag} needs a value")));
         let dur = |s: String| humantime::parse_duration(&s).unwrap_or_else(|e| usage(&format!("{s}: {e}")));
         match flag.as_str() {
             "--url" => a.url = val(),
-            "--method" => a.method = val(),
+            "--method" => method = Some(val()),
             "--body" => body = Some(val()),
             "--header" => {
                 let h = val();
@@ -115,14 +115,12 @@ fn parse_args() -> Args {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
-    a.host = hostport.to_owned();
-    a.addr = hostport.to_owned();
+    a.addr = hostport.parse().unwrap_or_else(|_| usage("--url wants http://IP:PORT/…"));
     a.path = path.to_owned();
     let mode = if a.stream { "streaming" } else { "blocking" };
     a.body = body.unwrap_or_else(|| format!(r#"{{"inputs":{{}},"response_mode":"{mode}","user":"bench"}}"#));
-    if a.method.is_empty() {
-        a.method = if a.body.is_empty() { "GET".into() } else { "POST".into() };
-    }
+    let method = method.unwrap_or_else(|| if a.body.is_empty() { "GET".into() } else { "POST".into() });
+    a.method = method.parse().unwrap_or_else(|_| usage(&format!("--method {method}: not an HTTP method")));
     if a.rate <= 0.0 || a.apps == 0 {
         usage("--rate and --apps must be positive");
     }
@@ -144,102 +142,52 @@ struct Outcome {
     first_frame: Option<f64>,
 }
 
-fn classify_io(e: &(dyn std::error::Error + 'static)) -> &'static str {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            use std::io::ErrorKind::*;
-            return match io.kind() {
-                ConnectionRefused => "refused",
-                ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof => "reset",
-                _ => "other",
-            };
+/// The request `idx` sends: its app (one of `--apps`) as its bearer key.
+fn shot(a: &Args, idx: usize) -> Shot {
+    let mut headers = vec![("authorization".to_owned(), format!("Bearer app-bench{:011}", idx % a.apps))];
+    headers.extend(a.headers.iter().cloned());
+    Shot { method: a.method.clone(), path: a.path.clone(), headers, body: Bytes::from(a.body.clone()) }
+}
+
+/// Whether an answer is ok: 2xx and whole, and for a stream, finished without an error event.
+fn judge(a: &Args, answer: &Answer) -> &'static str {
+    if !answer.is_success() {
+        "status"
+    } else if !answer.complete {
+        "broken"
+    } else if a.stream {
+        let text = String::from_utf8_lossy(&answer.body);
+        let finished = text.contains("\"workflow_finished\"") || text.contains("\"message_end\"");
+        let errored = text.contains("\"event\":\"error\"") || text.contains("\"event\": \"error\"");
+        if finished && !errored {
+            "ok"
+        } else {
+            "stream_error"
         }
-        if let Some(h) = err.downcast_ref::<hyper::Error>() {
-            if h.is_incomplete_message() || h.is_canceled() || h.is_closed() {
-                return "reset";
-            }
-        }
-        cur = err.source();
+    } else {
+        "ok"
     }
-    "other"
 }
 
 async fn one(a: &Args, idx: usize, start: Instant) -> Outcome {
-    let sent = Instant::now();
-    let mut o = Outcome { sent_at: sent.duration_since(start).as_secs_f64(), ..Default::default() };
-    let key = format!("app-bench{:011}", idx % a.apps);
-    let exchange = async {
-        let stream = TcpStream::connect(&a.addr).await.map_err(|e| classify_io(&e))?;
-        let _ = stream.set_nodelay(true);
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|e| classify_io(&e))?;
-        tokio::spawn(conn);
-        let mut b = http::Request::builder()
-            .method(a.method.as_str())
-            .uri(a.path.as_str())
-            .header(http::header::HOST, a.host.as_str())
-            .header(http::header::AUTHORIZATION, format!("Bearer {key}"));
-        if !a.body.is_empty() {
-            b = b.header(http::header::CONTENT_TYPE, "application/json");
-        }
-        for (k, v) in &a.headers {
-            b = b.header(k.as_str(), v.as_str());
-        }
-        let req = b.body(Full::new(Bytes::from(a.body.clone()))).map_err(|_| "other")?;
-        let resp = sender.send_request(req).await.map_err(|e| classify_io(&e))?;
-        let status = resp.status().as_u16();
-        let head = sent.elapsed().as_secs_f64();
-        let mut body = resp.into_body();
-        let mut buf = Vec::new();
-        let mut first_frame = None;
-        loop {
-            match body.frame().await {
-                None => break,
-                Some(Ok(f)) => {
-                    if let Ok(d) = Frame::into_data(f) {
-                        if first_frame.is_none() && !d.is_empty() {
-                            first_frame = Some(sent.elapsed().as_secs_f64());
-                        }
-                        // Keep what classification needs: whole small bodies, stream tails.
-                        buf.extend_from_slice(&d);
-                        if buf.len() > 1 << 20 {
-                            buf.drain(..buf.len() - 4096);
-                        }
-                    }
-                }
-                Some(Err(_)) => return Ok::<_, &'static str>((status, head, first_frame, buf, false)),
-            }
-        }
-        Ok((status, head, first_frame, buf, true))
-    };
-    let result = tokio::time::timeout(a.timeout, exchange).await;
-    o.end_at = o.sent_at + sent.elapsed().as_secs_f64();
-    match result {
-        Err(_) => o.kind = "timeout",
-        Ok(Err(kind)) => o.kind = kind,
-        Ok(Ok((status, head, first_frame, buf, complete))) => {
-            o.status = Some(status);
-            o.head = Some(head);
-            o.first_frame = first_frame;
-            if !(200..300).contains(&status) {
-                o.kind = "status";
-                o.code = serde_json::from_slice::<Value>(&buf)
-                    .ok()
-                    .and_then(|v| v["code"].as_str().map(str::to_owned));
-            } else if !complete {
-                o.kind = "broken";
-            } else if a.stream {
-                let text = String::from_utf8_lossy(&buf);
-                let finished = text.contains("\"workflow_finished\"") || text.contains("\"message_end\"");
-                let errored = text.contains("\"event\":\"error\"") || text.contains("\"event\": \"error\"");
-                o.kind = if finished && !errored { "ok" } else { "stream_error" };
-            } else {
-                o.kind = "ok";
+    let exchange = exchange(a.addr, &shot(a, idx), a.timeout, start).await;
+    let sent_at = exchange.sent_at.as_secs_f64();
+    let mut o = Outcome { sent_at, end_at: sent_at + exchange.took.as_secs_f64(), ..Default::default() };
+    match &exchange.result {
+        Err(Failure::TimedOut) => o.kind = "timeout",
+        Err(Failure::Refused) => o.kind = "refused",
+        Err(Failure::Reset) => o.kind = "reset",
+        Err(Failure::Other(_)) => o.kind = "other",
+        Ok(answer) => {
+            o.status = Some(answer.status);
+            o.head = Some(answer.head.as_secs_f64());
+            o.first_frame = answer.first_frame.map(|f| f.as_secs_f64());
+            o.kind = judge(a, answer);
+            if o.kind == "status" {
+                o.code = answer.envelope_code();
             }
             if o.kind == "ok" {
-                o.latency = Some(sent.elapsed().as_secs_f64());
+                o.latency = Some(exchange.took.as_secs_f64());
             }
         }
     }
@@ -271,20 +219,16 @@ async fn main() {
             eprintln!("loadgen: SIGHUP to {pid} at {:.3}s: {r:?}", start.elapsed().as_secs_f64() - offset);
         });
     }
-    let shared = std::sync::Arc::new(a.clone());
-    let mut tasks = Vec::with_capacity(total);
-    for i in 0..total {
-        tokio::time::sleep_until(start + Duration::from_secs_f64(i as f64 / a.rate)).await;
-        let args = shared.clone();
-        tasks.push(tokio::spawn(async move { one(&args, i, start).await }));
-    }
-    let mut outcomes = Vec::with_capacity(total);
-    for t in tasks {
-        match t.await {
-            Ok(o) => outcomes.push(o),
-            Err(_) => outcomes.push(Outcome { kind: "other", sent_at: f64::NAN, ..Default::default() }),
-        }
-    }
+    let shared = Arc::new(a.clone());
+    let outcomes = open_loop(a.rate, total, start, |i| {
+        let args = Arc::clone(&shared);
+        async move { one(&args, i, start).await }
+    })
+    .await;
+    let outcomes: Vec<Outcome> = outcomes
+        .into_iter()
+        .map(|o| o.unwrap_or(Outcome { kind: "other", sent_at: f64::NAN, ..Default::default() }))
+        .collect();
     let wall = start.elapsed().as_secs_f64() - offset;
 
     let window = a.duration.as_secs_f64();

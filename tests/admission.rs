@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::load::{open_loop, Report, Shot};
+use common::load::{open_loop, workflow, Report};
 use common::*;
 use dify_shaper::sim::{ServiceTime, SimConfig, Simulator};
 use tokio::time::Instant;
@@ -70,14 +70,12 @@ async fn worker_bound_overload_keeps_goodput_where_direct_access_collapses() {
 
     let direct_sim = sim(1, 4, ms(500), None).await;
     let direct =
-        open_loop(direct_sim.addr(), rate, duration, patience, Shot::workflow("app-directdirectdirect01"))
-            .await;
+        open_loop(direct_sim.addr(), rate, duration, patience, workflow("app-directdirectdirect01")).await;
     let direct_goodput = goodput(&direct, duration);
 
     let backend = sim(1, 4, ms(500), None).await;
     let proxy = ProxyProcess::start_default(backend.addr()).await;
-    let shaped =
-        open_loop(proxy.addr, rate, duration, patience, Shot::workflow("app-shapedshapedshaped1")).await;
+    let shaped = open_loop(proxy.addr, rate, duration, patience, workflow("app-shapedshapedshaped1")).await;
     let shaped_goodput = goodput(&shaped, duration);
     let stats = backend.stats();
     let wasted = stats.abandoned as f64 / stats.completed.max(1) as f64;
@@ -104,14 +102,9 @@ async fn db_limited_backend_is_learned_without_500s() {
     let backend = sim(1, 64, ms(100), Some(8)).await;
     let proxy = ProxyProcess::start_default(backend.addr()).await;
     let (rate, duration) = (160.0, Duration::from_secs(20));
-    let report = open_loop(
-        proxy.addr,
-        rate,
-        duration,
-        Duration::from_secs(5),
-        Shot::workflow("app-dbdbdbdbdbdbdbdbdb01"),
-    )
-    .await;
+    let report =
+        open_loop(proxy.addr, rate, duration, Duration::from_secs(5), workflow("app-dbdbdbdbdbdbdbdbdb01"))
+            .await;
     let status = admission_status(&proxy).await;
     let after = |o: &&common::load::Outcome| o.sent_at >= Duration::from_secs(10);
     let late: Vec<_> = report.outcomes.iter().filter(after).collect();
@@ -144,7 +137,7 @@ async fn the_limit_follows_a_capacity_increase_within_10s() {
         80.0,
         Duration::from_secs(22),
         Duration::from_secs(5),
-        Shot::workflow("app-capacitycapacity01"),
+        workflow("app-capacitycapacity01"),
     ));
     let start = Instant::now();
     let mut before = Vec::new();
@@ -183,7 +176,7 @@ async fn a_flooding_app_does_not_break_a_quiet_one() {
     let service = ServiceTime::Uniform { min: Duration::from_millis(400), max: Duration::from_millis(600) };
     let backend = sim(1, 8, service, None).await;
     let proxy = ProxyProcess::start_default(backend.addr()).await;
-    let quiet = Shot::workflow("app-quietquietquietq0B");
+    let quiet = workflow("app-quietquietquietq0B");
     let alone =
         open_loop(proxy.addr, 2.0, Duration::from_secs(4), Duration::from_secs(10), quiet.clone()).await;
     let unloaded = alone.percentile(0.99).expect("B alone");
@@ -193,7 +186,7 @@ async fn a_flooding_app_does_not_break_a_quiet_one() {
         160.0,
         Duration::from_secs(14),
         Duration::from_secs(10),
-        Shot::workflow("app-floodfloodflood00A"),
+        workflow("app-floodfloodflood00A"),
     ));
     tokio::time::sleep(Duration::from_secs(2)).await;
     let loaded = open_loop(proxy.addr, 1.6, Duration::from_secs(10), Duration::from_secs(10), quiet).await;

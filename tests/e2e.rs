@@ -18,7 +18,7 @@ use bytes::Bytes;
 use chrono::{Timelike, Utc};
 use common::e2e::{Gunicorn, Postgres};
 use common::fixtures::wait_maintenance;
-use common::load::{open_loop, Report, Shot};
+use common::load::{open_loop, workflow, Report, Shot};
 use common::*;
 use http_body_util::{BodyExt, Full};
 use tokio::time::Instant;
@@ -27,7 +27,7 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// A blocking run of app `key` taking `service` seconds in the app (holding a PG connection).
 fn run(key: &str, service: f64) -> Shot {
-    let mut shot = Shot::workflow(key);
+    let mut shot = workflow(key);
     shot.headers.push(("x-service-time".into(), service.to_string()));
     shot
 }

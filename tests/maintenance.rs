@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use chrono::{Timelike, Utc};
 use common::fixtures::*;
-use common::load::{open_loop, Shot};
+use common::load::{open_loop, workflow};
 use common::*;
 use dify_shaper::sim::{ServiceTime, SimConfig, Simulator};
 use tokio::time::Instant;
@@ -73,7 +73,7 @@ async fn a_scheduled_restart_under_load_costs_no_request() {
         4.0,
         Duration::from_secs(18),
         Duration::from_secs(60),
-        Shot::workflow("app-maintenancemainten1"),
+        workflow("app-maintenancemainten1"),
     ));
     let addr = proxy.addr;
     let streams: Vec<_> = (0..12)
@@ -135,7 +135,7 @@ async fn with_action_none_an_external_restart_in_the_window_costs_no_request() {
         4.0,
         Duration::from_secs(16),
         Duration::from_secs(60),
-        Shot::workflow("app-externalexternalex1"),
+        workflow("app-externalexternalex1"),
     ));
     // The external cron job: at the scheduled time, a restart with a 2 s boot.
     let wait = (at - Utc::now()).to_std().unwrap_or_default();
@@ -177,7 +177,7 @@ async fn a_rolling_restart_of_two_replicas_makes_nobody_wait() {
         5.0,
         Duration::from_secs(16),
         Duration::from_secs(60),
-        Shot::workflow("app-rollingrollingroll1"),
+        workflow("app-rollingrollingroll1"),
     ));
     tokio::time::sleep(Duration::from_secs(3)).await;
     let admin = proxy.admin.to_string();

@@ -65,7 +65,7 @@ async fn requests_during_an_outage_are_held_and_served_once_it_is_back() {
 /// gunicorn) with a 3 s boot, without telling the proxy; returns the load report and the
 /// backend's run count.
 async fn restart_under_load(through_proxy: bool) -> (common::load::Report, u64) {
-    use common::load::{open_loop, Shot};
+    use common::load::{open_loop, workflow};
     let config = SimConfig {
         worker_connections: 4,
         service_time: ServiceTime::Fixed(Duration::from_millis(500)),
@@ -80,7 +80,7 @@ async fn restart_under_load(through_proxy: bool) -> (common::load::Report, u64) 
         4.0,
         Duration::from_secs(16),
         Duration::from_secs(30),
-        Shot::workflow("app-restartrestartrest1"),
+        workflow("app-restartrestartrest1"),
     ));
     tokio::time::sleep(Duration::from_secs(5)).await;
     sim.restart_graceful(Duration::from_secs(10), Duration::from_secs(3)).await;

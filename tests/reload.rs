@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::fixtures::{admin_post, status, wait_for};
-use common::load::{open_loop, Shot};
+use common::load::{open_loop, workflow};
 use common::*;
 use dify_shaper::sim::{ServiceTime, SimConfig, Simulator};
 use nix::sys::signal::Signal;
@@ -72,7 +72,7 @@ async fn fifty_sighup_reloads_under_load_fail_nothing_and_keep_the_learned_limit
     let _serial = SERIAL.lock().await;
     let sim = simulator().await;
     let proxy = ProxyProcess::start(&config(sim.addr(), false)).await;
-    let shot = Shot::workflow("app-reloadreloadreload01");
+    let shot = workflow("app-reloadreloadreload01");
 
     // Warm-up: 6 runs in flight on average against a limit of 2 teaches a higher limit.
     let warmup =

@@ -1,28 +1,23 @@
-//! The demo's open-loop load generator: request `i` is sent at `start + i / rate` whatever
-//! earlier requests are doing (real clients do not wait for each other), each on a fresh
-//! connection, each client giving up after its patience. The count is fixed in advance, so a
-//! run always ends by `start + duration + patience`.
+//! The demo's load: one side's plan, the live counters its progress line reads, and each
+//! answer judged the demo's way ([`Kind`]). The sending is [`crate::loadgen`]'s: open-loop,
+//! a fresh connection per request, each client giving up after its patience, a count fixed in
+//! advance so a run always ends by `start + duration + patience`.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::stats::{Kind, Outcome};
+use crate::loadgen::{exchange, open_loop, Exchange, Failure, Shot};
 
-/// A blocking workflow run, the request a Dify app's API client sends most.
-const PATH: &str = "/v1/workflows/run";
-const BODY: &str = r#"{"inputs":{},"response_mode":"blocking","user":"dify-shaper-demo"}"#;
-/// An app key: dify-shaper treats each key as a tenant (the demo has one).
-const APP_KEY: &str = "Bearer app-dify-shaper-demo01";
-/// Answers bigger than this are not read further (a run's JSON is well under 1 KiB).
-const MAX_BODY: usize = 64 * 1024;
+/// A blocking workflow run, the request a Dify app's API client sends most, from one app
+/// (dify-shaper treats each app key as a tenant; the demo has one).
+fn workflow_run() -> Shot {
+    Shot::workflow("app-dify-shaper-demo01", "blocking", "dify-shaper-demo")
+}
 
 /// The schedule of one side.
 #[derive(Debug, Clone, Copy)]
@@ -56,104 +51,78 @@ impl Live {
 
 /// Sends `plan` to `addr` from `start` on; returns every outcome once the last request ended.
 pub async fn run(addr: SocketAddr, plan: Plan, start: Instant, live: Arc<Live>) -> Vec<Outcome> {
-    let mut tasks = Vec::with_capacity(plan.count);
-    for i in 0..plan.count {
-        // Behind schedule (a busy machine), requests go out at once rather than being dropped.
-        tokio::time::sleep_until(start + Duration::from_secs_f64(i as f64 / plan.rate)).await;
+    let shot = Arc::new(workflow_run());
+    let outcomes = open_loop(plan.rate, plan.count, start, |_| {
         live.sent.fetch_add(1, Ordering::Relaxed);
-        let live = Arc::clone(&live);
-        tasks.push(tokio::spawn(async move {
-            let outcome = one(addr, plan.patience, start).await;
+        let (live, shot) = (Arc::clone(&live), Arc::clone(&shot));
+        async move {
+            let outcome = one(addr, &shot, plan.patience, start).await;
             let counter = if outcome.kind == Kind::Ok { &live.ok } else { &live.failed };
             counter.fetch_add(1, Ordering::Relaxed);
             outcome
-        }));
-    }
-    let mut outcomes = Vec::with_capacity(tasks.len());
-    for task in tasks {
-        // A task only fails to join when it panicked; count it as a connection error rather
-        // than lose it from the totals.
-        let outcome = task.await.unwrap_or(Outcome {
-            sent_at: Duration::ZERO,
-            kind: Kind::Refused,
-            latency: Duration::ZERO,
-        });
-        outcomes.push(outcome);
-    }
-    outcomes
+        }
+    })
+    .await;
+    // A task only fails to join when it panicked; count it as a connection error rather than
+    // lose it from the totals.
+    let lost = Outcome { sent_at: Duration::ZERO, kind: Kind::Refused, latency: Duration::ZERO };
+    outcomes.into_iter().map(|o| o.unwrap_or(lost)).collect()
 }
 
-/// One request on its own connection, bounded by `patience`.
-async fn one(addr: SocketAddr, patience: Duration, start: Instant) -> Outcome {
-    let sent = Instant::now();
-    let answer = tokio::time::timeout(patience, exchange(addr)).await;
-    let latency = sent.elapsed();
-    let kind = match &answer {
-        Ok(Ok((status, body))) => Kind::of(Some((*status, body)), false),
-        Ok(Err(_)) => Kind::of(None, false),
-        Err(_) => Kind::of(None, true),
+/// One request on its own connection, bounded by `patience`, judged the demo's way.
+async fn one(addr: SocketAddr, shot: &Shot, patience: Duration, start: Instant) -> Outcome {
+    judge(&exchange(addr, shot, patience, start).await)
+}
+
+/// What the demo makes of an exchange.
+fn judge(exchange: &Exchange) -> Outcome {
+    let kind = match &exchange.result {
+        Ok(answer) if answer.complete => Kind::of(Some((answer.status, &answer.body)), false),
+        // A body cut short: the connection broke, as when the backend's port closed.
+        Ok(_) => Kind::of(None, false),
+        Err(failure) => Kind::of(None, *failure == Failure::TimedOut),
     };
-    // Dropping the connection on timeout closes it, as a client that gives up does.
-    Outcome { sent_at: sent.duration_since(start), kind, latency }
-}
-
-/// Connects, sends the run, reads the whole answer.
-async fn exchange(addr: SocketAddr) -> Result<(u16, Bytes), String> {
-    let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-    stream.set_nodelay(true).map_err(|e| e.to_string())?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
-    let request = http::Request::post(PATH)
-        .header(http::header::HOST, addr.to_string())
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .header(http::header::AUTHORIZATION, APP_KEY)
-        .body(Full::new(Bytes::from_static(BODY.as_bytes())))
-        .map_err(|e| e.to_string())?;
-    let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
-    let status = response.status().as_u16();
-    let body = http_body_util::Limited::new(response.into_body(), MAX_BODY)
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    Ok((status, body))
+    Outcome { sent_at: exchange.sent_at, kind, latency: exchange.took }
 }
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+
     use super::*;
-    use crate::sim::{ServiceTime, SimConfig, Simulator};
+    use crate::loadgen::Answer;
 
-    #[tokio::test]
-    async fn sends_on_schedule_and_classifies_what_comes_back() {
-        let config = SimConfig {
-            db_connections: Some(1),
-            service_time: ServiceTime::Fixed(Duration::from_millis(300)),
-            ..SimConfig::default()
+    fn exchange(result: Result<(u16, &'static str, bool), Failure>) -> Exchange {
+        let answer = |(status, body, complete): (u16, &'static str, bool)| Answer {
+            status,
+            head: Duration::from_millis(5),
+            first_frame: None,
+            body: Bytes::from_static(body.as_bytes()),
+            complete,
         };
-        let sim = Simulator::start(([127, 0, 0, 1], 0).into(), config).await.expect("sim");
-        let live = Arc::new(Live::default());
-        // Two runs 50 ms apart on one DB connection: the second one gets Dify's 500.
-        let plan = Plan { rate: 20.0, count: 2, patience: Duration::from_secs(5) };
-        let outcomes = run(sim.addr(), plan, Instant::now(), Arc::clone(&live)).await;
-        let kinds: Vec<Kind> = outcomes.iter().map(|o| o.kind).collect();
-        assert_eq!(kinds, [Kind::Ok, Kind::TooManyClients]);
-        assert_eq!((live.sent.load(Ordering::Relaxed), live.ok.load(Ordering::Relaxed)), (2, 1));
-        assert_eq!(live.waiting(), 0);
-        assert!(outcomes[1].sent_at >= Duration::from_millis(45), "{:?}", outcomes[1]);
-        assert!(outcomes[0].latency >= Duration::from_millis(300), "{:?}", outcomes[0]);
+        Exchange { sent_at: Duration::from_secs(1), took: Duration::from_secs(2), result: result.map(answer) }
+    }
 
-        // A client with less patience than the run gives up.
-        let plan = Plan { rate: 10.0, count: 1, patience: Duration::from_millis(100) };
-        let outcomes = run(sim.addr(), plan, Instant::now(), Arc::new(Live::default())).await;
-        assert_eq!(outcomes[0].kind, Kind::TimedOut);
+    #[test]
+    fn answers_are_judged_the_demos_way() {
+        let kind = |result| judge(&exchange(result)).kind;
+        assert_eq!(kind(Ok((200, "{}", true))), Kind::Ok);
+        let pg = r#"{"code":"internal_server_error","message":"FATAL: sorry, too many clients already"}"#;
+        assert_eq!(kind(Ok((500, pg, true))), Kind::TooManyClients);
+        assert_eq!(kind(Ok((503, r#"{"code":"server_busy"}"#, true))), Kind::Busy);
+        assert_eq!(kind(Ok((200, "{", false))), Kind::Refused, "a body cut short");
+        assert_eq!(kind(Err(Failure::TimedOut)), Kind::TimedOut);
+        assert_eq!(kind(Err(Failure::Reset)), Kind::Refused);
+        let outcome = judge(&exchange(Ok((200, "{}", true))));
+        assert_eq!((outcome.sent_at, outcome.latency), (Duration::from_secs(1), Duration::from_secs(2)));
+    }
 
-        // Nothing listens any more: refused.
-        let addr = sim.addr();
-        sim.stop().await;
-        let plan = Plan { rate: 10.0, count: 1, patience: Duration::from_secs(2) };
-        let outcomes = run(addr, plan, Instant::now(), Arc::new(Live::default())).await;
-        assert_eq!(outcomes[0].kind, Kind::Refused);
+    #[test]
+    fn waiting_counts_what_was_sent_and_has_not_ended() {
+        let live = Live::default();
+        live.sent.store(5, Ordering::Relaxed);
+        live.ok.store(2, Ordering::Relaxed);
+        live.failed.store(1, Ordering::Relaxed);
+        assert_eq!(live.waiting(), 2);
     }
 }

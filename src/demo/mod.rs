@@ -9,8 +9,9 @@
 //! second, so sharing the machine does not skew either side.
 //!
 //! Files: `scenario` (flags and what they mean), `proxy` (the child dify-shaper), `load` (the
-//! generator), `stats` (outcomes and their summary), `progress` (the live line), `report`
-//! (the table), `verdict` (the paragraph), `story` (intro and next steps).
+//! load and how its answers are judged), `stats` (outcomes and their summary), `progress`
+//! (the live line), `report` (the table), `verdict` (the paragraph), `story` (intro and next
+//! steps).
 
 mod load;
 mod progress;

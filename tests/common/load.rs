@@ -1,16 +1,16 @@
-//! A small open-loop load generator for tests: requests start on schedule whatever happens to
-//! earlier ones (as real clients do), each on its own connection, each with a client timeout
-//! after which the client gives up and closes its connection. Bounded in count and time.
+//! Open-loop load for tests, sent by the crate's generator (`dify_shaper::loadgen`): requests
+//! start on schedule whatever happens to earlier ones (as real clients do), each on its own
+//! connection, each with a client timeout after which the client gives up and closes its
+//! connection. Bounded in count and time. This file keeps the tests' view of the outcomes.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use dify_shaper::loadgen::{exchange, open_loop as schedule, Exchange, Failure};
 use tokio::time::Instant;
 
-use super::request;
+pub use dify_shaper::loadgen::Shot;
 
 /// What happened to one request.
 #[derive(Debug, Clone)]
@@ -85,26 +85,9 @@ impl Report {
     }
 }
 
-/// A request to send: path, JSON body, headers.
-#[derive(Debug, Clone)]
-pub struct Shot {
-    /// Path.
-    pub path: String,
-    /// JSON body (POST) or empty (GET).
-    pub body: String,
-    /// Extra headers.
-    pub headers: Vec<(String, String)>,
-}
-
-impl Shot {
-    /// A blocking workflow run for app `key`.
-    pub fn workflow(key: &str) -> Shot {
-        Shot {
-            path: "/v1/workflows/run".into(),
-            body: r#"{"inputs":{},"response_mode":"blocking","user":"load"}"#.into(),
-            headers: vec![("authorization".into(), format!("Bearer {key}"))],
-        }
-    }
+/// A blocking workflow run for app `key`.
+pub fn workflow(key: &str) -> Shot {
+    Shot::workflow(key, "blocking", "load")
 }
 
 /// Sends `shot` to `addr` at `rate` per second for `duration`, each request giving up after
@@ -118,60 +101,29 @@ pub async fn open_loop(
 ) -> Report {
     let start = Instant::now();
     let total = (rate * duration.as_secs_f64()).round() as usize;
-    let mut tasks = Vec::with_capacity(total);
-    for i in 0..total {
-        let at = start + Duration::from_secs_f64(i as f64 / rate);
-        tokio::time::sleep_until(at).await;
+    let exchanges = schedule(rate, total, start, |_| {
         let shot = shot.clone();
-        tasks.push(tokio::spawn(async move { one(addr, shot, client_timeout, start).await }));
-    }
-    let mut report = Report::default();
-    for task in tasks {
-        if let Ok(outcome) = task.await {
-            report.outcomes.push(outcome);
-        }
-    }
-    report
+        async move { exchange(addr, &shot, client_timeout, start).await }
+    })
+    .await;
+    Report { outcomes: exchanges.into_iter().flatten().map(Outcome::from).collect() }
 }
 
-async fn one(addr: SocketAddr, shot: Shot, client_timeout: Duration, start: Instant) -> Outcome {
-    let sent = Instant::now();
-    let sent_at = sent.duration_since(start);
-    let exchange = async {
-        let stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|e| e.to_string())?;
-        tokio::spawn(conn);
-        let method = if shot.body.is_empty() { "GET" } else { "POST" };
-        let mut builder = request(method, addr, &shot.path).header("content-type", "application/json");
-        for (k, v) in &shot.headers {
-            builder = builder.header(k.as_str(), v.as_str());
+impl From<Exchange> for Outcome {
+    fn from(exchange: Exchange) -> Outcome {
+        let sent_at = exchange.sent_at;
+        let none =
+            Outcome { sent_at, status: None, code: None, latency: None, timed_out: false, error: None };
+        match exchange.result {
+            Ok(answer) if answer.complete => Outcome {
+                status: Some(answer.status),
+                code: (!answer.is_success()).then(|| answer.envelope_code()).flatten(),
+                latency: Some(exchange.took),
+                ..none
+            },
+            Ok(answer) => Outcome { error: Some(format!("{} body cut short", answer.status)), ..none },
+            Err(Failure::TimedOut) => Outcome { timed_out: true, ..none },
+            Err(failure) => Outcome { error: Some(format!("{failure:?}")), ..none },
         }
-        let req = builder.body(Full::new(Bytes::from(shot.body.clone()))).map_err(|e| e.to_string())?;
-        let response = sender.send_request(req).await.map_err(|e| e.to_string())?;
-        let status = response.status().as_u16();
-        let body = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
-        Ok::<_, String>((status, body))
-    };
-    match tokio::time::timeout(client_timeout, exchange).await {
-        Ok(Ok((status, body))) => {
-            let code = (!(200..300).contains(&status))
-                .then(|| serde_json::from_slice::<serde_json::Value>(&body).ok())
-                .flatten()
-                .and_then(|v| v["code"].as_str().map(str::to_string));
-            Outcome {
-                sent_at,
-                status: Some(status),
-                code,
-                latency: Some(sent.elapsed()),
-                timed_out: false,
-                error: None,
-            }
-        }
-        Ok(Err(e)) => {
-            Outcome { sent_at, status: None, code: None, latency: None, timed_out: false, error: Some(e) }
-        }
-        Err(_) => Outcome { sent_at, status: None, code: None, latency: None, timed_out: true, error: None },
     }
 }
