@@ -107,7 +107,8 @@ if ! "$VENV/bin/python" -c 'import matplotlib' 2>/dev/null; then
 fi
 printf '%s\n' "${SCENARIOS[@]}" >"$WORK/scenarios.txt"
 CMD="bash benches/compare.sh"; ((QUICK)) && CMD+=" --quick"; ((ROUNDS > 1)) && CMD+=" --rounds $ROUNDS"
-((WARMUP == 0)) && CMD+=" --cold"; true
+((WARMUP == 0)) && CMD+=" --cold"; ((OVERHEAD)) || CMD+=" --no-overhead"
+[[ -n $ONLY ]] && CMD+=" --only $ONLY"; true
 BENCH_WARMUP=$WARMUP "$VENV/bin/python" benches/lib/report.py "$RUNS" "$WORK/scenarios.txt" "$CMD" "$(( $(date +%s) - T0 ))"
 # The raw per-run results beside the report, for anyone who wants to check a number.
 NAME=compare; ((WARMUP == 0)) && NAME=compare-cold

@@ -89,9 +89,10 @@ for round in $(seq 1 "$ROUNDS"); do
   done
 done
 
-python3 - "$RAW" "$CONNECTIONS" "$SECONDS_PER_ROUND" "$ROUNDS" "$(nginx -v 2>&1 | sed 's/.*\///')" "$(haproxy -v | head -1 | awk '{print $3}')" <<'PY'
+python3 - "$RAW" "$CONNECTIONS" "$SECONDS_PER_ROUND" "$ROUNDS" "$(nginx -v 2>&1 | sed 's/.*\///')" "$(haproxy -v | head -1 | awk '{print $3}')" \
+  "$(date -u '+%Y-%m-%d %H:%M UTC')" "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" <<'PY'
 import json, statistics, sys
-raw, conns, secs, rounds, nginx_v, haproxy_v = sys.argv[1:7]
+raw, conns, secs, rounds, nginx_v, haproxy_v, measured, commit = sys.argv[1:9]
 rows = {}
 for line in open(raw):
     t, _, r, a, b, c, d, cu, cs = line.split()
@@ -126,7 +127,8 @@ for o in out:
     lines.append(f"| {o['label']} | {o['rps']:,.0f} | {o['rps'] / d['rps']:.2f}× | {vs_h} | {cpu} | {o['p50']:.3f} | {o['p99']:.3f} | {add('p50')} | {add('p99')} | "
                  f"{o['p50_1']:.3f} | {o['p99_1']:.3f} | {add('p50_1')} | {add('p99_1')} |")
 md = "\n".join(lines)
-json.dump({"connections": int(conns), "seconds": int(secs), "rounds": int(rounds), "rows": out, "markdown": md},
+json.dump({"connections": int(conns), "seconds": int(secs), "rounds": int(rounds), "measured": measured,
+           "commit": commit, "rows": out, "markdown": md},
           open("benches/results/overhead.json", "w"), indent=1)
 print(md, file=open(raw + ".md", "w"))
 PY
