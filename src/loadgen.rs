@@ -87,11 +87,16 @@ impl Answer {
         (200..300).contains(&self.status)
     }
 
-    /// The `code` of Dify's JSON error envelope (dify-shaper answers in it too).
+    /// The `code` of Dify's JSON error envelope in the body, if it is one.
     pub fn envelope_code(&self) -> Option<String> {
-        let value: serde_json::Value = serde_json::from_slice(&self.body).ok()?;
-        value.get("code")?.as_str().map(str::to_string)
+        envelope_code(&self.body)
     }
+}
+
+/// The `code` of Dify's JSON error envelope (dify-shaper answers in it too).
+pub fn envelope_code(body: &[u8]) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    value.get("code")?.as_str().map(str::to_string)
 }
 
 /// One request's fate.

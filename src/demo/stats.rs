@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use crate::loadgen::envelope_code;
+
 /// How a request ended, in the words an operator of Dify would use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
@@ -43,12 +45,6 @@ impl Kind {
 fn mentions_too_many_clients(body: &[u8]) -> bool {
     const NEEDLE: &[u8] = b"too many clients";
     body.windows(NEEDLE.len()).any(|w| w.eq_ignore_ascii_case(NEEDLE))
-}
-
-/// The `code` of Dify's JSON error envelope (dify-shaper answers in it too).
-fn envelope_code(body: &[u8]) -> Option<String> {
-    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
-    value.get("code")?.as_str().map(str::to_string)
 }
 
 /// What happened to one request.
