@@ -186,10 +186,9 @@ for s in scenarios:
         md.append(row)
     md.append("")
 if overhead:
+    md += ["## Raw overhead", ""]
     if overhead_source:
-        md += ["## Raw overhead", "", f"F{overhead_source[1:]}; its own report: benches/results/overhead.md.", ""]
-    else:
-        md += ["## Raw overhead", ""]
+        md += [f"{overhead_source[0].upper()}{overhead_source[1:]}; its own report: benches/results/overhead.md.", ""]
     md += [overhead["markdown"], ""]
 if bar:
     md += ["## The issue's bar (#7), checked", "",
