@@ -3,7 +3,7 @@
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use dify_shaper::config::{parse_str, Overrides};
-use dify_shaper::proxy::headers::{apply_forwarding, request_id_from};
+use dify_shaper::proxy::headers::{apply_forwarding, request_id_from, ForwardingMode, TrustedProxies};
 use pingora::http::RequestHeader;
 
 fn routing(c: &mut Criterion) {
@@ -28,11 +28,12 @@ fn headers(c: &mut Criterion) {
     template.insert_header("host", "dify.example").expect("header");
     template.insert_header("x-forwarded-for", "10.0.0.1").expect("header");
     let ip = Some("127.0.0.1".parse().expect("ip"));
+    let trusted = TrustedProxies::defaults();
     c.bench_function("request id + X-Forwarded-*", |b| {
         b.iter(|| {
             let mut req = template.clone();
             let id = request_id_from(&req);
-            apply_forwarding(&mut req, &id, ip).expect("headers");
+            apply_forwarding(&mut req, &id, ForwardingMode::Trusted, &trusted, ip).expect("headers");
             req
         })
     });

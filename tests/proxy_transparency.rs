@@ -96,27 +96,69 @@ async fn sse_events_arrive_as_the_backend_sends_them() {
     assert!(span > Duration::from_millis(900), "events were coalesced: all arrived within {span:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn forwarding_headers_host_and_request_id() {
-    let sim = sim().await;
-    let proxy = ProxyProcess::start_default(sim.addr()).await;
+/// Sends `GET /sim/echo` as a client from 127.0.0.1 claiming `X-Forwarded-For: 203.0.113.7`
+/// (and, to Dify, `X-Real-IP`/`CF-Connecting-IP`); returns the response's `X-Request-Id`, the
+/// backend's echo, and every `X-Forwarded-For` line the backend received.
+async fn echo_with_forwarded_for(proxy: &ProxyProcess) -> (String, serde_json::Value, Vec<String>) {
     let req = http::Request::builder()
         .uri("/sim/echo?x=1")
         .header("host", "dify.example.com")
-        .header("x-forwarded-for", "10.9.8.7")
+        .header("x-forwarded-for", "203.0.113.7")
+        .header("x-real-ip", "203.0.113.8")
+        .header("cf-connecting-ip", "203.0.113.9")
         .body(Full::new(Bytes::new()))
         .expect("request");
     let (status, headers, body) = fetch(proxy.addr, req).await;
     assert_eq!(status, 200);
     let echo = json(&body);
+    let xff = echo["header_list"]
+        .as_array()
+        .expect("header_list")
+        .iter()
+        .filter(|pair| pair[0] == "x-forwarded-for")
+        .filter_map(|pair| pair[1].as_str().map(str::to_string))
+        .collect();
+    let id = headers.get("x-request-id").and_then(|v| v.to_str().ok()).expect("x-request-id").to_string();
+    (id, echo, xff)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_headers_host_and_request_id() {
+    let sim = sim().await;
+    // Default (`trusted`, loopback trusted): a proxy in front on 127.0.0.1 — Dify's nginx in
+    // the sidecar setup — has its X-Forwarded-For passed through exactly, so Dify (which takes
+    // the first line whole) stores the client's IP and not "client, hop".
+    let proxy = ProxyProcess::start_default(sim.addr()).await;
+    let (generated, echo, xff) = echo_with_forwarded_for(&proxy).await;
     let header = |name: &str| echo["headers"][name].as_str().map(str::to_string);
+    assert_eq!(xff, ["203.0.113.7"], "{echo}");
+    assert_eq!(header("x-real-ip").as_deref(), Some("203.0.113.8"), "a trusted peer's headers pass");
     assert_eq!(header("host").as_deref(), Some("dify.example.com"), "{echo}");
-    assert_eq!(header("x-forwarded-for").as_deref(), Some("10.9.8.7, 127.0.0.1"), "{echo}");
     assert_eq!(header("x-forwarded-proto").as_deref(), Some("http"));
     assert_eq!(header("x-forwarded-host").as_deref(), Some("dify.example.com"));
-    let generated = headers.get("x-request-id").and_then(|v| v.to_str().ok()).expect("x-request-id");
     assert_eq!(generated.len(), 32);
-    assert_eq!(header("x-request-id").as_deref(), Some(generated), "the backend saw the same id");
+    assert_eq!(header("x-request-id").as_deref(), Some(generated.as_str()), "the backend saw the same id");
+    drop(proxy);
+
+    let config = |server: &str| {
+        format!(
+            "[server]\n{server}\n[upstreams.api]\nservers = [\"{}\"]\n[[routes]]\nprefix = \"/\"\nupstream = \"api\"\n",
+            sim.addr()
+        )
+    };
+    // Nobody trusted: the same request is a client speaking for itself, so what it claims is
+    // replaced by the address it connected from, and Dify's preferred headers are dropped.
+    let proxy = ProxyProcess::start(&config("trusted_proxies = []")).await;
+    let (_, echo, xff) = echo_with_forwarded_for(&proxy).await;
+    assert_eq!(xff, ["127.0.0.1"], "{echo}");
+    assert!(echo["headers"]["x-real-ip"].is_null(), "{echo}");
+    assert!(echo["headers"]["cf-connecting-ip"].is_null(), "{echo}");
+    drop(proxy);
+
+    // `append`: the classic chain, for backends that parse the list themselves.
+    let proxy = ProxyProcess::start(&config("forwarding = \"append\"")).await;
+    let (_, echo, xff) = echo_with_forwarded_for(&proxy).await;
+    assert_eq!(xff, ["203.0.113.7, 127.0.0.1"], "{echo}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -24,6 +24,7 @@ use super::{
 };
 use crate::admission::tenant::TenantSource;
 use crate::admission::AdmissionPolicy;
+use crate::proxy::headers::TrustedProxies;
 use crate::proxy::routing::{Route, Router};
 
 /// The embedded default config used when `run` gets no `--config`.
@@ -120,6 +121,7 @@ fn build(raw: RawConfig, at: &Locator<'_>, overrides: &Overrides) -> Result<Conf
             format!("{} is out of range: expected 1KiB..=1MiB", server.client_read_buffer),
         ));
     }
+    let trusted_proxies = build_trusted_proxies(server.trusted_proxies.as_deref(), at)?;
     let server_settings = ServerSettings {
         listen: overrides.listen.map_or_else(|| server.listen.clone(), |a| vec![a]),
         admin: overrides.admin.unwrap_or(server.admin),
@@ -134,6 +136,8 @@ fn build(raw: RawConfig, at: &Locator<'_>, overrides: &Overrides) -> Result<Conf
         resolve_interval: server.resolve_interval,
         upstream_keepalive_pool: server.upstream_keepalive_pool,
         shutdown_grace: server.shutdown_grace,
+        forwarding: server.forwarding,
+        trusted_proxies,
     };
     let log =
         LogSettings { format: raw.log.format, level: raw.log.level.clone(), access_log: raw.log.access_log };
@@ -217,6 +221,22 @@ fn build(raw: RawConfig, at: &Locator<'_>, overrides: &Overrides) -> Result<Conf
         router,
         maintenance,
     })
+}
+
+/// `server.trusted_proxies`, parsed once here so a request only compares addresses. Unset
+/// means loopback and the private ranges; an empty list trusts no peer.
+fn build_trusted_proxies(
+    raw: Option<&[Spanned<String>]>,
+    at: &Locator<'_>,
+) -> Result<TrustedProxies, ConfigError> {
+    let Some(entries) = raw else { return Ok(TrustedProxies::defaults()) };
+    let mut ranges = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let range = TrustedProxies::parse_range(entry.get_ref())
+            .map_err(|m| at.error(entry.span(), Some("server.trusted_proxies".into()), m))?;
+        ranges.push(range);
+    }
+    Ok(TrustedProxies::new(ranges))
 }
 
 fn build_maintenance(

@@ -25,6 +25,7 @@ pub use units::{ByteSize, HumanDuration};
 use crate::admission::limit::LimitSettings;
 use crate::admission::tenant::TenantSource;
 use crate::admission::{AdmissionPolicy, ClassPolicy};
+use crate::proxy::headers::{ForwardingMode, TrustedProxies};
 use crate::proxy::routing::Router;
 
 /// A validated, effective configuration.
@@ -186,6 +187,10 @@ pub struct ServerSettings {
     pub upstream_keepalive_pool: usize,
     /// SIGTERM grace for in-flight requests.
     pub shutdown_grace: HumanDuration,
+    /// What happens to the forwarding headers a request arrives with.
+    pub forwarding: ForwardingMode,
+    /// Peers whose forwarding headers are believed in `trusted` mode (parsed at load).
+    pub trusted_proxies: TrustedProxies,
 }
 
 /// `[log]` after validation.

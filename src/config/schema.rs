@@ -10,6 +10,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use toml::Spanned;
 
 use super::units::{ByteSize, HumanDuration};
+use crate::proxy::headers::ForwardingMode;
 
 /// The whole file.
 #[derive(Debug, Default, Deserialize)]
@@ -123,6 +124,14 @@ pub struct RawServer {
     /// How long a SIGTERM waits for in-flight requests before the process exits.
     #[serde(default = "default_shutdown_grace")]
     pub shutdown_grace: HumanDuration,
+    /// What happens to `X-Forwarded-*` (and `Forwarded`, `X-Real-IP`, `CF-Connecting-IP`):
+    /// `trusted` (default), `append` or `replace`.
+    #[serde(default)]
+    pub forwarding: ForwardingMode,
+    /// Peers whose forwarding headers are believed in `trusted` mode: CIDR ranges or single
+    /// addresses; default loopback and the private ranges.
+    #[serde(default)]
+    pub trusted_proxies: Option<Vec<Spanned<String>>>,
 }
 
 impl Default for RawServer {
@@ -137,6 +146,8 @@ impl Default for RawServer {
             resolve_interval: default_resolve_interval(),
             upstream_keepalive_pool: default_keepalive_pool(),
             shutdown_grace: default_shutdown_grace(),
+            forwarding: ForwardingMode::default(),
+            trusted_proxies: None,
         }
     }
 }

@@ -1,16 +1,124 @@
 //! Header policy on the way to the upstream: the request id (taken from the client when sane,
-//! generated otherwise) and the `X-Forwarded-*` family.
+//! generated otherwise) and the forwarding headers (`X-Forwarded-*`, `Forwarded`, `X-Real-IP`,
+//! `CF-Connecting-IP`).
 //!
-//! `X-Forwarded-For` is appended to (each hop adds the address it saw); `X-Forwarded-Proto`
-//! and `X-Forwarded-Host` are set only when absent, because when dify-shaper sits behind
-//! Dify's nginx those already describe the original client and must not be overwritten.
+//! Dify 1.x takes the client IP from `CF-Connecting-IP`, else from the *first
+//! `X-Forwarded-For` line as a whole*, else from the socket peer. Behind Dify's own nginx that
+//! line already names the client (`$proxy_add_x_forwarded_for`); appending our hop to it would
+//! make Dify store `"203.0.113.7, 172.18.0.5"` as the client IP. So by default
+//! ([`ForwardingMode::Trusted`]) the headers of a trusted proxy pass through untouched, and
+//! those of anyone else are replaced by what this connection shows, so a client that reaches
+//! us directly cannot choose the IP Dify records (rate limits, audit logs, end-user records).
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use http::header::HeaderValue;
+use ipnet::IpNet;
 use pingora::http::RequestHeader;
-use pingora::Result;
+use pingora::{Error, ErrorType, Result};
+use serde::{Deserialize, Serialize};
 
 use super::envelope::REQUEST_ID;
+
+const X_FORWARDED_FOR: &str = "x-forwarded-for";
+const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
+const X_FORWARDED_HOST: &str = "x-forwarded-host";
+
+/// Every header through which a client could claim another address, scheme or host. Port and
+/// prefix are in the list because Werkzeug's `ProxyFix`, which a Flask app such as Dify's API
+/// can be wrapped in, reads them alongside the others; `CF-Connecting-IP` because Dify
+/// prefers it over `X-Forwarded-For`.
+const FORWARDING_HEADERS: [&str; 8] = [
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "forwarded",
+    "x-real-ip",
+    "cf-connecting-ip",
+];
+
+/// `server.forwarding`: what happens to the forwarding headers a request arrives with.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ForwardingMode {
+    /// From a peer in `server.trusted_proxies` they pass through untouched (`X-Forwarded-For`
+    /// is set to the peer only when missing; `-Proto`/`-Host` only when absent); from any
+    /// other peer they are dropped and set from the connection.
+    #[default]
+    Trusted,
+    /// The peer is appended to `X-Forwarded-For` (all incoming lines are kept, joined into
+    /// one list); everything else passes through, `-Proto`/`-Host` set when absent. For a
+    /// backend that walks the list itself.
+    Append,
+    /// Incoming forwarding headers are always dropped and set from the connection.
+    Replace,
+}
+
+/// The peers (`server.trusted_proxies`) whose forwarding headers are believed in
+/// [`ForwardingMode::Trusted`]; parsed once when the config is loaded.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrustedProxies(Vec<IpNet>);
+
+/// Loopback and the private ranges, like Rails' default trusted proxies: Dify's nginx reaches
+/// dify-shaper over a docker network (Docker's default pools are in 172.16.0.0/12 and
+/// 192.168.0.0/16; other private ranges when configured).
+pub const DEFAULT_TRUSTED_PROXIES: [IpNet; 6] = [
+    IpNet::new_assert(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 0)), 8),
+    IpNet::new_assert(IpAddr::V6(Ipv6Addr::LOCALHOST), 128),
+    IpNet::new_assert(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 0)), 8),
+    IpNet::new_assert(IpAddr::V4(Ipv4Addr::new(172, 16, 0, 0)), 12),
+    IpNet::new_assert(IpAddr::V4(Ipv4Addr::new(192, 168, 0, 0)), 16),
+    IpNet::new_assert(IpAddr::V6(Ipv6Addr::new(0xfc00, 0, 0, 0, 0, 0, 0, 0)), 7),
+];
+
+/// No trusted peer: what a request without a config snapshot falls back to.
+pub static NO_TRUSTED_PROXIES: TrustedProxies = TrustedProxies(Vec::new());
+
+impl TrustedProxies {
+    /// These ranges.
+    pub fn new(ranges: Vec<IpNet>) -> Self {
+        TrustedProxies(ranges)
+    }
+
+    /// Loopback and the private ranges ([`DEFAULT_TRUSTED_PROXIES`]).
+    pub fn defaults() -> Self {
+        TrustedProxies(DEFAULT_TRUSTED_PROXIES.to_vec())
+    }
+
+    /// Parses one entry: CIDR notation (`"10.0.0.0/8"`) or a single address (`"192.0.2.10"`,
+    /// taken as `/32` or `/128`). Host bits below the prefix are cleared.
+    pub fn parse_range(text: &str) -> std::result::Result<IpNet, String> {
+        text.parse::<IpNet>()
+            .map(|net| net.trunc())
+            .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+            .map_err(|_| {
+                format!(
+                    "{text:?} is not an address range: expected CIDR notation like \"10.0.0.0/8\" \
+                     or a single address like \"192.0.2.10\""
+                )
+            })
+    }
+
+    /// The ranges, in configured order.
+    pub fn ranges(&self) -> &[IpNet] {
+        &self.0
+    }
+
+    /// Whether `ip` is in one of the ranges. An IPv4 peer seen on a dual-stack listener as
+    /// `::ffff:a.b.c.d` matches the IPv4 ranges.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.0.iter().any(|net| net.contains(&ip))
+    }
+}
+
+impl Serialize for TrustedProxies {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter().map(ToString::to_string))
+    }
+}
 
 /// The client's request id if it is 1–128 visible ASCII characters, else a fresh UUID.
 pub fn request_id_from(header: &RequestHeader) -> String {
@@ -29,66 +137,92 @@ fn new_request_id() -> String {
     uuid::Builder::from_random_bytes(rand::random()).into_uuid().simple().to_string()
 }
 
-/// Adds `X-Request-Id` and the `X-Forwarded-*` headers to the upstream request.
+/// Adds `X-Request-Id` and sets the forwarding headers of the upstream request according to
+/// `mode`; `peer` is the socket peer's address (`None` when unknown: then nothing the client
+/// sent is trusted and no `X-Forwarded-For` is added).
 pub fn apply_forwarding(
     upstream: &mut RequestHeader,
     request_id: &str,
-    client_ip: Option<IpAddr>,
+    mode: ForwardingMode,
+    trusted: &TrustedProxies,
+    peer: Option<IpAddr>,
 ) -> Result<()> {
     upstream.insert_header(REQUEST_ID, request_id)?;
-    if let Some(ip) = client_ip {
-        let forwarded_for = match upstream.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-            Some(existing) if !existing.trim().is_empty() => format!("{existing}, {ip}"),
-            _ => ip.to_string(),
-        };
-        upstream.insert_header("x-forwarded-for", forwarded_for)?;
+    // `::ffff:a.b.c.d` from a dual-stack listener is the IPv4 client; Dify should see it so.
+    let peer = peer.map(|ip| ip.to_canonical());
+    match (mode, peer) {
+        (ForwardingMode::Trusted, Some(ip)) if trusted.contains(ip) => keep_from_trusted(upstream, ip),
+        (ForwardingMode::Append, _) => append_hop(upstream, peer),
+        (ForwardingMode::Trusted | ForwardingMode::Replace, _) => set_from_connection(upstream, peer),
     }
-    if !upstream.headers.contains_key("x-forwarded-proto") {
-        upstream.insert_header("x-forwarded-proto", "http")?;
+}
+
+/// A trusted proxy's headers describe the original client: only fill in what it left out.
+fn keep_from_trusted(upstream: &mut RequestHeader, peer: IpAddr) -> Result<()> {
+    let has_forwarded_for =
+        upstream.headers.get_all(X_FORWARDED_FOR).iter().any(|v| !v.as_bytes().trim_ascii().is_empty());
+    if !has_forwarded_for {
+        upstream.insert_header(X_FORWARDED_FOR, peer.to_string())?;
     }
-    if !upstream.headers.contains_key("x-forwarded-host") {
+    set_proto_and_host_if_absent(upstream)
+}
+
+/// Classic proxy chaining: the peer becomes the last entry of `X-Forwarded-For`. Several
+/// incoming lines are one list (RFC 9110 §5.3), joined in order as nginx does, so none is lost.
+fn append_hop(upstream: &mut RequestHeader, peer: Option<IpAddr>) -> Result<()> {
+    if let Some(ip) = peer {
+        let mut list = forwarded_for_entries(upstream).join(b", ".as_slice());
+        if !list.is_empty() {
+            list.extend_from_slice(b", ");
+        }
+        list.extend_from_slice(ip.to_string().as_bytes());
+        upstream.insert_header(X_FORWARDED_FOR, header_value(list)?)?;
+    }
+    set_proto_and_host_if_absent(upstream)
+}
+
+/// Nothing the client sent about its origin is kept; the headers say what this connection
+/// shows. dify-shaper listens on plain HTTP, hence `http`.
+fn set_from_connection(upstream: &mut RequestHeader, peer: Option<IpAddr>) -> Result<()> {
+    for name in FORWARDING_HEADERS {
+        upstream.remove_header(name);
+    }
+    if let Some(ip) = peer {
+        upstream.insert_header(X_FORWARDED_FOR, ip.to_string())?;
+    }
+    set_proto_and_host_if_absent(upstream)
+}
+
+/// `X-Forwarded-Proto` and `X-Forwarded-Host` only when absent: when present they come from a
+/// proxy in front (or survived only because the mode keeps them) and describe the client.
+fn set_proto_and_host_if_absent(upstream: &mut RequestHeader) -> Result<()> {
+    if !upstream.headers.contains_key(X_FORWARDED_PROTO) {
+        upstream.insert_header(X_FORWARDED_PROTO, "http")?;
+    }
+    if !upstream.headers.contains_key(X_FORWARDED_HOST) {
         if let Some(host) = upstream.headers.get(http::header::HOST).cloned() {
-            upstream.insert_header("x-forwarded-host", host)?;
+            upstream.insert_header(X_FORWARDED_HOST, host)?;
         }
     }
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn request(headers: &[(&'static str, &str)]) -> RequestHeader {
-        let mut req = RequestHeader::build("GET", b"/v1/info", None).expect("request");
-        for (k, v) in headers {
-            req.append_header(*k, *v).expect("header");
-        }
-        req
-    }
-
-    #[test]
-    fn request_id_is_kept_when_sane_and_generated_otherwise() {
-        assert_eq!(request_id_from(&request(&[("x-request-id", "abc-123")])), "abc-123");
-        let generated = request_id_from(&request(&[("x-request-id", "has space")]));
-        assert_eq!(generated.len(), 32);
-        assert_ne!(request_id_from(&request(&[])), request_id_from(&request(&[])));
-        let id = uuid::Uuid::parse_str(&generated).expect("a uuid");
-        assert_eq!(id.get_version(), Some(uuid::Version::Random));
-    }
-
-    #[test]
-    fn forwarded_for_is_appended_and_proto_host_preserved() {
-        let mut req = request(&[
-            ("host", "dify.example"),
-            ("x-forwarded-for", "10.0.0.1"),
-            ("x-forwarded-proto", "https"),
-        ]);
-        apply_forwarding(&mut req, "rid", Some("127.0.0.2".parse().expect("ip"))).expect("apply");
-        let get = |k: &str| req.headers.get(k).and_then(|v| v.to_str().ok()).map(str::to_string);
-        assert_eq!(get("x-forwarded-for").as_deref(), Some("10.0.0.1, 127.0.0.2"));
-        assert_eq!(get("x-forwarded-proto").as_deref(), Some("https"));
-        assert_eq!(get("x-forwarded-host").as_deref(), Some("dify.example"));
-        assert_eq!(get("x-request-id").as_deref(), Some("rid"));
-        assert_eq!(get("host").as_deref(), Some("dify.example"));
-    }
+/// The non-blank `X-Forwarded-For` lines, trimmed, in order (raw bytes: a value that is not
+/// UTF-8 is still carried along rather than dropped).
+fn forwarded_for_entries(upstream: &RequestHeader) -> Vec<Vec<u8>> {
+    upstream
+        .headers
+        .get_all(X_FORWARDED_FOR)
+        .iter()
+        .map(|v| v.as_bytes().trim_ascii().to_vec())
+        .filter(|v| !v.is_empty())
+        .collect()
 }
+
+fn header_value(bytes: Vec<u8>) -> Result<HeaderValue> {
+    HeaderValue::from_bytes(&bytes)
+        .or_else(|e| Error::e_explain(ErrorType::InvalidHTTPHeader, format!("x-forwarded-for: {e}")))
+}
+
+#[cfg(test)]
+mod tests;

@@ -33,7 +33,7 @@ use super::access_log::log_request;
 use super::admit::{asks_for_stream, preread_small_body, wait_for_slot, Admitted};
 use super::ctx::{RequestCtx, Routed};
 use super::envelope::{ErrorReply, REQUEST_ID};
-use super::headers::{apply_forwarding, request_id_from};
+use super::headers::{apply_forwarding, request_id_from, ForwardingMode, NO_TRUSTED_PROXIES};
 use super::outcome::classify;
 use super::sse;
 use crate::admission::tenant::tenant_of;
@@ -388,8 +388,13 @@ impl ProxyHttp for DifyProxy {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let client_ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
-        apply_forwarding(upstream_request, &ctx.request_id, client_ip)?;
+        let peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        // request_filter always sets the snapshot; should it be missing, no peer is trusted.
+        let (mode, trusted) =
+            ctx.config.as_deref().map_or((ForwardingMode::Replace, &NO_TRUSTED_PROXIES), |c| {
+                (c.server.forwarding, &c.server.trusted_proxies)
+            });
+        apply_forwarding(upstream_request, &ctx.request_id, mode, trusted, peer)?;
         let reuse = ctx
             .routed
             .as_ref()

@@ -207,3 +207,58 @@ fn an_admin_listener_off_loopback_needs_a_token() {
     let with_token = VALID.replace("[server]\n", "[server]\nadmin = \"0.0.0.0:9090\"\nadmin_token = \"t\"\n");
     assert_eq!(load(&with_token).expect("valid").server.admin_token.as_deref(), Some("t"));
 }
+
+/// `server.forwarding` and `server.trusted_proxies`: defaults, printing, and errors that name
+/// the place in the file.
+mod forwarding_tests {
+    use super::*;
+    use crate::proxy::headers::ForwardingMode;
+
+    #[test]
+    fn defaults_trust_loopback_and_private_ranges_and_are_printed() {
+        let config = load_embedded(&Overrides::default()).expect("embedded defaults");
+        assert_eq!(config.server.forwarding, ForwardingMode::Trusted);
+        assert_eq!(config.server.trusted_proxies, TrustedProxies::defaults());
+        let printed = toml::to_string_pretty(&config).expect("print");
+        assert!(printed.contains("forwarding = \"trusted\""), "{printed}");
+        let ranges = ["127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"];
+        for range in ranges {
+            assert!(printed.contains(&format!("\"{range}\"")), "{range} missing:\n{printed}");
+        }
+        assert!(printed.contains("trusted_proxies = ["), "{printed}");
+    }
+
+    #[test]
+    fn modes_and_ranges_load() {
+        let text =
+            "[server]\nforwarding = \"append\"\ntrusted_proxies = [\"203.0.113.0/24\", \"2001:db8::1\"]\n";
+        let config = load(text).expect("valid");
+        assert_eq!(config.server.forwarding, ForwardingMode::Append);
+        let ranges: Vec<String> =
+            config.server.trusted_proxies.ranges().iter().map(|n| n.to_string()).collect();
+        assert_eq!(ranges, ["203.0.113.0/24", "2001:db8::1/128"]);
+        let config = load("[server]\nforwarding = \"replace\"\ntrusted_proxies = []\n").expect("valid");
+        assert_eq!(config.server.forwarding, ForwardingMode::Replace);
+        assert!(config.server.trusted_proxies.ranges().is_empty(), "an empty list trusts no one");
+    }
+
+    #[test]
+    fn a_bad_range_names_line_column_and_key() {
+        let e = err("[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"10.0.0.0/33\"]\n");
+        assert!(
+            e.starts_with("test.toml:2:34: server.trusted_proxies: \"10.0.0.0/33\" is not an address range"),
+            "{e}"
+        );
+        let e = err("[server]\nlisten = \"127.0.0.1:8080\"\n\ntrusted_proxies = [\n  \"nginx\",\n]\n");
+        assert!(e.starts_with("test.toml:5:3: server.trusted_proxies: \"nginx\""), "{e}");
+        let e = err("[server]\ntrusted_proxies = \"10.0.0.0/8\"\n");
+        assert!(e.starts_with("test.toml:2:19: server.trusted_proxies: "), "{e}");
+    }
+
+    #[test]
+    fn an_unknown_mode_names_line_column_and_the_choices() {
+        let e = err("[server]\nforwarding = \"prepend\"\n");
+        assert!(e.starts_with("test.toml:2:14: server.forwarding: "), "{e}");
+        assert!(e.contains("`trusted`") && e.contains("`append`") && e.contains("`replace`"), "{e}");
+    }
+}
