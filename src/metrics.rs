@@ -3,11 +3,16 @@
 //!
 //! Two kinds:
 //! - **per request**, recorded once when a request ends ([`Metrics::request_done`]): counts by
-//!   route, class and status, the time to answer, the queue wait, retries, proxy errors by code;
+//!   route, class, upstream and status, the time to answer, the time to the first byte, the
+//!   queue wait, retries, proxy errors by code;
 //! - **state**, read at scrape time from the run-time state that already keeps it (admission
 //!   snapshot, endpoint health, maintenance view, retry budget, reload counts): gauges, and
 //!   counters those structures count anyway. Reading them at scrape time keeps the request
 //!   path free of metric bookkeeping for them and can never drift from `/status`.
+//!
+//! Besides those, the standard `process_*` metrics of the proxy process (Linux: memory, CPU,
+//! file descriptors, threads, start time), under their usual names so existing dashboards
+//! and alerts find them.
 //!
 //! Labels are bounded: routes and classes come from the config, statuses are HTTP codes,
 //! upstreams and endpoints are configured, tenants are the top ten waiting (redacted keys).
@@ -23,9 +28,28 @@ use crate::maintenance::state::Phase;
 /// Request durations: Dify answers pings in milliseconds and runs workflows for 15 s or more.
 const DURATION_BUCKETS: &[f64] =
     &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 60.0, 120.0, 300.0];
+/// Time to first byte: a ping or a cached answer in milliseconds, a model's first event in
+/// a few hundred milliseconds to seconds (finer steps there, where latency targets sit), a
+/// blocking workflow only when it is done (minutes).
+const FIRST_BYTE_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0,
+    60.0, 120.0, 300.0,
+];
 /// Queue waits: most are zero; held requests wait through a restart (minutes).
 const WAIT_BUCKETS: &[f64] =
     &[0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0];
+
+/// The standard process metrics the collector exports on Linux, under their usual unprefixed
+/// names (existing process dashboards and alerts find them).
+pub const PROCESS_METRICS: [&str; 7] = [
+    "process_cpu_seconds_total",
+    "process_open_fds",
+    "process_max_fds",
+    "process_resident_memory_bytes",
+    "process_virtual_memory_bytes",
+    "process_start_time_seconds",
+    "process_threads",
+];
 
 /// The metrics recorded per request; the state metrics are built at scrape time.
 #[derive(Debug)]
@@ -33,6 +57,7 @@ pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
     duration: HistogramVec,
+    first_byte: HistogramVec,
     queue_wait: HistogramVec,
     retries: IntCounterVec,
     proxy_errors: IntCounterVec,
@@ -47,10 +72,14 @@ pub struct RequestDone<'a> {
     pub class: &'a str,
     /// Upstream; `-` when unrouted.
     pub upstream: &'a str,
-    /// Status sent to the client (0: none, the client left first).
+    /// Status sent to the client; `499` when the client left before one was sent.
     pub status: u16,
     /// Arrival to the end of the response.
     pub seconds: f64,
+    /// Arrival to the first byte the user waits for (see
+    /// [`RequestCtx::time_to_first_byte`](crate::proxy::ctx::RequestCtx::time_to_first_byte));
+    /// `None` when the backend never answered.
+    pub first_byte: Option<f64>,
     /// Time queued for admission, when it was admitted.
     pub queue_wait: Option<f64>,
     /// Attempts beyond the first.
@@ -60,20 +89,31 @@ pub struct RequestDone<'a> {
 }
 
 impl Metrics {
-    /// Defines and registers the per-request metrics.
+    /// Defines and registers the per-request metrics and the process collector.
     pub fn new() -> Result<Metrics, prometheus::Error> {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
             Opts::new(
                 "dify_shaper_requests_total",
-                "Requests answered, by route, class and status (0: client left)",
+                "Requests finished, by route, class, upstream and status (499: the client left \
+                 before a status was sent)",
             ),
-            &["route", "class", "status"],
+            &["route", "class", "upstream", "status"],
         )?;
         let duration = HistogramVec::new(
             HistogramOpts::new("dify_shaper_request_duration_seconds", "Arrival to the end of the response")
                 .buckets(DURATION_BUCKETS.to_vec()),
             &["route", "class"],
+        )?;
+        let first_byte = HistogramVec::new(
+            HistogramOpts::new(
+                "dify_shaper_time_to_first_byte_seconds",
+                "Arrival (queue included) to the first byte of the backend's answer: for an event \
+                 stream the first body chunk sent to the client, otherwise the response header. \
+                 Answers the proxy made itself are not observed",
+            )
+            .buckets(FIRST_BYTE_BUCKETS.to_vec()),
+            &["route", "class", "upstream"],
         )?;
         let queue_wait = HistogramVec::new(
             HistogramOpts::new("dify_shaper_queue_wait_seconds", "Time a request waited for admission")
@@ -93,17 +133,24 @@ impl Metrics {
         )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
+        registry.register(Box::new(first_byte.clone()))?;
         registry.register(Box::new(queue_wait.clone()))?;
         registry.register(Box::new(retries.clone()))?;
         registry.register(Box::new(proxy_errors.clone()))?;
-        Ok(Metrics { registry, requests, duration, queue_wait, retries, proxy_errors })
+        // Read from /proc at scrape time, like the state metrics; the module exists on Linux only.
+        #[cfg(target_os = "linux")]
+        registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
+        Ok(Metrics { registry, requests, duration, first_byte, queue_wait, retries, proxy_errors })
     }
 
     /// Records a finished request.
     pub fn request_done(&self, done: RequestDone<'_>) {
         let status = done.status.to_string();
-        self.requests.with_label_values(&[done.route, done.class, &status]).inc();
+        self.requests.with_label_values(&[done.route, done.class, done.upstream, &status]).inc();
         self.duration.with_label_values(&[done.route, done.class]).observe(done.seconds);
+        if let Some(first_byte) = done.first_byte {
+            self.first_byte.with_label_values(&[done.route, done.class, done.upstream]).observe(first_byte);
+        }
         if let Some(wait) = done.queue_wait {
             self.queue_wait.with_label_values(&[done.upstream, done.class]).observe(wait);
         }
@@ -290,28 +337,104 @@ fn state_registry(app: &App) -> Result<Registry, prometheus::Error> {
 mod tests {
     use super::*;
 
+    fn done(status: u16, first_byte: Option<f64>) -> RequestDone<'static> {
+        RequestDone {
+            route: "/v1",
+            class: "run",
+            upstream: "api",
+            status,
+            seconds: 0.2,
+            first_byte,
+            queue_wait: None,
+            retries: 0,
+            proxy_error: None,
+        }
+    }
+
+    fn text(metrics: &Metrics) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new().encode(&metrics.registry.gather(), &mut out).expect("encode");
+        String::from_utf8(out).expect("utf8")
+    }
+
     #[test]
     fn request_metrics_render_in_text_format() {
         let metrics = Metrics::new().expect("metrics");
         metrics.request_done(RequestDone {
-            route: "/v1",
-            class: "run",
-            upstream: "api",
-            status: 503,
-            seconds: 0.2,
             queue_wait: Some(0.1),
             retries: 2,
             proxy_error: Some("server_busy"),
+            ..done(503, None)
         });
-        let mut out = Vec::new();
-        TextEncoder::new().encode(&metrics.registry.gather(), &mut out).expect("encode");
-        let text = String::from_utf8(out).expect("utf8");
+        let text = text(&metrics);
         assert!(
-            text.contains(r#"dify_shaper_requests_total{class="run",route="/v1",status="503"} 1"#),
+            text.contains(
+                r#"dify_shaper_requests_total{class="run",route="/v1",status="503",upstream="api"} 1"#
+            ),
             "{text}"
         );
         assert!(text.contains(r#"dify_shaper_retries_total{upstream="api"} 2"#));
         assert!(text.contains(r#"dify_shaper_proxy_errors_total{code="server_busy"} 1"#));
         assert!(text.contains("dify_shaper_queue_wait_seconds_bucket"));
+        assert!(
+            !text.contains("dify_shaper_time_to_first_byte_seconds_count"),
+            "the proxy's own answer is no backend latency: {text}"
+        );
+    }
+
+    #[test]
+    fn time_to_first_byte_is_observed_by_route_class_and_upstream() {
+        let metrics = Metrics::new().expect("metrics");
+        metrics.request_done(done(200, Some(0.375)));
+        metrics.request_done(done(200, Some(12.0)));
+        let text = text(&metrics);
+        let series = r#"{class="run",route="/v1",upstream="api"}"#;
+        assert!(text.contains(&format!("dify_shaper_time_to_first_byte_seconds_count{series} 2")), "{text}");
+        assert!(
+            text.contains(&format!("dify_shaper_time_to_first_byte_seconds_sum{series} 12.375")),
+            "{text}"
+        );
+        let bucket = |le: &str| {
+            format!(
+                r#"dify_shaper_time_to_first_byte_seconds_bucket{{class="run",route="/v1",upstream="api",le="{le}"}}"#
+            )
+        };
+        assert!(text.contains(&format!("{} 0", bucket("0.25"))), "{text}");
+        assert!(text.contains(&format!("{} 1", bucket("0.5"))), "{text}");
+        assert!(text.contains(&format!("{} 2", bucket("15"))), "{text}");
+        assert!(text.contains(&format!("{} 2", bucket("300"))), "{text}");
+        assert!(text.contains(&format!("{} 2", bucket("+Inf"))), "{text}");
+    }
+
+    #[test]
+    fn a_client_that_left_counts_as_499() {
+        let metrics = Metrics::new().expect("metrics");
+        let left = crate::proxy::outcome::recorded_status(None);
+        metrics.request_done(done(left, None));
+        let text = text(&metrics);
+        assert!(
+            text.contains(
+                r#"dify_shaper_requests_total{class="run",route="/v1",status="499",upstream="api"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(!text.contains(r#"status="0""#), "{text}");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn process_metrics_are_exported() {
+        let metrics = Metrics::new().expect("metrics");
+        let families = metrics.registry.gather();
+        let names: Vec<&str> = families.iter().map(|f| f.name()).collect();
+        for name in PROCESS_METRICS {
+            assert!(names.contains(&name), "{name} is not exported: {names:?}");
+        }
+        let rss = families
+            .iter()
+            .find(|f| f.name() == "process_resident_memory_bytes")
+            .and_then(|f| f.get_metric().first())
+            .map_or(0.0, |m| m.get_gauge().get_value());
+        assert!(rss > 0.0, "resident memory read from /proc: {rss}");
     }
 }

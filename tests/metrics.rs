@@ -18,6 +18,7 @@ const RUN: &str = r#"{"inputs":{},"response_mode":"blocking","user":"u"}"#;
 const EXPORTED: &[&str] = &[
     "dify_shaper_requests_total",
     "dify_shaper_request_duration_seconds",
+    "dify_shaper_time_to_first_byte_seconds",
     "dify_shaper_queue_wait_seconds",
     "dify_shaper_retries_total",
     "dify_shaper_proxy_errors_total",
@@ -44,6 +45,8 @@ const EXPORTED: &[&str] = &[
     "dify_shaper_build_info",
 ];
 
+/// The standard process metrics, under their usual names (read from /proc: Linux only).
+const PROCESS: &[&str] = &dify_shaper::metrics::PROCESS_METRICS;
 /// One scrape: value by `name{label="value",…}` (labels sorted), and the parsed names.
 struct Scrape {
     values: HashMap<String, f64>,
@@ -86,7 +89,8 @@ async fn scrape(admin: SocketAddr) -> Scrape {
         names.push(sample.metric.clone());
     }
     for name in &names {
-        assert!(name.starts_with("dify_shaper_"), "{name}: every metric is dify_shaper_*");
+        let ours = name.starts_with("dify_shaper_") || PROCESS.contains(&name.as_str());
+        assert!(ours, "{name}: every metric is dify_shaper_* or a standard process_* one");
     }
     Scrape { values, names }
 }
@@ -106,8 +110,10 @@ async fn every_metric_is_exported_and_moves_the_right_way() {
     );
     let proxy = ProxyProcess::start(&config).await;
     let before = scrape(proxy.admin).await;
-    let run = [("route", "/"), ("class", "run"), ("status", "200")];
+    let run = [("route", "/"), ("class", "run"), ("upstream", "api"), ("status", "200")];
+    let left = [("route", "/"), ("class", "run"), ("upstream", "api"), ("status", "499")];
     assert_eq!(before.get("dify_shaper_requests_total", &run), 0.0);
+    assert_eq!(before.get("dify_shaper_requests_total", &left), 0.0);
     assert_eq!(before.get("dify_shaper_upstream_concurrency_limit", &[("upstream", "api")]), 1.0);
     assert_eq!(
         before.get("dify_shaper_maintenance_phase", &[("upstream", "api"), ("phase", "serving")]),
@@ -145,6 +151,25 @@ async fn every_metric_is_exported_and_moves_the_right_way() {
     assert_eq!(code, 200);
     wait_maintenance(proxy.admin, "api", Duration::from_secs(10), "drained", |v| v["phase"] == "drained")
         .await;
+    // A client that leaves while held (the queue has room for one) gets no status: recorded
+    // as 499, in the metrics and the access log.
+    let mut gone = tokio::net::TcpStream::connect(proxy.addr).await.expect("connect");
+    let raw = format!(
+        "POST /v1/workflows/run HTTP/1.1\r\nHost: {}\r\nX-Request-Id: metrics-gone\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{RUN}",
+        proxy.addr,
+        RUN.len()
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut gone, raw.as_bytes()).await.expect("write");
+    wait_maintenance(proxy.admin, "api", Duration::from_secs(10), "the leaving client held", |v| {
+        v["queued"] == 1
+    })
+    .await;
+    drop(gone);
+    wait_maintenance(proxy.admin, "api", Duration::from_secs(10), "the departed client withdrawn", |v| {
+        v["queued"] == 0
+    })
+    .await;
     let addr = proxy.addr;
     let held = tokio::spawn(async move {
         let key = "Bearer app-heldheldheldheld9";
@@ -177,7 +202,8 @@ async fn every_metric_is_exported_and_moves_the_right_way() {
     assert_eq!(code, 200, "{body:#}");
 
     let after = scrape(proxy.admin).await;
-    for name in EXPORTED {
+    let process = if cfg!(target_os = "linux") { PROCESS } else { &[] };
+    for name in EXPORTED.iter().chain(process) {
         let seen = after.names.iter().chain(&drained.names).any(|n| n.starts_with(name));
         assert!(seen, "{name} is not exported");
     }
@@ -187,13 +213,25 @@ async fn every_metric_is_exported_and_moves_the_right_way() {
         assert!(a - b >= by, "{name}{labels:?} went from {b} to {a}, expected +{by} at least");
     };
     grew("dify_shaper_requests_total", &run, 3.0);
-    grew("dify_shaper_requests_total", &[("route", "/"), ("class", "run"), ("status", "503")], 3.0);
+    let shed = [("route", "/"), ("class", "run"), ("upstream", "api"), ("status", "503")];
+    grew("dify_shaper_requests_total", &shed, 3.0);
+    grew("dify_shaper_requests_total", &left, 1.0);
     grew("dify_shaper_request_duration_seconds", &[("route", "/"), ("class", "run")], 6.0);
+    // The backend's answers (two of the burst, the retried one, the held one), not the sheds
+    // nor the client that left.
+    let first_byte = [("route", "/"), ("class", "run"), ("upstream", "api")];
+    grew("dify_shaper_time_to_first_byte_seconds", &first_byte, 4.0);
+    let answered =
+        after.get("dify_shaper_requests_total", &run) - before.get("dify_shaper_requests_total", &run);
+    let observed = after.get("dify_shaper_time_to_first_byte_seconds", &first_byte)
+        - before.get("dify_shaper_time_to_first_byte_seconds", &first_byte);
+    assert_eq!(observed, answered, "one first byte per answer from the backend");
     grew("dify_shaper_queue_wait_seconds", &[("upstream", "api"), ("class", "run")], 3.0);
     grew("dify_shaper_proxy_errors_total", &[("code", "server_busy")], 3.0);
     grew("dify_shaper_shed_total", &[("upstream", "api"), ("reason", "queue_full")], 3.0);
     grew("dify_shaper_admitted_total", &api, 3.0);
     grew("dify_shaper_queued_total", &api, 1.0);
+    grew("dify_shaper_abandoned_total", &api, 1.0);
     grew("dify_shaper_retries_total", &api, 1.0);
     grew("dify_shaper_retry_budget_total", &[("upstream", "api"), ("result", "granted")], 1.0);
     grew("dify_shaper_maintenance_cycles_total", &api, 2.0);
@@ -216,7 +254,7 @@ async fn every_metric_is_exported_and_moves_the_right_way() {
         for target in targets {
             let expr = target["expr"].as_str().unwrap_or_default();
             let used = metric_names(expr);
-            assert!(!used.is_empty(), "panel {}: {expr} queries no dify_shaper metric", panel["title"]);
+            assert!(!used.is_empty(), "panel {}: {expr} queries no metric of ours", panel["title"]);
             for name in used {
                 let seen = after.names.iter().chain(&drained.names).any(|n| *n == name);
                 assert!(seen, "panel {} queries {name}, which the proxy does not export", panel["title"]);
@@ -226,19 +264,54 @@ async fn every_metric_is_exported_and_moves_the_right_way() {
     let endpoint = sim.addr().to_string();
     assert_eq!(after.get("dify_shaper_endpoint_up", &[("upstream", "api"), ("endpoint", &endpoint)]), 1.0);
     assert_eq!(after.get("dify_shaper_build_info", &[("version", env!("CARGO_PKG_VERSION"))]), 1.0);
+    let logs = proxy.logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("dify_shaper::access") && l.contains("metrics-gone"))
+        .unwrap_or_else(|| panic!("no access log line for the departed client:\n{logs}"));
+    assert!(line.contains(" status=499 "), "{line}");
 }
 
-/// The `dify_shaper_*` metric names in a PromQL expression, histogram suffixes removed.
+/// An event stream's time to first byte is its first event, not its header: the backend
+/// sends the header at once and the answer later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_is_timed_to_its_first_event() {
+    let sim =
+        Simulator::start("127.0.0.1:0".parse().expect("addr"), SimConfig::default()).await.expect("sim");
+    let config = format!(
+        "[upstreams.api]\nservers = [\"{}\"]\n[[routes]]\nprefix = \"/\"\nupstream = \"api\"\nclass = \"run\"\n",
+        sim.addr()
+    );
+    let proxy = ProxyProcess::start(&config).await;
+    // Two answer chunks over 1.2 s: the header at once, the first chunk at 0.6 s.
+    let chat = r#"{"inputs":{},"query":"hi","response_mode":"streaming","user":"u"}"#;
+    let (status, headers, body) = post_json(
+        proxy.addr,
+        "/v1/chat-messages",
+        chat,
+        &[("x-sim-service-time", "1200ms"), ("x-sim-events", "2")],
+    )
+    .await;
+    assert_eq!(status, 200);
+    let content_type = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    assert!(content_type.starts_with("text/event-stream"), "{content_type}");
+    assert!(String::from_utf8_lossy(&body).contains("message_end"), "the whole stream arrived");
+    let after = scrape(proxy.admin).await;
+    let series = [("route", "/"), ("class", "run"), ("upstream", "api")];
+    assert_eq!(after.get("dify_shaper_time_to_first_byte_seconds", &series), 1.0);
+    let first_byte = after.get("dify_shaper_time_to_first_byte_seconds_sum", &series);
+    assert!((0.55..1.15).contains(&first_byte), "first event at 0.6 s, the end at 1.2 s: {first_byte}");
+}
+
+/// The `dify_shaper_*` and `process_*` metric names in a PromQL expression, histogram
+/// suffixes removed.
 fn metric_names(expr: &str) -> Vec<String> {
-    let mut names = Vec::new();
-    let mut rest = expr;
-    while let Some(start) = rest.find("dify_shaper_") {
-        let tail = &rest[start..];
-        let end = tail.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(tail.len());
-        let name = &tail[..end];
-        let base = ["_bucket", "_sum", "_count"].iter().find_map(|s| name.strip_suffix(s)).unwrap_or(name);
-        names.push(base.to_string());
-        rest = &tail[end..];
-    }
-    names
+    expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+        .filter(|word| word.starts_with("dify_shaper_") || word.starts_with("process_"))
+        .map(|name| {
+            let base =
+                ["_bucket", "_sum", "_count"].iter().find_map(|s| name.strip_suffix(s)).unwrap_or(name);
+            base.to_string()
+        })
+        .collect()
 }

@@ -12,7 +12,9 @@ fn ms(d: Option<std::time::Duration>) -> f64 {
     d.map_or(-1.0, |d| (d.as_secs_f64() * 1e6).round() / 1e3)
 }
 
-/// Writes the access-log line for a finished request.
+/// Writes the access-log line for a finished request. `status` is the one recorded for it
+/// ([`recorded_status`](super::outcome::recorded_status)): the status sent, or `499` when the
+/// client left before one was.
 pub fn log_request(session: &Session, ctx: &RequestCtx, status: u16, error: Option<&Error>) {
     let req = session.req_header();
     let path = req.uri.path_and_query().map_or("/", |p| p.as_str());

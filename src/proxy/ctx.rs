@@ -1,5 +1,6 @@
 //! Per-request state carried through pingora's hooks: identity, the config snapshot and route
-//! the request was matched with, timings for the access log, and guards released at the end.
+//! the request was matched with, timings for the access log and metrics, and guards released
+//! at the end.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,6 +54,8 @@ pub struct RequestCtx {
     pub connect: Option<Duration>,
     /// Time to the upstream's response header.
     pub first_byte: Option<Duration>,
+    /// Time to the first response body chunk handed to the client connection.
+    pub first_body_sent: Option<Duration>,
     /// Request body bytes received from the client.
     pub bytes_in: u64,
     /// Response body bytes sent to the client.
@@ -82,6 +85,20 @@ pub struct RequestCtx {
 }
 
 impl RequestCtx {
+    /// The wait a user feels, from arrival (queue included) to the first byte of the answer
+    /// from the backend. For an event stream that is its first body chunk: the header comes
+    /// as soon as a worker takes the run, the events that carry the answer later. Otherwise
+    /// the response header, which a blocking answer only sends once it is done. `None` when
+    /// the backend never answered (the proxy's own answers are not its latency) or a stream
+    /// ended before any event.
+    pub fn time_to_first_byte(&self) -> Option<Duration> {
+        if self.streaming {
+            self.first_body_sent
+        } else {
+            self.first_byte
+        }
+    }
+
     /// A context for a request that has not been looked at yet.
     pub fn new() -> Self {
         RequestCtx {
@@ -97,6 +114,7 @@ impl RequestCtx {
             peer_chosen_at: None,
             connect: None,
             first_byte: None,
+            first_body_sent: None,
             bytes_in: 0,
             bytes_out: 0,
             reply: None,

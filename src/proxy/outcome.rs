@@ -1,9 +1,25 @@
-//! What a finished request teaches the adaptive limit: maps the upstream status or the error
-//! that ended it to an [`Outcome`].
+//! How a finished request ended: what it teaches the adaptive limit (the upstream status or
+//! the error that ended it, mapped to an [`Outcome`]), and the status it is recorded with in
+//! the metrics and the access log ([`recorded_status`]).
 
+use pingora::http::ResponseHeader;
 use pingora::{Error, ErrorSource, ErrorType};
 
 use crate::admission::Outcome;
+
+/// The status recorded for a request whose client left before a response status was sent
+/// (nginx's "client closed request"). Only our records use it; it is never sent.
+pub const CLIENT_CLOSED_REQUEST: u16 = 499;
+
+/// The status a finished request is recorded with: the one sent to the client, else
+/// [`CLIENT_CLOSED_REQUEST`]. Every failure the client can still hear about is answered (an
+/// envelope from `fail_to_proxy`), so a request that sent no status is one whose client left
+/// — queued, waiting for the backend, or as the answer was written. A 4xx code counts it
+/// where operators look for failed requests (`status=~"4.."`, `status >= 400`), which a `0`
+/// fell outside of, and neither the proxy nor Dify's API answers with it.
+pub fn recorded_status(sent: Option<&ResponseHeader>) -> u16 {
+    sent.map_or(CLIENT_CLOSED_REQUEST, |r| r.status.as_u16())
+}
 
 /// Classifies a finished request. `upstream_status` is the backend's response status, if one
 /// arrived; `error` the error that ended the request, if any; `sent_upstream` whether the
@@ -84,5 +100,12 @@ mod tests {
         assert_eq!(classify(None, Some(&gone), false), Outcome::Ignore, "left before it was sent");
         assert_eq!(classify(Some(200), Some(&gone), true), Outcome::Success, "left mid-stream");
         assert_eq!(classify(None, None, false), Outcome::Ignore);
+    }
+
+    #[test]
+    fn a_request_without_a_response_is_recorded_as_499() {
+        assert_eq!(recorded_status(None), 499, "the client left first");
+        let sent = ResponseHeader::build(503, None).expect("header");
+        assert_eq!(recorded_status(Some(&sent)), 503);
     }
 }

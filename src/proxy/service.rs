@@ -34,7 +34,7 @@ use super::admit::{asks_for_stream, preread_small_body, wait_for_slot, Admitted}
 use super::ctx::{RequestCtx, Routed};
 use super::envelope::{ErrorReply, REQUEST_ID};
 use super::headers::{apply_forwarding, request_id_from, ForwardingMode, NO_TRUSTED_PROXIES};
-use super::outcome::classify;
+use super::outcome::{classify, recorded_status};
 use super::sse;
 use crate::admission::tenant::tenant_of;
 use crate::admission::{Outcome, Ticket};
@@ -482,6 +482,10 @@ impl ProxyHttp for DifyProxy {
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
         if let Some(chunk) = body {
+            if ctx.first_body_sent.is_none() && !chunk.is_empty() {
+                // A stream's time to first byte: the first event, not its header.
+                ctx.first_body_sent = Some(ctx.started.elapsed());
+            }
             ctx.bytes_out += chunk.len() as u64;
         }
         Ok(None)
@@ -536,7 +540,7 @@ impl ProxyHttp for DifyProxy {
                 Outcome::Abandoned | Outcome::Ignore => None,
             });
         }
-        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let status = recorded_status(session.response_written());
         let (route, class, upstream) = match &ctx.routed {
             Some(r) => (r.route.as_str(), r.class.name.as_str(), r.upstream.name()),
             None => ("-", "-", "-"),
@@ -548,6 +552,7 @@ impl ProxyHttp for DifyProxy {
             status,
             seconds: ctx.started.elapsed().as_secs_f64(),
             queue_wait: ctx.admitted_at.map(|_| ctx.queue_wait.as_secs_f64()),
+            first_byte: ctx.time_to_first_byte().map(|d| d.as_secs_f64()),
             retries: ctx.attempts.saturating_sub(1),
             proxy_error: ctx.reply.as_ref().map(|r| r.code),
         });
