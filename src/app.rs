@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use crate::admission::tenant::TenantRateLimiter;
 use crate::config::reload::RestartOnly;
 use crate::config::{Config, Overrides};
+use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
 use crate::reload::{ReloadLog, ReloadStats};
 use crate::shutdown::ActiveRequests;
@@ -28,6 +29,8 @@ pub struct App {
     pub overrides: Overrides,
     /// Requests in progress on the client listeners (the shutdown drain waits for them).
     pub active: ActiveRequests,
+    /// Starting, serving or shutting down: what `/ready` reports.
+    pub lifecycle: Lifecycle,
     rate_limiter: ArcSwap<Option<Arc<TenantRateLimiter>>>,
     started: Instant,
     /// Per-request Prometheus metrics (state metrics are read at scrape time).
@@ -57,6 +60,7 @@ impl App {
             upstreams,
             overrides,
             active: ActiveRequests::default(),
+            lifecycle: Lifecycle::default(),
             rate_limiter,
             started: Instant::now(),
             // Fails only on a programming error in the metric definitions (a unit test

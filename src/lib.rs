@@ -12,6 +12,7 @@ pub mod config;
 pub mod ctl;
 pub mod demo;
 pub mod housekeeping;
+pub mod lifecycle;
 pub mod loadgen;
 pub mod maintenance;
 pub mod metrics;

@@ -1,6 +1,8 @@
 //! Assembling and running the pingora server: the proxy service on the client listeners, the
-//! admin service, and background services (DNS refresh, health probes, maintenance, SIGHUP
-//! reload, shutdown drain), with pingora's process settings derived from our config.
+//! admin listener (a background service of ours that answers through the shutdown drain, see
+//! [`crate::admin::listener`]), and background services (DNS refresh, health probes,
+//! maintenance, SIGHUP reload, shutdown drain), with pingora's process settings derived from
+//! our config.
 
 use std::sync::Arc;
 
@@ -10,12 +12,13 @@ use pingora::proxy::http_proxy_service_with_name;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::background::background_service;
-use pingora::services::listening::Service;
 
+use crate::admin::listener::AdminListener;
 use crate::admin::AdminApp;
 use crate::app::App;
 use crate::config::Config;
 use crate::housekeeping::Housekeeping;
+use crate::lifecycle::PhaseWatcher;
 use crate::maintenance::service::MaintenanceService;
 use crate::proxy::DifyProxy;
 use crate::reload::sighup::SighupReloader;
@@ -71,6 +74,15 @@ fn maintenance_banner(config: &Config) -> Vec<String> {
 /// Builds the server for `app` and runs it until a shutdown signal; never returns.
 pub fn run(app: Arc<App>) -> ! {
     let config = app.config();
+    // Bound first, so a taken admin address ends the start at once with a message naming it;
+    // connections made before the service starts wait in the backlog.
+    let admin = match AdminListener::bind(config.server.admin, AdminApp::new(Arc::clone(&app))) {
+        Ok(admin) => admin,
+        Err(e) => {
+            eprintln!("dify-shaper: {e}");
+            std::process::exit(1)
+        }
+    };
     resolve_all_blocking(&app);
     let opt = Opt::default();
     let mut server = Server::new_with_opt_and_conf(opt, server_conf(&config));
@@ -89,9 +101,7 @@ pub fn run(app: Arc<App>) -> ! {
     }
     server.add_service(proxy);
 
-    let mut admin = Service::new("dify-shaper admin".to_string(), AdminApp::new(Arc::clone(&app)));
-    admin.add_tcp(&config.server.admin.to_string());
-    server.add_service(admin);
+    server.add_service(background_service("admin listener", admin));
 
     server.add_service(background_service("upstream resolver", Resolver::new(Arc::clone(&app))));
     server.add_service(background_service("housekeeping", Housekeeping::new(Arc::clone(&app))));
@@ -99,6 +109,7 @@ pub fn run(app: Arc<App>) -> ! {
     server.add_service(background_service("maintenance", MaintenanceService::new(Arc::clone(&app))));
     server.add_service(background_service("sighup reload", SighupReloader::new(Arc::clone(&app))));
     server.add_service(background_service("shutdown drain", Drainer::new(Arc::clone(&app))));
+    server.add_service(background_service("readiness", PhaseWatcher::new(Arc::clone(&app))));
 
     tracing::info!(
         listen = ?config.server.listen,

@@ -1,4 +1,4 @@
-//! Issue #4 (part): requests arriving while the backend is down are held, not failed, and
+//! Requests arriving while the backend is down are held, not failed, and
 //! reach it exactly once when it is back (connect refusals are retried: nothing was sent).
 
 mod common;
@@ -45,8 +45,17 @@ async fn requests_during_an_outage_are_held_and_served_once_it_is_back() {
         assert!(Instant::now() < deadline, "the outage was never noticed");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let (ready, _, _) = get(proxy.admin, "/ready").await;
-    assert_eq!(ready, 503, "not ready while the backend is down");
+    // Ready all the same: a load balancer that dropped the proxy now would fail the very
+    // requests it is holding. The backend's state is on /upstreams.
+    let (ready, _, body) = get(proxy.admin, "/ready").await;
+    assert_eq!(
+        ready,
+        200,
+        "ready while holding requests for a down backend: {}",
+        String::from_utf8_lossy(&body)
+    );
+    let (upstreams, _, _) = get(proxy.admin, "/upstreams").await;
+    assert_eq!(upstreams, 503, "/upstreams says the only upstream is down");
 
     // Back after a 2 s boot.
     sim.restart(Duration::from_secs(2)).await;
@@ -59,6 +68,8 @@ async fn requests_during_an_outage_are_held_and_served_once_it_is_back() {
     assert!(outage >= Duration::from_secs(2), "answered before the backend was back? {outage:?}");
     let (ready, _, _) = get(proxy.admin, "/ready").await;
     assert_eq!(ready, 200);
+    let (upstreams, _, _) = get(proxy.admin, "/upstreams").await;
+    assert_eq!(upstreams, 200);
 }
 
 /// Load at ~50 % of capacity while the backend restarts gracefully (like `docker restart` of

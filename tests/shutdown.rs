@@ -1,5 +1,6 @@
-//! Issue #6: graceful shutdown on SIGTERM. A real proxy process and an in-process simulator
-//! on 127.0.0.1; the proxy is signalled with `kill` and its exit is timed.
+//! Graceful shutdown on SIGTERM. A real proxy process and an in-process simulator on
+//! 127.0.0.1; the proxy is signalled with `kill` and its exit is timed. The admin listener
+//! answers through the drain, and a taken admin address fails the start.
 
 mod common;
 
@@ -89,6 +90,10 @@ async fn sigterm_finishes_in_flight_answers_the_queue_and_exits_within_the_grace
     wait_for(Duration::from_secs(10), "3 requests queued", || async { admission(proxy.admin).await.1 == 3 })
         .await;
 
+    let (code, _, body) = get(proxy.admin, "/ready").await;
+    assert_eq!(code, 200, "/ready before SIGTERM: {}", String::from_utf8_lossy(&body));
+    assert_eq!(json(&body)["phase"], "serving");
+
     let signalled = Instant::now();
     proxy.signal(Signal::SIGTERM);
 
@@ -109,6 +114,24 @@ async fn sigterm_finishes_in_flight_answers_the_queue_and_exits_within_the_grace
     })
     .await;
     let refused_after = signalled.elapsed();
+
+    // The admin listener still answers while the in-flight requests run: not ready, and the
+    // drain can be watched.
+    let (code, _, body) = try_get(proxy.admin, "/ready")
+        .await
+        .unwrap_or_else(|e| panic!("admin /ready during the drain: {e}\n{}", proxy.logs()));
+    assert_eq!(code, 503, "/ready during the drain: {}", String::from_utf8_lossy(&body));
+    assert_eq!(json(&body)["phase"], "shutting_down");
+    let (code, _, body) = try_get(proxy.admin, "/status")
+        .await
+        .unwrap_or_else(|e| panic!("admin /status during the drain: {e}\n{}", proxy.logs()));
+    assert_eq!(code, 200, "/status during the drain: {}", String::from_utf8_lossy(&body));
+    let in_flight = json(&body)["upstreams"]["api"]["admission"]["in_flight"].as_u64().unwrap_or(0);
+    assert!(in_flight > 0, "/status was asked after the drain, not during it");
+    let (code, _, _) = try_get(proxy.admin, "/metrics")
+        .await
+        .unwrap_or_else(|e| panic!("admin /metrics during the drain: {e}\n{}", proxy.logs()));
+    assert_eq!(code, 200, "/metrics during the drain");
 
     // In flight: complete answers, the stream to its end.
     for task in blocking {
@@ -160,4 +183,18 @@ async fn a_stream_longer_than_the_grace_is_cut_at_the_grace() {
     assert!(took < grace + Duration::from_secs(3), "exited after {took:?}, grace {grace:?}");
     assert!(!events.iter().any(|e| e.contains("workflow_finished")), "the stream was not cut: {events:?}");
     assert!(proxy.logs().contains("grace over"), "{}", proxy.logs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_admin_address_fails_the_start_naming_it() {
+    let _serial = SERIAL.lock().await;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let admin = taken.local_addr().expect("addr");
+    let (_upstream, upstream) = closed_port();
+    let (exit, stderr) =
+        run_expecting_exit(&config(upstream, 1, "1s"), free_port(), admin, Duration::from_secs(10)).await;
+    let exit = exit.unwrap_or_else(|| panic!("still running with its admin address taken:\n{stderr}"));
+    assert_eq!(exit.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("cannot listen on the admin address {admin}")), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }

@@ -3,7 +3,8 @@
 //! | request | answer |
 //! |---|---|
 //! | `GET /live` | 200 while the process runs |
-//! | `GET /ready` | 200 when every routed upstream can serve, else 503 |
+//! | `GET /ready` | 200 while the proxy accepts and holds requests (also while an upstream is down or restarting); 503 while starting or shutting down |
+//! | `GET /upstreams` | 200 when every routed upstream can serve (or is in maintenance), else 503 |
 //! | `GET /status` | JSON: upstreams (admission, health, maintenance), routes, classes |
 //! | `GET /metrics` | Prometheus text format ([`crate::metrics`]) |
 //! | `POST /upstreams/{name}/drain` | 200: hold new requests, wait for in-flight ones; stays drained until resume |
@@ -14,7 +15,11 @@
 //! With `server.admin_token` set, everything but `/live` and `/ready` needs
 //! `Authorization: Bearer TOKEN` (401 otherwise); a non-loopback admin address requires it.
 //! Errors use Dify's envelope: 404 `not_found`, 409 `conflict`, 401 `unauthorized`.
+//!
+//! The listener ([`listener`]) keeps answering through a graceful shutdown, until the
+//! process exits, so `/ready` says 503 and `/status` and `/metrics` show the drain.
 
+pub mod listener;
 pub mod status;
 
 use std::sync::Arc;
@@ -105,6 +110,11 @@ impl AdminApp {
                 let code = if readiness.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
                 (code, serde_json::to_value(readiness).unwrap_or_default())
             }
+            "/upstreams" => {
+                let health = status::upstreams_health(&self.app);
+                let code = if health.healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+                (code, serde_json::to_value(health).unwrap_or_default())
+            }
             "/status" => (StatusCode::OK, status::status(&self.app)),
             // The same reload as SIGHUP; 200 with the outcome, 400 `bad_request` when refused.
             "/reload" if method != Method::POST => {
@@ -117,7 +127,7 @@ impl AdminApp {
             _ => envelope(
                 StatusCode::NOT_FOUND,
                 "not_found",
-                "unknown admin path; try /live, /ready, /status, /metrics, POST /reload, \
+                "unknown admin path; try /live, /ready, /upstreams, /status, /metrics, POST /reload, \
                  POST /upstreams/NAME/drain|resume|restart",
             ),
         }

@@ -1,27 +1,54 @@
-//! What `/ready` and `/status` report, built from the shared state.
+//! What `/ready`, `/upstreams` and `/status` report, built from the shared state.
 
 use serde::Serialize;
 
 use crate::app::App;
+use crate::lifecycle::Phase;
 
-/// `/ready`: serving only when every upstream that a route uses has an address and can
-/// serve (or is down for maintenance, whose requests are held, not failed).
+/// `/ready`: whether the proxy can accept and hold requests — config loaded, listeners up,
+/// not shutting down. An upstream being down is not a reason: holding its requests until it
+/// is back is the proxy's job, and a load balancer that dropped the proxy then would fail
+/// them. Upstream health is [`UpstreamsHealth`].
 #[derive(Debug, Serialize)]
 pub struct Readiness {
-    /// Whether the proxy can serve.
+    /// Whether the proxy can take traffic.
     pub ready: bool,
+    /// `starting`, `serving` or `shutting_down`.
+    pub phase: Phase,
     /// Why not, when not.
     pub reasons: Vec<String>,
 }
 
 /// Computes readiness.
 pub fn readiness(app: &App) -> Readiness {
+    let phase = app.lifecycle.phase();
+    let reasons = match phase {
+        Phase::Serving => Vec::new(),
+        Phase::Starting => vec!["starting: the client listeners do not accept connections yet".to_string()],
+        Phase::ShuttingDown => {
+            vec!["shutting down: listeners closed, requests in progress finishing".to_string()]
+        }
+    };
+    Readiness { ready: phase == Phase::Serving, phase, reasons }
+}
+
+/// `/upstreams`: whether every upstream that a route uses can serve now (or is down for
+/// maintenance, whose requests are held by design), for monitoring rather than for a load
+/// balancer's readiness check.
+#[derive(Debug, Serialize)]
+pub struct UpstreamsHealth {
+    /// Whether every routed upstream can serve.
+    pub healthy: bool,
+    /// Why not, when not.
+    pub reasons: Vec<String>,
+}
+
+/// Computes upstream health.
+pub fn upstreams_health(app: &App) -> UpstreamsHealth {
     let config = app.config();
     let mut reasons = Vec::new();
     for group in app.upstreams.all() {
         let used = config.router.routes().iter().any(|r| r.upstream == group.name());
-        // A backend down for planned maintenance is not a reason to take the proxy out of a
-        // load balancer: holding its requests until it is back is the proxy's job.
         let in_maintenance = group.maintenance().phase() != crate::maintenance::state::Phase::Serving;
         if used && group.endpoints().is_empty() {
             reasons.push(format!("upstream {} has no resolved address", group.name()));
@@ -29,7 +56,7 @@ pub fn readiness(app: &App) -> Readiness {
             reasons.push(format!("upstream {} is down (every endpoint out of rotation)", group.name()));
         }
     }
-    Readiness { ready: reasons.is_empty(), reasons }
+    UpstreamsHealth { healthy: reasons.is_empty(), reasons }
 }
 
 /// `/status`: upstreams (servers, resolved endpoints, in flight) and routes.

@@ -52,6 +52,11 @@ impl RestartOnly {
         }
     }
 
+    /// The client listen addresses in force (a reload cannot move them).
+    pub fn listen(&self) -> &[std::net::SocketAddr] {
+        &self.listen
+    }
+
     /// The shutdown grace in force (fixed at start: pingora's backstop is set from it).
     pub fn shutdown_grace(&self) -> std::time::Duration {
         self.shutdown_grace.0

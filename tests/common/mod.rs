@@ -259,3 +259,46 @@ pub fn json(body: &Bytes) -> serde_json::Value {
     serde_json::from_slice(body)
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(body)))
 }
+
+/// Runs `dify-shaper run` with `config` on `addr` and `admin` when it is expected to fail at
+/// start: waits up to `limit` for it to exit by itself. Its exit status (`None` when it still
+/// ran at `limit`; it is killed then) and everything it wrote to stderr.
+pub async fn run_expecting_exit(
+    config: &str,
+    addr: SocketAddr,
+    admin: SocketAddr,
+    limit: Duration,
+) -> (Option<std::process::ExitStatus>, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("dify-shaper.toml");
+    std::fs::write(&path, config).expect("write config");
+    let log_path = dir.path().join("stderr.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dify-shaper"))
+        .arg("run")
+        .arg("--listen")
+        .arg(addr.to_string())
+        .arg("--admin")
+        .arg(admin.to_string())
+        .arg("--config")
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn dify-shaper");
+    let deadline = tokio::time::Instant::now() + limit;
+    let status = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            break Some(status);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    (status, std::fs::read_to_string(&log_path).unwrap_or_default())
+}
