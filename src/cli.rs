@@ -74,8 +74,16 @@ impl RunArgs {
 /// Flags of `check`.
 #[derive(Debug, Args)]
 struct CheckArgs {
-    /// The config file to validate.
-    file: PathBuf,
+    /// The config file to validate; without it (and without --config or DIFY_SHAPER_CONFIG)
+    /// the embedded defaults are checked.
+    file: Option<PathBuf>,
+    /// The config file, as `run` takes it (the positional FILE wins when both are given).
+    #[arg(long, short = 'c', value_name = "FILE", env = "DIFY_SHAPER_CONFIG")]
+    config: Option<PathBuf>,
+    /// Dify's route table (TSV: method, path, handler, long_running) to check the routes
+    /// against; default: the built-in table of Dify 1.12.1.
+    #[arg(long, value_name = "FILE")]
+    dify_routes: Option<PathBuf>,
 }
 
 /// Parses the command line and runs it.
@@ -105,24 +113,50 @@ fn run(args: RunArgs) -> ExitCode {
         }
     };
     crate::telemetry::init(&config.log);
+    for warning in config::audit::warnings(&config, &config::audit::builtin_routes()) {
+        tracing::warn!(config = %config.source, "{warning}");
+    }
     let app = App::with_config_path(config, args.overrides(), args.config.clone());
     crate::server::run(app)
 }
 
 fn check(args: &CheckArgs) -> ExitCode {
-    match config::load_file(&args.file, &Overrides::default()) {
-        Ok(config) => match toml::to_string_pretty(&config) {
-            Ok(text) => {
-                println!("# {}: OK. Effective config:\n{text}", args.file.display());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("dify-shaper: {}: valid, but printing it failed: {e}", args.file.display());
-                ExitCode::FAILURE
-            }
-        },
+    let file = args.file.as_ref().or(args.config.as_ref());
+    let origin = file.map_or_else(|| "embedded defaults".to_string(), |f| f.display().to_string());
+    let loaded = match file {
+        Some(path) => config::load_file(path, &Overrides::default()),
+        None => config::load_embedded(&Overrides::default()),
+    };
+    let config = match loaded {
+        Ok(config) => config,
         Err(e) => {
             eprintln!("dify-shaper: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let table = match &args.dify_routes {
+        None => config::audit::builtin_routes(),
+        Some(path) => match std::fs::read_to_string(path)
+            .map_err(|e| e.to_string())
+            .and_then(|text| config::audit::parse_routes(&text))
+        {
+            Ok(table) => table,
+            Err(e) => {
+                eprintln!("dify-shaper: {}: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    for warning in config::audit::warnings(&config, &table) {
+        eprintln!("dify-shaper: {origin}: warning: {warning}");
+    }
+    match toml::to_string_pretty(&config) {
+        Ok(text) => {
+            println!("# {origin}: OK. Effective config:\n{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("dify-shaper: {origin}: valid, but printing it failed: {e}");
             ExitCode::FAILURE
         }
     }

@@ -1,5 +1,7 @@
-//! `dify-shaper check FILE`: exit 0 and the effective config for a good file; exit 1 and a
-//! message naming file, line, column and key for each kind of bad config.
+//! `dify-shaper check FILE` (or `--config FILE`, `DIFY_SHAPER_CONFIG`): exit 0 and the effective
+//! config for a good file, with a warning per route that would treat Dify's traffic worse than
+//! stock Dify; exit 1 and a message naming file, line, column and key for each kind of bad
+//! config.
 
 use std::process::Command;
 
@@ -98,4 +100,84 @@ fn unreadable_file_and_syntax_error() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read config"));
     rejected("[server\n", "1:", "");
+}
+
+fn check_cmd() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dify-shaper"));
+    cmd.env_remove("DIFY_SHAPER_CONFIG").env("DIFY_SHAPER_ADMIN_TOKEN", "test-token");
+    cmd
+}
+
+/// Dify's whole route table against every config we ship: each long-running route in the
+/// `run` class, each stop-task route in `control`, every row placed. `check` prints a warning
+/// per row it cannot place, so a clean stderr is the assertion.
+#[test]
+fn shipped_configs_place_every_dify_route_in_its_class() {
+    for config in ["conf/dify-shaper.toml", "docker/dify-shaper.toml"] {
+        let path = format!("{}/{config}", env!("CARGO_MANIFEST_DIR"));
+        let out = check_cmd().args(["check", &path]).output().expect("run");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{config}: {stderr}");
+        assert!(!stderr.contains("warning"), "{config}:\n{stderr}");
+    }
+    let out = check_cmd().arg("check").output().expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "embedded: {stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("# embedded defaults: OK"));
+    assert!(!stderr.contains("warning"), "embedded:\n{stderr}");
+}
+
+/// The route table in the repository is the one the real Dify kit ships (when it is here).
+#[test]
+fn route_table_matches_the_real_dify_kit() {
+    let kit = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/dify/routes-1.12.1.tsv");
+    let Ok(theirs) = std::fs::read_to_string(&kit) else {
+        eprintln!("skipped: {} is absent (the real Dify kit is not on this machine)", kit.display());
+        return;
+    };
+    let ours = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/conf/dify-routes-1.12.1.tsv"))
+        .expect("conf/dify-routes-1.12.1.tsv");
+    assert_eq!(ours, theirs, "conf/dify-routes-1.12.1.tsv differs from the kit's table");
+}
+
+#[test]
+fn short_timeouts_and_unplaced_dify_routes_are_warnings_naming_the_route() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("short.toml");
+    std::fs::write(
+        &config,
+        format!("{BASE}\n[[routes]]\nname = \"runs\"\nprefix = \"/v1/workflows/run\"\nupstream = \"api\"\nclass = \"run\"\n\n[classes.run]\nread_timeout = \"10m\"\n"),
+    )
+    .expect("write");
+    let table = dir.path().join("routes.tsv");
+    std::fs::write(
+        &table,
+        "method\tpath\thandler\tlong_running\tsource\n\
+         POST\t/v1/workflows/run\tWorkflowRunApi\tyes\tx.py\n\
+         POST\t/v1/chat-messages\tChatApi\tyes\tx.py\n",
+    )
+    .expect("write");
+    // `--config` and DIFY_SHAPER_CONFIG name the file as `run` takes it.
+    let out = check_cmd()
+        .args(["check", "--dify-routes"])
+        .arg(&table)
+        .env("DIFY_SHAPER_CONFIG", &config)
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "warnings do not refuse the config: {stderr}");
+    assert!(
+        stderr.contains(
+            "route \"runs\" (class \"run\"): classes.run.read_timeout = 10m is shorter than Dify's nginx"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("Dify route POST /v1/chat-messages (ChatApi) goes to route \"/\", class \"interactive\"; it needs the `run` class"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("WorkflowRunApi"), "a well-placed row is not named: {stderr}");
+    let by_flag = check_cmd().args(["check", "--config"]).arg(&config).output().expect("run");
+    assert!(String::from_utf8_lossy(&by_flag.stderr).contains("read_timeout = 10m"));
+    assert!(String::from_utf8_lossy(&by_flag.stdout).contains("OK. Effective config"));
 }

@@ -439,25 +439,30 @@ fn build_tenants(raw: &RawTenants, at: &Locator<'_>) -> Result<TenantSettings, C
 /// The built-in class names; each always exists.
 const BUILTIN_CLASSES: [&str; 3] = ["interactive", "run", "control"];
 
-/// Defaults for a class. `run` is Dify's long workflow/chat runs (a blocking run sends no byte
-/// until it finishes; Dify's own nginx allows 3600 s), `control` the cheap stop-task calls;
-/// any other name starts from the `interactive` values.
+/// Dify's own nginx (`proxy_read_timeout` and `proxy_send_timeout`): the longest any request
+/// may take through stock Dify. A shorter default would cut runs stock Dify finishes.
+pub const DIFY_NGINX_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// Defaults for a class. `run` is Dify's long workflow/chat runs, `control` the cheap
+/// stop-task calls; any other name starts from the `interactive` values. Every class may
+/// wait as long as Dify's nginx allows: the proxy's own limits guard against a dead backend
+/// (connect, stream idle, queue), never against a slow run.
 fn class_defaults(name: &str) -> ClassSpec {
     let secs = |s| HumanDuration(Duration::from_secs(s));
-    // (read, write, queue timeout, weight, queued)
-    let (read, write, queue, weight, queued) = match name {
-        "run" => (600, 60, 60, 1, true),
-        "control" => (30, 30, 10, 1, false),
-        _ => (60, 60, 10, 4, true),
+    // (queue timeout, weight, queued)
+    let (queue, weight, queued) = match name {
+        "run" => (60, 1, true),
+        "control" => (10, 1, false),
+        _ => (10, 4, true),
     };
     ClassSpec {
         name: name.to_string(),
         connect_timeout: secs(5),
-        read_timeout: secs(read),
+        read_timeout: HumanDuration(DIFY_NGINX_TIMEOUT),
         // Dify pings every 10 s: three missed pings mean the stream is dead.
         stream_idle_timeout: secs(30),
         total_timeout: None,
-        write_timeout: secs(write),
+        write_timeout: HumanDuration(DIFY_NGINX_TIMEOUT),
         queue_timeout: secs(queue),
         weight,
         queued,
@@ -531,9 +536,23 @@ fn build_route(
     if !prefix.starts_with('/') {
         return Err(at.error(raw.prefix.span(), key("prefix"), format!("{prefix:?} must start with '/'")));
     }
+    if !crate::proxy::routing::wildcards_are_segments(prefix) {
+        return Err(at.error(
+            raw.prefix.span(),
+            key("prefix"),
+            format!("{prefix:?}: `*` must be a whole segment (e.g. \"/console/api/apps/*/chat-messages\")"),
+        ));
+    }
     let suffix = match &raw.suffix {
         Some(s) if s.get_ref().is_empty() || !s.get_ref().starts_with('/') => {
             return Err(at.error(s.span(), key("suffix"), format!("{:?} must start with '/'", s.get_ref())))
+        }
+        Some(s) if s.get_ref().contains('*') => {
+            return Err(at.error(
+                s.span(),
+                key("suffix"),
+                format!("{:?}: wildcards belong in `prefix` (a `*` segment), not in `suffix`", s.get_ref()),
+            ))
         }
         Some(s) => Some(s.get_ref().clone()),
         None => None,

@@ -1,10 +1,13 @@
 //! Configuration: the on-disk schema ([`schema`]), loading and validation into the runtime
-//! [`Config`] ([`load`]), what a reload may change ([`reload`]), and human units ([`units`]).
+//! [`Config`] ([`load`]), what a reload may change ([`reload`]), human units ([`units`]), and
+//! the warnings about a valid config that would treat Dify's traffic worse than stock Dify
+//! ([`audit`]).
 //!
 //! The runtime [`Config`] is immutable and shared as `Arc<Config>`; a reload builds a new one
 //! and swaps it in whole. State that must survive a reload (upstream resolution, and later the
 //! admission limiter and maintenance state) lives outside it, keyed by upstream name.
 
+pub mod audit;
 pub mod load;
 pub mod maintenance;
 pub mod reload;

@@ -44,7 +44,9 @@ impl Serialize for HumanDuration {
 }
 
 /// A byte size written as an integer (bytes) or a string with a unit
-/// (`"100MiB"`, `"64KB"`, `"1GiB"`; `K/M/G` without `i` are decimal, as in HTTP tooling).
+/// (`"100MiB"`, `"64KB"`, `"1GiB"`). A bare `K`/`M`/`G` is binary, as in nginx's
+/// `client_max_body_size` (Dify's `NGINX_CLIENT_MAX_BODY_SIZE=100M` is 100 MiB), so a value
+/// copied from Dify's nginx means the same here; `KB`/`MB`/`GB` are decimal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ByteSize(pub u64);
 
@@ -58,12 +60,12 @@ impl ByteSize {
         let value: u64 = number.parse().map_err(|_| format!("invalid size {text:?}: {expected}"))?;
         let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
             "" | "b" => 1,
-            "k" | "kb" => 1_000,
-            "ki" | "kib" => 1 << 10,
-            "m" | "mb" => 1_000_000,
-            "mi" | "mib" => 1 << 20,
-            "g" | "gb" => 1_000_000_000,
-            "gi" | "gib" => 1 << 30,
+            "kb" => 1_000,
+            "k" | "ki" | "kib" => 1 << 10,
+            "mb" => 1_000_000,
+            "m" | "mi" | "mib" => 1 << 20,
+            "gb" => 1_000_000_000,
+            "g" | "gi" | "gib" => 1 << 30,
             _ => return Err(format!("invalid size unit in {text:?}: {expected}")),
         };
         value.checked_mul(multiplier).map(ByteSize).ok_or_else(|| format!("size {text:?} is too large"))
@@ -124,6 +126,11 @@ mod tests {
         assert_eq!(ByteSize::parse("64KB"), Ok(ByteSize(64_000)));
         assert_eq!(ByteSize::parse("1 GiB"), Ok(ByteSize(1 << 30)));
         assert_eq!(ByteSize::parse("512"), Ok(ByteSize(512)));
+        // nginx's units: Dify's NGINX_CLIENT_MAX_BODY_SIZE=100M is 100 MiB.
+        assert_eq!(ByteSize::parse("100M"), Ok(ByteSize(100 << 20)));
+        assert_eq!(ByteSize::parse("8k"), Ok(ByteSize(8 << 10)));
+        assert_eq!(ByteSize::parse("1G"), Ok(ByteSize(1 << 30)));
+        assert_eq!(ByteSize::parse("100MB"), Ok(ByteSize(100_000_000)));
         assert!(ByteSize::parse("12 parsecs").is_err());
         assert!(ByteSize::parse("MiB").is_err());
         assert!(ByteSize::parse("99999999999999GiB").is_err());

@@ -3,8 +3,11 @@
 //! Like nginx `location` prefixes, the most specific route wins: longer prefix+suffix first,
 //! then routes that name methods before routes for every method. Prefixes match whole path
 //! segments (`/v1` matches `/v1` and `/v1/…`, not `/v1beta`); a prefix that ends in `/`
-//! matches anything below it. Two routes that would match exactly the same requests are a
-//! config error rather than a silent first-wins.
+//! matches anything below it. A `*` segment in a prefix matches exactly one non-empty path
+//! segment, so Dify's `/console/api/apps/<app_id>/chat-messages` is the prefix
+//! `/console/api/apps/*/chat-messages` and its stop call `…/chat-messages/*/stop` is more
+//! specific than it. Two routes that would match exactly the same requests are a config error
+//! rather than a silent first-wins.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -19,7 +22,7 @@ use crate::config::ClassSpec;
 pub struct Route {
     /// Name for logs and `/status`.
     pub name: String,
-    /// Path prefix (starts with `/`).
+    /// Path prefix (starts with `/`); a `*` segment stands for any one segment.
     pub prefix: String,
     /// Optional path suffix (starts with `/`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -60,7 +63,7 @@ impl Route {
                 return false;
             }
         }
-        let Some(rest) = path.strip_prefix(self.prefix.as_str()) else {
+        let Some(rest) = strip_pattern(&self.prefix, path) else {
             return false;
         };
         let segment_ok = self.prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/');
@@ -95,6 +98,29 @@ impl Route {
             _ => true,
         }
     }
+}
+
+/// What is left of `path` after `pattern`, whose `*` segments each take one non-empty
+/// segment of the path; `None` when the path does not start with the pattern.
+fn strip_pattern<'p>(pattern: &str, path: &'p str) -> Option<&'p str> {
+    let mut rest = path;
+    let mut pieces = pattern.split('*');
+    // `split` always yields a first piece: the literal before any wildcard.
+    rest = rest.strip_prefix(pieces.next().unwrap_or_default())?;
+    for literal in pieces {
+        let segment_end = rest.find('/').unwrap_or(rest.len());
+        if segment_end == 0 {
+            return None;
+        }
+        rest = rest[segment_end..].strip_prefix(literal)?;
+    }
+    Some(rest)
+}
+
+/// Whether every `*` in a prefix stands alone as a whole segment (`/a/*/b`, `/a/*`), the only
+/// form [`Route::matches`] gives a meaning to.
+pub fn wildcards_are_segments(prefix: &str) -> bool {
+    prefix.split('/').all(|segment| segment == "*" || !segment.contains('*'))
 }
 
 /// Two routes that match the same requests.
@@ -215,6 +241,29 @@ mod tests {
         assert_eq!(to(Method::POST, "/e/plugin/x"), Some("plugin"));
         assert_eq!(to(Method::POST, "/v1/files/upload"), Some("upload"));
         assert_eq!(to(Method::GET, "/v1/files/upload"), Some("api"));
+    }
+
+    #[test]
+    fn wildcard_segments_match_one_segment() {
+        let router = Router::new(vec![
+            route(0, "/", None, None, "web"),
+            route(1, "/console/api/apps/*/chat-messages", None, Some(&[Method::POST]), "run"),
+            route(2, "/console/api/apps/*/chat-messages/*/stop", None, None, "stop"),
+            route(3, "/v1/workflows/*/run", None, None, "run-by-id"),
+            route(4, "/v1/workflows/run", None, None, "run"),
+        ])
+        .expect("valid routes");
+        let to = |m: Method, p: &str| router.route(&m, p).map(|r| r.upstream.as_str());
+        assert_eq!(to(Method::POST, "/console/api/apps/3f2a/chat-messages"), Some("run"));
+        assert_eq!(to(Method::GET, "/console/api/apps/3f2a/chat-messages"), Some("web"));
+        assert_eq!(to(Method::POST, "/console/api/apps/3f2a/chat-messages/t1/stop"), Some("stop"));
+        assert_eq!(to(Method::POST, "/console/api/apps//chat-messages"), Some("web"), "* needs a segment");
+        assert_eq!(to(Method::POST, "/console/api/apps/a/b/chat-messages"), Some("web"), "* is one segment");
+        assert_eq!(to(Method::POST, "/v1/workflows/wf-1/run"), Some("run-by-id"));
+        assert_eq!(to(Method::POST, "/v1/workflows/run"), Some("run"));
+        assert_eq!(to(Method::POST, "/v1/workflows/wf-1/runs"), Some("web"), "whole segments only");
+        assert!(wildcards_are_segments("/a/*/b/*"));
+        assert!(!wildcards_are_segments("/a/x*/b"));
     }
 
     #[test]
