@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Installs what the end-to-end suite (tests/e2e.rs) needs, when it is missing:
+# Installs what the end-to-end suites (tests/e2e.rs, tests/dify_e2e.rs) need, when it is missing:
 #   - PostgreSQL server binaries (Debian's `postgresql`, 15 on bookworm) and the unprivileged
 #     `postgres` user the tests run them as (PostgreSQL refuses to run as root);
-#   - a Python venv at target/e2e-venv with e2e/requirements.txt (gunicorn, gevent, psycopg).
+#   - a Python venv at target/e2e-venv with e2e/requirements.txt (gunicorn, gevent, psycopg);
+#   - the real Dify API server (Dify 1.12.1) when its kit is beside the project
+#     (../shared/dify/realdify): `realdify install` into target/realdify (a few minutes the
+#     first time: redis-server, uv and the api's locked dependencies; a no-op afterwards).
 # Starts nothing: the tests start and stop their own PostgreSQL and gunicorn.
 # Idempotent and fast once done: a stamp in the venv records the requirements it holds.
 # `make test` runs it before `cargo test`.
@@ -31,6 +34,19 @@ if [ -z "$(pg_bin)" ] || [ ! -x "$(pg_bin)/initdb" ] || [ ! -x "$(pg_bin)/postgr
 fi
 if [ "$(id -u)" -eq 0 ] && ! id -u postgres >/dev/null 2>&1; then
   useradd --system --home-dir /var/lib/postgresql --shell /bin/bash postgres
+fi
+
+# The real Dify API: installed here, not in the test, so the test's time is the test's.
+kit="../shared/dify/realdify"
+if [ -x "$kit" ]; then
+  if [ ! -x target/realdify/venv/bin/gunicorn ] || [ ! -f target/realdify/dify.env ]; then
+    echo "e2e setup: installing the real Dify API (Dify 1.12.1) into target/realdify"
+    started=$(date +%s)
+    DIFY_HOME="$PWD/target/realdify" "$kit" install
+    echo "e2e setup: real Dify installed in $(( $(date +%s) - started )) s"
+  fi
+else
+  echo "e2e setup: $kit is absent: tests/dify_e2e.rs will skip its real-Dify test"
 fi
 
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then

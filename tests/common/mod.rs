@@ -17,6 +17,7 @@ use tokio::net::TcpStream;
 pub mod e2e;
 pub mod fixtures;
 pub mod load;
+pub mod realdify;
 pub mod sse;
 
 /// A port that was free a moment ago (the OS picks it).

@@ -1,0 +1,445 @@
+//! End-to-end against the real Dify API (Dify 1.12.1's own api/, unmodified, under gunicorn +
+//! gevent with PostgreSQL and Redis: `../shared/dify/realdify`), each scenario direct and
+//! through dify-shaper with its embedded defaults, side by side on the same run. dify-shaper
+//! must be invisible except for what it exists to do: nothing stock Dify finishes may fail,
+//! nothing Dify records may change.
+//!
+//! Skipped with one line when `../shared/dify` is absent. One table row per scenario is
+//! printed (`cargo test --test dify_e2e -- --nocapture`). Also here: a run longer than the
+//! old 600 s limit against the simulator, which runs beside the real-Dify scenarios.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::fixtures::ctl;
+use common::realdify::RealDify;
+use common::*;
+use dify_shaper::loadgen::{exchange, open_loop, Exchange, Shot};
+use dify_shaper::sim::{SimConfig, Simulator};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
+
+/// A run request for the apps of the kit (input `text`).
+fn run(key: &str, path: &str, mode: &str, user: &str) -> Shot {
+    let body =
+        serde_json::json!({"inputs": {"text": "hello from the e2e"}, "response_mode": mode, "user": user});
+    Shot {
+        method: http::Method::POST,
+        path: path.into(),
+        headers: vec![("authorization".into(), format!("Bearer {key}"))],
+        body: Bytes::from(body.to_string()),
+    }
+}
+
+/// Values that differ between two identical runs (ids, clocks); replaced before comparing.
+const VOLATILE: &[&str] =
+    &["id", "task_id", "workflow_run_id", "created_at", "finished_at", "elapsed_time", "sys.workflow_run_id"];
+
+fn normalize(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            for (key, value) in map.iter_mut() {
+                if VOLATILE.contains(&key.as_str()) && !value.is_null() {
+                    *value = Value::String("…".into());
+                } else {
+                    normalize(value);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(normalize),
+        _ => {}
+    }
+}
+
+/// A stream's frames: `ping` for Dify's keep-alives, else the data JSON (normalized).
+fn sse_frames(body: &[u8]) -> Vec<Value> {
+    String::from_utf8_lossy(body)
+        .split("\n\n")
+        .filter(|block| !block.trim().is_empty())
+        .map(|block| {
+            if block.starts_with("event: ping") {
+                return Value::String("ping".into());
+            }
+            let data = block.lines().find_map(|l| l.strip_prefix("data: ")).unwrap_or(block);
+            let mut value: Value = serde_json::from_str(data).unwrap_or(Value::String(data.to_string()));
+            normalize(&mut value);
+            value
+        })
+        .collect()
+}
+
+fn event_names(frames: &[Value]) -> Vec<String> {
+    frames.iter().filter(|f| f.is_object()).map(|f| f["event"].as_str().unwrap_or("?").to_string()).collect()
+}
+
+/// A stream answered 200 whose last event is `workflow_finished`.
+fn stream_finished(exchange: &Exchange) -> bool {
+    let Ok(answer) = &exchange.result else { return false };
+    answer.status == 200
+        && answer.complete
+        && event_names(&sse_frames(&answer.body)).last().is_some_and(|e| e == "workflow_finished")
+}
+
+fn blocking_ok(exchange: &Exchange) -> bool {
+    exchange.result.as_ref().is_ok_and(|a| a.status == 200 && a.complete)
+}
+
+fn run_id(exchange: &Exchange) -> Option<String> {
+    let answer = exchange.result.as_ref().ok()?;
+    let value: Value = serde_json::from_slice(&answer.body).ok()?;
+    value["workflow_run_id"].as_str().map(str::to_string)
+}
+
+fn describe(exchange: &Exchange) -> String {
+    match &exchange.result {
+        Ok(a) => {
+            format!("{} {}", a.status, String::from_utf8_lossy(&a.body).chars().take(300).collect::<String>())
+        }
+        Err(e) => format!("{e:?}"),
+    }
+}
+
+/// One row of the side-by-side table.
+struct Row {
+    scenario: &'static str,
+    direct: (usize, usize),
+    shaped: (usize, usize),
+}
+
+fn print_table(rows: &[Row]) {
+    eprintln!(
+        "\n| scenario (real Dify 1.12.1) | direct ok | direct failed | dify-shaper ok | dify-shaper failed |"
+    );
+    eprintln!("|---|---:|---:|---:|---:|");
+    for r in rows {
+        eprintln!("| {} | {} | {} | {} | {} |", r.scenario, r.direct.0, r.direct.1, r.shaped.0, r.shaped.1);
+    }
+}
+
+fn tally(exchanges: &[Exchange], ok: impl Fn(&Exchange) -> bool) -> (usize, usize) {
+    let good = exchanges.iter().filter(|e| ok(e)).count();
+    (good, exchanges.len() - good)
+}
+
+/// A local server that answers every GET after `delay` (changeable while it runs): the URL a
+/// `key-http` app calls, so a real Dify run waits on I/O as long as a model call would.
+struct SlowServer {
+    addr: SocketAddr,
+    delay_ms: Arc<AtomicU64>,
+}
+
+impl SlowServer {
+    async fn start() -> SlowServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let delay_ms = Arc::new(AtomicU64::new(0));
+        let delay = Arc::clone(&delay_ms);
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let delay = Duration::from_millis(delay.load(Ordering::Relaxed));
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match conn.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    tokio::time::sleep(delay).await;
+                    let body = format!("waited {} ms", delay.as_millis());
+                    let reply = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = conn.write_all(reply.as_bytes()).await;
+                });
+            }
+        });
+        SlowServer { addr, delay_ms }
+    }
+
+    fn set_delay(&self, delay: Duration) {
+        self.delay_ms.store(delay.as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+async fn one(addr: SocketAddr, shot: &Shot, patience: Duration) -> Exchange {
+    exchange(addr, shot, patience, Instant::now()).await
+}
+
+/// Sends `shot` (with a per-request `user` suffix off) at `rate` for `duration`, running
+/// `during` after `after`; returns every exchange.
+async fn load_with<F, Fut>(
+    target: SocketAddr,
+    shot: Shot,
+    rate: f64,
+    duration: Duration,
+    after: Duration,
+    during: F,
+) -> Vec<Exchange>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let start = Instant::now();
+    let count = (rate * duration.as_secs_f64()).round() as usize;
+    let load = tokio::spawn(async move {
+        open_loop(rate, count, start, move |_| {
+            let shot = shot.clone();
+            async move { exchange(target, &shot, Duration::from_secs(150), start).await }
+        })
+        .await
+    });
+    tokio::time::sleep(after).await;
+    during().await;
+    load.await.expect("load").into_iter().flatten().collect()
+}
+
+fn proxy_for(dify: &RealDify) -> String {
+    format!("http://{}", dify.api)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn real_dify_direct_and_through_dify_shaper() {
+    let Some(kit) = RealDify::kit() else { return };
+    let dify = RealDify::start(kit).await;
+    let slow = SlowServer::start().await;
+    let echo_key = dify.key().await;
+    let http_key = dify.key_http(&format!("http://{}/model", slow.addr)).await;
+    let proxy = ProxyProcess::start_with_args(None, &["--upstream", &proxy_for(&dify)]).await;
+    let (direct, shaped) = (dify.api, proxy.addr);
+    let nonce = uuid::Uuid::new_v4().simple().to_string();
+    let mut rows = Vec::new();
+    let quick = Duration::from_secs(60);
+
+    // 1. The same answers: blocking JSON and the stream's events, in order.
+    let user = format!("same-{nonce}");
+    let blocking = run(&echo_key, "/v1/workflows/run", "blocking", &user);
+    let (d, s) = (one(direct, &blocking, quick).await, one(shaped, &blocking, quick).await);
+    assert!(blocking_ok(&d) && blocking_ok(&s), "direct: {}\nshaped: {}", describe(&d), describe(&s));
+    let body = |e: &Exchange| {
+        let mut v: Value = serde_json::from_slice(&e.result.as_ref().expect("answer").body).expect("json");
+        normalize(&mut v);
+        v
+    };
+    assert_eq!(body(&d), body(&s), "the blocking answer changed through the proxy");
+    let streaming = run(&echo_key, "/v1/workflows/run", "streaming", &user);
+    let (d_stream, s_stream) = (one(direct, &streaming, quick).await, one(shaped, &streaming, quick).await);
+    assert!(
+        stream_finished(&d_stream) && stream_finished(&s_stream),
+        "{}\n{}",
+        describe(&d_stream),
+        describe(&s_stream)
+    );
+    let frames = |e: &Exchange| sse_frames(&e.result.as_ref().expect("answer").body);
+    let (d_frames, s_frames) = (frames(&d_stream), frames(&s_stream));
+    assert_eq!(event_names(&d_frames), event_names(&s_frames), "events differ");
+    assert_eq!(d_frames, s_frames, "event contents differ");
+    eprintln!("same answers: blocking JSON equal; stream events {:?}", event_names(&s_frames));
+    rows.push(Row {
+        scenario: "blocking + streaming run: same status, JSON, events",
+        direct: (usize::from(blocking_ok(&d)) + usize::from(stream_finished(&d_stream)), 0),
+        shaped: (usize::from(blocking_ok(&s)) + usize::from(stream_finished(&s_stream)), 0),
+    });
+
+    // 2. Dify's own errors pass through byte for byte.
+    let bad_key = run("app-doesnotexist0000000000", "/v1/workflows/run", "blocking", &user);
+    let mut missing_input = run(&echo_key, "/v1/workflows/run", "blocking", &user);
+    missing_input.body =
+        Bytes::from(serde_json::json!({"inputs": {}, "response_mode": "blocking", "user": user}).to_string());
+    let not_found = Shot {
+        method: http::Method::GET,
+        path: "/v1/no-such-route".into(),
+        body: Bytes::new(),
+        ..blocking.clone()
+    };
+    let cases =
+        [("401 bad key", bad_key, 401), ("400 missing input", missing_input, 400), ("404", not_found, 404)];
+    for (what, shot, status) in &cases {
+        let (d, s) = (one(direct, shot, quick).await, one(shaped, shot, quick).await);
+        let (da, sa) = (d.result.as_ref().expect("direct answer"), s.result.as_ref().expect("shaped answer"));
+        assert_eq!(da.status, *status, "{what} direct: {}", describe(&d));
+        assert_eq!(sa.status, da.status, "{what}: status changed");
+        assert_eq!(sa.body, da.body, "{what}: body changed");
+        eprintln!("{what}: same status and body ({} bytes)", sa.body.len());
+    }
+    rows.push(Row {
+        scenario: "Dify's 401 / 400 / 404, byte for byte",
+        direct: (cases.len(), 0),
+        shaped: (cases.len(), 0),
+    });
+
+    // 3. `realdify restart-api` (a real boot) under steady blocking load: through the proxy
+    // every request is answered 200 and runs exactly once.
+    let mut sides = [(0, 0); 2];
+    for (side, target) in [direct, shaped].into_iter().enumerate() {
+        let name = ["direct", "dify-shaper"][side];
+        let user = format!("restart-{side}-{nonce}");
+        let shot = run(&echo_key, "/v1/workflows/run", "blocking", &user);
+        let exchanges = load_with(target, shot, 4.0, Duration::from_secs(30), Duration::from_secs(5), || {
+            dify.restart_api()
+        })
+        .await;
+        sides[side] = tally(&exchanges, blocking_ok);
+        let ids: std::collections::BTreeSet<String> = exchanges.iter().filter_map(run_id).collect();
+        let recorded = dify.runs_of(&user).await;
+        eprintln!(
+            "restart-api under blocking load, {name}: {} ok, {} failed of {}; {} distinct run ids; Dify recorded {recorded} runs",
+            sides[side].0,
+            sides[side].1,
+            exchanges.len(),
+            ids.len(),
+        );
+        if target == shaped {
+            let failures: Vec<String> = exchanges.iter().filter(|e| !blocking_ok(e)).map(describe).collect();
+            assert!(failures.is_empty(), "through dify-shaper: {failures:?}\n{}", proxy.logs());
+            assert_eq!(ids.len(), exchanges.len(), "a run id answered twice");
+            assert_eq!(recorded, exchanges.len() as u64, "Dify ran a request twice (or lost one)");
+        }
+    }
+    rows.push(Row {
+        scenario: "restart-api under blocking load (4/s for 30 s)",
+        direct: sides[0],
+        shaped: sides[1],
+    });
+
+    // 4. Drain, restart, resume under streaming load (runs that wait 1 s on a model-like
+    // call): every stream ends with `workflow_finished`. Direct has no drain: the restart alone.
+    slow.set_delay(Duration::from_secs(1));
+    let admin = proxy.admin.to_string();
+    for (side, target) in [direct, shaped].into_iter().enumerate() {
+        let name = ["direct", "dify-shaper"][side];
+        let user = format!("drain-{side}-{nonce}");
+        let shot = run(&http_key, "/v1/workflows/run", "streaming", &user);
+        let exchanges =
+            load_with(target, shot, 2.0, Duration::from_secs(30), Duration::from_secs(5), || async {
+                if target == shaped {
+                    let (code, out, err) = ctl(&["drain", "api", "--admin", &admin, "--wait"]).await;
+                    assert_eq!(code, 0, "ctl drain: {out}{err}");
+                    dify.restart_api().await;
+                    let (code, out, err) = ctl(&["resume", "api", "--admin", &admin, "--wait"]).await;
+                    assert_eq!(code, 0, "ctl resume: {out}{err}");
+                } else {
+                    dify.restart_api().await;
+                }
+            })
+            .await;
+        sides[side] = tally(&exchanges, stream_finished);
+        let recorded = dify.runs_of(&user).await;
+        eprintln!(
+            "drain, restart-api, resume under streaming load, {name}: {} streams finished, {} failed of {}; Dify recorded {recorded} runs",
+            sides[side].0,
+            sides[side].1,
+            exchanges.len()
+        );
+        if target == shaped {
+            let failures: Vec<String> =
+                exchanges.iter().filter(|e| !stream_finished(e)).map(describe).collect();
+            assert!(failures.is_empty(), "streams cut through dify-shaper: {failures:?}\n{}", proxy.logs());
+            assert_eq!(recorded, exchanges.len() as u64, "Dify ran a request twice (or lost one)");
+        }
+    }
+    rows.push(Row {
+        scenario: "streaming load (2/s for 30 s, runs wait 1 s on a model-like call): ctl drain --wait, restart-api, ctl resume --wait (direct: restart-api alone)",
+        direct: sides[0],
+        shaped: sides[1],
+    });
+
+    // 5. A blocking run longer than the old 60 s interactive limit, on both run paths.
+    slow.set_delay(Duration::ZERO);
+    let probe = one(direct, &run(&http_key, "/v1/workflows/run", "blocking", &user), quick).await;
+    let probe: Value = serde_json::from_slice(&probe.result.as_ref().expect("answer").body).expect("json");
+    let workflow_id = probe["data"]["workflow_id"].as_str().expect("workflow_id").to_string();
+    slow.set_delay(Duration::from_secs(65));
+    let by_id = format!("/v1/workflows/{workflow_id}/run");
+    let long = Duration::from_secs(150);
+    let shots = [
+        (direct, run(&http_key, "/v1/workflows/run", "blocking", &user)),
+        (direct, run(&http_key, &by_id, "blocking", &user)),
+        (shaped, run(&http_key, "/v1/workflows/run", "blocking", &user)),
+        (shaped, run(&http_key, &by_id, "blocking", &user)),
+    ];
+    let started = Instant::now();
+    let runs = futures_util::future::join_all(shots.iter().map(|(addr, shot)| one(*addr, shot, long))).await;
+    let took = started.elapsed();
+    for (exchange, (addr, shot)) in runs.iter().zip(&shots) {
+        assert!(
+            blocking_ok(exchange),
+            "{} {}: {}",
+            if *addr == direct { "direct" } else { "shaped" },
+            shot.path,
+            describe(exchange)
+        );
+        let answer: Value =
+            serde_json::from_slice(&exchange.result.as_ref().expect("answer").body).expect("json");
+        assert_eq!(answer["data"]["outputs"]["result"], "waited 65000 ms", "{answer}");
+    }
+    assert!(took >= Duration::from_secs(65), "the runs did not wait on the model call: {took:?}");
+    eprintln!("blocking runs of 65 s on /v1/workflows/run and {by_id}: all 4 answered 200 after {took:?}");
+    rows.push(Row {
+        scenario: "65 s blocking run, /v1/workflows/run and /v1/workflows/{id}/run",
+        direct: tally(&runs[..2], blocking_ok),
+        shaped: tally(&runs[2..], blocking_ok),
+    });
+
+    // 6. The client IP Dify records (a console login stores `last_login_ip` through
+    // `extract_remote_ip`), as Dify's nginx forwards it, and as a bare client sends it.
+    let mut logins = [(0, 0); 2];
+    for forwarded in [Some("203.0.113.7"), None] {
+        let mut recorded = Vec::new();
+        for (side, target) in [direct, shaped].into_iter().enumerate() {
+            let login = serde_json::json!({"email": "admin@example.com", "password": "RGlmeVRlc3QxMjM0", "remember_me": true});
+            let headers =
+                forwarded.map(|ip| ("x-forwarded-for".to_string(), ip.to_string())).into_iter().collect();
+            let shot = Shot {
+                method: http::Method::POST,
+                path: "/console/api/login".into(),
+                headers,
+                body: Bytes::from(login.to_string()),
+            };
+            let e = one(target, &shot, quick).await;
+            assert!(blocking_ok(&e), "login: {}", describe(&e));
+            logins[side].0 += 1;
+            recorded.push(
+                dify.query("SELECT last_login_ip FROM accounts WHERE email = 'admin@example.com'").await,
+            );
+        }
+        eprintln!(
+            "client IP Dify records, X-Forwarded-For {forwarded:?}: direct {:?}, through dify-shaper {:?}",
+            recorded[0], recorded[1]
+        );
+        assert_eq!(recorded[0], recorded[1], "Dify records another client IP through the proxy");
+    }
+    rows.push(Row {
+        scenario: "client IP Dify records (login with and without X-Forwarded-For)",
+        direct: logins[0],
+        shaped: logins[1],
+    });
+
+    print_table(&rows);
+    drop(proxy);
+}
+
+/// A blocking run longer than the old `run` class limit (600 s), against the simulator on a
+/// long-running route, through the embedded defaults: answered, not cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocking_run_past_600_seconds_is_not_cut() {
+    let sim =
+        Simulator::start("127.0.0.1:0".parse().expect("addr"), SimConfig::default()).await.expect("sim");
+    let proxy = ProxyProcess::start_default(sim.addr()).await;
+    let mut shot = run("app-longlonglonglong0001", "/v1/workflows/run", "blocking", "long");
+    shot.headers.push(("x-sim-service-time".into(), "610s".into()));
+    let started = Instant::now();
+    let answer = one(proxy.addr, &shot, Duration::from_secs(700)).await;
+    let took = started.elapsed();
+    assert!(blocking_ok(&answer), "after {took:?}: {}\n{}", describe(&answer), proxy.logs());
+    assert!(took >= Duration::from_secs(610), "answered after {took:?}, before the run's 610 s");
+    eprintln!("a 610 s blocking run through the embedded defaults: 200 after {took:?}");
+}
