@@ -39,7 +39,9 @@ fn uncontended(c: &mut Criterion) {
         b.to_async(&rt).iter(|| {
             let gate = Arc::clone(&gate);
             async move {
-                let permit = gate.acquire(Ticket { tenant: 1, tenant_label: String::new(), class: 1 }).await;
+                let permit = gate
+                    .acquire(Ticket { tenant: 1, tenant_label: String::new(), class: 1, deadline: None })
+                    .await;
                 drop(permit);
             }
         })
@@ -51,12 +53,24 @@ fn with_10k_waiters(c: &mut Criterion) {
         tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
     // A real gate with one slot held and 10,000 requests from 100 tenants waiting.
     let gate = gate(1, 20_000);
-    let held = rt.block_on(gate.acquire(Ticket { tenant: 0, tenant_label: String::new(), class: 1 }));
+    let held = rt.block_on(gate.acquire(Ticket {
+        tenant: 0,
+        tenant_label: String::new(),
+        class: 1,
+        deadline: None,
+    }));
     let mut waiters = Vec::new();
     for i in 0..10_000u64 {
         let gate = Arc::clone(&gate);
         waiters.push(rt.spawn(async move {
-            let _ = gate.acquire(Ticket { tenant: i % 100 + 1, tenant_label: String::new(), class: 1 }).await;
+            let _ = gate
+                .acquire(Ticket {
+                    tenant: i % 100 + 1,
+                    tenant_label: String::new(),
+                    class: 1,
+                    deadline: None,
+                })
+                .await;
         }));
     }
     while rt.block_on(async { gate.queued() }) < 10_000 {
@@ -68,7 +82,8 @@ fn with_10k_waiters(c: &mut Criterion) {
             async move {
                 // Queued behind the 10,000, then withdrawn (a client that leaves).
                 // Poll the acquire once (it queues), then drop it.
-                let attempt = gate.acquire(Ticket { tenant: 7, tenant_label: String::new(), class: 1 });
+                let attempt =
+                    gate.acquire(Ticket { tenant: 7, tenant_label: String::new(), class: 1, deadline: None });
                 tokio::select! {
                     biased;
                     _ = attempt => {}

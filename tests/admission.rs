@@ -228,18 +228,25 @@ async fn wait_status(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_queued_request_whose_client_leaves_never_reaches_the_backend() {
-    let _serial = SERIAL.lock().await;
-    use tokio::io::AsyncWriteExt;
-    // One slot and 2 s runs; the limit is pinned to 1 so a second request must queue.
-    let backend = sim(1, 1, ms(2000), None).await;
+/// A backend with one slot and runs of `service_ms`, behind a proxy whose limit is pinned to
+/// 1, so a second request must queue.
+async fn one_slot(service_ms: u64) -> (Simulator, ProxyProcess) {
+    let backend = sim(1, 1, ms(service_ms), None).await;
     let config = format!(
         "[upstreams.api]\nservers = [\"{}\"]\n[upstreams.api.admission]\ninitial_limit = 1\nmax_limit = 1\n\
          [[routes]]\nprefix = \"/\"\nupstream = \"api\"\nclass = \"run\"\n",
         backend.addr()
     );
     let proxy = ProxyProcess::start(&config).await;
+    (backend, proxy)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_request_whose_client_leaves_never_reaches_the_backend() {
+    let _serial = SERIAL.lock().await;
+    use tokio::io::AsyncWriteExt;
+    // One slot and 2 s runs; the limit is pinned to 1 so a second request must queue.
+    let (backend, proxy) = one_slot(2000).await;
     let addr = proxy.addr;
     let body = r#"{"inputs":{},"response_mode":"blocking","user":"u"}"#;
     let first = tokio::spawn(async move {
@@ -269,4 +276,44 @@ async fn a_queued_request_whose_client_leaves_never_reaches_the_backend() {
     assert_eq!(backend.count_for_request_id("first"), 1);
     assert_eq!(backend.count_for_request_id("third"), 1);
     assert_eq!(backend.count_for_request_id("gone"), 0, "the departed client's request reached the backend");
+}
+
+/// A client that states its timeout (`X-Request-Timeout`) is answered 503 `server_busy` with
+/// `Retry-After` before that time runs out, instead of timing out silently in the queue; a
+/// malformed value is ignored, never an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stated_client_timeout_is_answered_before_it_runs_out() {
+    let _serial = SERIAL.lock().await;
+    let (backend, proxy) = one_slot(3000).await;
+    let addr = proxy.addr;
+    let body = r#"{"inputs":{},"response_mode":"blocking","user":"u"}"#;
+    let first = tokio::spawn(async move { post_json(addr, "/v1/workflows/run", body, &[]).await });
+    wait_status(&proxy, "the first request in flight", |s| s["in_flight"] == 1).await;
+
+    let started = Instant::now();
+    let (code, headers, reply) = post_json(
+        addr,
+        "/v1/workflows/run",
+        body,
+        &[("x-request-timeout", "1.5"), ("x-request-id", "hurried")],
+    )
+    .await;
+    let took = started.elapsed();
+    assert_eq!(code, 503, "{}", String::from_utf8_lossy(&reply));
+    assert_eq!(json(&reply)["code"], "server_busy");
+    assert!(headers.contains_key("retry-after"));
+    assert!(took < Duration::from_millis(1500), "answered after {took:?}, past the stated 1.5 s");
+    eprintln!("a client stating a 1.5 s timeout behind a 3 s run: 503 after {took:?}");
+
+    // A malformed value is as if it were not sent: the request waits its turn and is served.
+    let (code, _, _) = post_json(
+        addr,
+        "/v1/workflows/run",
+        body,
+        &[("x-request-timeout", "soon"), ("x-request-id", "patient")],
+    )
+    .await;
+    assert_eq!(code, 200);
+    assert_eq!(first.await.expect("first").0, 200);
+    assert_eq!(backend.count_for_request_id("hurried"), 0, "a refused request reached the backend");
 }

@@ -7,11 +7,14 @@
 //! 1. bypass: classes with `queued = false` (stop-task calls) and disabled admission pass at
 //!    once — counted in flight, never held;
 //! 2. fast path: nothing waiting and in-flight below the class's cap → admitted;
-//! 3. refused at once when the estimated wait exceeds the class's `queue_timeout` or the
-//!    learned client patience (a fast 503 beats a slow timeout);
+//! 3. refused at once when the estimated wait exceeds how long the request may wait (its
+//!    class's `queue_timeout`, its client's stated deadline, the learned patience of its
+//!    class's clients: a fast 503 beats a slow timeout);
 //! 4. queued (a full queue evicts from the heaviest tenant, see [`super::queue`]); a waiter
-//!    is woken when a slot frees, shed when it has waited past the learned patience, or
-//!    answered 503 at its `queue_timeout`.
+//!    is woken when a slot frees, or answered 503 when its time runs out (see
+//!    [`super::patience`]), before its client gives up. Every waiter re-reads its deadline
+//!    when the learned patience changes, so those queued before it was known (the oldest of a
+//!    newest-first queue among them) are refused in time too.
 //!
 //! A slot is freed when the request ends, except when its client left before the backend
 //! answered: the backend is still running it, so the slot stays taken for the class's typical
@@ -29,10 +32,11 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::limit::{AdaptiveLimit, Change, Outcome, Sample};
+use super::patience::{client_wait, Patience};
 use super::policy::AdmissionPolicy;
 use super::queue::{Entry, FairQueue, TenantId};
 use super::refusal::Refusal;
-use super::stats::{Ewma, Patience};
+use super::stats::Ewma;
 
 /// Interactive traffic counts as active for this long after its last request.
 const INTERACTIVE_ACTIVE_FOR: Duration = Duration::from_secs(10);
@@ -48,6 +52,9 @@ pub struct Ticket {
     pub tenant_label: String,
     /// Class index (see [`AdmissionPolicy::classes`]).
     pub class: usize,
+    /// How long its client said it waits for the answer, if it said (clamped by the caller);
+    /// it only ever shortens the wait.
+    pub deadline: Option<Duration>,
 }
 
 #[derive(Debug)]
@@ -112,6 +119,8 @@ struct State {
 pub struct Admission {
     name: String,
     state: Mutex<State>,
+    /// Wakes every waiter to re-read its wait limit (the learned patience changed).
+    limits_changed: tokio::sync::Notify,
 }
 
 impl Admission {
@@ -149,6 +158,7 @@ impl Admission {
                 scratch_caps: Vec::new(),
                 policy,
             }),
+            limits_changed: tokio::sync::Notify::new(),
         })
     }
 
@@ -177,7 +187,7 @@ impl Admission {
     /// request (its client left) and records how long that client waited.
     pub async fn acquire(self: &Arc<Self>, ticket: Ticket) -> Result<Permit, Refusal> {
         let now = Instant::now();
-        let (rx, id, class, deadline, expiry, timeout) = {
+        let (rx, id, class, timeout) = {
             let mut st = self.lock();
             let class = ticket.class.min(st.policy.classes.len().saturating_sub(1));
             if st.labels.len() >= MAX_LABELS {
@@ -208,7 +218,7 @@ impl Admission {
             // While the upstream is down, arrivals are held (the departure rate says nothing).
             let refusal = match st.closing {
                 Some(closing) => Some(closing),
-                None if open => st.refuse_on_arrival(ticket.tenant, class, timeout, now),
+                None if open => st.refuse_on_arrival(&ticket, class, timeout, now),
                 None => None,
             };
             if let Some(refusal) = refusal {
@@ -236,15 +246,7 @@ impl Admission {
             st.queue.push(Entry { id, tenant: ticket.tenant, class, enqueued: now, payload: tx });
             st.counters.queued += 1;
             st.dispatch(now);
-            // Once clients' patience is known, answer 503 just before a waiter's client would
-            // give up, instead of letting it time out silently.
-            let (wait_limit, reason) = match st.patience.estimate() {
-                Some(patience) if patience.saturating_sub(st.expected_first_byte(class)) < timeout => {
-                    (patience.saturating_sub(st.expected_first_byte(class)), Refusal::Impatient)
-                }
-                _ => (timeout, Refusal::Timeout),
-            };
-            (rx, id, class, now + wait_limit, reason, timeout)
+            (rx, id, class, timeout)
         };
         let mut waiting = Waiting {
             admission: Arc::clone(self),
@@ -253,12 +255,24 @@ impl Admission {
             class,
             enqueued: now,
             rx: Some(rx),
-            expiry,
+            expiry: Refusal::Timeout,
+            client_deadline: ticket.deadline,
         };
-        let mut deadline = deadline;
         loop {
+            // Registered before the deadline is read, so a change meanwhile is not missed.
+            let limits_changed = self.limits_changed.notified();
+            // Answer 503 just before a waiter's client would give up, instead of letting it
+            // time out silently; re-read after every wake-up (a hold may have extended it, a
+            // newly learned patience shortened it).
+            let deadline = waiting.deadline(timeout);
+            if deadline <= Instant::now() {
+                return waiting.time_out();
+            }
             let decision = match waiting.rx.as_mut() {
-                Some(rx) => tokio::time::timeout_at(deadline, rx).await,
+                Some(rx) => tokio::select! {
+                    decision = tokio::time::timeout_at(deadline, rx) => decision,
+                    () = limits_changed => continue,
+                },
                 None => return Err(Refusal::Evicted),
             };
             return match decision {
@@ -268,13 +282,7 @@ impl Admission {
                     waiting.rx = None;
                     Err(Refusal::Evicted)
                 }
-                Err(_elapsed) => match waiting.extended_deadline(timeout) {
-                    Some(later) => {
-                        deadline = later;
-                        continue;
-                    }
-                    None => waiting.time_out(),
-                },
+                Err(_elapsed) => continue,
             };
         }
     }
@@ -327,7 +335,7 @@ impl Admission {
             shed: st.counters.shed.clone(),
             wait_avg_ms: st.waits.get().map_or(0.0, |w| w * 1e3),
             wait_max_ms: st.max_wait.as_secs_f64() * 1e3,
-            patience_ms: st.patience.estimate().map(|p| p.as_secs_f64() * 1e3),
+            patience_ms: st.patience.overall().map(|p| p.as_secs_f64() * 1e3),
         }
     }
 
@@ -602,19 +610,44 @@ impl State {
 
     fn refuse_on_arrival(
         &self,
-        tenant: TenantId,
+        ticket: &Ticket,
         class: usize,
         timeout: Duration,
         now: Instant,
     ) -> Option<Refusal> {
-        let wait = self.expected_wait(tenant, class, now)?;
+        let wait = self.expected_wait(ticket.tenant, class, now)?;
         if wait > timeout {
             return Some(Refusal::WouldExceedDeadline);
         }
-        let patience = self.patience.estimate()?;
-        let first_byte =
-            self.first_byte.get(class).and_then(Ewma::get).map_or(Duration::ZERO, Duration::from_secs_f64);
-        (wait + first_byte > patience).then_some(Refusal::Impatient)
+        let client =
+            client_wait(ticket.deadline, self.patience.estimate(class), self.expected_first_byte(class))?;
+        (wait > client).then_some(Refusal::Impatient)
+    }
+
+    /// When a waiter queued at `enqueued` runs out of time, and what it is told then: its
+    /// class's `timeout` (counted from the gate's opening for a request held through a closed
+    /// gate, and extended while a hold lasts), or, sooner, what its client is expected to
+    /// wait (never extended: a 503 it can retry beats a silent timeout).
+    fn waiter_deadline(
+        &self,
+        enqueued: Instant,
+        class: usize,
+        client_deadline: Option<Duration>,
+        timeout: Duration,
+        now: Instant,
+    ) -> (Instant, Refusal) {
+        let base = enqueued + timeout;
+        let queue = match self.hold_until.filter(|until| *until > now) {
+            Some(until) => until.max(base),
+            None => self.opened_at.filter(|t| *t > enqueued).map_or(base, |t| (t + timeout).max(base)),
+        };
+        let client =
+            client_wait(client_deadline, self.patience.estimate(class), self.expected_first_byte(class))
+                .map(|wait| enqueued + wait);
+        match client {
+            Some(client) if client < queue => (client, Refusal::Impatient),
+            _ => (queue, Refusal::Timeout),
+        }
     }
 
     /// A request stopped occupying the backend: one slot less in flight, a departure for the
@@ -656,13 +689,8 @@ impl State {
             // A request held through a closed gate is still connected (a client that leaves
             // withdraws it), so its long wait says nothing about its patience.
             let held_through = self.opened_at.is_some_and(|t| t > entry.enqueued);
-            if let Some(patience) = self.patience.estimate().filter(|_| !held_through) {
-                let first_byte = self
-                    .first_byte
-                    .get(entry.class)
-                    .and_then(Ewma::get)
-                    .map_or(Duration::ZERO, Duration::from_secs_f64);
-                if waited + first_byte > patience {
+            if let Some(patience) = self.patience.estimate(entry.class).filter(|_| !held_through) {
+                if waited + self.expected_first_byte(entry.class) > patience {
                     // Its client has most likely given up, or will before the answer comes.
                     let _ = entry.payload.send(Decision::Shed(Refusal::Impatient));
                     self.count_shed(Refusal::Impatient);
@@ -685,21 +713,21 @@ struct Waiting {
     class: usize,
     enqueued: Instant,
     rx: Option<oneshot::Receiver<Decision>>,
-    /// What running out of time means: the class's queue timeout, or the learned patience.
+    /// What running out of time means: the class's queue timeout, or its client's limit.
     expiry: Refusal,
+    /// How long the client said it waits, if it said.
+    client_deadline: Option<Duration>,
 }
 
 impl Waiting {
-    /// The queue deadline passed: a later one while a hold keeps this request waiting on
-    /// purpose, or — when the gate opened after it was queued — its full `timeout` from the
-    /// opening, so a request held through a restart is not refused just as it is released.
-    fn extended_deadline(&self, timeout: Duration) -> Option<Instant> {
+    /// When this waiter runs out of time now (see [`State::waiter_deadline`]); notes what it
+    /// will be told then.
+    fn deadline(&mut self, timeout: Duration) -> Instant {
         let st = self.admission.lock();
-        let now = Instant::now();
-        if let Some(until) = st.hold_until.filter(|t| *t > now) {
-            return Some(until);
-        }
-        st.opened_at.filter(|t| *t > self.enqueued).map(|t| t + timeout).filter(|t| *t > now)
+        let (deadline, expiry) =
+            st.waiter_deadline(self.enqueued, self.class, self.client_deadline, timeout, Instant::now());
+        self.expiry = expiry;
+        deadline
     }
 
     fn resolve(&mut self, decision: Decision) -> Result<Permit, Refusal> {
@@ -748,9 +776,15 @@ impl Drop for Waiting {
         let mut st = self.admission.lock();
         if st.queue.remove(self.id, self.tenant, self.class).is_some() {
             st.counters.abandoned += 1;
-            st.patience.record(now.duration_since(self.enqueued));
+            let before = st.patience.estimate(self.class);
+            st.patience.record(self.class, now.duration_since(self.enqueued));
+            let changed = st.patience.estimate(self.class) != before;
             if st.queue.is_empty() {
                 st.standing_since = None;
+            }
+            drop(st);
+            if changed {
+                self.admission.limits_changed.notify_waiters();
             }
             return;
         }

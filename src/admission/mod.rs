@@ -4,11 +4,13 @@
 //! - [`limit`]: the adaptive concurrency limit (pure, clock-injected);
 //! - [`queue`]: the fair queue (classes by weight, tenants round robin, adaptive LIFO);
 //! - [`controller`]: [`Admission`], tying both to requests ([`Permit`], [`Refusal`]);
-//! - [`policy`]: the settings it runs with; [`stats`]: running averages and patience;
+//! - [`patience`]: how long a waiter may wait (queue timeout, client deadline, learned
+//!   patience); [`policy`]: the settings it runs with; [`stats`]: running averages;
 //! - [`tenant`]: who a request belongs to, and per-tenant rate limits.
 
 pub mod controller;
 pub mod limit;
+pub mod patience;
 pub mod policy;
 pub mod queue;
 pub mod refusal;

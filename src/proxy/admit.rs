@@ -8,6 +8,8 @@
 //! on every attempt — so the body still reaches the backend intact, and can be replayed on a
 //! safe retry. Larger or chunked bodies (file uploads) wait without the watch.
 
+use std::time::Duration;
+
 use pingora::proxy::Session;
 use pingora::Result;
 
@@ -15,6 +17,30 @@ use crate::admission::{Admission, Permit, Refusal, Ticket};
 
 /// Largest body read before admission (pingora's retry buffer holds 64 KiB).
 pub const PREREAD_LIMIT: u64 = 64 * 1024;
+
+/// The header in which a client states how long it waits for the answer: seconds
+/// (`"10"`, `"2.5"`) or a duration with a unit (`"1500ms"`, `"30s"`, `"2m"`) — e.g. the
+/// timeout a Dify SDK client is configured with. The queue then refuses it (503 + Retry-After)
+/// before that time runs out rather than letting it time out silently.
+pub const REQUEST_TIMEOUT: &str = "x-request-timeout";
+
+/// The longest stated deadline taken as it is: Dify's own nginx allows no more.
+const LONGEST_DEADLINE: Duration = Duration::from_secs(3600);
+
+/// The deadline a client stated in [`REQUEST_TIMEOUT`]. Absent, malformed, zero or negative
+/// is ignored (as if not sent); above an hour is an hour. It only ever shortens the wait in
+/// the queue, so it cannot be used to jump it.
+pub fn client_deadline(header: &pingora::http::RequestHeader) -> Option<Duration> {
+    let text = header.headers.get(REQUEST_TIMEOUT)?.to_str().ok()?.trim();
+    let deadline = match text.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs > 0.0 => {
+            Duration::from_secs_f64(secs.min(LONGEST_DEADLINE.as_secs_f64()))
+        }
+        Ok(_) => return None,
+        Err(_) => humantime::parse_duration(text).ok().filter(|d| !d.is_zero())?,
+    };
+    Some(deadline.min(LONGEST_DEADLINE))
+}
 
 /// How waiting for admission ended.
 #[derive(Debug)]
@@ -103,5 +129,32 @@ async fn client_gone(session: &mut Session) {
         // Bytes of a pipelined request: we can no longer tell a disconnect; wait forever and
         // let the admission decide.
         Ok(_) => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deadline(value: &str) -> Option<Duration> {
+        let mut header =
+            pingora::http::RequestHeader::build("POST", b"/v1/workflows/run", None).expect("header");
+        header.insert_header(REQUEST_TIMEOUT, value).expect("insert");
+        client_deadline(&header)
+    }
+
+    #[test]
+    fn a_stated_deadline_is_read_clamped_or_ignored() {
+        assert_eq!(deadline("10"), Some(Duration::from_secs(10)));
+        assert_eq!(deadline(" 2.5 "), Some(Duration::from_millis(2500)));
+        assert_eq!(deadline("1500ms"), Some(Duration::from_millis(1500)));
+        assert_eq!(deadline("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(deadline("86400"), Some(LONGEST_DEADLINE), "huge is clamped");
+        assert_eq!(deadline("30d"), Some(LONGEST_DEADLINE));
+        for ignored in ["", "0", "-5", "soon", "NaN", "inf", "0s"] {
+            assert_eq!(deadline(ignored), None, "{ignored:?}");
+        }
+        let bare = pingora::http::RequestHeader::build("POST", b"/", None).expect("header");
+        assert_eq!(client_deadline(&bare), None);
     }
 }

@@ -30,7 +30,7 @@ use pingora::{Error, ErrorSource, ErrorType, Result, RetryType};
 use tokio::time::Instant;
 
 use super::access_log::log_request;
-use super::admit::{asks_for_stream, preread_small_body, wait_for_slot, Admitted};
+use super::admit::{asks_for_stream, client_deadline, preread_small_body, wait_for_slot, Admitted};
 use super::ctx::{RequestCtx, Routed};
 use super::envelope::{ErrorReply, REQUEST_ID};
 use super::headers::{apply_forwarding, request_id_from, ForwardingMode, NO_TRUSTED_PROXIES};
@@ -203,7 +203,8 @@ impl ProxyHttp for DifyProxy {
         let watch_client = preread_small_body(session, declared_len, chunked).await?;
         ctx.wants_stream = asks_for_stream(session);
         let admission = Arc::clone(upstream.admission());
-        let ticket = Ticket { tenant: tenant.id, tenant_label: tenant.label, class: class.index };
+        let deadline = client_deadline(session.req_header());
+        let ticket = Ticket { tenant: tenant.id, tenant_label: tenant.label, class: class.index, deadline };
         let queued_at = Instant::now();
         match wait_for_slot(session, &admission, ticket, watch_client).await {
             Admitted::Yes(permit) => {

@@ -1,5 +1,6 @@
 //! Admission controller on a paused clock: fast path, queueing, timeouts, withdrawal of a
-//! waiter whose client left, fairness, bypass, eviction and the interactive reserve.
+//! waiter whose client left, the wait limit (learned patience, stated deadlines), fairness,
+//! bypass, eviction and the interactive reserve.
 
 use std::time::Duration;
 
@@ -36,7 +37,7 @@ fn gate(limit: usize, max_queue: usize) -> Arc<Admission> {
 }
 
 fn ticket(tenant: u64, class: usize) -> Ticket {
-    Ticket { tenant, tenant_label: format!("t{tenant}"), class }
+    Ticket { tenant, tenant_label: format!("t{tenant}"), class, deadline: None }
 }
 
 #[tokio::test(start_paused = true)]
@@ -342,4 +343,122 @@ async fn an_overload_blames_the_highest_level_the_request_saw() {
     // The second reached the backend first; the first was refused with 2 in flight.
     first.complete(2, Some(Duration::from_millis(5)), Outcome::Overload);
     assert_eq!(gate.status().ceiling, Some(2), "the failing level is 2, not the 1 it was admitted at");
+}
+
+/// A client that waits `patience` for its permit, then leaves (drops the wait).
+fn impatient_client(
+    gate: &Arc<Admission>,
+    tenant: u64,
+    class: usize,
+    patience: Duration,
+) -> tokio::task::JoinHandle<Result<Result<Permit, Refusal>, tokio::time::error::Elapsed>> {
+    let gate = Arc::clone(gate);
+    tokio::spawn(async move { tokio::time::timeout(patience, gate.acquire(ticket(tenant, class))).await })
+}
+
+#[tokio::test(start_paused = true)]
+async fn waiters_queued_before_patience_was_learned_are_refused_before_their_clients_leave() {
+    let gate = gate(1, 100);
+    let _held = gate.acquire(ticket(1, 1)).await.expect("first");
+    let patience = Duration::from_secs(5);
+    // Three clients, then twenty more a little later, all giving up after 5 s; the run class
+    // would let them wait 30 s. Nothing is known about patience when they queue.
+    let mut first = Vec::new();
+    for tenant in 0..3 {
+        first.push(impatient_client(&gate, 10 + tenant, 1, patience));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut later = Vec::new();
+    for tenant in 0..20 {
+        later.push(impatient_client(&gate, 100 + tenant, 1, patience));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for client in first {
+        assert!(client.await.expect("join").is_err(), "the first clients time out: nothing was known yet");
+    }
+    assert!(
+        gate.status().patience_ms.is_some_and(|p| (4900.0..=5100.0).contains(&p)),
+        "{:?}",
+        gate.status().patience_ms
+    );
+    // Every later one is answered 503 before it would have given up.
+    for client in later {
+        match client.await.expect("join") {
+            Ok(Err(refusal)) => assert_eq!(refusal, Refusal::Impatient),
+            Ok(Ok(_)) => panic!("admitted while the only slot is held"),
+            Err(_) => panic!("a client timed out in the queue after patience was known"),
+        }
+    }
+    assert_eq!(gate.queued(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stated_deadline_is_met_with_a_refusal_and_never_jumps_the_queue() {
+    let gate = gate(1, 100);
+    let held = gate.acquire(ticket(1, 1)).await.expect("first");
+    let patient = tokio::spawn({
+        let gate = Arc::clone(&gate);
+        async move { gate.acquire(ticket(2, 1)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let hurried = tokio::spawn({
+        let gate = Arc::clone(&gate);
+        let ticket = Ticket { deadline: Some(Duration::from_secs(2)), ..ticket(2, 1) };
+        async move {
+            let started = Instant::now();
+            (gate.acquire(ticket).await.map(drop), started.elapsed())
+        }
+    });
+    let (result, after) = hurried.await.expect("join");
+    assert_eq!(result, Err(Refusal::Impatient));
+    assert!(after < Duration::from_secs(2), "answered after {after:?}, past the client's 2 s");
+    assert!(after >= Duration::from_millis(1800), "answered after {after:?}, far earlier than needed");
+    // A long stated deadline does not overtake the request queued before it.
+    let relaxed = tokio::spawn({
+        let gate = Arc::clone(&gate);
+        let ticket = Ticket { deadline: Some(Duration::from_secs(3600)), ..ticket(3, 1) };
+        async move { gate.acquire(ticket).await.map(|p| p.waited()) }
+    });
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    drop(held);
+    let permit = patient.await.expect("join").expect("the earlier waiter is admitted first");
+    assert!(
+        permit.waited() >= Duration::from_millis(1800),
+        "the earlier waiter waited {:?}",
+        permit.waited()
+    );
+    assert_eq!(gate.queued(), 1, "the long-deadline request still waits its turn");
+    drop(relaxed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_held_for_maintenance_is_answered_before_its_client_gives_up() {
+    let gate = gate(1, 100);
+    let held = gate.acquire(ticket(1, 1)).await.expect("first");
+    // A maintenance hold of 40 s. Without anything known of its client, a request waits
+    // through it (the hold extends the queue timeout)…
+    gate.set_hold(Some(Instant::now() + Duration::from_secs(40)), Duration::ZERO);
+    drop(held);
+    let through = tokio::spawn({
+        let gate = Arc::clone(&gate);
+        async move { gate.acquire(ticket(2, 1)).await.map(|p| p.waited()) }
+    });
+    // …but one whose client said it waits 5 s is answered before then: a 503 it can retry
+    // beats a silent timeout.
+    let hurried = tokio::spawn({
+        let gate = Arc::clone(&gate);
+        let ticket = Ticket { deadline: Some(Duration::from_secs(5)), ..ticket(3, 1) };
+        async move {
+            let started = Instant::now();
+            (gate.acquire(ticket).await.map(drop), started.elapsed())
+        }
+    });
+    let (result, after) = hurried.await.expect("join");
+    assert_eq!(result, Err(Refusal::Unavailable));
+    assert!(after < Duration::from_secs(5) && after >= Duration::from_millis(4500), "after {after:?}");
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    assert_eq!(gate.queued(), 1, "held past its 30 s queue timeout");
+    gate.set_hold(None, Duration::ZERO);
+    let waited = through.await.expect("join").expect("admitted once the hold ends");
+    assert!(waited >= Duration::from_secs(35), "waited {waited:?}");
 }
