@@ -43,6 +43,9 @@ if [ -x "$kit" ]; then
     echo "e2e setup: installing the real Dify API (Dify 1.12.1) into target/realdify"
     started=$(date +%s)
     DIFY_HOME="$PWD/target/realdify" "$kit" install
+    # The install starts PostgreSQL and Redis for Dify's migrations and leaves them running;
+    # this script starts nothing (the test starts and stops its own).
+    DIFY_HOME="$PWD/target/realdify" "$kit" stop
     echo "e2e setup: real Dify installed in $(( $(date +%s) - started )) s"
   fi
 else
