@@ -142,9 +142,14 @@ struct Outcome {
     first_frame: Option<f64>,
 }
 
-/// The request `idx` sends: its app (one of `--apps`) as its bearer key.
+/// The request `idx` sends: its app (one of `--apps`) as its bearer key, unless a `--header`
+/// gives the key (a real Dify app's).
 fn shot(a: &Args, idx: usize) -> Shot {
-    let mut headers = vec![("authorization".to_owned(), format!("Bearer app-bench{:011}", idx % a.apps))];
+    let keyed = a.headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("authorization"));
+    let mut headers = Vec::with_capacity(a.headers.len() + 1);
+    if !keyed {
+        headers.push(("authorization".to_owned(), format!("Bearer app-bench{:011}", idx % a.apps)));
+    }
     headers.extend(a.headers.iter().cloned());
     Shot { method: a.method.clone(), path: a.path.clone(), headers, body: Bytes::from(a.body.clone()) }
 }
