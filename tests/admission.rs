@@ -1,4 +1,4 @@
-//! Issue #3: admission against the backend's measured concurrency, fairly. Each test starts
+//! Admission against the backend's measured concurrency, fairly. Each test starts
 //! its own simulator and proxy (embedded defaults: no capacity given) on 127.0.0.1, drives a
 //! bounded open-loop load and checks what clients and the backend saw.
 

@@ -1,4 +1,4 @@
-//! Issue #7 (part): `dify-shaper demo --quick` runs end to end — simulators, dify-shaper as a
+//! `dify-shaper demo --quick` runs end to end — simulators, dify-shaper as a
 //! child process, the load side by side — prints the table, and cleans up its child on exit
 //! and on Ctrl-C.
 

@@ -1,4 +1,4 @@
-//! Issue #6: the sidecar container files, tested without a Docker engine.
+//! The sidecar container files, tested without a Docker engine.
 //!
 //! - `docker/docker-compose.shaper.yaml` parses, names only services Dify's compose file has,
 //!   wires nginx's `api` host to dify-shaper on the port nginx uses, mounts only paths that

@@ -1,4 +1,4 @@
-//! Issue #7 (part): end-to-end against a real backend — gunicorn with gevent workers serving
+//! End-to-end against a real backend — gunicorn with gevent workers serving
 //! a Dify-shaped app (`e2e/app.py`) whose runs each hold a real PostgreSQL connection — with
 //! and without dify-shaper in front. What earlier issues promised against the simulator is
 //! checked here against the real thing: overload past the workers, PostgreSQL's

@@ -1,4 +1,4 @@
-//! Issue #5: scheduled and manual maintenance against real processes on 127.0.0.1 — the
+//! Scheduled and manual maintenance against real processes on 127.0.0.1 — the
 //! simulator (in-process, or as a child process a `signal` action restarts like gunicorn)
 //! and the dify-shaper binary. Schedules are a few seconds ahead (cron with seconds, UTC).
 //!

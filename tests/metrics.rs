@@ -1,4 +1,4 @@
-//! Issue #6 (metrics): `/metrics` on the admin listener parses as Prometheus text, every
+//! `/metrics` on the admin listener parses as Prometheus text, every
 //! metric is there, and each moves the right way under load, a shed, a retry and a
 //! maintenance cycle — against the real binary and the simulator on 127.0.0.1.
 

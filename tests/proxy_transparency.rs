@@ -1,4 +1,4 @@
-//! Issue #2: the proxy is transparent for Dify traffic. Each test starts its own simulator and
+//! The proxy is transparent for Dify traffic. Each test starts its own simulator and
 //! proxy on ephemeral 127.0.0.1 ports.
 
 mod common;
@@ -164,7 +164,7 @@ async fn forwarding_headers_host_and_request_id() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_down_gives_an_upstream_unavailable_envelope() {
     // Nothing listens: the request is held for its class's queue deadline (1 s here), then
-    // answered 503 upstream_unavailable with Retry-After (issue #4 holds while down).
+    // answered 503 upstream_unavailable with Retry-After (requests are held while it is down).
     let (_reserved, nothing_there) = closed_port();
     let config = format!(
         "[upstreams.api]\nservers = [\"{nothing_there}\"]\n[classes.run]\nqueue_timeout = \"1s\"\n\

@@ -1,4 +1,4 @@
-//! Issue #2: a 100 MB multipart upload streams through the proxy without being held in memory.
+//! A 100 MB multipart upload streams through the proxy without being held in memory.
 
 mod common;
 

@@ -1,4 +1,4 @@
-//! Issue #6: config reload on SIGHUP and `POST /reload`. Real proxy processes on 127.0.0.1,
+//! Config reload on SIGHUP and `POST /reload`. Real proxy processes on 127.0.0.1,
 //! an in-process simulator; configs are switched by rewriting the proxy's config file.
 
 mod common;

@@ -1,4 +1,4 @@
-//! Issue #4 (part): a group of replicas — a dead one is taken out of rotation without a
+//! A group of replicas — a dead one is taken out of rotation without a
 //! single failed request, and load goes to the least-loaded replica.
 
 mod common;

@@ -1,4 +1,4 @@
-//! Issue #4 (part): safe retries. A 503 or Dify's 429 proves the run was not processed, so even
+//! Safe retries. A 503 or Dify's 429 proves the run was not processed, so even
 //! a POST is retried; a 500 after processing is not; and retries stay within the budget when
 //! the backend answers 503 to everything.
 

@@ -1,4 +1,4 @@
-//! Issue #4 (part): an SSE stream that breaks after it started ends with Dify's `error` event,
+//! An SSE stream that breaks after it started ends with Dify's `error` event,
 //! not a silent truncation — when the backend dies mid-stream, and when it goes quiet past the
 //! class's idle timeout.
 

@@ -492,8 +492,8 @@ impl ProxyHttp for DifyProxy {
         Ok(None)
     }
 
-    /// Answers a failed request with Dify's envelope, unless a response already started (then
-    /// the connection is closed; issue #4 adds the SSE error frame).
+    /// Answers a failed request with Dify's envelope, unless a response already started: then an
+    /// event stream ends with Dify's `error` event, anything else by closing the connection.
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
         if let Some(sent) = session.response_written() {
             let status = sent.status.as_u16();
