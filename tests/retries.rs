@@ -1,8 +1,11 @@
-//! Safe retries. A 503 or Dify's 429 proves the run was not processed, so even
-//! a POST is retried; a 500 after processing is not; and retries stay within the budget when
-//! the backend answers 503 to everything.
+//! Safe retries. A 503, Dify's 429 or a reset before the backend read the request proves the
+//! run was not processed, so even a POST is retried; a 500 or a close after processing is not;
+//! and retries stay within the budget when the backend answers 503 to everything.
 
 mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use common::*;
 use dify_shaper::sim::{SimConfig, Simulator};
@@ -34,10 +37,91 @@ async fn a_post_that_failed_after_processing_is_not_retried() {
     let (code, _, _) = post_json(proxy.addr, "/v1/workflows/run", RUN, &headers).await;
     assert_eq!(code, 500, "the backend's own 500 is passed on");
     assert_eq!(sim.count_for_request_id("failed-500"), 1, "never run twice");
-    let headers = [("x-request-id", "reset-1"), ("x-sim-fail", "reset"), ("x-sim-fail-first", "1")];
+    // The backend read the request, then closed without answering (a worker that died
+    // mid-run): it may have run, so a POST is not replayed.
+    let headers = [("x-request-id", "closed-1"), ("x-sim-fail", "close"), ("x-sim-fail-first", "1")];
     let (code, _, body) = post_json(proxy.addr, "/v1/workflows/run", RUN, &headers).await;
     assert_eq!(code, 502, "{}", String::from_utf8_lossy(&body));
-    assert_eq!(sim.count_for_request_id("reset-1"), 1, "a reset after sending is not retried for POST");
+    assert_eq!(sim.count_for_request_id("closed-1"), 1, "a close after reading is not retried for POST");
+}
+
+/// A backend that resets the first connection carrying a POST without reading it (SO_LINGER
+/// 0: what a closing listener does to the connections in its backlog), and answers every other
+/// request (health probes included). Returns its address and how many POSTs it saw.
+async fn resets_first_post() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let posts = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&posts);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let count = Arc::clone(&count);
+            tokio::spawn(async move {
+                // Look at the method without consuming anything: the reset must find the
+                // request unread.
+                let mut method = [0u8; 4];
+                loop {
+                    match stream.peek(&mut method).await {
+                        Ok(4) => break,
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => tokio::task::yield_now().await,
+                    }
+                }
+                if &method == b"POST" && count.fetch_add(1, Ordering::SeqCst) == 0 {
+                    // Linger 0: close with a reset (it never blocks, unlike a non-zero linger).
+                    let _ = socket2::SockRef::from(&stream).set_linger(Some(std::time::Duration::ZERO));
+                    return;
+                }
+                answer_once(stream).await;
+            });
+        }
+    });
+    (addr, posts)
+}
+
+/// Reads one request (head and `Content-Length` body) and answers 200 with a small JSON body.
+async fn answer_once(mut stream: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&seen[..end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if seen.len() >= end + 4 + length {
+                break;
+            }
+        }
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+    let body = r#"{"result":"served"}"#;
+    let reply = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(reply.as_bytes()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_reset_before_the_backend_read_it_is_replayed() {
+    // A TCP reset with the request unread (a restarting gunicorn closing its backlog): the
+    // backend cannot have run it, so even a POST is replayed, and served.
+    let (backend, posts) = resets_first_post().await;
+    let config = format!(
+        "[upstreams.api]\nservers = [\"{backend}\"]\n[[routes]]\nprefix = \"/\"\nupstream = \"api\"\nclass = \"run\"\n"
+    );
+    let proxy = ProxyProcess::start(&config).await;
+    let (code, _, body) = post_json(proxy.addr, "/v1/workflows/run", RUN, &[]).await;
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(json(&body)["result"], "served");
+    assert_eq!(posts.load(Ordering::SeqCst), 2, "one reset attempt, one served");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

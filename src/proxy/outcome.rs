@@ -21,6 +21,26 @@ pub fn recorded_status(sent: Option<&ResponseHeader>) -> u16 {
     sent.map_or(CLIENT_CLOSED_REQUEST, |r| r.status.as_u16())
 }
 
+/// Whether the backend reset the connection before any byte of an answer: the TCP reset that
+/// a close with our request still unread sends — a listener closed with connections waiting
+/// in its backlog (a graceful restart of gunicorn stops accepting while requests queue), or a
+/// worker stopped before reading them. An application cannot act on a request it has not
+/// read, so such a request provably did not run, and may be replayed whatever its method. A
+/// backend that read the request and then died closes with a FIN instead (`ConnectionClosed`),
+/// which proves nothing and is not matched here.
+pub fn reset_before_answer(e: &Error) -> bool {
+    if e.esource() != &ErrorSource::Upstream
+        || !matches!(e.etype(), ErrorType::ReadError | ErrorType::WriteError)
+    {
+        return false;
+    }
+    // `root_cause` looks through the layers of pingora context down to the io error; a write
+    // that fails with a broken pipe met the same reset.
+    e.root_cause().downcast_ref::<std::io::Error>().is_some_and(|io| {
+        matches!(io.kind(), std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe)
+    })
+}
+
 /// Classifies a finished request. `upstream_status` is the backend's response status, if one
 /// arrived; `error` the error that ended the request, if any; `sent_upstream` whether the
 /// request was handed to the backend at all.
@@ -100,6 +120,31 @@ mod tests {
         assert_eq!(classify(None, Some(&gone), false), Outcome::Ignore, "left before it was sent");
         assert_eq!(classify(Some(200), Some(&gone), true), Outcome::Success, "left mid-stream");
         assert_eq!(classify(None, None, false), Outcome::Ignore);
+    }
+
+    #[test]
+    fn only_a_reset_from_the_backend_proves_the_request_unread() {
+        let reset = || std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        // As pingora reports it: ReadError, context, then the io error under another layer.
+        let mut inner = Error::because(ErrorType::ReadError, "while reading response headers", reset());
+        inner.as_up();
+        let mut outer = Error::because(ErrorType::ReadError, "Peer: 127.0.0.1:5001", inner);
+        outer.as_up();
+        assert!(reset_before_answer(&outer));
+        let mut direct = Error::because(ErrorType::WriteError, "writing the body", reset());
+        direct.as_up();
+        assert!(reset_before_answer(&direct), "reset while the backend had not read the body yet");
+        let mut closed = Error::because(
+            ErrorType::ReadError,
+            "while reading response headers",
+            std::io::Error::from(std::io::ErrorKind::UnexpectedEof),
+        );
+        closed.as_up();
+        assert!(!reset_before_answer(&closed), "a close after reading proves nothing");
+        let mut client = Error::because(ErrorType::ReadError, "client", reset());
+        client.as_down();
+        assert!(!reset_before_answer(&client), "the client's reset is not the backend's");
+        assert!(!reset_before_answer(&upstream(ErrorType::ConnectionClosed)));
     }
 
     #[test]

@@ -34,7 +34,7 @@ use super::admit::{asks_for_stream, client_deadline, preread_small_body, wait_fo
 use super::ctx::{RequestCtx, Routed};
 use super::envelope::{ErrorReply, REQUEST_ID};
 use super::headers::{apply_forwarding, request_id_from, ForwardingMode, NO_TRUSTED_PROXIES};
-use super::outcome::{classify, recorded_status};
+use super::outcome::{classify, recorded_status, reset_before_answer};
 use super::sse;
 use crate::admission::tenant::tenant_of;
 use crate::admission::{Outcome, Ticket};
@@ -324,9 +324,10 @@ impl ProxyHttp for DifyProxy {
     }
 
     /// Decides whether an error during proxying may be retried. A decision a hook made on
-    /// what it knew (a 429/503 proves nothing was processed) stands; otherwise pingora's
-    /// policy: only idempotent methods with a replayable body, and errors on a reused
-    /// (possibly stale) connection.
+    /// what it knew (a 429/503 proves nothing was processed) stands, and so does a reset
+    /// before any answer (the request was not read); otherwise pingora's policy: only
+    /// idempotent methods with a replayable body, and errors on a reused (possibly stale)
+    /// connection.
     fn error_while_proxy(
         &self,
         peer: &HttpPeer,
@@ -345,6 +346,20 @@ impl ProxyHttp for DifyProxy {
             // A pooled keep-alive connection the backend had already closed: the request
             // never reached the application, so even a POST is replayed.
             e.retry.decide_reuse(true);
+        } else if session.response_written().is_none()
+            && ctx.first_byte.is_none()
+            && reset_before_answer(&e)
+            && ctx.budget_retries < retry_policy(ctx).max_retries
+        {
+            // Reset with our request unread (a restarting gunicorn closing its backlog): it
+            // did not run, so even a POST is replayed — outside the budget, like a refused
+            // connect, since a restart resets a whole backlog at once; the next attempt meets
+            // the closed port and is held until the backend is back.
+            ctx.budget_retries += 1;
+            let policy = retry_policy(ctx);
+            ctx.pending_backoff =
+                Some(backoff(ctx.budget_retries, policy.backoff_base.0, policy.backoff_max.0, None));
+            e.set_retry(true);
         } else if ctx.routed.as_ref().is_some_and(|r| r.retry_after_processing)
             && session.response_written().is_none()
             && ctx.budget_retries < retry_policy(ctx).max_retries

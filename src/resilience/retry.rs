@@ -1,10 +1,11 @@
 //! Retries that cannot run a workflow twice, and cannot hammer a sick backend.
 //!
 //! * **What may be retried** is decided by the caller from what is *known* about the attempt:
-//!   a refused connect, Dify's 429 `too_many_requests` and a backend 503 prove the request was
-//!   not processed, so even a POST is retried (its body is replayed from pingora's retry
-//!   buffer). After anything that may have been processed (500/502/504, a reset mid-response)
-//!   only idempotent methods are retried, and never once a response byte reached the client.
+//!   a refused connect, Dify's 429 `too_many_requests`, a backend 503 and a TCP reset before
+//!   any answer (the request was never read) prove the request was not processed, so even a
+//!   POST is retried (its body is replayed from pingora's retry buffer). After anything that
+//!   may have been processed (500/502/504, a plain close, a break mid-response) only
+//!   idempotent methods are retried, and never once a response byte reached the client.
 //! * **Budget** (as Envoy's and Linkerd's): retries within `window` may not exceed
 //!   `min_per_window + ratio × requests`, so a backend answering 503 to everything gets at most
 //!   a fraction more traffic, not `max_attempts` times as much.

@@ -1,5 +1,8 @@
-//! Fault injection for retry tests: `X-Sim-Fail: <status>|reset` answers at once with that
-//! status (in Dify's envelope) or closes the connection without an answer;
+//! Fault injection for retry tests: `X-Sim-Fail: <status>|reset|close` answers at once with
+//! that status (in Dify's envelope), or drops the connection without an answer — `reset`
+//! before reading the request body (the kernel answers the unread data with a TCP reset, as
+//! for a request still queued in a closing gunicorn), `close` after reading all of it (a
+//! worker that died mid-run: a plain close);
 //! `X-Sim-Fail-First: N` limits it to the first `N` attempts of a request, counted per
 //! `X-Request-Id` (so a retried request succeeds on attempt `N + 1`).
 
@@ -7,7 +10,7 @@ use http::{HeaderMap, StatusCode};
 
 use super::request::header;
 
-/// Header selecting the fault: an HTTP status (`500`, `503`, `429`, …) or `reset`.
+/// Header selecting the fault: an HTTP status (`500`, `503`, `429`, …), `reset` or `close`.
 pub const FAIL_HEADER: &str = "x-sim-fail";
 /// Header limiting the fault to the first `N` attempts per `X-Request-Id`.
 pub const FAIL_FIRST_HEADER: &str = "x-sim-fail-first";
@@ -17,8 +20,10 @@ pub const FAIL_FIRST_HEADER: &str = "x-sim-fail-first";
 pub(crate) enum Fault {
     /// Answer with this status and Dify's envelope.
     Status(StatusCode),
-    /// Close the connection without answering.
+    /// Drop the connection without reading the body or answering (a TCP reset).
     Reset,
+    /// Read the whole request, then drop the connection without answering (a plain close).
+    Close,
 }
 
 /// The fault to inject for attempt number `attempt` (1-based) of this request, if any.
@@ -33,6 +38,9 @@ pub(crate) fn check(headers: &HeaderMap, attempt: u64) -> Option<Fault> {
     }
     if spec.eq_ignore_ascii_case("reset") {
         return Some(Fault::Reset);
+    }
+    if spec.eq_ignore_ascii_case("close") {
+        return Some(Fault::Close);
     }
     spec.parse::<u16>()
         .ok()
@@ -62,6 +70,8 @@ mod tests {
         assert_eq!(check(&h, 3), None);
         h.insert(FAIL_HEADER, HeaderValue::from_static("reset"));
         assert_eq!(check(&h, 1), Some(Fault::Reset));
+        h.insert(FAIL_HEADER, HeaderValue::from_static("close"));
+        assert_eq!(check(&h, 1), Some(Fault::Close));
         h.insert(FAIL_HEADER, HeaderValue::from_static("200"));
         assert_eq!(check(&h, 1), None);
     }

@@ -41,6 +41,12 @@ pub(crate) async fn handle(
             stats.on_fault();
             return Err(FaultReset);
         }
+        Some(Fault::Close) => {
+            stats.on_fault();
+            // Everything read, so the close is a FIN, not a reset of unread data.
+            let _ = http_body_util::BodyExt::collect(req.into_body()).await;
+            return Err(FaultReset);
+        }
         Some(Fault::Status(s)) => {
             stats.on_fault();
             envelope::error(s, envelope::code_for(s), "Injected fault (X-Sim-Fail).")
