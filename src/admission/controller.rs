@@ -63,6 +63,14 @@ enum Decision {
     Shed(Refusal),
 }
 
+/// What the queue holds for a waiter: how to wake it, and what its client said it waits (so a
+/// dequeue judges it by the same limit as its own deadline does).
+#[derive(Debug)]
+struct Queued {
+    wake: oneshot::Sender<Decision>,
+    client_deadline: Option<Duration>,
+}
+
 #[derive(Debug, Default, Clone, Serialize)]
 struct Counters {
     admitted: u64,
@@ -75,7 +83,7 @@ struct Counters {
 struct State {
     policy: AdmissionPolicy,
     limit: AdaptiveLimit,
-    queue: FairQueue<oneshot::Sender<Decision>>,
+    queue: FairQueue<Queued>,
     in_flight: usize,
     in_flight_by_class: Vec<usize>,
     next_id: u64,
@@ -228,7 +236,7 @@ impl Admission {
             if st.queue.len() >= st.policy.max_queue {
                 match st.queue.evict_for(ticket.tenant) {
                     Some(victim) => {
-                        let _ = victim.payload.send(Decision::Shed(Refusal::Evicted));
+                        let _ = victim.payload.wake.send(Decision::Shed(Refusal::Evicted));
                         st.count_shed(Refusal::Evicted);
                     }
                     None => {
@@ -243,7 +251,8 @@ impl Admission {
             if st.queue.is_empty() {
                 st.standing_since = Some(now);
             }
-            st.queue.push(Entry { id, tenant: ticket.tenant, class, enqueued: now, payload: tx });
+            let payload = Queued { wake: tx, client_deadline: ticket.deadline };
+            st.queue.push(Entry { id, tenant: ticket.tenant, class, enqueued: now, payload });
             st.counters.queued += 1;
             st.dispatch(now);
             (rx, id, class, timeout)
@@ -389,7 +398,7 @@ impl Admission {
         let count = waiting.len();
         for entry in waiting {
             st.count_shed(refusal);
-            let _ = entry.payload.send(Decision::Shed(refusal));
+            let _ = entry.payload.wake.send(Decision::Shed(refusal));
         }
         count
     }
@@ -689,16 +698,21 @@ impl State {
             // A request held through a closed gate is still connected (a client that leaves
             // withdraws it), so its long wait says nothing about its patience.
             let held_through = self.opened_at.is_some_and(|t| t > entry.enqueued);
-            if let Some(patience) = self.patience.estimate(entry.class).filter(|_| !held_through) {
-                if waited + self.expected_first_byte(entry.class) > patience {
+            let client = client_wait(
+                entry.payload.client_deadline,
+                self.patience.estimate(entry.class),
+                self.expected_first_byte(entry.class),
+            );
+            if let Some(client) = client.filter(|_| !held_through) {
+                if waited > client {
                     // Its client has most likely given up, or will before the answer comes.
-                    let _ = entry.payload.send(Decision::Shed(Refusal::Impatient));
+                    let _ = entry.payload.wake.send(Decision::Shed(Refusal::Impatient));
                     self.count_shed(Refusal::Impatient);
                     continue;
                 }
             }
             let in_flight = in_flight + 1;
-            if entry.payload.send(Decision::Admit { in_flight }).is_ok() {
+            if entry.payload.wake.send(Decision::Admit { in_flight }).is_ok() {
                 self.take_slot(entry.id, entry.class, waited, now);
             }
         }

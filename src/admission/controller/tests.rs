@@ -462,3 +462,23 @@ async fn a_request_held_for_maintenance_is_answered_before_its_client_gives_up()
     let waited = through.await.expect("join").expect("admitted once the hold ends");
     assert!(waited >= Duration::from_secs(35), "waited {waited:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_said_it_waits_longer_than_others_is_not_shed_at_their_patience() {
+    let gate = gate(1, 100);
+    let held = gate.acquire(ticket(1, 1)).await.expect("first");
+    // Others give up after 5 s: the learned patience.
+    for tenant in 0..3 {
+        let _ = impatient_client(&gate, 10 + tenant, 1, Duration::from_secs(5)).await;
+    }
+    // This client says it waits 20 s; its turn comes after 8 s.
+    let patient = tokio::spawn({
+        let gate = Arc::clone(&gate);
+        let ticket = Ticket { deadline: Some(Duration::from_secs(20)), ..ticket(2, 1) };
+        async move { gate.acquire(ticket).await.map(|p| p.waited()) }
+    });
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    drop(held);
+    let waited = patient.await.expect("join").expect("admitted: what it said beats others' patience");
+    assert!(waited >= Duration::from_secs(8), "waited {waited:?}");
+}
