@@ -482,9 +482,14 @@ impl Admission {
             );
             // The level an overload answer blames is the highest the request saw, not only
             // the one it was admitted at: admitted as the 8th just before a 9th, it can reach
-            // the backend second and be the one refused.
-            let in_flight = in_flight.max(st.in_flight);
-            let sample = Sample { signal, started, latency, outcome, in_flight };
+            // the backend second and be the one refused. A good answer proves only the level
+            // it was admitted at.
+            let in_flight = match outcome {
+                Outcome::Overload | Outcome::Timeout => in_flight.max(st.in_flight),
+                _ => in_flight,
+            };
+            let duration = now.duration_since(started);
+            let sample = Sample { signal, started, latency, duration, outcome, in_flight };
             let change = st.limit.on_sample_with_pending(sample, now, &pending);
             st.scratch_pending = pending;
             if let Some(change) = change {

@@ -6,60 +6,69 @@
 //!
 //! * **Overload outcomes** — a 5xx from the backend (PostgreSQL's "too many clients" surfaces
 //!   as Dify's 500), Dify's 429 `too_many_requests`, a failed connect or a timeout (a refused
-//!   connect, or a connection cut before the answer, is a restart, not overload). They
-//!   cut the limit at once, AIMD-style: to `backoff × limit`, and for 5xx/connect failures no
-//!   higher than the in-flight count that failed minus one (that level is known to be too
-//!   much), but never below half the limit in one step. One cut per round trip: outcomes of
-//!   requests that started before the last cut are not counted again (TCP's "one reduction per
-//!   window"). The failing level is remembered as a **ceiling**: the limit grows freely up to
-//!   just below it, and probes past it only every `probe_interval` (doubling after each failed
-//!   probe, up to `probe_interval_max`). A flat-latency, DB-limited backend therefore settles
-//!   one below its real limit and pays one failure per probe instead of a sawtooth of them.
+//!   connect, or a connection cut before the answer, is a restart, not overload). A 5xx only
+//!   counts when it comes *with the level*: a share of errors that levels below showed as
+//!   well is the requests' own failing (a broken workflow answers 500 at any load), and
+//!   cutting for it would sink the limit for nothing. One that counts cuts the limit at once,
+//!   AIMD-style: to `backoff × limit`, and for 5xx/connect failures no higher than the
+//!   in-flight count that failed minus one, but never below half the limit in one step. One
+//!   cut per round trip: outcomes of requests that started before the last cut are not
+//!   counted again (TCP's "one reduction per window"). The failing level is remembered as a
+//!   **ceiling**: the limit grows freely up to just below it, and probes past it only every
+//!   `probe_interval` (doubling after each failed probe, up to `probe_interval_max`).
+//!
+//! * **Goodput** — what clients get is answers per second, so each level the limit has held
+//!   under full demand keeps its measured goodput (Little's law over the window: mean
+//!   in-flight ÷ mean time in the backend × the share answered well), remembered for
+//!   `level_memory`. While requests wait here (a standing queue), goodput decides: a step up
+//!   that raised it keeps going up even when latency rose with it (a CPU-bound gevent worker
+//!   slows every request a little as concurrency grows, yet serves more of them), and one
+//!   that did not pay goes back down, even with flat latency — so the limit settles *at* the
+//!   capacity, not one above it with a request waiting in gunicorn's backlog where fairness
+//!   cannot reach it. A probe past a ceiling that raised goodput lifts the ceiling: a database
+//!   limit is not one fixed in-flight level (every Dify worker keeps its own pool), so the
+//!   limit keeps probing toward the backend's real throughput instead of staying under the
+//!   first level that failed.
 //!
 //! * **Latency** — gunicorn queues excess connections in its listen backlog, so past capacity
 //!   every request waits longer before it is served. Each *signal* (a traffic class × blocking
 //!   or streaming) keeps its own window of latencies and its own baseline: the lowest window
 //!   mean seen over the last `baseline_horizon`. When a window closes, the ratio of its mean
-//!   to the baseline says how much queueing there is (by Little's law the mean, unlike the
-//!   median, rises as soon as any request queues). Above `tolerance` the limit
-//!   drops to `in_flight / ratio` (in a worker-bound backend latency ≈ service × in_flight /
-//!   capacity, so this lands on the capacity); below `grow_below` it may grow. Comparing each
-//!   class only with itself is what keeps 15-second workflows, whose durations vary naturally,
-//!   from looking like overload next to 50 ms API calls; means over a window of
-//!   `window_samples` absorb the natural variation, and only requests admitted after the last
-//!   change of the limit count towards a window (in slow start, every request does).
+//!   to the baseline says how much queueing there is. Above `tolerance` the limit drops to
+//!   `in_flight / ratio` (in a worker-bound backend latency ≈ service × in_flight /
+//!   capacity, so this lands on the capacity) unless goodput says the level pays; below
+//!   `grow_below` it may grow. Comparing each class only with itself is what keeps
+//!   15-second workflows, whose durations vary naturally, from looking like overload next to
+//!   50 ms API calls; means over a window of `window_samples` absorb the natural variation,
+//!   and only requests admitted after the last change of the limit count towards a window.
 //!   Streaming runs are measured by their time to the response header (when a worker picked
 //!   them up), not by the stream's length.
 //!
 //! * **Slow start** — until the first cut, nothing is known but that the initial limit is
-//!   safe, so the limit grows by `increase_ratio` per *round trip* while latency stays flat
-//!   (TCP's slow start, gentler): a window then closes after one round of the limit's worth
-//!   of samples (at least `slow_start_min_window`) instead of `window_samples`, counting
-//!   requests admitted just before the last step too. Without it a cold proxy in front of
-//!   2-second runs needs ten seconds per growth step, and clients wait in its queue while the
-//!   backend idles. The first latency or overload cut ends slow start for good; it does not
-//!   come back after an idle spell (the limit learned then still holds).
+//!   safe, so the limit grows by `slow_start_growth` per *round trip* (a round: as many
+//!   answers as the limit, from requests admitted at it) as long as every answer of the round
+//!   came on time (within `tolerance` of its signal's baseline). A round with late answers
+//!   means the step went past the capacity: slow start ends at the number that came on time.
+//!   Each step is checked before the next is taken, so at most `1 + slow_start_growth` times
+//!   the capacity is ever in flight (×2 per round, as TCP does, put twice the capacity into
+//!   gunicorn's backlog for a round trip). The first cut ends slow start for good.
 //!
-//! * **Noise** — a window mean less than `queue_slack` above the baseline is not queueing:
-//!   for fast requests (a stream's response header after half a millisecond) a jitter of a
-//!   few hundred microseconds is a large *ratio* but no wait at all. And the baseline keeps
-//!   each window's upper confidence bound (mean + two standard errors), not its mean: for
-//!   15-second workflows whose durations spread by a third, the lowest of many noisy window
-//!   means sits well below a typical one, and natural variation then looked like queueing
-//!   (the limit sank to half the capacity). Queueing shifts a whole window; it still shows.
+//! * **Noise** — a window mean less than `queue_slack` above the baseline is not queueing,
+//!   and the baseline keeps each window's upper confidence bound (mean + two standard
+//!   errors), not its mean: for 15-second workflows whose durations spread by a third, the
+//!   lowest of many noisy window means sits well below a typical one.
 //!
 //! * **Utilisation** — the limit only grows when it was actually reached (in-flight at the
 //!   limit, or requests waiting), so an idle period cannot inflate it. Growth is
-//!   multiplicative (`increase_ratio` per window, at least one), so a capacity increase is
-//!   followed within a few windows — except near the level where queueing last began (the
-//!   *knee*), where it creeps by one, so the limit hovers at the capacity instead of
-//!   oscillating between it and 1.5× it. Growing two past the knee without queueing forgets it.
+//!   multiplicative (`increase_ratio` per window, at least one) far from where queueing last
+//!   began (the *knee*), and by one near it.
 //!
 //! This combines Envoy's gradient controller and Netflix concurrency-limits' Gradient2 (a
-//! latency gradient against a no-load baseline) with AIMD on explicit overload, plus the
-//! CUBIC-like ceiling memory that the flat-latency DB case needs.
+//! latency gradient against a no-load baseline) with AIMD on explicit overload, BBR's view of
+//! the operating point (the most delivered at the least queueing) for the goodput, and a
+//! CUBIC-like ceiling memory for the flat-latency database case.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -84,6 +93,14 @@ pub struct LimitSettings {
     pub grow_below: f64,
     /// Growth per window when allowed, as a fraction of the limit (at least +1).
     pub increase_ratio: f64,
+    /// Growth per round trip in slow start, as a fraction of the limit (at least +1); it is
+    /// also the most the limit can overshoot the capacity by while slow start finds it.
+    pub slow_start_growth: f64,
+    /// With requests waiting, a step up pays when goodput rose by at least this share of what
+    /// the step would give a backend that scaled linearly (0.5: half of it).
+    pub throughput_gain: f64,
+    /// How long the goodput measured at a level is remembered.
+    pub level_memory: Duration,
     /// Samples that close a latency window.
     pub window_samples: usize,
     /// A window with at least half its samples also closes after this long.
@@ -110,6 +127,9 @@ impl Default for LimitSettings {
             tolerance: 1.3,
             grow_below: 1.1,
             increase_ratio: 0.5,
+            slow_start_growth: 0.25,
+            throughput_gain: 0.5,
+            level_memory: Duration::from_secs(120),
             window_samples: 20,
             window_max: Duration::from_secs(60),
             baseline_horizon: Duration::from_secs(600),
@@ -150,6 +170,9 @@ pub struct Sample {
     pub started: Instant,
     /// Its latency signal (time to the response header).
     pub latency: Duration,
+    /// How long it occupied the backend: from admission to its end (a stream to its last
+    /// event). Goodput is measured from it.
+    pub duration: Duration,
     /// How it ended.
     pub outcome: Outcome,
     /// Requests in flight to the upstream when it was admitted, itself included.
@@ -166,6 +189,22 @@ pub enum Change {
     Latency,
     /// Grown because the limit was used and latency stayed low.
     Grow,
+}
+
+/// Most levels remembered (goodput, error shares): the limit's range is bounded, but a
+/// misconfigured `max` should not make memory unbounded.
+const MAX_LEVELS: usize = 1024;
+/// Answers at a level before its error share is trusted.
+const ERROR_MIN_ANSWERS: u32 = 5;
+/// Answers after which a level's error share becomes a moving average.
+const ERROR_WINDOW: u32 = 50;
+
+/// The share of overload answers seen at one in-flight level.
+#[derive(Debug, Clone, Copy)]
+struct ErrorShare {
+    answers: u32,
+    share: f64,
+    at: Instant,
 }
 
 /// Slots the baseline horizon is divided into: each keeps the lowest window mean that closed
@@ -199,6 +238,63 @@ impl Signal {
     }
 }
 
+/// What one level of the limit delivered while it was fully used.
+#[derive(Debug, Clone, Copy)]
+struct Level {
+    /// Good answers per second.
+    goodput: f64,
+    /// Share of answers that were overload outcomes.
+    errors: f64,
+    /// Relative standard error of `goodput`.
+    noise: f64,
+    /// When it was last measured.
+    at: Instant,
+}
+
+/// Answers since the limit last changed, for the goodput of the current level.
+#[derive(Debug, Default)]
+struct Delivery {
+    answers: usize,
+    good: usize,
+    /// Sum of the in-flight levels the answers were admitted at.
+    in_flight: f64,
+    /// Sum of their times in the backend, seconds, and of their squares.
+    busy: f64,
+    busy_sq: f64,
+}
+
+impl Delivery {
+    fn add(&mut self, in_flight: usize, duration: Duration, good: bool) {
+        self.answers += 1;
+        self.good += usize::from(good);
+        self.in_flight += in_flight as f64;
+        self.busy += duration.as_secs_f64();
+        self.busy_sq += duration.as_secs_f64().powi(2);
+    }
+
+    /// The relative standard error of the goodput: that of the mean time in the backend.
+    fn noise(&self) -> f64 {
+        let n = self.answers as f64;
+        if n < 2.0 || self.busy <= 0.0 {
+            return 0.0;
+        }
+        let mean = self.busy / n;
+        let variance = ((self.busy_sq - n * mean * mean) / (n - 1.0)).max(0.0);
+        (variance / n).sqrt() / mean
+    }
+
+    /// Good answers per second by Little's law (mean in flight ÷ mean time in the backend ×
+    /// the good share): steadier over a few answers than counting them against a clock.
+    fn goodput(&self) -> Option<f64> {
+        (self.answers >= 4 && self.busy > 0.0)
+            .then(|| self.in_flight / self.busy * self.good as f64 / self.answers as f64)
+    }
+
+    fn error_share(&self) -> f64 {
+        (self.answers - self.good) as f64 / self.answers.max(1) as f64
+    }
+}
+
 /// The adaptive limit of one upstream.
 #[derive(Debug)]
 pub struct AdaptiveLimit {
@@ -210,6 +306,10 @@ pub struct AdaptiveLimit {
     last_cut: Option<Instant>,
     last_change_at: Option<Instant>,
     ceiling: Option<f64>,
+    /// Whether the ceiling is where answers failed (probes past it back off, doubling) rather
+    /// than where a step stopped paying (probed again every `probe_interval`: such a probe
+    /// costs a little queueing, not errors, and is how a capacity increase is found).
+    ceiling_failed: bool,
     knee: Option<f64>,
     probe_wait: Duration,
     probe_after: Option<Instant>,
@@ -217,6 +317,12 @@ pub struct AdaptiveLimit {
     last_change: Option<Change>,
     /// Still growing per round (no cut yet).
     slow_start: bool,
+    /// Slow start: the highest in-flight level an answer proved the backend serves on time.
+    proven: usize,
+    delivery: Delivery,
+    levels: BTreeMap<usize, Level>,
+    /// Overload share by the in-flight level answers were admitted at.
+    errors: BTreeMap<usize, ErrorShare>,
 }
 
 impl AdaptiveLimit {
@@ -232,12 +338,17 @@ impl AdaptiveLimit {
             last_cut: None,
             last_change_at: None,
             ceiling: None,
+            ceiling_failed: false,
             knee: None,
             probe_wait,
             probe_after: None,
             last_ratio: None,
             last_change: None,
             slow_start: true,
+            proven: 0,
+            delivery: Delivery::default(),
+            levels: BTreeMap::new(),
+            errors: BTreeMap::new(),
         }
     }
 
@@ -292,10 +403,76 @@ impl AdaptiveLimit {
         now: Instant,
         pending: &[Duration],
     ) -> Option<Change> {
+        self.forget_old_levels(now);
+        let current = self.slow_start || self.last_change_at.is_none_or(|at| sample.started >= at);
         match sample.outcome {
             Outcome::Ignore => None,
-            Outcome::Overload | Outcome::Timeout | Outcome::Throttled => self.on_overload(sample, now),
-            Outcome::Success | Outcome::Abandoned => self.on_latency(sample, now, pending),
+            Outcome::Throttled | Outcome::Timeout => self.on_overload(sample, now),
+            Outcome::Overload => {
+                let counts = self.overload_counts(sample.in_flight);
+                self.note_answer(sample.in_flight, false, now);
+                if current {
+                    self.delivery.add(sample.in_flight, sample.duration, false);
+                }
+                if counts {
+                    self.on_overload(sample, now)
+                } else {
+                    None
+                }
+            }
+            Outcome::Success => {
+                self.note_answer(sample.in_flight, true, now);
+                if current {
+                    self.delivery.add(sample.in_flight, sample.duration, true);
+                }
+                self.on_latency(sample, now, pending)
+            }
+            Outcome::Abandoned => self.on_latency(sample, now, pending),
+        }
+    }
+
+    /// Whether a 5xx answered at `in_flight` in flight says "overloaded": the levels below it
+    /// answered (almost) clean, or this level fails clearly more often than they do. A share of
+    /// 5xx that lower levels show as well is the requests' own failing (a broken workflow
+    /// answers 500 at any load) and must not cut the limit. With nothing known below, it counts.
+    pub fn overload_counts(&self, in_flight: usize) -> bool {
+        let background = self
+            .errors
+            .range(..in_flight.max(1))
+            .filter(|(_, e)| e.answers >= ERROR_MIN_ANSWERS)
+            .map(|(_, e)| e.share)
+            .reduce(f64::min);
+        let Some(background) = background else {
+            return true;
+        };
+        if background < 0.02 {
+            return true;
+        }
+        self.errors
+            .get(&in_flight)
+            .is_some_and(|e| e.answers >= ERROR_MIN_ANSWERS && e.share > 2.0 * background + 0.05)
+    }
+
+    fn note_answer(&mut self, in_flight: usize, good: bool, now: Instant) {
+        if self.errors.len() >= MAX_LEVELS && !self.errors.contains_key(&in_flight) {
+            return;
+        }
+        let entry = self.errors.entry(in_flight).or_insert(ErrorShare { answers: 0, share: 0.0, at: now });
+        entry.answers = entry.answers.saturating_add(1);
+        // A running mean over the first answers, then a slow average: enough answers to tell
+        // 2 % from 10 % without remembering each one.
+        let weight = 1.0 / f64::from(entry.answers.min(ERROR_WINDOW));
+        entry.share += (if good { 0.0 } else { 1.0 } - entry.share) * weight;
+        entry.at = now;
+    }
+
+    fn forget_old_levels(&mut self, now: Instant) {
+        let memory = self.settings.level_memory;
+        if self.levels.first_key_value().is_some_and(|(_, l)| now.duration_since(l.at) > memory) {
+            self.levels.retain(|_, l| now.duration_since(l.at) <= memory);
+        }
+        if self.errors.first_key_value().is_some_and(|(_, e)| now.duration_since(e.at) > memory) {
+            self.errors.retain(|_, e| now.duration_since(e.at) <= memory);
         }
     }
 
@@ -310,8 +487,9 @@ impl AdaptiveLimit {
             let below_failing = (sample.in_flight as f64 - 1.0).max(self.limit * 0.5);
             next = next.min(below_failing);
             let failing = sample.in_flight as f64;
-            let repeated = self.ceiling.is_some_and(|c| failing <= c + 1.0);
+            let repeated = self.ceiling_failed && self.ceiling.is_some_and(|c| failing <= c + 1.0);
             self.ceiling = Some(failing);
+            self.ceiling_failed = true;
             self.probe_wait = if repeated {
                 (self.probe_wait * 2).min(self.settings.probe_interval_max)
             } else {
@@ -319,43 +497,94 @@ impl AdaptiveLimit {
             };
             self.probe_after = Some(now + self.probe_wait);
         }
+        self.record_level(now);
         self.limit = next.max(floor);
         self.slow_start = false;
         self.last_cut = Some(now);
-        self.last_change_at = Some(now);
-        self.demand = 0;
-        self.reset_windows();
+        self.changed(now);
         self.last_change = Some(Change::Overload);
         Some(Change::Overload)
     }
 
-    fn reset_windows(&mut self) {
+    /// Bookkeeping after any change of the limit: windows, rounds and delivery start afresh.
+    fn changed(&mut self, now: Instant) {
+        self.last_change_at = Some(now);
+        self.demand = 0;
+        self.delivery = Delivery::default();
         for signal in &mut self.signals {
             signal.window.clear();
             signal.opened = None;
         }
     }
 
+    /// Remembers what the current level delivered, when it was fully used long enough to say.
+    fn record_level(&mut self, now: Instant) {
+        let level = self.limit.floor() as usize;
+        if (self.demand as f64) < self.limit.floor() {
+            return;
+        }
+        let Some(goodput) = self.delivery.goodput() else {
+            return;
+        };
+        let errors = self.delivery.error_share();
+        let noise = self.delivery.noise();
+        if self.levels.len() >= MAX_LEVELS && !self.levels.contains_key(&level) {
+            return;
+        }
+        let entry = self.levels.entry(level).or_insert(Level { goodput, errors, noise, at: now });
+        // Halfway towards the new measurement: one noisy window does not decide alone (and
+        // the average of two has √2 less noise, roughly what halving the sum gives).
+        entry.goodput = (entry.goodput + goodput) / 2.0;
+        entry.errors = (entry.errors + errors) / 2.0;
+        entry.noise = (entry.noise + noise) / 2.0;
+        entry.at = now;
+    }
+
+    /// Whether going from level `low` up to `high` paid: goodput rose by at least
+    /// `throughput_gain` of what a linear backend would have added, and by more than the two
+    /// measurements' noise (two standard errors). `None` while either is unmeasured.
+    fn paid(&self, high: usize, low: usize) -> Option<bool> {
+        let (h, l) = (self.levels.get(&high)?, self.levels.get(&low)?);
+        let linear = (high as f64 - low as f64) / low.max(1) as f64;
+        let noise = 2.0 * (h.noise.powi(2) + l.noise.powi(2)).sqrt();
+        let needed = (self.settings.throughput_gain * linear).max(noise);
+        Some(h.goodput > l.goodput * (1.0 + needed))
+    }
+
+    /// The measured level below `level` that delivered the most (the lower on a tie): a step
+    /// up is judged against the best the backend did with less, not against one level that
+    /// may have been measured in a transient.
+    fn best_below(&self, level: usize) -> Option<usize> {
+        self.levels
+            .range(..level)
+            .fold(None, |best: Option<(usize, f64)>, (l, v)| match best {
+                Some((_, g)) if g >= v.goodput => best,
+                _ => Some((*l, v.goodput)),
+            })
+            .map(|(l, _)| l)
+    }
+
     fn on_latency(&mut self, sample: Sample, now: Instant, pending: &[Duration]) -> Option<Change> {
         // Only requests admitted under the current limit say anything about it: ones admitted
         // before the last change still carry the old queueing (after a cut, judging by them
         // would cut again and again; after growth, they hide what the growth did). Requests
-        // admitted earlier that are still stuck are seen through `pending` instead.
-        // Slow start is the exception: every change in it is growth, and a request admitted
-        // just before it shares the backend with the new level for most of its run (the ones
-        // admitted *at* the new level show any queueing in the same window). Waiting for a
-        // full round admitted after each step doubled the time per step — ×1.5 per two round
-        // trips left a cold proxy in front of 15-second workflows at half the capacity for
-        // a minute. TCP's slow start, likewise, counts every acknowledgement.
+        // admitted earlier that are still stuck are seen through `pending` instead. In slow
+        // start the round decides (see `slow_start_round`); its windows only learn baselines.
         if !self.slow_start && self.last_change_at.is_some_and(|at| sample.started < at) {
             return None;
         }
         if self.signals.len() <= sample.signal {
             self.signals.resize_with(sample.signal + 1, Signal::default);
         }
+        let mut change = None;
+        if self.slow_start {
+            change = self.slow_start_answer(&sample, now);
+            if change.is_some() {
+                return change;
+            }
+        }
         let settings = &self.settings;
         let window_samples = if self.slow_start {
-            // One round at the current limit, so the limit can grow once per round trip.
             (self.limit.floor() as usize).clamp(settings.slow_start_min_window, settings.window_samples)
         } else {
             settings.window_samples
@@ -367,7 +596,7 @@ impl AdaptiveLimit {
         let stale =
             signal.window.len() * 2 >= window_samples && now.duration_since(opened) >= settings.window_max;
         if !(full || stale) {
-            return None;
+            return change;
         }
         let completed = signal.window.iter().sum::<f64>() / signal.window.len() as f64;
         let stuck: Vec<f64> =
@@ -386,41 +615,127 @@ impl AdaptiveLimit {
         // Below the absolute floor a rise is jitter, not a wait (see the module docs).
         let ratio = (mean - settings.queue_slack.as_secs_f64()).max(baseline) / baseline;
         self.last_ratio = Some(ratio);
-        let change = self.decide(ratio, now);
+        if self.slow_start {
+            return change;
+        }
+        self.record_level(now);
+        change = self.decide(ratio, now);
         self.demand = 0;
         change
     }
 
+    /// Slow start, answer by answer: an answer on time (within `tolerance` of its signal's
+    /// baseline) from a request admitted as the k-th in flight proves the backend serves k at
+    /// once, and lets the limit grow to `1 + slow_start_growth` times that; a late one means
+    /// that level was past the capacity, and slow start ends at the highest proven level.
+    /// Growing from proof rather than by rounds keeps at most `1 + slow_start_growth` times
+    /// the capacity in flight, at one step per round trip however spread out the answers are.
+    fn slow_start_answer(&mut self, sample: &Sample, now: Instant) -> Option<Change> {
+        let s = &self.settings;
+        let late = self.signals.get(sample.signal).and_then(Signal::baseline).is_some_and(|baseline| {
+            sample.latency.as_secs_f64() > baseline * s.tolerance + s.queue_slack.as_secs_f64()
+        });
+        if late {
+            let next = (self.proven as f64).max(self.limit * 0.5).max(s.min as f64);
+            self.slow_start = false;
+            if next >= self.limit {
+                // The late answer came from below the proven level: noise, not the capacity.
+                return None;
+            }
+            self.knee = Some(next);
+            self.limit = next;
+            self.last_cut = Some(now);
+            self.changed(now);
+            self.last_change = Some(Change::Latency);
+            return Some(Change::Latency);
+        }
+        self.proven = self.proven.max(sample.in_flight);
+        let used = (self.demand as f64) >= self.limit.floor();
+        let next = (self.proven as f64 * (1.0 + s.slow_start_growth))
+            .max(self.proven as f64 + 1.0)
+            .min(s.max as f64);
+        if !used || next <= self.limit {
+            return None;
+        }
+        self.limit = next;
+        self.last_change_at = Some(now);
+        self.last_change = Some(Change::Grow);
+        Some(Change::Grow)
+    }
+
     fn decide(&mut self, ratio: f64, now: Instant) -> Option<Change> {
         let s = &self.settings;
-        if ratio > s.tolerance {
-            let used = (self.demand as f64).min(self.limit).max(s.min as f64);
-            let next = (used / ratio).max(self.limit * 0.5).max(s.min as f64);
+        let level = self.limit.floor() as usize;
+        let used = self.demand as f64 >= self.limit.floor();
+        // Requests wait here: then what the clients get is goodput, whatever the latency.
+        let standing = self.demand > level;
+        let below = self.best_below(level);
+        let paid = if standing && used { below.and_then(|low| self.paid(level, low)) } else { None };
+        let queueing = ratio >= 1.0 + (s.grow_below - 1.0) / 2.0;
+        if standing && used {
+            // The level above, measured, delivered clearly more than this one: go back to it,
+            // whatever latency says (throughput wins while clients wait here).
+            let above = self.levels.range(level + 1..).next().map(|(l, _)| *l);
+            if let Some(high) = above.filter(|high| self.paid(*high, level) == Some(true)) {
+                if self.ceiling.is_none_or(|c| (high as f64) < c) {
+                    self.limit = high as f64;
+                    self.changed(now);
+                    self.last_change = Some(Change::Grow);
+                    return Some(Change::Grow);
+                }
+            }
+            if queueing {
+                match (below, paid) {
+                    // The last step up bought queueing, not answers: back to the level below,
+                    // and remember this one as a ceiling to probe again later. This is what
+                    // settles the limit at the capacity rather than one above it.
+                    (Some(low), Some(false)) => {
+                        self.ceiling = Some(level as f64);
+                        self.ceiling_failed = false;
+                        self.probe_wait = s.probe_interval;
+                        self.probe_after = Some(now + self.probe_wait);
+                        return Some(self.cut_to(low as f64, Change::Latency, now));
+                    }
+                    // Requests queue in the backend and nothing below is known: measure one
+                    // level lower (BBR drains to re-measure its floor the same way). The
+                    // latency baseline alone drifts up under a queue that never clears.
+                    (None, _) if level > s.min && ratio <= s.tolerance => {
+                        return Some(self.cut_to(level as f64 - 1.0, Change::Latency, now));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if ratio > s.tolerance && paid != Some(true) {
+            let used_level = (self.demand as f64).min(self.limit).max(s.min as f64);
+            let next = (used_level / ratio).max(self.limit * 0.5).max(s.min as f64);
             if next < self.limit {
-                self.limit = next;
-                self.slow_start = false;
-                // Where queueing began: growth slows to +1 near it instead of overshooting.
-                self.knee = Some(next);
-                self.last_cut = Some(now);
-                self.last_change_at = Some(now);
-                self.reset_windows();
-                self.last_change = Some(Change::Latency);
-                return Some(Change::Latency);
+                return Some(self.cut_to(next, Change::Latency, now));
             }
             return None;
         }
-        let used = self.demand as f64 >= self.limit.floor();
-        if ratio >= s.grow_below || !used {
+        if !used {
             return None;
+        }
+        // Flat latency, or rising latency that still buys answers (a CPU-bound worker).
+        let growing = ratio < s.grow_below || paid == Some(true);
+        if !growing {
+            return None;
+        }
+        // At or past the ceiling and still growing: the probe passed (capacity grew).
+        if let Some(ceiling) = self.ceiling.filter(|c| self.limit >= *c) {
+            self.ceiling = None;
+            // Past a failing level, creep on rather than jump by half: with flat latency the
+            // next overload shows only as a burst of 500s, as large as the jump. Past a level
+            // that did not pay, latency guards growth.
+            self.knee = if self.ceiling_failed { Some(ceiling) } else { self.knee };
+            self.probe_wait = s.probe_interval;
         }
         // Far from any queueing, grow by a fraction (a capacity increase is found in a few
         // windows); with a little queueing already, creep by one.
         let near_knee = self.knee.is_some_and(|k| self.limit * (1.0 + s.increase_ratio) > k);
-        // Slow start grows by the same fraction, once per round: ×1.5 rather than TCP's ×2,
-        // because a DB-limited backend answers the overshoot with fast 500s — ×2 cost half a
-        // round of them, ×1.5 costs one or two.
         let far = ratio < 1.0 + (s.grow_below - 1.0) / 2.0 && !near_knee;
-        let step = if self.slow_start || far { (self.limit * s.increase_ratio).max(1.0) } else { 1.0 };
+        let step = if far { (self.limit * s.increase_ratio).max(1.0) } else { 1.0 };
         // Well past the old knee without queueing: capacity grew, forget it.
         if self.knee.is_some_and(|k| self.limit > k + 2.0) {
             self.knee = None;
@@ -432,28 +747,31 @@ impl AdaptiveLimit {
                 if !probing {
                     next = next.min((ceiling - 1.0).max(self.limit));
                 } else if self.limit >= ceiling - 1.0 {
-                    // A probe: one past the ceiling. If no overload follows, the ceiling
-                    // was wrong (capacity grew) and is forgotten.
+                    // A probe: one past the ceiling. If it pays (or no overload follows), the
+                    // ceiling was wrong (capacity grew) and is forgotten.
                     next = self.limit + 1.0;
-                    if self.limit >= ceiling {
-                        self.ceiling = None;
-                        // Creep on from here rather than jump by half: with flat latency the
-                        // next overload shows only as a burst of 500s, as large as the jump.
-                        self.knee = Some(ceiling);
-                        self.probe_wait = s.probe_interval;
-                    }
                     self.probe_after = Some(now + self.probe_wait);
                 }
             }
         }
         if next > self.limit {
             self.limit = next.min(s.max as f64);
-            self.last_change_at = Some(now);
-            self.reset_windows();
+            self.changed(now);
             self.last_change = Some(Change::Grow);
             return Some(Change::Grow);
         }
         None
+    }
+
+    fn cut_to(&mut self, next: f64, change: Change, now: Instant) -> Change {
+        self.limit = next;
+        self.slow_start = false;
+        // Where queueing began: growth slows to +1 near it instead of overshooting.
+        self.knee = Some(next);
+        self.last_cut = Some(now);
+        self.changed(now);
+        self.last_change = Some(change);
+        change
     }
 }
 
