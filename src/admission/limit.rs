@@ -115,6 +115,9 @@ pub struct LimitSettings {
     pub slow_start_min_window: usize,
     /// A latency rise smaller than this above the baseline is noise, not queueing.
     pub queue_slack: Duration,
+    /// With requests waiting here, the least latency ratio above 1 that is cut (the window's
+    /// own noise may ask for more, up to `tolerance`).
+    pub queue_floor: f64,
 }
 
 impl Default for LimitSettings {
@@ -126,8 +129,8 @@ impl Default for LimitSettings {
             backoff: 0.9,
             tolerance: 1.3,
             grow_below: 1.1,
-            increase_ratio: 0.5,
-            slow_start_growth: 0.25,
+            increase_ratio: 0.25,
+            slow_start_growth: 0.15,
             throughput_gain: 0.5,
             level_memory: Duration::from_secs(120),
             window_samples: 20,
@@ -137,6 +140,7 @@ impl Default for LimitSettings {
             probe_interval_max: Duration::from_secs(60),
             slow_start_min_window: 4,
             queue_slack: Duration::from_millis(10),
+            queue_floor: 0.04,
         }
     }
 }
@@ -194,6 +198,10 @@ pub enum Change {
 /// Most levels remembered (goodput, error shares): the limit's range is bounded, but a
 /// misconfigured `max` should not make memory unbounded.
 const MAX_LEVELS: usize = 1024;
+/// How long a level's goodput is averaged over before older counts fade.
+const LEVEL_SPAN: Duration = Duration::from_secs(60);
+/// Answers at a level before its goodput is measured.
+const DELIVERY_MIN_ANSWERS: usize = 8;
 /// Answers at a level before its error share is trusted.
 const ERROR_MIN_ANSWERS: u32 = 5;
 /// Answers after which a level's error share becomes a moving average.
@@ -219,6 +227,12 @@ struct Signal {
     opened: Option<Instant>,
     /// (slot start, lowest window mean in the slot), oldest first.
     means: VecDeque<(Instant, f64)>,
+    /// How much single answers spread (standard deviation over mean) in the last window:
+    /// past a third of the tolerance, one late answer says nothing about queueing.
+    spread: Option<f64>,
+    /// The lowest window mean seen (slow start compares single answers with it: the
+    /// baseline's upper bound would hide the first few percent of a backlog).
+    lowest_mean: Option<f64>,
 }
 
 impl Signal {
@@ -241,57 +255,43 @@ impl Signal {
 /// What one level of the limit delivered while it was fully used.
 #[derive(Debug, Clone, Copy)]
 struct Level {
-    /// Good answers per second.
-    goodput: f64,
-    /// Share of answers that were overload outcomes.
-    errors: f64,
-    /// Relative standard error of `goodput`.
-    noise: f64,
+    /// Good answers counted at this level, and the seconds they were counted over (both
+    /// halved once the span passes `LEVEL_SPAN`, so older measurements fade).
+    good: f64,
+    span: f64,
     /// When it was last measured.
     at: Instant,
+}
+
+impl Level {
+    /// Good answers per second.
+    fn goodput(&self) -> f64 {
+        self.good / self.span.max(1e-9)
+    }
+
+    /// Relative standard error of the goodput, as for a count of random arrivals.
+    fn noise(&self) -> f64 {
+        1.0 / self.good.max(1.0).sqrt()
+    }
 }
 
 /// Answers since the limit last changed, for the goodput of the current level.
 #[derive(Debug, Default)]
 struct Delivery {
+    /// Answers count from here: about one typical duration after the change, once the backend
+    /// runs at the new level (the answers before it still show the old one).
+    from: Option<Instant>,
     answers: usize,
     good: usize,
-    /// Sum of the in-flight levels the answers were admitted at.
-    in_flight: f64,
-    /// Sum of their times in the backend, seconds, and of their squares.
-    busy: f64,
-    busy_sq: f64,
 }
 
 impl Delivery {
-    fn add(&mut self, in_flight: usize, duration: Duration, good: bool) {
+    fn add(&mut self, now: Instant, good: bool) {
+        if self.from.is_some_and(|from| now < from) {
+            return;
+        }
         self.answers += 1;
         self.good += usize::from(good);
-        self.in_flight += in_flight as f64;
-        self.busy += duration.as_secs_f64();
-        self.busy_sq += duration.as_secs_f64().powi(2);
-    }
-
-    /// The relative standard error of the goodput: that of the mean time in the backend.
-    fn noise(&self) -> f64 {
-        let n = self.answers as f64;
-        if n < 2.0 || self.busy <= 0.0 {
-            return 0.0;
-        }
-        let mean = self.busy / n;
-        let variance = ((self.busy_sq - n * mean * mean) / (n - 1.0)).max(0.0);
-        (variance / n).sqrt() / mean
-    }
-
-    /// Good answers per second by Little's law (mean in flight ÷ mean time in the backend ×
-    /// the good share): steadier over a few answers than counting them against a clock.
-    fn goodput(&self) -> Option<f64> {
-        (self.answers >= 4 && self.busy > 0.0)
-            .then(|| self.in_flight / self.busy * self.good as f64 / self.answers as f64)
-    }
-
-    fn error_share(&self) -> f64 {
-        (self.answers - self.good) as f64 / self.answers.max(1) as f64
     }
 }
 
@@ -317,12 +317,17 @@ pub struct AdaptiveLimit {
     last_change: Option<Change>,
     /// Still growing per round (no cut yet).
     slow_start: bool,
-    /// Slow start: the highest in-flight level an answer proved the backend serves on time.
+    /// Slow start: the highest level proven to be served without queueing, and the count and
+    /// latency-ratio sum of the answers from above it so far.
     proven: usize,
+    marginal: (usize, f64),
     delivery: Delivery,
+    /// Typical time a request spends in the backend (a moving average), seconds.
+    typical_duration: f64,
     levels: BTreeMap<usize, Level>,
-    /// Overload share by the in-flight level answers were admitted at.
+    /// Overload share by the in-flight level answers were admitted at, and over all of them.
     errors: BTreeMap<usize, ErrorShare>,
+    all_errors: ErrorShare,
 }
 
 impl AdaptiveLimit {
@@ -345,10 +350,13 @@ impl AdaptiveLimit {
             last_ratio: None,
             last_change: None,
             slow_start: true,
-            proven: 0,
+            proven: limit as usize,
+            marginal: (0, 0.0),
             delivery: Delivery::default(),
+            typical_duration: 0.0,
             levels: BTreeMap::new(),
             errors: BTreeMap::new(),
+            all_errors: ErrorShare { answers: 0, share: 0.0, at: Instant::now() },
         }
     }
 
@@ -404,16 +412,16 @@ impl AdaptiveLimit {
         pending: &[Duration],
     ) -> Option<Change> {
         self.forget_old_levels(now);
-        let current = self.slow_start || self.last_change_at.is_none_or(|at| sample.started >= at);
+        if matches!(sample.outcome, Outcome::Success | Outcome::Overload) {
+            self.typical_duration = 0.9 * self.typical_duration + 0.1 * sample.duration.as_secs_f64();
+        }
         match sample.outcome {
             Outcome::Ignore => None,
             Outcome::Throttled | Outcome::Timeout => self.on_overload(sample, now),
             Outcome::Overload => {
                 let counts = self.overload_counts(sample.in_flight);
                 self.note_answer(sample.in_flight, false, now);
-                if current {
-                    self.delivery.add(sample.in_flight, sample.duration, false);
-                }
+                self.delivery.add(now, false);
                 if counts {
                     self.on_overload(sample, now)
                 } else {
@@ -422,9 +430,7 @@ impl AdaptiveLimit {
             }
             Outcome::Success => {
                 self.note_answer(sample.in_flight, true, now);
-                if current {
-                    self.delivery.add(sample.in_flight, sample.duration, true);
-                }
+                self.delivery.add(now, true);
                 self.on_latency(sample, now, pending)
             }
             Outcome::Abandoned => self.on_latency(sample, now, pending),
@@ -442,6 +448,9 @@ impl AdaptiveLimit {
             .filter(|(_, e)| e.answers >= ERROR_MIN_ANSWERS)
             .map(|(_, e)| e.share)
             .reduce(f64::min);
+        // Nothing known below (the limit was just cut there): the share over all levels, once
+        // there are enough answers to say.
+        let background = background.or((self.all_errors.answers >= 20).then_some(self.all_errors.share));
         let Some(background) = background else {
             return true;
         };
@@ -454,6 +463,10 @@ impl AdaptiveLimit {
     }
 
     fn note_answer(&mut self, in_flight: usize, good: bool, now: Instant) {
+        let all = &mut self.all_errors;
+        all.answers = all.answers.saturating_add(1);
+        all.share += (if good { 0.0 } else { 1.0 } - all.share) / f64::from(all.answers.min(ERROR_WINDOW));
+        all.at = now;
         if self.errors.len() >= MAX_LEVELS && !self.errors.contains_key(&in_flight) {
             return;
         }
@@ -510,45 +523,63 @@ impl AdaptiveLimit {
     fn changed(&mut self, now: Instant) {
         self.last_change_at = Some(now);
         self.demand = 0;
-        self.delivery = Delivery::default();
+        let settle = Duration::from_secs_f64(self.typical_duration.clamp(0.0, 3600.0));
+        self.delivery = Delivery { from: Some(now + settle), ..Delivery::default() };
         for signal in &mut self.signals {
             signal.window.clear();
             signal.opened = None;
         }
     }
 
-    /// Remembers what the current level delivered, when it was fully used long enough to say.
+    /// Adds what the current level delivered since it was last counted, when it was fully
+    /// used; the count then starts afresh (the level's total keeps growing).
     fn record_level(&mut self, now: Instant) {
         let level = self.limit.floor() as usize;
-        if (self.demand as f64) < self.limit.floor() {
-            return;
-        }
-        let Some(goodput) = self.delivery.goodput() else {
+        let used = (self.demand as f64) >= self.limit.floor();
+        let Some(from) = self.delivery.from.filter(|_| used && self.delivery.answers >= DELIVERY_MIN_ANSWERS)
+        else {
             return;
         };
-        let errors = self.delivery.error_share();
-        let noise = self.delivery.noise();
-        if self.levels.len() >= MAX_LEVELS && !self.levels.contains_key(&level) {
+        let span = now.duration_since(from).as_secs_f64();
+        if span <= 0.0 || (self.levels.len() >= MAX_LEVELS && !self.levels.contains_key(&level)) {
             return;
         }
-        let entry = self.levels.entry(level).or_insert(Level { goodput, errors, noise, at: now });
-        // Halfway towards the new measurement: one noisy window does not decide alone (and
-        // the average of two has √2 less noise, roughly what halving the sum gives).
-        entry.goodput = (entry.goodput + goodput) / 2.0;
-        entry.errors = (entry.errors + errors) / 2.0;
-        entry.noise = (entry.noise + noise) / 2.0;
+        let good = self.delivery.good as f64;
+        let entry = self.levels.entry(level).or_insert(Level { good: 0.0, span: 0.0, at: now });
+        entry.good += good;
+        entry.span += span;
+        if entry.span > LEVEL_SPAN.as_secs_f64() {
+            entry.good /= 2.0;
+            entry.span /= 2.0;
+        }
         entry.at = now;
+        self.delivery = Delivery { from: Some(now), ..Delivery::default() };
     }
 
     /// Whether going from level `low` up to `high` paid: goodput rose by at least
-    /// `throughput_gain` of what a linear backend would have added, and by more than the two
-    /// measurements' noise (two standard errors). `None` while either is unmeasured.
+    /// `throughput_gain` of what a linear backend would have added (`Some(true)`), or clearly
+    /// fell short of it (`Some(false)`), each beyond the two measurements' noise (two standard
+    /// errors). `None` while either is unmeasured or the difference is within the noise (15 s
+    /// workflows that spread by a third need many answers to tell one level from the next;
+    /// until then the latency signal decides).
     fn paid(&self, high: usize, low: usize) -> Option<bool> {
         let (h, l) = (self.levels.get(&high)?, self.levels.get(&low)?);
         let linear = (high as f64 - low as f64) / low.max(1) as f64;
-        let noise = 2.0 * (h.noise.powi(2) + l.noise.powi(2)).sqrt();
-        let needed = (self.settings.throughput_gain * linear).max(noise);
-        Some(h.goodput > l.goodput * (1.0 + needed))
+        let noise = 2.0 * (h.noise().powi(2) + l.noise().powi(2)).sqrt();
+        let expected = self.settings.throughput_gain * linear;
+        let gain = h.goodput() / l.goodput().max(1e-9) - 1.0;
+        if gain > expected + noise {
+            Some(true)
+        } else if gain < expected - noise {
+            Some(false)
+        } else {
+            None
+        }
+    }
+
+    /// The measured level at or below `level` that delivered the most.
+    fn best_at_or_below(&self, level: usize) -> Option<usize> {
+        self.best_below(level + 1)
     }
 
     /// The measured level below `level` that delivered the most (the lower on a tie): a step
@@ -558,8 +589,8 @@ impl AdaptiveLimit {
         self.levels
             .range(..level)
             .fold(None, |best: Option<(usize, f64)>, (l, v)| match best {
-                Some((_, g)) if g >= v.goodput => best,
-                _ => Some((*l, v.goodput)),
+                Some((_, g)) if g >= v.goodput() => best,
+                _ => Some((*l, v.goodput())),
             })
             .map(|(l, _)| l)
     }
@@ -603,7 +634,15 @@ impl AdaptiveLimit {
             pending.iter().map(Duration::as_secs_f64).filter(|age| *age > completed).collect();
         let mean = (signal.window.iter().sum::<f64>() + stuck.iter().sum::<f64>())
             / (signal.window.len() + stuck.len()) as f64;
-        let noise = 2.0 * standard_error(&signal.window, completed);
+        let n = signal.window.len() as f64;
+        let own_error = standard_error(&signal.window, completed);
+        let window_spread = own_error * n.sqrt() / completed.max(1e-9);
+        // How much single answers spread by nature, learned from windows without queueing (a
+        // queue spreads them by itself, evenly from window to window, which is no noise at
+        // all); it says how far a window mean can stray by chance.
+        let natural = signal.spread.unwrap_or(window_spread);
+        signal.lowest_mean = Some(signal.lowest_mean.map_or(completed, |low| low.min(completed)));
+        let noise = 2.0 * (natural * completed / n.sqrt()).max(own_error);
         signal.window.clear();
         signal.opened = None;
         // The baseline learns from finished requests only; requests still stuck say how much
@@ -615,46 +654,118 @@ impl AdaptiveLimit {
         // Below the absolute floor a rise is jitter, not a wait (see the module docs).
         let ratio = (mean - settings.queue_slack.as_secs_f64()).max(baseline) / baseline;
         self.last_ratio = Some(ratio);
+        if ratio <= 1.0 + settings.queue_floor || signal.spread.is_none() {
+            signal.spread = Some(signal.spread.map_or(window_spread, |s| 0.8 * s + 0.2 * window_spread));
+        }
         if self.slow_start {
-            return change;
+            let noisy = signal.spread.is_some_and(|spread| spread > (settings.tolerance - 1.0) / 3.0);
+            return if noisy { self.slow_start_window(ratio, now) } else { change };
         }
         self.record_level(now);
-        change = self.decide(ratio, now);
+        change = self.decide(ratio, 2.0 * natural / n.sqrt(), now);
         self.demand = 0;
         change
     }
 
-    /// Slow start, answer by answer: an answer on time (within `tolerance` of its signal's
-    /// baseline) from a request admitted as the k-th in flight proves the backend serves k at
-    /// once, and lets the limit grow to `1 + slow_start_growth` times that; a late one means
-    /// that level was past the capacity, and slow start ends at the highest proven level.
-    /// Growing from proof rather than by rounds keeps at most `1 + slow_start_growth` times
-    /// the capacity in flight, at one step per round trip however spread out the answers are.
+    /// Slow start, step by step: the answers of the requests admitted above the last proven
+    /// level (the *marginal* ones, which a worker-bound backend would park in its backlog
+    /// first) decide each step. Their mean within the signal's own noise of its baseline
+    /// proves the level, and the limit grows by `slow_start_growth` from it; above it, the
+    /// step went past the capacity and slow start ends where latency puts the capacity. One
+    /// answer alone cannot tell a backlog of 5 % from jitter, and growing from single answers
+    /// on time let the limit climb to 1.5 times a capacity of 20 within a tolerance.
     fn slow_start_answer(&mut self, sample: &Sample, now: Instant) -> Option<Change> {
         let s = &self.settings;
-        let late = self.signals.get(sample.signal).and_then(Signal::baseline).is_some_and(|baseline| {
-            sample.latency.as_secs_f64() > baseline * s.tolerance + s.queue_slack.as_secs_f64()
-        });
-        if late {
-            let next = (self.proven as f64).max(self.limit * 0.5).max(s.min as f64);
+        let signal = self.signals.get(sample.signal);
+        // Until a first window at the initial (safe) limit says what "on time" is, and for
+        // answers that spread widely by nature (judged by window means instead, see
+        // `slow_start_window`), single answers decide nothing.
+        let (Some(spread), Some(baseline)) =
+            (signal.and_then(|sig| sig.spread), signal.and_then(|sig| sig.lowest_mean))
+        else {
+            return None;
+        };
+        if spread > (s.tolerance - 1.0) / 3.0 {
+            return None;
+        }
+        let level = self.limit.floor() as usize;
+        if level <= self.proven {
+            return self.slow_start_step(level, now);
+        }
+        // Only answers admitted with the whole new level in flight: those admitted on the way
+        // up to it (the 23rd of a step from 22 to 26) waited behind fewer, and came first.
+        if sample.in_flight < level {
+            return None;
+        }
+        self.marginal.0 += 1;
+        self.marginal.1 += sample.latency.as_secs_f64() / baseline.max(1e-9);
+        let (count, sum) = self.marginal;
+        // Enough answers that their mean can tell a backlog of a few percent: as many as the
+        // step added and at least a quarter of the level, up to 8 (one answer suffices for a
+        // step of one at a small level, where one step is a large share anyway).
+        if count < level.saturating_sub(self.proven).max(level / 4).clamp(1, 8) {
+            return None;
+        }
+        self.marginal = (0, 0.0);
+        let ratio = sum / count as f64;
+        // Within the noise of a mean of `count` answers, and the absolute jitter floor.
+        let allowed = 1.0
+            + s.queue_floor.max(2.0 * spread / (count as f64).sqrt())
+            + s.queue_slack.as_secs_f64() / baseline.max(1e-9);
+        if ratio > allowed {
+            // Past the capacity: where latency puts it, never below the last proven level.
+            let next = (level as f64 / ratio)
+                .round()
+                .max(self.proven as f64)
+                .max(self.limit * 0.5)
+                .max(s.min as f64);
             self.slow_start = false;
+            self.knee = Some(next);
             if next >= self.limit {
-                // The late answer came from below the proven level: noise, not the capacity.
                 return None;
             }
-            self.knee = Some(next);
             self.limit = next;
             self.last_cut = Some(now);
             self.changed(now);
             self.last_change = Some(Change::Latency);
             return Some(Change::Latency);
         }
-        self.proven = self.proven.max(sample.in_flight);
+        self.proven = level;
+        self.slow_start_step(level, now)
+    }
+
+    /// Grows from the proven `level` by `slow_start_growth`, when it is used up.
+    fn slow_start_step(&mut self, level: usize, now: Instant) -> Option<Change> {
+        let s = &self.settings;
         let used = (self.demand as f64) >= self.limit.floor();
-        let next = (self.proven as f64 * (1.0 + s.slow_start_growth))
-            .max(self.proven as f64 + 1.0)
-            .min(s.max as f64);
+        let next = (level as f64 * (1.0 + s.slow_start_growth)).max(level as f64 + 1.0).min(s.max as f64);
         if !used || next <= self.limit {
+            return None;
+        }
+        self.limit = next;
+        self.marginal = (0, 0.0);
+        self.last_change_at = Some(now);
+        self.last_change = Some(Change::Grow);
+        Some(Change::Grow)
+    }
+
+    /// Slow start for a signal whose answers spread widely: by window means, as in steady
+    /// state but growing by `slow_start_growth` per window.
+    fn slow_start_window(&mut self, ratio: f64, now: Instant) -> Option<Change> {
+        let s = &self.settings;
+        if ratio > s.tolerance {
+            let used = (self.demand as f64).min(self.limit).max(s.min as f64);
+            let next = (used / ratio).round().max(self.limit * 0.5).max(s.min as f64);
+            self.demand = 0;
+            return Some(self.cut_to(next, Change::Latency, now));
+        }
+        let used = (self.demand as f64) >= self.limit.floor();
+        self.demand = 0;
+        if ratio >= s.grow_below || !used {
+            return None;
+        }
+        let next = (self.limit + (self.limit * s.slow_start_growth).max(1.0)).min(s.max as f64);
+        if next <= self.limit {
             return None;
         }
         self.limit = next;
@@ -663,18 +774,19 @@ impl AdaptiveLimit {
         Some(Change::Grow)
     }
 
-    fn decide(&mut self, ratio: f64, now: Instant) -> Option<Change> {
+    /// One latency window closed with `ratio` (its mean over the baseline), whose own
+    /// relative noise (two standard errors of the mean) is `noise`.
+    fn decide(&mut self, ratio: f64, noise: f64, now: Instant) -> Option<Change> {
         let s = &self.settings;
         let level = self.limit.floor() as usize;
         let used = self.demand as f64 >= self.limit.floor();
-        // Requests wait here: then what the clients get is goodput, whatever the latency.
-        let standing = self.demand > level;
-        let below = self.best_below(level);
-        let paid = if standing && used { below.and_then(|low| self.paid(level, low)) } else { None };
-        let queueing = ratio >= 1.0 + (s.grow_below - 1.0) / 2.0;
-        if standing && used {
+        // Requests wait here: then what the clients get is goodput, and any queueing in the
+        // backend is a wait they would rather spend in our fair queue.
+        let standing = used && self.demand > level;
+        if standing {
             // The level above, measured, delivered clearly more than this one: go back to it,
-            // whatever latency says (throughput wins while clients wait here).
+            // whatever latency says (a CPU-bound worker slows every request a little as
+            // concurrency grows, yet serves more of them).
             let above = self.levels.range(level + 1..).next().map(|(l, _)| *l);
             if let Some(high) = above.filter(|high| self.paid(*high, level) == Some(true)) {
                 if self.ceiling.is_none_or(|c| (high as f64) < c) {
@@ -684,35 +796,44 @@ impl AdaptiveLimit {
                     return Some(Change::Grow);
                 }
             }
-            if queueing {
-                match (below, paid) {
-                    // The last step up bought queueing, not answers: back to the level below,
-                    // and remember this one as a ceiling to probe again later. This is what
-                    // settles the limit at the capacity rather than one above it.
-                    (Some(low), Some(false)) => {
-                        self.ceiling = Some(level as f64);
-                        self.ceiling_failed = false;
-                        self.probe_wait = s.probe_interval;
-                        self.probe_after = Some(now + self.probe_wait);
-                        return Some(self.cut_to(low as f64, Change::Latency, now));
-                    }
-                    // Requests queue in the backend and nothing below is known: measure one
-                    // level lower (BBR drains to re-measure its floor the same way). The
-                    // latency baseline alone drifts up under a queue that never clears.
-                    (None, _) if level > s.min && ratio <= s.tolerance => {
-                        return Some(self.cut_to(level as f64 - 1.0, Change::Latency, now));
-                    }
-                    _ => {}
-                }
-            }
         }
-        if ratio > s.tolerance && paid != Some(true) {
+        // With a standing queue any queueing that stands out of the window's own noise is
+        // worth removing — it is what settles the limit *at* the capacity, not a step or two
+        // above it inside the tolerance; without one, only more than the tolerance is.
+        // A window too noisy to tell (15-second workflows spread by a third: two standard
+        // errors of a 20-answer mean are ±13 %) keeps the tolerance: cutting on its noise
+        // walked the limit down to 1, far below the capacity.
+        let precise = noise <= (s.tolerance - 1.0) / 3.0;
+        let threshold = if standing && precise { 1.0 + noise.max(s.queue_floor) } else { s.tolerance };
+        if ratio > threshold {
             let used_level = (self.demand as f64).min(self.limit).max(s.min as f64);
-            let next = (used_level / ratio).max(self.limit * 0.5).max(s.min as f64);
-            if next < self.limit {
+            let next = (used_level / ratio).round().max(self.limit * 0.5).max(s.min as f64);
+            // The level the cut lands on (or the best measured below it) delivered clearly
+            // less than this one: the latency buys answers, keep it.
+            let worse_below = standing
+                && self
+                    .best_at_or_below(next as usize)
+                    .is_some_and(|low| self.paid(level, low) == Some(true));
+            if next < self.limit && !worse_below {
+                if standing && threshold < s.tolerance {
+                    // Queueing one step past the capacity: probe it again later, not at once.
+                    self.set_unpaid_ceiling(level, now);
+                }
                 return Some(self.cut_to(next, Change::Latency, now));
             }
-            return None;
+            if !worse_below {
+                return None;
+            }
+        }
+        let below = if standing { self.best_below(level) } else { None };
+        let paid = below.and_then(|low| self.paid(level, low));
+        if let (Some(low), Some(false)) = (below, paid) {
+            // The step up bought queueing, not answers (measured over enough answers to
+            // tell): back down, and probe this level again later. With a precise latency
+            // signal the cut above already did this; this is how it happens when latency
+            // is too noisy to tell one step.
+            self.set_unpaid_ceiling(level, now);
+            return Some(self.cut_to(low as f64, Change::Latency, now));
         }
         if !used {
             return None;
@@ -722,13 +843,20 @@ impl AdaptiveLimit {
         if !growing {
             return None;
         }
-        // At or past the ceiling and still growing: the probe passed (capacity grew).
+        // At or past the ceiling and still growing: the probe passed (capacity grew). A
+        // level that only queued before must show it pays, or no queueing at all: one step
+        // past a capacity of 20 raises latency by 5 %, well inside `grow_below`.
         if let Some(ceiling) = self.ceiling.filter(|c| self.limit >= *c) {
+            let clean = ratio <= 1.0 + s.queue_floor;
+            let passed = self.ceiling_failed || paid == Some(true) || clean;
+            if !passed {
+                return None;
+            }
             self.ceiling = None;
-            // Past a failing level, creep on rather than jump by half: with flat latency the
-            // next overload shows only as a burst of 500s, as large as the jump. Past a level
-            // that did not pay, latency guards growth.
-            self.knee = if self.ceiling_failed { Some(ceiling) } else { self.knee };
+            // Past a failing level creep on rather than jump: the next overload shows only as
+            // a burst of 500s, as large as the jump. Past one that queued and now shows no
+            // queueing at all, the capacity grew: grow as from a cold start.
+            self.knee = if self.ceiling_failed || !clean { Some(ceiling) } else { None };
             self.probe_wait = s.probe_interval;
         }
         // Far from any queueing, grow by a fraction (a capacity increase is found in a few
@@ -761,6 +889,19 @@ impl AdaptiveLimit {
             return Some(Change::Grow);
         }
         None
+    }
+
+    /// Remembers `level` as one that bought queueing rather than answers. It is probed again
+    /// after `probe_interval`, or twice that when the last probe failed at the same level: a
+    /// probe costs a request's wait in gunicorn's backlog, and rarer probes would find a
+    /// capacity increase later.
+    fn set_unpaid_ceiling(&mut self, level: usize, now: Instant) {
+        let s = &self.settings;
+        let repeated = !self.ceiling_failed && self.ceiling.is_some_and(|c| c as usize == level);
+        self.probe_wait = if repeated { s.probe_interval * 2 } else { s.probe_interval };
+        self.ceiling = Some(level as f64);
+        self.ceiling_failed = false;
+        self.probe_after = Some(now + self.probe_wait);
     }
 
     fn cut_to(&mut self, next: f64, change: Change, now: Instant) -> Change {

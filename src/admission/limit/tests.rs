@@ -16,11 +16,33 @@ enum Backend {
     WorkerBound { capacity: usize, service: f64, sigma: f64 },
     /// Flat latency; more than `connections` at once fail fast (PostgreSQL's too many clients).
     DbLimited { connections: usize, service: f64 },
+    /// One gevent worker: each request needs `cpu` seconds of the shared CPU and waits `io`
+    /// seconds on the database, so latency rises with concurrency from the start while
+    /// throughput still grows towards 1/`cpu` (mean value analysis of a closed network).
+    CpuBound { cpu: f64, io: f64 },
+    /// `WorkerBound` whose requests also fail with a 500 of their own one time in `every`,
+    /// at any load (a broken workflow): not overload.
+    BuggyWorkerBound { capacity: usize, service: f64, every: usize },
+}
+
+/// Mean response time with `n` requests in a closed network of one processor-sharing CPU
+/// (`cpu` seconds per request) and a delay (`io`).
+fn cpu_bound_latency(n: usize, cpu: f64, io: f64) -> f64 {
+    let mut queue = 0.0;
+    let mut response = cpu + io;
+    for k in 1..=n.max(1) {
+        let at_cpu = cpu * (1.0 + queue);
+        response = at_cpu + io;
+        queue = k as f64 / response * at_cpu;
+    }
+    response
 }
 
 struct Run {
     limits: Vec<(f64, usize)>,
     overloads_after: Vec<(f64, bool)>,
+    /// In flight just before each answer (what the backend held).
+    in_flight: Vec<(f64, usize)>,
 }
 
 /// Saturating closed loop for `seconds` of virtual time; `change` can swap the backend midway.
@@ -36,7 +58,7 @@ fn run(mut backend: Backend, seconds: f64, change: Option<(f64, Backend)>, seed:
     let mut server_free: Vec<f64> = Vec::new();
     let mut in_flight = 0usize;
     let mut now = 0.0f64;
-    let mut out = Run { limits: Vec::new(), overloads_after: Vec::new() };
+    let mut out = Run { limits: Vec::new(), overloads_after: Vec::new(), in_flight: Vec::new() };
     let micros = |s: f64| (s * 1e6) as u64;
     while now < seconds {
         if let Some((when, _)) = &change {
@@ -70,6 +92,25 @@ fn run(mut backend: Backend, seconds: f64, change: Option<(f64, Backend)>, seed:
                         (*service, Outcome::Success)
                     }
                 }
+                Backend::CpuBound { cpu, io } => (cpu_bound_latency(in_flight, *cpu, *io), Outcome::Success),
+                Backend::BuggyWorkerBound { capacity, service, every } => {
+                    server_free.resize(*capacity, now);
+                    let (i, free) = server_free
+                        .iter()
+                        .copied()
+                        .enumerate()
+                        .min_by(|a, b| a.1.total_cmp(&b.1))
+                        .unwrap_or((0, now));
+                    let start = free.max(now);
+                    if requests.len() % every == every - 1 {
+                        // Fails at once, with the worker barely used.
+                        server_free[i] = start + 0.01;
+                        (start + 0.01 - now, Outcome::Overload)
+                    } else {
+                        server_free[i] = start + service;
+                        (start + service - now, Outcome::Success)
+                    }
+                }
             };
             requests.push((now, latency, outcome, in_flight));
             heap.push(Reverse((micros(now + latency), requests.len() - 1)));
@@ -93,6 +134,7 @@ fn run(mut backend: Backend, seconds: f64, change: Option<(f64, Backend)>, seed:
         );
         out.limits.push((now, limiter.limit()));
         out.overloads_after.push((now, outcome == Outcome::Overload));
+        out.in_flight.push((now, in_flight + 1));
     }
     out
 }
@@ -159,9 +201,11 @@ fn capacity_increase_is_followed() {
         1,
     );
     let before = run.limits.iter().filter(|(t, _)| (10.0..20.0).contains(t)).map(|l| l.1).max().unwrap_or(0);
-    let after_10s = run.limits.iter().find(|(t, _)| *t >= 30.0).map_or(0, |l| l.1);
+    // A level that only queued is probed again every 5–10 s; once a probe shows no queueing,
+    // the limit grows as from a cold start.
+    let after_20s = run.limits.iter().find(|(t, _)| *t >= 40.0).map_or(0, |l| l.1);
     assert!((3..=6).contains(&before), "before the change the limit reached {before}, capacity 4");
-    assert!(after_10s >= 13, "10 s after capacity 4 → 16 the limit is {after_10s}");
+    assert!(after_20s >= 14, "20 s after capacity 4 → 16 the limit is {after_20s}");
 }
 
 #[test]
@@ -223,25 +267,27 @@ fn one_cut_per_round_trip_and_throttles_back_off_gently() {
 
 #[test]
 fn a_cold_limit_grows_per_round_trip_to_the_capacity() {
-    // 2-second runs, capacity 10, starting at 4: slow start reaches the capacity within a few
-    // round trips instead of one 20-sample window (10 s here) per +50 %.
+    // 2-second runs, capacity 10, starting at 4: slow start takes a step per round trip or
+    // so (+1 at these levels), instead of one 20-sample window (10 s here) per step.
     let run = run(Backend::WorkerBound { capacity: 10, service: 2.0, sigma: 0.0 }, 120.0, None, 3);
-    let at_10s = run.limits.iter().take_while(|(t, _)| *t <= 10.0).map(|l| l.1).max().unwrap_or(0);
-    assert!(at_10s >= 10, "after 10 s (5 round trips) the limit reached only {at_10s}, capacity 10");
+    let at_16s = run.limits.iter().take_while(|(t, _)| *t <= 16.0).map(|l| l.1).max().unwrap_or(0);
+    assert!(at_16s >= 9, "after 16 s (8 round trips) the limit reached only {at_16s}, capacity 10");
     let (low, high) = limit_range(&run, 30.0);
     assert!(low >= 8 && high <= 16, "limit ranged {low}..={high} after slow start, capacity 10");
 }
 
 #[test]
 fn slow_start_never_puts_more_than_a_step_past_the_capacity_in_flight() {
-    // Each step is proven by an answer on time before the next: 2-second runs on 20 workers,
-    // answers spread out, from 4 — the limit reaches 90 % of the capacity and never passes
-    // it by more than the step (×1.25) plus what the latency tolerance hides.
+    // Each step is proven by answers on time before the next: 2-second runs on 20 workers,
+    // spread by 10 %, from 4 — the limit reaches 90 % of the capacity in about one step per
+    // round trip. With answers that spread, the first few back from a step are the short ones
+    // and can hide a backlog of 10 %; on top of the 15 % step that is 1.3 times the capacity
+    // at most (runs that do not spread stay under 1.25, see the cold-start test).
     let run = run(Backend::WorkerBound { capacity: 20, service: 2.0, sigma: 0.1 }, 60.0, None, 5);
-    let peak = run.limits.iter().map(|l| l.1).max().unwrap_or(0);
+    let peak = run.in_flight.iter().map(|l| l.1).max().unwrap_or(0);
     let reached = run.limits.iter().find(|l| l.1 >= 18).map(|l| l.0);
-    assert!(reached.is_some_and(|t| t <= 20.0), "90 % of the capacity reached at {reached:?} s");
-    assert!(peak <= 27, "peak limit {peak} on a capacity of 20");
+    assert!(reached.is_some_and(|t| t <= 30.0), "90 % of the capacity reached at {reached:?} s");
+    assert!(peak <= 26, "peak in flight {peak} on a capacity of 20");
 }
 
 #[test]
@@ -279,4 +325,56 @@ fn sub_millisecond_jitter_is_not_queueing() {
     }
     assert_ne!(limiter.last_change(), Some(Change::Latency));
     assert!(limiter.limit() > LimitSettings::default().initial, "the used limit kept growing");
+}
+
+fn median_limit(run: &Run, from: f64) -> usize {
+    let mut tail: Vec<usize> = run.limits.iter().filter(|(t, _)| *t >= from).map(|l| l.1).collect();
+    tail.sort_unstable();
+    tail.get(tail.len() / 2).copied().unwrap_or(0)
+}
+
+#[test]
+fn a_cpu_bound_worker_runs_at_the_concurrency_that_serves_most() {
+    // Latency rises from the second request on, but throughput keeps growing towards 100/s:
+    // the latency gradient alone stopped at 3 (73/s). Goodput must win while requests wait.
+    let (cpu, io) = (0.01, 0.02);
+    let run = run(Backend::CpuBound { cpu, io }, 120.0, None, 1);
+    let median = median_limit(&run, 60.0);
+    let throughput = median as f64 / cpu_bound_latency(median, cpu, io);
+    assert!(throughput >= 90.0, "median limit {median} serves {throughput:.1}/s of at most 100/s");
+}
+
+#[test]
+fn a_requests_own_500s_do_not_cut_the_limit() {
+    // One request in ten fails with a 500 at any load (a broken workflow): the limit must
+    // stay at the capacity instead of being cut once per round trip.
+    let run = run(Backend::BuggyWorkerBound { capacity: 10, service: 0.2, every: 10 }, 120.0, None, 2);
+    let (low, high) = limit_range(&run, 60.0);
+    let median = median_limit(&run, 60.0);
+    assert!(
+        low >= 8 && (9..=12).contains(&median),
+        "limit ranged {low}..={high}, median {median}, capacity 10"
+    );
+}
+
+#[test]
+fn a_worker_bound_backend_is_held_at_its_capacity_not_above() {
+    // Past the capacity a request waits in gunicorn's backlog, where fairness cannot reach
+    // it; a precise signal (runs that do not vary) must hold the limit at the capacity.
+    let run = run(Backend::WorkerBound { capacity: 8, service: 0.2, sigma: 0.0 }, 120.0, None, 3);
+    let above: Vec<bool> = run.in_flight.iter().filter(|(t, _)| *t >= 30.0).map(|(_, n)| *n > 8).collect();
+    let share = above.iter().filter(|a| **a).count() as f64 / above.len().max(1) as f64;
+    assert!(share <= 0.2, "{:.0} % of the time past the capacity of 8", share * 100.0);
+    assert!(median_limit(&run, 30.0) == 8, "median limit {}, capacity 8", median_limit(&run, 30.0));
+}
+
+#[test]
+fn a_cold_start_reaches_the_capacity_without_overshooting_it() {
+    // From 4, runs of 250 ms on 20 workers: 90 % of the capacity within 5 s, and never more
+    // than 1.25 times the capacity in flight on the way.
+    let run = run(Backend::WorkerBound { capacity: 20, service: 0.25, sigma: 0.05 }, 20.0, None, 4);
+    let reached = run.in_flight.iter().find(|(_, n)| *n >= 18).map(|(t, _)| *t);
+    let peak = run.in_flight.iter().map(|(_, n)| *n).max().unwrap_or(0);
+    assert!(reached.is_some_and(|t| t <= 5.0), "18 in flight reached at {reached:?} s");
+    assert!(peak <= 25, "peak in flight {peak} on a capacity of 20");
 }
