@@ -40,7 +40,13 @@ fn uncontended(c: &mut Criterion) {
             let gate = Arc::clone(&gate);
             async move {
                 let permit = gate
-                    .acquire(Ticket { tenant: 1, tenant_label: String::new(), class: 1, deadline: None })
+                    .acquire(Ticket {
+                        tenant: 1,
+                        tenant_label: String::new(),
+                        class: 1,
+                        deadline: None,
+                        since: None,
+                    })
                     .await;
                 drop(permit);
             }
@@ -58,6 +64,7 @@ fn with_10k_waiters(c: &mut Criterion) {
         tenant_label: String::new(),
         class: 1,
         deadline: None,
+        since: None,
     }));
     let mut waiters = Vec::new();
     for i in 0..10_000u64 {
@@ -69,6 +76,7 @@ fn with_10k_waiters(c: &mut Criterion) {
                     tenant_label: String::new(),
                     class: 1,
                     deadline: None,
+                    since: None,
                 })
                 .await;
         }));
@@ -82,8 +90,13 @@ fn with_10k_waiters(c: &mut Criterion) {
             async move {
                 // Queued behind the 10,000, then withdrawn (a client that leaves).
                 // Poll the acquire once (it queues), then drop it.
-                let attempt =
-                    gate.acquire(Ticket { tenant: 7, tenant_label: String::new(), class: 1, deadline: None });
+                let attempt = gate.acquire(Ticket {
+                    tenant: 7,
+                    tenant_label: String::new(),
+                    class: 1,
+                    deadline: None,
+                    since: None,
+                });
                 tokio::select! {
                     biased;
                     _ = attempt => {}

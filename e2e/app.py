@@ -2,8 +2,10 @@
 
 Served by real gunicorn with gevent workers, in front of a real PostgreSQL, so the tests see
 what a self-hosted Dify does under load: a worker's `--worker-connections` bound with the
-rest parked in the listen backlog, and PostgreSQL's `max_connections` bound answered with
-Dify's 500 envelope ("too many clients already").
+rest parked in the listen backlog, and PostgreSQL's `max_connections` bound answered as Dify
+1.12.1 answers it: the request's first connection (the API-key check) fails outside the
+endpoint's error handling, and the client gets Flask-RESTx's generic 500 envelope
+(`code` `unknown`), byte for byte.
 
 Endpoints:
 
@@ -41,6 +43,19 @@ def _error(start_response, status, code, message):
     """Dify's error envelope."""
     number = int(status.split()[0])
     return _json(start_response, status, {"code": code, "message": message, "status": number})
+
+
+# Dify's answer to an exception nothing in the endpoint handled (Flask-RESTx's handle_error):
+# json.dumps with its default separators, then a newline.
+UNHANDLED_ERROR = (json.dumps({"message": "Internal Server Error", "code": "unknown", "status": 500}) + "\n").encode()
+
+
+def _unhandled_error(start_response):
+    start_response(
+        "500 INTERNAL SERVER ERROR",
+        [("Content-Type", "application/json"), ("Content-Length", str(len(UNHANDLED_ERROR)))],
+    )
+    return [UNHANDLED_ERROR]
 
 
 def _read_body(environ):
@@ -97,11 +112,8 @@ def _run(environ, start_response):
         # and keeps it until teardown; a fresh connection per run makes PostgreSQL's own
         # max_connections the limit, which is what the tests exercise.
         conn = psycopg.connect(DSN, autocommit=True, connect_timeout=10)
-    except psycopg.OperationalError as e:
-        return _error(
-            start_response, "500 INTERNAL SERVER ERROR", "internal_server_error",
-            f"(psycopg.OperationalError) {str(e).strip()}",
-        )
+    except psycopg.OperationalError:
+        return _unhandled_error(start_response)
     if body.get("response_mode") == "streaming":
         start_response("200 OK", [("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache")])
         return _stream(conn, service_time, events, ids)

@@ -144,7 +144,8 @@ async fn postgres_connection_exhaustion_is_learned_without_500s() {
     let _serial = SERIAL.lock().await;
     // PostgreSQL takes 8 connections (none reserved, the app connects as a superuser);
     // gunicorn takes 24 runs at once. Runs of 0.5 s: the database bounds it at 16 runs/s.
-    // Offered 1.5× that: direct, the excess gets Dify's 500 "too many clients already".
+    // Offered 1.5× that: direct, the excess gets Dify's generic 500 (PostgreSQL refused the
+    // API-key check's connection: "too many clients already" in Dify's log only).
     let (rate, duration, patience) = (24.0, Duration::from_secs(16), Duration::from_secs(10));
     let converged = Duration::from_secs(8);
     let pg = Postgres::start(8).await;
@@ -160,7 +161,7 @@ async fn postgres_connection_exhaustion_is_learned_without_500s() {
     let too_many = direct
         .outcomes
         .iter()
-        .filter(|o| o.status == Some(500) && o.code.as_deref() == Some("internal_server_error"))
+        .filter(|o| o.status == Some(500) && o.code.as_deref() == Some("unknown"))
         .count();
     let late: Vec<_> = shaped.outcomes.iter().filter(|o| o.sent_at >= converged).collect();
     let late_500s = late.iter().filter(|o| o.status.is_some_and(|s| s >= 500 && s != 503)).count();
@@ -178,7 +179,7 @@ async fn postgres_connection_exhaustion_is_learned_without_500s() {
     );
     assert!(too_many > 0, "direct access never exhausted PostgreSQL: {}", summary("direct", &direct));
     let sample = direct.outcomes.iter().find(|o| o.status == Some(500));
-    assert!(sample.is_some_and(|o| o.code.as_deref() == Some("internal_server_error")), "{sample:?}");
+    assert!(sample.is_some_and(|o| o.code.as_deref() == Some("unknown")), "{sample:?}");
     assert!(late_rate < 0.02, "{:.2}% 5xx through dify-shaper after convergence", 100.0 * late_rate);
     // Measured 14.2–17.3/s shaped against 14.9/s direct over 9 runs: the proxy turns 500s into
     // later successes but does not beat direct per second here (it settles one connection

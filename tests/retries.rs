@@ -205,3 +205,50 @@ async fn idempotent_requests_and_opted_in_routes_are_retried_after_possible_proc
     assert_eq!(code, 500);
     assert_eq!(sim.count_for_request_id("plain-500"), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_refused_for_lack_of_database_connections_is_replayed_never_answered_500() {
+    // PostgreSQL takes 2 connections and the proxy starts at a limit of 6: its first burst
+    // meets the database's limit, and those requests get the 500 Dify answers then (its
+    // generic envelope, raised in the API-key check: nothing ran).
+    let config = SimConfig {
+        worker_connections: 16,
+        db_connections: Some(2),
+        service_time: dify_shaper::sim::ServiceTime::Fixed(std::time::Duration::from_millis(400)),
+        ..SimConfig::default()
+    };
+    let sim = Simulator::start("127.0.0.1:0".parse().expect("addr"), config).await.expect("sim");
+    let proxy = ProxyProcess::start(&format!(
+        "[upstreams.api]\nservers = [\"{}\"]\n[upstreams.api.admission]\ninitial_limit = 6\n\
+         [upstreams.api.health]\nenabled = false\n[[routes]]\nprefix = \"/\"\nupstream = \"api\"\n",
+        sim.addr()
+    ))
+    .await;
+    let addr = proxy.addr;
+    let burst: Vec<_> = (0..6)
+        .map(|i| {
+            tokio::spawn(async move {
+                let id = format!("db-refused-{i}");
+                let headers = [("x-request-id", id.as_str())];
+                post_json(addr, "/v1/workflows/run", RUN, &headers).await
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for answer in burst {
+        let (status, _, body) = answer.await.expect("task");
+        if status == 503 {
+            assert_eq!(json(&body)["code"], "server_busy", "{}", String::from_utf8_lossy(&body));
+        }
+        statuses.push(status.as_u16());
+    }
+    let stats = sim.stats();
+    let ok = statuses.iter().filter(|s| **s == 200).count() as u64;
+    let attempts = stats.requests_by_path.get("/v1/workflows/run").copied().unwrap_or(0);
+    let runs = stats.runs_by_path.get("/v1/workflows/run").copied().unwrap_or(0);
+    eprintln!("statuses {statuses:?}; backend: {attempts} attempts, {runs} runs, {:?}", stats.by_status);
+    assert!(statuses.iter().all(|s| *s == 200 || *s == 503), "no 500 reaches a client: {statuses:?}");
+    assert!(stats.by_status.get(&500).is_some_and(|n| *n > 0), "the burst met the database limit");
+    assert!(attempts > 6, "refused requests were replayed: {attempts} attempts for 6 requests");
+    assert_eq!(runs, ok, "every run answered once, none run twice");
+}

@@ -55,6 +55,9 @@ pub struct Ticket {
     /// How long its client said it waits for the answer, if it said (clamped by the caller);
     /// it only ever shortens the wait.
     pub deadline: Option<Duration>,
+    /// When the request first asked for a slot, if before now: a request replayed after the
+    /// backend refused it queues again, and its wait counts from its arrival.
+    pub since: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -195,7 +198,7 @@ impl Admission {
     /// request (its client left) and records how long that client waited.
     pub async fn acquire(self: &Arc<Self>, ticket: Ticket) -> Result<Permit, Refusal> {
         let now = Instant::now();
-        let (rx, id, class, timeout) = {
+        let (rx, id, class, timeout, enqueued) = {
             let mut st = self.lock();
             let class = ticket.class.min(st.policy.classes.len().saturating_sub(1));
             if st.labels.len() >= MAX_LABELS {
@@ -252,17 +255,18 @@ impl Admission {
                 st.standing_since = Some(now);
             }
             let payload = Queued { wake: tx, client_deadline: ticket.deadline };
-            st.queue.push(Entry { id, tenant: ticket.tenant, class, enqueued: now, payload });
+            let enqueued = ticket.since.map_or(now, |since| since.min(now));
+            st.queue.push(Entry { id, tenant: ticket.tenant, class, enqueued, payload });
             st.counters.queued += 1;
             st.dispatch(now);
-            (rx, id, class, timeout)
+            (rx, id, class, timeout, enqueued)
         };
         let mut waiting = Waiting {
             admission: Arc::clone(self),
             id,
             tenant: ticket.tenant,
             class,
-            enqueued: now,
+            enqueued,
             rx: Some(rx),
             expiry: Refusal::Timeout,
             client_deadline: ticket.deadline,
@@ -854,6 +858,22 @@ impl Permit {
     /// Call when the response header arrived.
     pub fn header_received(&self) {
         self.admission.header_received(self.id);
+    }
+
+    /// Whether the backend's 5xx answer to this request says "overloaded" rather than "this
+    /// request failed" (see [`super::limit::AdaptiveLimit::overload_counts`]); if so it is
+    /// the caller answers with [`Refusal::BackendOverloaded`] instead of the 5xx (or replays
+    /// the request, when it provably ran nothing).
+    pub fn overloaded_answer(&self) -> Option<Refusal> {
+        let st = self.admission.lock();
+        let level = self.in_flight.max(st.in_flight);
+        st.limit.overload_counts(level).then_some(Refusal::BackendOverloaded)
+    }
+
+    /// Counts this request as refused with `refusal` (answered by the proxy instead of the
+    /// backend's answer).
+    pub fn count_refusal(&self, refusal: Refusal) {
+        self.admission.lock().count_shed(refusal);
     }
 
     /// Time spent in the queue.

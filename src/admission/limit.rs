@@ -306,6 +306,9 @@ pub struct AdaptiveLimit {
     last_cut: Option<Instant>,
     last_change_at: Option<Instant>,
     ceiling: Option<f64>,
+    /// Lowest a burst of overload answers of one round may take the limit (half of where the
+    /// round started).
+    burst_floor: Option<f64>,
     /// Whether the ceiling is where answers failed (probes past it back off, doubling) rather
     /// than where a step stopped paying (probed again every `probe_interval`: such a probe
     /// costs a little queueing, not errors, and is how a capacity increase is found).
@@ -344,6 +347,7 @@ impl AdaptiveLimit {
             last_change_at: None,
             ceiling: None,
             ceiling_failed: false,
+            burst_floor: None,
             knee: None,
             probe_wait,
             probe_after: None,
@@ -440,8 +444,15 @@ impl AdaptiveLimit {
     /// Whether a 5xx answered at `in_flight` in flight says "overloaded": the levels below it
     /// answered (almost) clean, or this level fails clearly more often than they do. A share of
     /// 5xx that lower levels show as well is the requests' own failing (a broken workflow
-    /// answers 500 at any load) and must not cut the limit. With nothing known below, it counts.
+    /// answers 500 at any load) and must not cut the limit. With nothing known below, the share
+    /// over all levels stands in; with nothing known at all, it counts (except for a request
+    /// alone in flight).
     pub fn overload_counts(&self, in_flight: usize) -> bool {
+        // Alone in flight, there is no concurrency to take back: a 5xx there is not ours to
+        // cure (a database filled by others, or the request's own failing).
+        if in_flight <= 1 {
+            return false;
+        }
         let background = self
             .errors
             .range(..in_flight.max(1))
@@ -490,10 +501,21 @@ impl AdaptiveLimit {
     }
 
     fn on_overload(&mut self, sample: Sample, now: Instant) -> Option<Change> {
-        if self.last_cut.is_some_and(|cut| sample.started < cut) {
-            return None;
-        }
         let floor = self.settings.min as f64;
+        if self.last_cut.is_some_and(|cut| sample.started < cut) {
+            // Of the same round as the last cut: each further refusal of the burst says the
+            // backend took one request fewer (a database holding 2 of 6 refuses 4), down to
+            // half the limit the round started with. A 429 is an app's limit, not a level.
+            let bottom = self.burst_floor.unwrap_or(self.limit).max(floor);
+            if sample.outcome == Outcome::Throttled || self.limit - 1.0 < bottom {
+                return None;
+            }
+            self.limit -= 1.0;
+            self.changed(now);
+            self.last_change = Some(Change::Overload);
+            return Some(Change::Overload);
+        }
+        self.burst_floor = Some(self.limit * 0.5);
         let mut next = self.limit * self.settings.backoff;
         if sample.outcome != Outcome::Throttled {
             // That level failed: go below it, but never more than halve in one step.

@@ -20,6 +20,10 @@ pub enum Refusal {
     Unavailable,
     /// The proxy is shutting down (SIGTERM): it was never sent to the backend.
     ShuttingDown,
+    /// The backend answered it with a 5xx that says "overloaded" (PostgreSQL's "too many
+    /// clients" reaches the client as Dify's 500): the client gets this instead, so it can
+    /// tell "busy, retry" from "broken".
+    BackendOverloaded,
 }
 
 impl Refusal {
@@ -33,6 +37,7 @@ impl Refusal {
             Refusal::Impatient => "impatient",
             Refusal::Unavailable => "unavailable",
             Refusal::ShuttingDown => "shutting_down",
+            Refusal::BackendOverloaded => "backend_overloaded",
         }
     }
 
@@ -61,6 +66,10 @@ impl Refusal {
             Refusal::Impatient => "the backend is at capacity; this request waited too long",
             Refusal::Unavailable => "the backend is down",
             Refusal::ShuttingDown => "the proxy is shutting down",
+            Refusal::BackendOverloaded => {
+                "the backend ran out of capacity for this request (an overload error, such as \
+                 PostgreSQL's connection limit); retry it"
+            }
         };
         ErrorReply::server_busy(message).retry_after(retry_after_secs.clamp(1, 60))
     }

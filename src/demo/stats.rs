@@ -31,7 +31,7 @@ impl Kind {
     pub fn of(answer: Option<(u16, &[u8])>, timed_out: bool) -> Kind {
         match answer {
             Some((status, _)) if (200..300).contains(&status) => Kind::Ok,
-            Some((500, body)) if mentions_too_many_clients(body) => Kind::TooManyClients,
+            Some((500, body)) if is_database_refusal(body) => Kind::TooManyClients,
             Some((503, body)) if envelope_code(body).as_deref() == Some("server_busy") => Kind::Busy,
             Some((502..=504, _)) => Kind::Unavailable,
             Some(_) => Kind::Other,
@@ -41,10 +41,12 @@ impl Kind {
     }
 }
 
-/// Whether an error body carries PostgreSQL's connection-limit message.
-fn mentions_too_many_clients(body: &[u8]) -> bool {
+/// Whether an error body is what PostgreSQL's connection limit reaches the client as: Dify's
+/// generic envelope (`code` `unknown`), or an older message naming the limit.
+fn is_database_refusal(body: &[u8]) -> bool {
     const NEEDLE: &[u8] = b"too many clients";
-    body.windows(NEEDLE.len()).any(|w| w.eq_ignore_ascii_case(NEEDLE))
+    envelope_code(body).as_deref() == Some("unknown")
+        || body.windows(NEEDLE.len()).any(|w| w.eq_ignore_ascii_case(NEEDLE))
 }
 
 /// What happened to one request.
@@ -162,6 +164,16 @@ mod tests {
     #[test]
     fn outcomes_are_classified_by_status_body_and_fate() {
         let pg = br#"{"code":"internal_server_error","message":"(psycopg2.OperationalError) FATAL:  sorry, too many clients already","status":500}"#;
+        assert_eq!(
+            Kind::of(Some((500, crate::sim::DIFY_UNHANDLED_ERROR.as_bytes())), false),
+            Kind::TooManyClients
+        );
+        let own = br#"{"code":"internal_server_error","message":"The server encountered an internal error","status":500}"#;
+        assert_eq!(
+            Kind::of(Some((500, own)), false),
+            Kind::Other,
+            "a run's own failure is not the database's"
+        );
         assert_eq!(Kind::of(Some((200, b"{}")), false), Kind::Ok);
         assert_eq!(Kind::of(Some((201, b"")), false), Kind::Ok);
         assert_eq!(Kind::of(Some((500, pg)), false), Kind::TooManyClients);

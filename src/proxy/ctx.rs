@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::envelope::ErrorReply;
-use crate::admission::Permit;
+use crate::admission::{Permit, Ticket};
 use crate::config::{ClassSpec, Config};
 use crate::shutdown::ActiveGuard;
 use crate::upstream::{Endpoint, EndpointLease, UpstreamState};
@@ -64,6 +64,8 @@ pub struct RequestCtx {
     pub reply: Option<ErrorReply>,
     /// The admission slot, held until the response (stream included) is done.
     pub permit: Option<Permit>,
+    /// What the slot was asked for with, to queue again for a replay.
+    pub ticket: Option<Ticket>,
     /// When the slot was granted.
     pub admitted_at: Option<Instant>,
     /// Time from admission to the upstream's response header (the limiter's latency signal).
@@ -119,6 +121,7 @@ impl RequestCtx {
             bytes_out: 0,
             reply: None,
             permit: None,
+            ticket: None,
             admitted_at: None,
             first_byte_after_admission: None,
             upstream_status: None,

@@ -21,6 +21,26 @@ pub fn recorded_status(sent: Option<&ResponseHeader>) -> u16 {
     sent.map_or(CLIENT_CLOSED_REQUEST, |r| r.status.as_u16())
 }
 
+/// The length of Dify's answer to an exception nothing in the endpoint handled: a 500 with the
+/// generic envelope `{"message": "Internal Server Error", "code": "unknown", "status": 500}`
+/// and a newline (Flask-RESTx's `handle_error`). The run endpoints turn failures of the
+/// workflow code into `internal_server_error`, so this answer comes only from the wrappers
+/// around them: the API-key check and the end-user lookup, which is where PostgreSQL's
+/// connection limit strikes first. Measured against Dify 1.12.1 at a 20-connection limit,
+/// every such answer had created nothing (no end user, no run, no model call).
+pub const DIFY_UNHANDLED_ERROR_LEN: usize = 71;
+
+/// Whether `response` is Dify's generic unhandled-error 500 ([`DIFY_UNHANDLED_ERROR_LEN`]),
+/// told by its length: the proxy decides before any byte of the body is read, while the client
+/// has heard nothing yet.
+pub fn unhandled_error_answer(response: &ResponseHeader) -> bool {
+    let header = |name| response.headers.get(name).and_then(|v| v.to_str().ok());
+    response.status.as_u16() == 500
+        && header(http::header::CONTENT_TYPE).is_some_and(|t| t.starts_with("application/json"))
+        && header(http::header::CONTENT_LENGTH).and_then(|l| l.trim().parse::<usize>().ok())
+            == Some(DIFY_UNHANDLED_ERROR_LEN)
+}
+
 /// Whether the backend reset the connection before any byte of an answer: the TCP reset that
 /// a close with our request still unread sends — a listener closed with connections waiting
 /// in its backlog (a graceful restart of gunicorn stops accepting while requests queue), or a
@@ -66,6 +86,8 @@ pub fn classify(upstream_status: Option<u16>, error: Option<&Error>, sent_upstre
                 // Health counts these failures instead.
                 ErrorType::ConnectionClosed | ErrorType::ReadError => Outcome::Ignore,
                 ErrorType::ConnectError => Outcome::Overload,
+                // An overload answer the proxy turned into a 503 for the client.
+                ErrorType::HTTPStatus(status) if *status >= 500 => Outcome::Overload,
                 // A backend that answered but broke the protocol says nothing about load.
                 _ if upstream_status.is_some() => Outcome::Ignore,
                 _ => Outcome::Overload,
@@ -120,6 +142,22 @@ mod tests {
         assert_eq!(classify(None, Some(&gone), false), Outcome::Ignore, "left before it was sent");
         assert_eq!(classify(Some(200), Some(&gone), true), Outcome::Success, "left mid-stream");
         assert_eq!(classify(None, None, false), Outcome::Ignore);
+    }
+
+    #[test]
+    fn dify_unhandled_error_is_told_by_its_length() {
+        assert_eq!(DIFY_UNHANDLED_ERROR_LEN, crate::sim::DIFY_UNHANDLED_ERROR.len());
+        let answer = |status: u16, length: usize, json: bool| {
+            let mut r = ResponseHeader::build(status, None).expect("header");
+            let kind = if json { "application/json" } else { "text/html" };
+            r.insert_header("content-type", kind).expect("content-type");
+            r.insert_header("content-length", length.to_string()).expect("content-length");
+            r
+        };
+        assert!(unhandled_error_answer(&answer(500, 71, true)));
+        assert!(!unhandled_error_answer(&answer(500, 190, true)), "internal_server_error: the run started");
+        assert!(!unhandled_error_answer(&answer(500, 71, false)));
+        assert!(!unhandled_error_answer(&answer(502, 71, true)));
     }
 
     #[test]

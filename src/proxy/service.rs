@@ -34,10 +34,10 @@ use super::admit::{asks_for_stream, client_deadline, preread_small_body, wait_fo
 use super::ctx::{RequestCtx, Routed};
 use super::envelope::{ErrorReply, REQUEST_ID};
 use super::headers::{apply_forwarding, request_id_from, ForwardingMode, NO_TRUSTED_PROXIES};
-use super::outcome::{classify, recorded_status, reset_before_answer};
+use super::outcome::{classify, recorded_status, reset_before_answer, unhandled_error_answer};
 use super::sse;
 use crate::admission::tenant::tenant_of;
-use crate::admission::{Outcome, Ticket};
+use crate::admission::{Outcome, Permit, Ticket};
 use crate::app::App;
 use crate::config::RetrySpec;
 use crate::metrics::RequestDone;
@@ -112,6 +112,43 @@ impl DifyProxy {
             .and_then(|v| v.to_str().ok())
             .and_then(parse_retry_after);
         Some(backoff(ctx.budget_retries, policy.backoff_base.0, policy.backoff_max.0, retry_after))
+    }
+
+    /// Replays a request the backend refused for lack of capacity before running it: its slot
+    /// goes back (the limiter learns the overload, and the limit it cut to holds the replay
+    /// back), and it queues again with its wait counted from its arrival, so it is answered
+    /// 503 before its client gives up if no slot comes. Backing off for a fixed time instead
+    /// kept the slot and met the same full database again.
+    async fn queue_again(&self, ctx: &mut RequestCtx, status: u16) -> Result<()> {
+        let (Some(permit), Some(ticket), Some(routed)) = (ctx.permit.take(), ctx.ticket.clone(), &ctx.routed)
+        else {
+            return Err(Error::explain(ErrorType::HTTPStatus(status), "no admission to queue again with"));
+        };
+        let signal = routed.class.index * 2 + usize::from(ctx.streaming);
+        let took = ctx.peer_chosen_at.or(ctx.admitted_at).map(|t| t.elapsed());
+        permit.complete(signal, took, Outcome::Overload);
+        let admission = Arc::clone(routed.upstream.admission());
+        match admission.acquire(ticket).await {
+            Ok(permit) => {
+                ctx.admitted_at = Some(permit.admitted_at());
+                ctx.queue_wait += permit.waited();
+                ctx.permit = Some(permit);
+                ctx.retry_decided = true;
+                let mut e = Error::explain(
+                    ErrorType::HTTPStatus(status),
+                    "replaying a request Dify refused before running it",
+                );
+                e.as_up();
+                e.set_retry(true);
+                Err(e)
+            }
+            Err(refusal) => {
+                ctx.reply = Some(refusal.reply(admission.retry_after_secs()));
+                let mut e = Error::explain(ErrorType::HTTPStatus(status), "the backend answered overloaded");
+                e.as_up();
+                Err(e)
+            }
+        }
     }
 
     /// Writes `reply` as the response from `request_filter` and records it.
@@ -204,8 +241,15 @@ impl ProxyHttp for DifyProxy {
         ctx.wants_stream = asks_for_stream(session);
         let admission = Arc::clone(upstream.admission());
         let deadline = client_deadline(session.req_header());
-        let ticket = Ticket { tenant: tenant.id, tenant_label: tenant.label, class: class.index, deadline };
         let queued_at = Instant::now();
+        let ticket = Ticket {
+            tenant: tenant.id,
+            tenant_label: tenant.label,
+            class: class.index,
+            deadline,
+            since: None,
+        };
+        ctx.ticket = Some(Ticket { since: Some(queued_at), ..ticket.clone() });
         match wait_for_slot(session, &admission, ticket, watch_client).await {
             Admitted::Yes(permit) => {
                 upstream.retry_budget().record_request(Instant::now());
@@ -478,6 +522,28 @@ impl ProxyHttp for DifyProxy {
             .headers
             .get(http::header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+        if matches!(status, 500 | 502 | 504) {
+            // An overload answer (Dify's 500 when PostgreSQL is out of connections) never
+            // reaches the client, which has heard nothing yet: one that provably ran nothing
+            // is replayed, within the retry budget; any other becomes a fast 503
+            // `server_busy` with `Retry-After`, so the client can tell busy from broken. A 500
+            // that lower loads show as well is the request's own and passes through.
+            let Some(refusal) = ctx.permit.as_ref().and_then(Permit::overloaded_answer) else {
+                return Ok(());
+            };
+            if unhandled_error_answer(upstream_response)
+                && self.retry_after_unprocessed(session, upstream_response, ctx).is_some()
+            {
+                return self.queue_again(ctx, status).await;
+            }
+            if let (Some(permit), Some(routed)) = (&ctx.permit, &ctx.routed) {
+                permit.count_refusal(refusal);
+                ctx.reply = Some(refusal.reply(routed.upstream.admission().retry_after_secs()));
+            }
+            let mut e = Error::explain(ErrorType::HTTPStatus(status), "the backend answered overloaded");
+            e.as_up();
+            return Err(e);
+        }
         Ok(())
     }
 

@@ -27,7 +27,8 @@ pub struct SimConfig {
     /// How long a run (workflow / chat / completion) takes, before contention slowdown.
     pub service_time: ServiceTime,
     /// PostgreSQL connection limit: when this many requests already hold a DB connection,
-    /// further ones fail at once with HTTP 500 `too many clients already`. `None` = unlimited.
+    /// further ones fail at once with the HTTP 500 Dify answers then (its generic envelope,
+    /// [`super::DIFY_UNHANDLED_ERROR`]). `None` = unlimited.
     pub db_connections: Option<usize>,
     /// Dify's `APP_MAX_ACTIVE_REQUESTS` per app key (`Authorization: Bearer app-…`): beyond
     /// this many concurrent runs of one app, answer 429 without doing the work. `None` =

@@ -11,8 +11,12 @@ use super::body::SimBody;
 /// `Content-Type` of JSON answers (Flask's `jsonify`).
 pub(crate) const JSON: &str = "application/json";
 
-/// Dify's message when PostgreSQL refuses a connection (`max_connections` reached).
-pub const DB_TOO_MANY_CLIENTS: &str = "(psycopg2.OperationalError) FATAL:  sorry, too many clients already";
+/// Dify's answer when PostgreSQL refuses a connection (`max_connections` reached), byte for
+/// byte: the API-key check and the end-user lookup open the request's first connections,
+/// outside the endpoint's own error handling, so the client gets Flask-RESTx's generic
+/// envelope for an unhandled exception (Dify 1.12.1; "too many clients" is in its log only).
+pub const DIFY_UNHANDLED_ERROR: &str =
+    "{\"message\": \"Internal Server Error\", \"code\": \"unknown\", \"status\": 500}\n";
 
 /// Dify's message when `APP_MAX_ACTIVE_REQUESTS` is reached.
 pub const APP_TOO_MANY_REQUESTS: &str = "Too many requests. Please try again later.";
@@ -52,9 +56,9 @@ pub(crate) fn invalid_param(message: &str) -> Response<SimBody> {
     error(StatusCode::BAD_REQUEST, "invalid_param", message)
 }
 
-/// 500 with the PostgreSQL "too many clients" message.
+/// Dify's 500 when PostgreSQL is out of connections ([`DIFY_UNHANDLED_ERROR`]).
 pub(crate) fn db_refused() -> Response<SimBody> {
-    error(StatusCode::INTERNAL_SERVER_ERROR, "internal_server_error", DB_TOO_MANY_CLIENTS)
+    with_type(StatusCode::INTERNAL_SERVER_ERROR, JSON, SimBody::full(DIFY_UNHANDLED_ERROR))
 }
 
 /// 429 `too_many_requests` (app's `APP_MAX_ACTIVE_REQUESTS` reached).
@@ -100,11 +104,9 @@ mod tests {
         let r = db_refused();
         assert_eq!(r.status(), 500);
         assert_eq!(r.headers()[CONTENT_TYPE], JSON);
-        let b = r.into_body().collect().await.map(|c| c.to_bytes());
-        let v: Value = serde_json::from_slice(&b.unwrap_or_default()).unwrap_or_default();
-        assert_eq!(
-            v,
-            serde_json::json!({"code":"internal_server_error","message":DB_TOO_MANY_CLIENTS,"status":500})
-        );
+        let b = r.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+        assert_eq!(&b[..], DIFY_UNHANDLED_ERROR.as_bytes());
+        let v: Value = serde_json::from_slice(&b).unwrap_or_default();
+        assert_eq!(v, serde_json::json!({"code":"unknown","message":"Internal Server Error","status":500}));
     }
 }

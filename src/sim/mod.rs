@@ -7,8 +7,8 @@
 //!   accepted and served at once; the rest wait un-accepted in the listen backlog. A
 //!   connection holds its slot while open, keep-alive idle included, until
 //!   `keepalive_timeout`.
-//! - **Dify's overload answers**: 500 "too many clients" from PostgreSQL when
-//!   `db_connections` are in use; 429 `too_many_requests` beyond
+//! - **Dify's overload answers**: when `db_connections` are in use, the 500 Dify answers
+//!   when PostgreSQL is out of connections (its generic envelope, [`DIFY_UNHANDLED_ERROR`]); 429 `too_many_requests` beyond
 //!   `app_max_active_requests` per app key.
 //! - **Runs** (workflow, chat, completion) in blocking or streaming (SSE) mode, timed by a
 //!   [`ServiceTime`] distribution, optionally slowed down by load. A run does not notice a
@@ -63,7 +63,7 @@ mod ws;
 
 pub use cli::SimArgs;
 pub use config::SimConfig;
-pub use envelope::{APP_TOO_MANY_REQUESTS, DB_TOO_MANY_CLIENTS};
+pub use envelope::{APP_TOO_MANY_REQUESTS, DIFY_UNHANDLED_ERROR};
 pub use fault::{FAIL_FIRST_HEADER, FAIL_HEADER};
 pub use payload::PING_FRAME;
 pub use request::{EVENTS_HEADER, MAX_EVENTS, SERVICE_TIME_HEADER};

@@ -37,7 +37,7 @@ fn gate(limit: usize, max_queue: usize) -> Arc<Admission> {
 }
 
 fn ticket(tenant: u64, class: usize) -> Ticket {
-    Ticket { tenant, tenant_label: format!("t{tenant}"), class, deadline: None }
+    Ticket { tenant, tenant_label: format!("t{tenant}"), class, deadline: None, since: None }
 }
 
 #[tokio::test(start_paused = true)]

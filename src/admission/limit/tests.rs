@@ -243,7 +243,7 @@ fn unused_limit_does_not_grow() {
 }
 
 #[test]
-fn one_cut_per_round_trip_and_throttles_back_off_gently() {
+fn a_burst_of_refusals_cuts_once_per_refusal_down_to_half_and_throttles_back_off_gently() {
     let t0 = Instant::now();
     let mut limiter = AdaptiveLimit::new(LimitSettings { initial: 20, ..LimitSettings::default() });
     let failed = |in_flight, started| Sample {
@@ -256,13 +256,18 @@ fn one_cut_per_round_trip_and_throttles_back_off_gently() {
     };
     assert_eq!(limiter.on_sample(failed(18, t0), t0 + Duration::from_millis(10)), Some(Change::Overload));
     assert_eq!(limiter.limit(), 17);
-    // Another failure of a request admitted before the cut does not cut again.
-    assert_eq!(limiter.on_sample(failed(18, t0), t0 + Duration::from_millis(11)), None);
-    assert_eq!(limiter.limit(), 17);
-    let throttled = Sample { outcome: Outcome::Throttled, ..failed(17, t0 + Duration::from_millis(20)) };
-    limiter.on_sample(throttled, t0 + Duration::from_millis(30));
-    assert_eq!(limiter.limit(), 15, "429 backs off by 10%, not to the in-flight level");
-    assert_eq!(limiter.ceiling(), Some(18));
+    // Each further refusal of a request admitted before the cut (the same burst) says the
+    // backend took one fewer: one step each, never below half the limit the round began at.
+    assert_eq!(limiter.on_sample(failed(18, t0), t0 + Duration::from_millis(11)), Some(Change::Overload));
+    assert_eq!(limiter.limit(), 16);
+    for i in 0..20 {
+        limiter.on_sample(failed(18, t0), t0 + Duration::from_millis(12 + i));
+    }
+    assert_eq!(limiter.limit(), 10, "a burst stops at half of 20");
+    assert_eq!(limiter.ceiling(), Some(18), "the burst does not move the ceiling");
+    let throttled = Sample { outcome: Outcome::Throttled, ..failed(9, t0 + Duration::from_millis(40)) };
+    limiter.on_sample(throttled, t0 + Duration::from_millis(50));
+    assert_eq!(limiter.limit(), 9, "429 backs off by 10%, not to the in-flight level");
 }
 
 #[test]
