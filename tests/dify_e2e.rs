@@ -206,9 +206,115 @@ fn proxy_for(dify: &RealDify) -> String {
     format!("http://{}", dify.api)
 }
 
+/// The kit listens on fixed ports: one real Dify at a time.
+static REAL_DIFY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// What one side of a load run got.
+#[derive(Debug, Default)]
+struct Tally {
+    sent: usize,
+    ok: usize,
+    /// 500s answered at or after `late_from` (the first seconds are the limiter's to learn).
+    late_500s: usize,
+    all_500s: usize,
+    busy_503s: usize,
+    timeouts: usize,
+    other: Vec<String>,
+}
+
+fn tally_load(exchanges: &[Exchange], late_from: Duration) -> Tally {
+    let mut t = Tally { sent: exchanges.len(), ..Tally::default() };
+    for e in exchanges {
+        match &e.result {
+            _ if blocking_ok(e) => t.ok += 1,
+            Ok(a) if a.status == 500 => {
+                t.all_500s += 1;
+                t.late_500s += usize::from(e.sent_at >= late_from);
+            }
+            Ok(a) if a.status == 503 => t.busy_503s += 1,
+            Err(dify_shaper::loadgen::Failure::TimedOut) => {
+                t.timeouts += 1;
+                t.other.push(format!("timed out, sent at {:?}", e.sent_at));
+            }
+            _ => t.other.push(describe(e)),
+        }
+    }
+    t
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn real_dify_at_its_database_limit() {
+    let Some(kit) = RealDify::kit() else { return };
+    let _one_at_a_time = REAL_DIFY.lock().await;
+    // The seed's second failure: 4 gunicorn workers × 10 gevent connections, each with its own
+    // SQLAlchemy pool, against PostgreSQL's max_connections = 20. Runs wait 1 s on a model-like
+    // call; 30 requests/s for 15 s; clients give up after 10 s. Direct, Dify answers the excess
+    // with its generic 500 (PostgreSQL refused the API-key check's connection).
+    let dify = RealDify::start_with(kit, &[("DIFY_WORKERS", "4"), ("DIFY_PG_MAX_CONNECTIONS", "20")]).await;
+    let slow = SlowServer::start().await;
+    slow.set_delay(Duration::from_secs(1));
+    let key = dify.key_http(&format!("http://{}/model", slow.addr)).await;
+    let proxy = ProxyProcess::start_with_args(None, &["--upstream", &proxy_for(&dify)]).await;
+    let (rate, duration, patience) = (30.0, Duration::from_secs(15), Duration::from_secs(10));
+    let late_from = Duration::from_secs(5);
+    let nonce = uuid::Uuid::new_v4().simple().to_string();
+    let mut sides = Vec::new();
+    for (name, target) in [("direct", dify.api), ("dify-shaper", proxy.addr)] {
+        let user = format!("dblimit-{name}-{nonce}");
+        let shot = run(&key, "/v1/workflows/run", "blocking", &user);
+        let start = Instant::now();
+        let count = (rate * duration.as_secs_f64()).round() as usize;
+        let exchanges: Vec<Exchange> = open_loop(rate, count, start, |_| {
+            let shot = shot.clone();
+            async move { exchange(target, &shot, patience, start).await }
+        })
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+        let tally = tally_load(&exchanges, late_from);
+        // Dify's pools keep PostgreSQL full after a load: a restart lets psql in, and gives
+        // the other side the same start.
+        dify.restart_api().await;
+        let recorded = dify.runs_of(&user).await;
+        eprintln!(
+            "database limit ({name}): sent {}, ok {}, 500 {} ({} after {late_from:?}), 503 {}, client timeouts {}, \
+             other {:?}; Dify recorded {recorded} runs",
+            tally.sent, tally.ok, tally.all_500s, tally.late_500s, tally.busy_503s, tally.timeouts, tally.other
+        );
+        if target == proxy.addr {
+            let log = proxy.logs();
+            let gone: Vec<&str> =
+                log.lines().filter(|l| l.contains(" 499 ") || l.contains("status=499")).take(5).collect();
+            eprintln!("dify-shaper: clients that left: {gone:#?}");
+        }
+        assert!(recorded as usize <= tally.sent, "{name}: more runs than requests: a run was made twice");
+        sides.push((tally, recorded));
+    }
+    let ((direct, _), (shaped, shaped_runs)) = (&sides[0], &sides[1]);
+    print_table(&[Row {
+        scenario:
+            "PostgreSQL max_connections 20, 4 workers, 30/s of 1 s runs for 15 s, clients give up after 10 s",
+        direct: (direct.ok, direct.sent - direct.ok),
+        shaped: (shaped.ok, shaped.sent - shaped.ok),
+    }]);
+    assert!(direct.all_500s > 0, "direct access never met the database limit: {direct:?}");
+    assert!(
+        shaped.ok >= direct.ok,
+        "dify-shaper served {} of {}, direct {}",
+        shaped.ok,
+        shaped.sent,
+        direct.ok
+    );
+    assert_eq!(shaped.late_500s, 0, "500s reached clients after {late_from:?}: {shaped:?}");
+    assert_eq!(shaped.timeouts, 0, "clients timed out through dify-shaper: {shaped:?}");
+    assert!(*shaped_runs as usize >= shaped.ok, "Dify recorded fewer runs than answers");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn real_dify_direct_and_through_dify_shaper() {
     let Some(kit) = RealDify::kit() else { return };
+    let _one_at_a_time = REAL_DIFY.lock().await;
     let dify = RealDify::start(kit).await;
     let slow = SlowServer::start().await;
     let echo_key = dify.key().await;

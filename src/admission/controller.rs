@@ -117,6 +117,9 @@ struct State {
     capacity_share: f64,
     /// Slow start after the upstream came back: (since, over).
     ramp: Option<(Instant, Duration)>,
+    /// While a queue stands: the latest arrival time of a waiter admitted newest-first; every
+    /// waiter that arrived before it has been passed over (see [`State::passed_over`]).
+    served_newer_than: Option<Instant>,
     /// Set by [`Admission::shed_all`]: requests that would wait are refused with this.
     closing: Option<Refusal>,
     /// Reused buffers for `release` (pending ages) and `dispatch` (per-class caps), so the
@@ -164,6 +167,7 @@ impl Admission {
                 opened_at: None,
                 capacity_share: 1.0,
                 ramp: None,
+                served_newer_than: None,
                 closing: None,
                 scratch_pending: Vec::new(),
                 scratch_caps: Vec::new(),
@@ -277,13 +281,13 @@ impl Admission {
             // Answer 503 just before a waiter's client would give up, instead of letting it
             // time out silently; re-read after every wake-up (a hold may have extended it, a
             // newly learned patience shortened it).
-            let deadline = waiting.deadline(timeout);
+            let (deadline, wake) = waiting.deadline(timeout);
             if deadline <= Instant::now() {
                 return waiting.time_out();
             }
             let decision = match waiting.rx.as_mut() {
                 Some(rx) => tokio::select! {
-                    decision = tokio::time::timeout_at(deadline, rx) => decision,
+                    decision = tokio::time::timeout_at(wake, rx) => decision,
                     () = limits_changed => continue,
                 },
                 None => return Err(Refusal::Evicted),
@@ -661,11 +665,30 @@ impl State {
         };
         let client =
             client_wait(client_deadline, self.patience.estimate(class), self.expected_first_byte(class))
-                .map(|wait| enqueued + wait);
+                .map(|wait| enqueued + wait)
+                .or_else(|| self.passed_over(enqueued, class));
         match client {
             Some(client) if client < queue => (client, Refusal::Impatient),
             _ => (queue, Refusal::Timeout),
         }
+    }
+
+    /// Until clients have shown how long they wait: when a waiter queued at `enqueued` has been
+    /// passed over long enough to be answered rather than kept. Once a standing queue serves
+    /// newest first, the oldest waiters are served only when it empties, and their clients —
+    /// whatever they wait — were timing out silently (the first ones of a cold start are the
+    /// very departures patience is learned from). So a waiter left behind by a newest-first
+    /// phase gets its 503 after twice the class's typical time to the answer (at least twice
+    /// `lifo_after`), as CoDel-style adaptive LIFO shortens the queue timeout while a queue
+    /// stands. Never while the gate is closed: held requests wait for the backend on purpose.
+    fn passed_over(&self, enqueued: Instant, class: usize) -> Option<Instant> {
+        let passed = self.served_newer_than.is_some_and(|newest| newest > enqueued);
+        (passed && self.is_open()).then(|| enqueued + self.stale_after(class))
+    }
+
+    /// How long a waiter may be passed over before it is answered (see [`Self::passed_over`]).
+    fn stale_after(&self, class: usize) -> Duration {
+        (self.expected_first_byte(class) * 2).max(self.policy.lifo_after * 2)
     }
 
     /// A request stopped occupying the backend: one slot less in flight, a departure for the
@@ -686,6 +709,7 @@ impl State {
         loop {
             if self.queue.is_empty() {
                 self.standing_since = None;
+                self.served_newer_than = None;
                 return;
             }
             // Disabled admission has no limit, but a hold still holds.
@@ -723,6 +747,10 @@ impl State {
             let in_flight = in_flight + 1;
             if entry.payload.wake.send(Decision::Admit { in_flight }).is_ok() {
                 self.take_slot(entry.id, entry.class, waited, now);
+                if lifo && !self.queue.is_empty() {
+                    self.served_newer_than =
+                        Some(self.served_newer_than.map_or(entry.enqueued, |t| t.max(entry.enqueued)));
+                }
             }
         }
     }
@@ -745,12 +773,23 @@ struct Waiting {
 impl Waiting {
     /// When this waiter runs out of time now (see [`State::waiter_deadline`]); notes what it
     /// will be told then.
-    fn deadline(&mut self, timeout: Duration) -> Instant {
+    /// Also returns when to look again (the deadline, or sooner when the waiter's client is
+    /// unknown).
+    fn deadline(&mut self, timeout: Duration) -> (Instant, Instant) {
         let st = self.admission.lock();
+        let now = Instant::now();
         let (deadline, expiry) =
-            st.waiter_deadline(self.enqueued, self.class, self.client_deadline, timeout, Instant::now());
+            st.waiter_deadline(self.enqueued, self.class, self.client_deadline, timeout, now);
         self.expiry = expiry;
-        deadline
+        // Nothing known of its client: look again once it could have been passed over for
+        // long enough (nothing announces that a newest-first phase went past it).
+        let known =
+            client_wait(self.client_deadline, st.patience.estimate(self.class), Duration::ZERO).is_some();
+        if known {
+            return (deadline, deadline);
+        }
+        let recheck = (self.enqueued + st.stale_after(self.class)).max(now + st.policy.lifo_after);
+        (deadline, deadline.min(recheck))
     }
 
     fn resolve(&mut self, decision: Decision) -> Result<Permit, Refusal> {

@@ -173,7 +173,8 @@ impl MaintenanceSpec {
             drain_timeout: secs(120),
             restart_timeout: secs(300),
             recover_timeout: secs(600),
-            ramp: secs(30),
+            // See the health ramp: the backlog held through the restart drains at full speed.
+            ramp: secs(0),
             manual_timeout: secs(1800),
             hold_timeout: secs(120 + 300 + 600),
             action: None,

@@ -305,7 +305,9 @@ impl Default for HealthSpec {
             timeout: secs(1),
             rise: 2,
             fall: 2,
-            ramp: secs(5),
+            // A held backlog drains fastest at the whole learned limit: a restarted Dify
+            // serves as much as before (the limiter still cuts if it answers slower).
+            ramp: secs(0),
         }
     }
 }

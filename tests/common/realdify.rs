@@ -37,6 +37,12 @@ impl RealDify {
 
     /// Installs (when needed: the first time takes minutes) and starts the real Dify API.
     pub async fn start(script: PathBuf) -> RealDify {
+        Self::start_with(script, &[]).await
+    }
+
+    /// Like [`Self::start`], with the kit's settings in `env` (`DIFY_WORKERS`,
+    /// `DIFY_PG_MAX_CONNECTIONS`, …) for the start.
+    pub async fn start_with(script: PathBuf, env: &[(&str, &str)]) -> RealDify {
         let home = std::env::var_os("DIFY_HOME")
             .map_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/realdify"), PathBuf::from);
         let dify = RealDify {
@@ -49,14 +55,19 @@ impl RealDify {
             eprintln!("real Dify: installing into {} (a few minutes the first time)", dify.home.display());
             dify.run(&["install"], Duration::from_secs(1200)).await;
         }
-        dify.run(&["start"], Duration::from_secs(180)).await;
+        dify.run_with(&["start"], env, Duration::from_secs(180)).await;
         dify
     }
 
     /// Runs `realdify ARGS`, bounded by `limit`; panics with its output when it fails.
     pub async fn run(&self, args: &[&str], limit: Duration) -> String {
+        self.run_with(args, &[], limit).await
+    }
+
+    /// Runs `realdify ARGS` with `env` added, bounded by `limit`.
+    pub async fn run_with(&self, args: &[&str], env: &[(&str, &str)], limit: Duration) -> String {
         let mut cmd = tokio::process::Command::new(&self.script);
-        cmd.args(args).env("DIFY_HOME", &self.home).kill_on_drop(true);
+        cmd.args(args).env("DIFY_HOME", &self.home).envs(env.iter().copied()).kill_on_drop(true);
         let output = tokio::time::timeout(limit, cmd.output())
             .await
             .unwrap_or_else(|_| panic!("realdify {args:?} did not finish within {limit:?}"))
