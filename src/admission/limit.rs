@@ -836,6 +836,20 @@ impl AdaptiveLimit {
                 && self
                     .best_at_or_below(next as usize)
                     .is_some_and(|low| self.paid(level, low) == Some(true));
+            // Inside the tolerance the cut is a bet that the step bought nothing; the goodput
+            // measured so far, noise and all, decides it. A real Dify worker slows a few
+            // percent with each request added (its CPU is shared) yet serves more of them:
+            // cut at the first few percent, it was held at a third of what direct access got.
+            let seems_to_pay = ratio <= s.tolerance
+                && self.levels.get(&level).is_some_and(|here| {
+                    self.best_at_or_below(next as usize)
+                        .and_then(|low| self.levels.get(&low).map(|l| (low, l)))
+                        .is_some_and(|(low, l)| {
+                            let linear = (level as f64 - low as f64) / low.max(1) as f64;
+                            here.goodput() > l.goodput() * (1.0 + s.throughput_gain * linear)
+                        })
+                });
+            let worse_below = worse_below || seems_to_pay;
             if next < self.limit && !worse_below {
                 if standing && threshold < s.tolerance {
                     // Queueing one step past the capacity: probe it again later, not at once.
