@@ -4,31 +4,28 @@
 //!
 //! # Signals
 //!
-//! * **Overload outcomes** — a 5xx from the backend (PostgreSQL's "too many clients" surfaces
-//!   as Dify's 500), Dify's 429 `too_many_requests`, a failed connect or a timeout (a refused
-//!   connect, or a connection cut before the answer, is a restart, not overload). A 5xx only
-//!   counts when it comes *with the level*: a share of errors that levels below showed as
-//!   well is the requests' own failing (a broken workflow answers 500 at any load), and
-//!   cutting for it would sink the limit for nothing. One that counts cuts the limit at once,
-//!   AIMD-style: to `backoff × limit`, and for 5xx/connect failures no higher than the
-//!   in-flight count that failed minus one, but never below half the limit in one step. One
-//!   cut per round trip: outcomes of requests that started before the last cut are not
-//!   counted again (TCP's "one reduction per window"). The failing level is remembered as a
+//! * **Overload outcomes** — a 5xx from the backend (PostgreSQL's connection limit reaches
+//!   the client as Dify's 500), Dify's 429 `too_many_requests`, a failed connect or a timeout
+//!   (a refused connect, or a connection cut before the answer, is a restart, not overload).
+//!   A 5xx only counts when it comes *with the level* ([`AdaptiveLimit::overload_counts`]): a
+//!   share of errors that lower levels show as well is the requests' own failing (a broken
+//!   workflow answers 500 at any load), and cutting for it would sink the limit for nothing.
+//!   One that counts cuts the limit at once, AIMD-style: to `backoff × limit`, and for
+//!   5xx/connect failures no higher than the in-flight count that failed minus one, but never
+//!   below half the limit in one step. Each further refusal of the same round (requests
+//!   admitted before that cut) takes one more step, down to half the limit the round began
+//!   at: a database holding 2 of 6 refuses 4. The failing level is remembered as a
 //!   **ceiling**: the limit grows freely up to just below it, and probes past it only every
 //!   `probe_interval` (doubling after each failed probe, up to `probe_interval_max`).
 //!
-//! * **Goodput** — what clients get is answers per second, so each level the limit has held
-//!   under full demand keeps its measured goodput (Little's law over the window: mean
-//!   in-flight ÷ mean time in the backend × the share answered well), remembered for
-//!   `level_memory`. While requests wait here (a standing queue), goodput decides: a step up
-//!   that raised it keeps going up even when latency rose with it (a CPU-bound gevent worker
-//!   slows every request a little as concurrency grows, yet serves more of them), and one
-//!   that did not pay goes back down, even with flat latency — so the limit settles *at* the
-//!   capacity, not one above it with a request waiting in gunicorn's backlog where fairness
-//!   cannot reach it. A probe past a ceiling that raised goodput lifts the ceiling: a database
-//!   limit is not one fixed in-flight level (every Dify worker keeps its own pool), so the
-//!   limit keeps probing toward the backend's real throughput instead of staying under the
-//!   first level that failed.
+//! * **Goodput** — what clients get is good answers per second, counted against the clock at
+//!   each level the limit has held under full demand (from one typical duration after it was
+//!   set, averaged over `LEVEL_SPAN`, forgotten after `level_memory`). While requests wait
+//!   here (a standing queue), goodput decides what latency cannot: a latency cut is skipped
+//!   when the level it lands on delivered clearly less (a CPU-bound gevent worker slows every
+//!   request a little as concurrency grows, yet serves more of them), and, inside the
+//!   tolerance, when this level delivers more than it by the measure so far; a step that
+//!   clearly did not pay goes back down.
 //!
 //! * **Latency** — gunicorn queues excess connections in its listen backlog, so past capacity
 //!   every request waits longer before it is served. Each *signal* (a traffic class × blocking
@@ -36,22 +33,29 @@
 //!   mean seen over the last `baseline_horizon`. When a window closes, the ratio of its mean
 //!   to the baseline says how much queueing there is. Above `tolerance` the limit drops to
 //!   `in_flight / ratio` (in a worker-bound backend latency ≈ service × in_flight /
-//!   capacity, so this lands on the capacity) unless goodput says the level pays; below
-//!   `grow_below` it may grow. Comparing each class only with itself is what keeps
-//!   15-second workflows, whose durations vary naturally, from looking like overload next to
-//!   50 ms API calls; means over a window of `window_samples` absorb the natural variation,
-//!   and only requests admitted after the last change of the limit count towards a window.
-//!   Streaming runs are measured by their time to the response header (when a worker picked
-//!   them up), not by the stream's length.
+//!   capacity, so this lands on the capacity); with requests waiting here and a precise
+//!   signal (answers that vary little by nature), any rise beyond the window's own noise is
+//!   cut the same way, unless goodput says the level pays — that settles the limit at the
+//!   capacity rather than inside the tolerance above it, where a request waits in gunicorn's
+//!   backlog out of fairness's reach; a level that queued is probed again after
+//!   `probe_interval` (twice that when it failed again). Below `grow_below` the limit may
+//!   grow. Comparing each class only with itself is what keeps 15-second workflows, whose
+//!   durations vary naturally, from looking like overload next to 50 ms API calls; means over
+//!   a window of `window_samples` absorb the natural variation, and only requests admitted
+//!   after the last change of the limit count towards a window. Streaming runs are measured
+//!   by their time to the response header (when a worker picked them up), not by the
+//!   stream's length.
 //!
 //! * **Slow start** — until the first cut, nothing is known but that the initial limit is
-//!   safe, so the limit grows by `slow_start_growth` per *round trip* (a round: as many
-//!   answers as the limit, from requests admitted at it) as long as every answer of the round
-//!   came on time (within `tolerance` of its signal's baseline). A round with late answers
-//!   means the step went past the capacity: slow start ends at the number that came on time.
-//!   Each step is checked before the next is taken, so at most `1 + slow_start_growth` times
-//!   the capacity is ever in flight (×2 per round, as TCP does, put twice the capacity into
-//!   gunicorn's backlog for a round trip). The first cut ends slow start for good.
+//!   safe, so the limit grows by `slow_start_growth` from each level proven by its answers:
+//!   the mean latency of answers admitted with the whole level in flight (the ones a
+//!   worker-bound backend would park in its backlog first) within the signal's own noise of
+//!   its lowest window mean. Past the capacity, slow start ends where latency puts it. Each
+//!   step is proven before the next, so a precise signal never has more than about
+//!   `1 + slow_start_growth` times the capacity in flight (×1.5 per round, without proof,
+//!   put 2–2.5 times the capacity into gunicorn's backlog for a round trip); answers that
+//!   spread widely by nature are judged by window means instead. The first cut ends slow
+//!   start for good.
 //!
 //! * **Noise** — a window mean less than `queue_slack` above the baseline is not queueing,
 //!   and the baseline keeps each window's upper confidence bound (mean + two standard
