@@ -117,6 +117,8 @@ struct State {
     capacity_share: f64,
     /// Slow start after the upstream came back: (since, over).
     ramp: Option<(Instant, Duration)>,
+    /// Requests held through the last closed gate still wait (served oldest first).
+    draining_held: bool,
     /// While a queue stands: the latest arrival time of a waiter admitted newest-first; every
     /// waiter that arrived before it has been passed over (see [`State::passed_over`]).
     served_newer_than: Option<Instant>,
@@ -168,6 +170,7 @@ impl Admission {
                 capacity_share: 1.0,
                 ramp: None,
                 served_newer_than: None,
+                draining_held: false,
                 closing: None,
                 scratch_pending: Vec::new(),
                 scratch_caps: Vec::new(),
@@ -554,6 +557,7 @@ impl State {
         if open && !was_open {
             self.ramp = Some((now, ramp));
             self.opened_at = Some(now);
+            self.draining_held = !self.queue.is_empty();
             tracing::info!(upstream, ramp = ?ramp, queued = self.queue.len(), "admission open again: releasing held requests");
         } else if !open && was_open {
             tracing::warn!(upstream, hold_until = ?self.hold_until.map(|t| t.duration_since(now)), "admission closed: holding requests");
@@ -683,7 +687,8 @@ impl State {
     /// stands. Never while the gate is closed: held requests wait for the backend on purpose.
     fn passed_over(&self, enqueued: Instant, class: usize) -> Option<Instant> {
         let passed = self.served_newer_than.is_some_and(|newest| newest > enqueued);
-        (passed && self.is_open()).then(|| enqueued + self.stale_after(class))
+        let held_through = self.opened_at.is_some_and(|t| t > enqueued);
+        (passed && self.is_open() && !held_through).then(|| enqueued + self.stale_after(class))
     }
 
     /// How long a waiter may be passed over before it is answered (see [`Self::passed_over`]).
@@ -716,7 +721,15 @@ impl State {
             if !self.is_open() || (self.policy.enabled && self.in_flight >= self.effective_limit(now)) {
                 return;
             }
-            let lifo = self.standing_since.is_some_and(|t| now.duration_since(t) >= self.policy.lifo_after);
+            // Requests held through a closed gate go first, oldest first: the backlog of a
+            // restart drains in order, so its longest wait is the hold plus the drain, not the
+            // hold plus the time until the queue next empties.
+            if self.draining_held {
+                self.draining_held =
+                    self.opened_at.is_some_and(|t| self.queue.oldest().is_some_and(|o| o < t));
+            }
+            let lifo = !self.draining_held
+                && self.standing_since.is_some_and(|t| now.duration_since(t) >= self.policy.lifo_after);
             let mut caps = std::mem::take(&mut self.scratch_caps);
             caps.clear();
             caps.extend((0..self.policy.classes.len().max(1)).map(|c| self.cap(c, now)));

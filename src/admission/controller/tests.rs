@@ -523,3 +523,29 @@ async fn a_waiter_passed_over_by_newest_first_is_answered_before_patience_is_kno
         let _ = o.await;
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn requests_held_through_an_outage_are_served_oldest_first() {
+    let gate = gate(1, 100);
+    gate.set_available(false, Duration::ZERO);
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let mut waiters = Vec::new();
+    for tenant in 1..=4u64 {
+        waiters.push(tokio::spawn({
+            let (gate, order) = (Arc::clone(&gate), Arc::clone(&order));
+            async move {
+                let permit = gate.acquire(ticket(9, 1)).await.expect("served after the outage");
+                order.lock().expect("order").push(tenant);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                drop(permit);
+            }
+        }));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    // The queue has stood for 4 s (past lifo_after): without the outage, newest first.
+    gate.set_available(true, Duration::ZERO);
+    for w in waiters {
+        w.await.expect("join");
+    }
+    assert_eq!(*order.lock().expect("order"), vec![1, 2, 3, 4], "the held backlog drains in order");
+}
