@@ -6,7 +6,8 @@
 //! behind nginx), sends one request and gives up after `--timeout` (the whole exchange, body
 //! included), closing its connection. Prints one JSON object (also to `--out`): sent, ok,
 //! goodput, statuses, Dify error codes, client-side errors by kind, latency percentiles of ok
-//! responses, first-frame latency of streams, and a per-second timeline by send time.
+//! responses, first-frame latency of streams, a per-second timeline by send time, and ok
+//! answers per 100 ms by completion time (`ok_done_100ms`, from the window's start).
 //!
 //! ```text
 //! cargo run --release --example loadgen -- --url http://127.0.0.1:8080/v1/workflows/run \
@@ -242,6 +243,14 @@ async fn main() {
         .iter()
         .filter(|o| o.kind == "ok" && o.end_at >= offset && o.end_at <= offset + window)
         .count();
+    // The same ok answers by completion time, per 100 ms from the window's start, up to the
+    // last moment a request sent in the window can end (how fast goodput builds up).
+    let mut done = vec![0usize; (((window + a.timeout.as_secs_f64()) * 10.0).ceil() as usize).max(1)];
+    for o in outcomes.iter().filter(|o| o.kind == "ok" && o.end_at >= offset) {
+        if let Some(slot) = done.get_mut(((o.end_at - offset) * 10.0) as usize) {
+            *slot += 1;
+        }
+    }
     let outcomes: Vec<Outcome> = outcomes.into_iter().skip(warm).collect();
     let sent = outcomes.len();
     let ok: Vec<&Outcome> = outcomes.iter().filter(|o| o.kind == "ok").collect();
@@ -296,6 +305,7 @@ async fn main() {
         "head_ms": {"p50": pct(&mut heads, 0.5), "p99": pct(&mut heads, 0.99)},
         "first_frame_ms": {"p50": pct(&mut ff, 0.5), "p99": pct(&mut ff, 0.99), "max": pct(&mut ff, 1.0)},
         "timeline": timeline.iter().map(|(s, k)| json!([s, k])).collect::<Vec<_>>(),
+        "ok_done_100ms": done,
     });
     let text = serde_json::to_string(&report).unwrap_or_default();
     if let Some(path) = &a.out {
