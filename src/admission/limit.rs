@@ -72,11 +72,17 @@
 //! the operating point (the most delivered at the least queueing) for the goodput, and a
 //! CUBIC-like ceiling memory for the flat-latency database case.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use serde::Serialize;
 use tokio::time::Instant;
+
+use errors::ErrorShares;
+use goodput::Goodput;
+
+mod errors;
+mod goodput;
 
 /// Tuning of the algorithm. The defaults work for Dify; none is a capacity.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -199,26 +205,6 @@ pub enum Change {
     Grow,
 }
 
-/// Most levels remembered (goodput, error shares): the limit's range is bounded, but a
-/// misconfigured `max` should not make memory unbounded.
-const MAX_LEVELS: usize = 1024;
-/// How long a level's goodput is averaged over before older counts fade.
-const LEVEL_SPAN: Duration = Duration::from_secs(60);
-/// Answers at a level before its goodput is measured.
-const DELIVERY_MIN_ANSWERS: usize = 8;
-/// Answers at a level before its error share is trusted.
-const ERROR_MIN_ANSWERS: u32 = 5;
-/// Answers after which a level's error share becomes a moving average.
-const ERROR_WINDOW: u32 = 50;
-
-/// The share of overload answers seen at one in-flight level.
-#[derive(Debug, Clone, Copy)]
-struct ErrorShare {
-    answers: u32,
-    share: f64,
-    at: Instant,
-}
-
 /// Slots the baseline horizon is divided into: each keeps the lowest window mean that closed
 /// in it, so the horizon spans its full length at any request rate with bounded memory (a
 /// cap on *entries* shrank it to seconds on fast traffic, and the no-load windows it needs
@@ -256,49 +242,6 @@ impl Signal {
     }
 }
 
-/// What one level of the limit delivered while it was fully used.
-#[derive(Debug, Clone, Copy)]
-struct Level {
-    /// Good answers counted at this level, and the seconds they were counted over (both
-    /// halved once the span passes `LEVEL_SPAN`, so older measurements fade).
-    good: f64,
-    span: f64,
-    /// When it was last measured.
-    at: Instant,
-}
-
-impl Level {
-    /// Good answers per second.
-    fn goodput(&self) -> f64 {
-        self.good / self.span.max(1e-9)
-    }
-
-    /// Relative standard error of the goodput, as for a count of random arrivals.
-    fn noise(&self) -> f64 {
-        1.0 / self.good.max(1.0).sqrt()
-    }
-}
-
-/// Answers since the limit last changed, for the goodput of the current level.
-#[derive(Debug, Default)]
-struct Delivery {
-    /// Answers count from here: about one typical duration after the change, once the backend
-    /// runs at the new level (the answers before it still show the old one).
-    from: Option<Instant>,
-    answers: usize,
-    good: usize,
-}
-
-impl Delivery {
-    fn add(&mut self, now: Instant, good: bool) {
-        if self.from.is_some_and(|from| now < from) {
-            return;
-        }
-        self.answers += 1;
-        self.good += usize::from(good);
-    }
-}
-
 /// The adaptive limit of one upstream.
 #[derive(Debug)]
 pub struct AdaptiveLimit {
@@ -328,13 +271,10 @@ pub struct AdaptiveLimit {
     /// latency-ratio sum of the answers from above it so far.
     proven: usize,
     marginal: (usize, f64),
-    delivery: Delivery,
+    goodput: Goodput,
     /// Typical time a request spends in the backend (a moving average), seconds.
     typical_duration: f64,
-    levels: BTreeMap<usize, Level>,
-    /// Overload share by the in-flight level answers were admitted at, and over all of them.
-    errors: BTreeMap<usize, ErrorShare>,
-    all_errors: ErrorShare,
+    errors: ErrorShares,
 }
 
 impl AdaptiveLimit {
@@ -360,11 +300,9 @@ impl AdaptiveLimit {
             slow_start: true,
             proven: limit as usize,
             marginal: (0, 0.0),
-            delivery: Delivery::default(),
+            goodput: Goodput::default(),
             typical_duration: 0.0,
-            levels: BTreeMap::new(),
-            errors: BTreeMap::new(),
-            all_errors: ErrorShare { answers: 0, share: 0.0, at: Instant::now() },
+            errors: ErrorShares::default(),
         }
     }
 
@@ -419,7 +357,8 @@ impl AdaptiveLimit {
         now: Instant,
         pending: &[Duration],
     ) -> Option<Change> {
-        self.forget_old_levels(now);
+        self.goodput.forget(now, self.settings.level_memory);
+        self.errors.forget(now, self.settings.level_memory);
         if matches!(sample.outcome, Outcome::Success | Outcome::Overload) {
             self.typical_duration = 0.9 * self.typical_duration + 0.1 * sample.duration.as_secs_f64();
         }
@@ -428,8 +367,8 @@ impl AdaptiveLimit {
             Outcome::Throttled | Outcome::Timeout => self.on_overload(sample, now),
             Outcome::Overload => {
                 let counts = self.overload_counts(sample.in_flight);
-                self.note_answer(sample.in_flight, false, now);
-                self.delivery.add(now, false);
+                self.errors.note(sample.in_flight, false, now);
+                self.goodput.add(now, false);
                 if counts {
                     self.on_overload(sample, now)
                 } else {
@@ -437,8 +376,8 @@ impl AdaptiveLimit {
                 }
             }
             Outcome::Success => {
-                self.note_answer(sample.in_flight, true, now);
-                self.delivery.add(now, true);
+                self.errors.note(sample.in_flight, true, now);
+                self.goodput.add(now, true);
                 self.on_latency(sample, now, pending)
             }
             Outcome::Abandoned => self.on_latency(sample, now, pending),
@@ -452,56 +391,7 @@ impl AdaptiveLimit {
     /// over all levels stands in; with nothing known at all, it counts (except for a request
     /// alone in flight).
     pub fn overload_counts(&self, in_flight: usize) -> bool {
-        // Alone in flight, there is no concurrency to take back: a 5xx there is not ours to
-        // cure (a database filled by others, or the request's own failing).
-        if in_flight <= 1 {
-            return false;
-        }
-        let background = self
-            .errors
-            .range(..in_flight.max(1))
-            .filter(|(_, e)| e.answers >= ERROR_MIN_ANSWERS)
-            .map(|(_, e)| e.share)
-            .reduce(f64::min);
-        // Nothing known below (the limit was just cut there): the share over all levels, once
-        // there are enough answers to say.
-        let background = background.or((self.all_errors.answers >= 20).then_some(self.all_errors.share));
-        let Some(background) = background else {
-            return true;
-        };
-        if background < 0.02 {
-            return true;
-        }
-        self.errors
-            .get(&in_flight)
-            .is_some_and(|e| e.answers >= ERROR_MIN_ANSWERS && e.share > 2.0 * background + 0.05)
-    }
-
-    fn note_answer(&mut self, in_flight: usize, good: bool, now: Instant) {
-        let all = &mut self.all_errors;
-        all.answers = all.answers.saturating_add(1);
-        all.share += (if good { 0.0 } else { 1.0 } - all.share) / f64::from(all.answers.min(ERROR_WINDOW));
-        all.at = now;
-        if self.errors.len() >= MAX_LEVELS && !self.errors.contains_key(&in_flight) {
-            return;
-        }
-        let entry = self.errors.entry(in_flight).or_insert(ErrorShare { answers: 0, share: 0.0, at: now });
-        entry.answers = entry.answers.saturating_add(1);
-        // A running mean over the first answers, then a slow average: enough answers to tell
-        // 2 % from 10 % without remembering each one.
-        let weight = 1.0 / f64::from(entry.answers.min(ERROR_WINDOW));
-        entry.share += (if good { 0.0 } else { 1.0 } - entry.share) * weight;
-        entry.at = now;
-    }
-
-    fn forget_old_levels(&mut self, now: Instant) {
-        let memory = self.settings.level_memory;
-        if self.levels.first_key_value().is_some_and(|(_, l)| now.duration_since(l.at) > memory) {
-            self.levels.retain(|_, l| now.duration_since(l.at) <= memory);
-        }
-        if self.errors.first_key_value().is_some_and(|(_, e)| now.duration_since(e.at) > memory) {
-            self.errors.retain(|_, e| now.duration_since(e.at) <= memory);
-        }
+        self.errors.overload_counts(in_flight)
     }
 
     fn on_overload(&mut self, sample: Sample, now: Instant) -> Option<Change> {
@@ -550,75 +440,34 @@ impl AdaptiveLimit {
         self.last_change_at = Some(now);
         self.demand = 0;
         let settle = Duration::from_secs_f64(self.typical_duration.clamp(0.0, 3600.0));
-        self.delivery = Delivery { from: Some(now + settle), ..Delivery::default() };
+        self.goodput.restart(now + settle);
         for signal in &mut self.signals {
             signal.window.clear();
             signal.opened = None;
         }
     }
 
-    /// Adds what the current level delivered since it was last counted, when it was fully
-    /// used; the count then starts afresh (the level's total keeps growing).
+    /// Adds what the current level delivered, when it was fully used.
     fn record_level(&mut self, now: Instant) {
-        let level = self.limit.floor() as usize;
         let used = (self.demand as f64) >= self.limit.floor();
-        let Some(from) = self.delivery.from.filter(|_| used && self.delivery.answers >= DELIVERY_MIN_ANSWERS)
-        else {
-            return;
-        };
-        let span = now.duration_since(from).as_secs_f64();
-        if span <= 0.0 || (self.levels.len() >= MAX_LEVELS && !self.levels.contains_key(&level)) {
-            return;
+        if used {
+            self.goodput.record(self.limit.floor() as usize, now);
         }
-        let good = self.delivery.good as f64;
-        let entry = self.levels.entry(level).or_insert(Level { good: 0.0, span: 0.0, at: now });
-        entry.good += good;
-        entry.span += span;
-        if entry.span > LEVEL_SPAN.as_secs_f64() {
-            entry.good /= 2.0;
-            entry.span /= 2.0;
-        }
-        entry.at = now;
-        self.delivery = Delivery { from: Some(now), ..Delivery::default() };
     }
 
-    /// Whether going from level `low` up to `high` paid: goodput rose by at least
-    /// `throughput_gain` of what a linear backend would have added (`Some(true)`), or clearly
-    /// fell short of it (`Some(false)`), each beyond the two measurements' noise (two standard
-    /// errors). `None` while either is unmeasured or the difference is within the noise (15 s
-    /// workflows that spread by a third need many answers to tell one level from the next;
-    /// until then the latency signal decides).
+    /// Whether the step from level `low` up to `high` paid (see [`Goodput::paid`]).
     fn paid(&self, high: usize, low: usize) -> Option<bool> {
-        let (h, l) = (self.levels.get(&high)?, self.levels.get(&low)?);
-        let linear = (high as f64 - low as f64) / low.max(1) as f64;
-        let noise = 2.0 * (h.noise().powi(2) + l.noise().powi(2)).sqrt();
-        let expected = self.settings.throughput_gain * linear;
-        let gain = h.goodput() / l.goodput().max(1e-9) - 1.0;
-        if gain > expected + noise {
-            Some(true)
-        } else if gain < expected - noise {
-            Some(false)
-        } else {
-            None
-        }
+        self.goodput.paid(high, low, self.settings.throughput_gain)
     }
 
     /// The measured level at or below `level` that delivered the most.
     fn best_at_or_below(&self, level: usize) -> Option<usize> {
-        self.best_below(level + 1)
+        self.goodput.best_below(level + 1)
     }
 
-    /// The measured level below `level` that delivered the most (the lower on a tie): a step
-    /// up is judged against the best the backend did with less, not against one level that
-    /// may have been measured in a transient.
+    /// The measured level below `level` that delivered the most.
     fn best_below(&self, level: usize) -> Option<usize> {
-        self.levels
-            .range(..level)
-            .fold(None, |best: Option<(usize, f64)>, (l, v)| match best {
-                Some((_, g)) if g >= v.goodput() => best,
-                _ => Some((*l, v.goodput())),
-            })
-            .map(|(l, _)| l)
+        self.goodput.best_below(level)
     }
 
     fn on_latency(&mut self, sample: Sample, now: Instant, pending: &[Duration]) -> Option<Change> {
@@ -813,7 +662,7 @@ impl AdaptiveLimit {
             // The level above, measured, delivered clearly more than this one: go back to it,
             // whatever latency says (a CPU-bound worker slows every request a little as
             // concurrency grows, yet serves more of them).
-            let above = self.levels.range(level + 1..).next().map(|(l, _)| *l);
+            let above = self.goodput.measured_above(level);
             if let Some(high) = above.filter(|high| self.paid(*high, level) == Some(true)) {
                 if self.ceiling.is_none_or(|c| (high as f64) < c) {
                     self.limit = high as f64;
@@ -845,13 +694,8 @@ impl AdaptiveLimit {
             // percent with each request added (its CPU is shared) yet serves more of them:
             // cut at the first few percent, it was held at a third of what direct access got.
             let seems_to_pay = ratio <= s.tolerance
-                && self.levels.get(&level).is_some_and(|here| {
-                    self.best_at_or_below(next as usize)
-                        .and_then(|low| self.levels.get(&low).map(|l| (low, l)))
-                        .is_some_and(|(low, l)| {
-                            let linear = (level as f64 - low as f64) / low.max(1) as f64;
-                            here.goodput() > l.goodput() * (1.0 + s.throughput_gain * linear)
-                        })
+                && self.best_at_or_below(next as usize).is_some_and(|low| {
+                    self.goodput.delivered_more(level, low, s.throughput_gain) == Some(true)
                 });
             let worse_below = worse_below || seems_to_pay;
             if next < self.limit && !worse_below {
