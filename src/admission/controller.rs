@@ -96,6 +96,10 @@ struct State {
     first_byte: Vec<Ewma>,
     departure_interval: Ewma,
     last_departure: Option<Instant>,
+    /// Time between arrivals (queued classes), to tell a queue that drains from one that
+    /// keeps growing.
+    arrival_interval: Ewma,
+    last_arrival: Option<Instant>,
     waits: Ewma,
     max_wait: Duration,
     counters: Counters,
@@ -158,6 +162,8 @@ impl Admission {
                 first_byte: vec![Ewma::new(0.1); classes],
                 departure_interval: Ewma::new(0.1),
                 last_departure: None,
+                arrival_interval: Ewma::new(0.1),
+                last_arrival: None,
                 waits: Ewma::new(0.1),
                 max_wait: Duration::ZERO,
                 counters: Counters::default(),
@@ -218,6 +224,11 @@ impl Admission {
                 });
             if interactive {
                 st.interactive_seen = Some(now);
+            }
+            if queued {
+                if let Some(last) = st.last_arrival.replace(now) {
+                    st.arrival_interval.add(now.duration_since(last).as_secs_f64());
+                }
             }
             let demand = st.in_flight + st.queue.len() + 1;
             st.limit.note_demand(demand);
@@ -684,11 +695,23 @@ impl State {
     /// very departures patience is learned from). So a waiter left behind by a newest-first
     /// phase gets its 503 after twice the class's typical time to the answer (at least twice
     /// `lifo_after`), as CoDel-style adaptive LIFO shortens the queue timeout while a queue
-    /// stands. Never while the gate is closed: held requests wait for the backend on purpose.
+    /// stands — while it keeps growing: a queue that drains serves it soon. Never for a
+    /// request held through a closed gate: it waits for the backend on purpose.
     fn passed_over(&self, enqueued: Instant, class: usize) -> Option<Instant> {
         let passed = self.served_newer_than.is_some_and(|newest| newest > enqueued);
         let held_through = self.opened_at.is_some_and(|t| t > enqueued);
-        (passed && self.is_open() && !held_through).then(|| enqueued + self.stale_after(class))
+        (passed && self.is_open() && !held_through && !self.draining())
+            .then(|| enqueued + self.stale_after(class))
+    }
+
+    /// Whether the queue is emptying: requests leave faster than they come (after a restart,
+    /// a burst). Then a passed-over waiter is served soon and keeps its place; only a queue
+    /// that keeps growing leaves it behind for good.
+    fn draining(&self) -> bool {
+        match (self.arrival_interval.get(), self.departure_interval.get()) {
+            (Some(arrivals), Some(departures)) => arrivals > departures * 1.1,
+            _ => false,
+        }
     }
 
     /// How long a waiter may be passed over before it is answered (see [`Self::passed_over`]).
