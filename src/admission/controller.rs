@@ -96,10 +96,6 @@ struct State {
     first_byte: Vec<Ewma>,
     departure_interval: Ewma,
     last_departure: Option<Instant>,
-    /// Time between arrivals (queued classes), to tell a queue that drains from one that
-    /// keeps growing.
-    arrival_interval: Ewma,
-    last_arrival: Option<Instant>,
     waits: Ewma,
     max_wait: Duration,
     counters: Counters,
@@ -123,9 +119,6 @@ struct State {
     ramp: Option<(Instant, Duration)>,
     /// Requests held through the last closed gate still wait (served oldest first).
     draining_held: bool,
-    /// While a queue stands: the latest arrival time of a waiter admitted newest-first; every
-    /// waiter that arrived before it has been passed over (see [`State::passed_over`]).
-    served_newer_than: Option<Instant>,
     /// Set by [`Admission::shed_all`]: requests that would wait are refused with this.
     closing: Option<Refusal>,
     /// Reused buffers for `release` (pending ages) and `dispatch` (per-class caps), so the
@@ -162,8 +155,6 @@ impl Admission {
                 first_byte: vec![Ewma::new(0.1); classes],
                 departure_interval: Ewma::new(0.1),
                 last_departure: None,
-                arrival_interval: Ewma::new(0.1),
-                last_arrival: None,
                 waits: Ewma::new(0.1),
                 max_wait: Duration::ZERO,
                 counters: Counters::default(),
@@ -175,7 +166,6 @@ impl Admission {
                 opened_at: None,
                 capacity_share: 1.0,
                 ramp: None,
-                served_newer_than: None,
                 draining_held: false,
                 closing: None,
                 scratch_pending: Vec::new(),
@@ -224,11 +214,6 @@ impl Admission {
                 });
             if interactive {
                 st.interactive_seen = Some(now);
-            }
-            if queued {
-                if let Some(last) = st.last_arrival.replace(now) {
-                    st.arrival_interval.add(now.duration_since(last).as_secs_f64());
-                }
             }
             let demand = st.in_flight + st.queue.len() + 1;
             st.limit.note_demand(demand);
@@ -295,13 +280,13 @@ impl Admission {
             // Answer 503 just before a waiter's client would give up, instead of letting it
             // time out silently; re-read after every wake-up (a hold may have extended it, a
             // newly learned patience shortened it).
-            let (deadline, wake) = waiting.deadline(timeout);
+            let deadline = waiting.deadline(timeout);
             if deadline <= Instant::now() {
                 return waiting.time_out();
             }
             let decision = match waiting.rx.as_mut() {
                 Some(rx) => tokio::select! {
-                    decision = tokio::time::timeout_at(wake, rx) => decision,
+                    decision = tokio::time::timeout_at(deadline, rx) => decision,
                     () = limits_changed => continue,
                 },
                 None => return Err(Refusal::Evicted),
@@ -680,43 +665,11 @@ impl State {
         };
         let client =
             client_wait(client_deadline, self.patience.estimate(class), self.expected_first_byte(class))
-                .map(|wait| enqueued + wait)
-                .or_else(|| self.passed_over(enqueued, class));
+                .map(|wait| enqueued + wait);
         match client {
             Some(client) if client < queue => (client, Refusal::Impatient),
             _ => (queue, Refusal::Timeout),
         }
-    }
-
-    /// Until clients have shown how long they wait: when a waiter queued at `enqueued` has been
-    /// passed over long enough to be answered rather than kept. Once a standing queue serves
-    /// newest first, the oldest waiters are served only when it empties, and their clients —
-    /// whatever they wait — were timing out silently (the first ones of a cold start are the
-    /// very departures patience is learned from). So a waiter left behind by a newest-first
-    /// phase gets its 503 after twice the class's typical time to the answer (at least twice
-    /// `lifo_after`), as CoDel-style adaptive LIFO shortens the queue timeout while a queue
-    /// stands — while it keeps growing: a queue that drains serves it soon. Never for a
-    /// request held through a closed gate: it waits for the backend on purpose.
-    fn passed_over(&self, enqueued: Instant, class: usize) -> Option<Instant> {
-        let passed = self.served_newer_than.is_some_and(|newest| newest > enqueued);
-        let held_through = self.opened_at.is_some_and(|t| t > enqueued);
-        (passed && self.is_open() && !held_through && !self.draining())
-            .then(|| enqueued + self.stale_after(class))
-    }
-
-    /// Whether the queue is emptying: requests leave faster than they come (after a restart,
-    /// a burst). Then a passed-over waiter is served soon and keeps its place; only a queue
-    /// that keeps growing leaves it behind for good.
-    fn draining(&self) -> bool {
-        match (self.arrival_interval.get(), self.departure_interval.get()) {
-            (Some(arrivals), Some(departures)) => arrivals > departures * 1.1,
-            _ => false,
-        }
-    }
-
-    /// How long a waiter may be passed over before it is answered (see [`Self::passed_over`]).
-    fn stale_after(&self, class: usize) -> Duration {
-        (self.expected_first_byte(class) * 2).max(self.policy.lifo_after * 2)
     }
 
     /// A request stopped occupying the backend: one slot less in flight, a departure for the
@@ -737,7 +690,6 @@ impl State {
         loop {
             if self.queue.is_empty() {
                 self.standing_since = None;
-                self.served_newer_than = None;
                 return;
             }
             // Disabled admission has no limit, but a hold still holds.
@@ -783,10 +735,6 @@ impl State {
             let in_flight = in_flight + 1;
             if entry.payload.wake.send(Decision::Admit { in_flight }).is_ok() {
                 self.take_slot(entry.id, entry.class, waited, now);
-                if lifo && !self.queue.is_empty() {
-                    self.served_newer_than =
-                        Some(self.served_newer_than.map_or(entry.enqueued, |t| t.max(entry.enqueued)));
-                }
             }
         }
     }
@@ -809,23 +757,12 @@ struct Waiting {
 impl Waiting {
     /// When this waiter runs out of time now (see [`State::waiter_deadline`]); notes what it
     /// will be told then.
-    /// Also returns when to look again (the deadline, or sooner when the waiter's client is
-    /// unknown).
-    fn deadline(&mut self, timeout: Duration) -> (Instant, Instant) {
+    fn deadline(&mut self, timeout: Duration) -> Instant {
         let st = self.admission.lock();
-        let now = Instant::now();
         let (deadline, expiry) =
-            st.waiter_deadline(self.enqueued, self.class, self.client_deadline, timeout, now);
+            st.waiter_deadline(self.enqueued, self.class, self.client_deadline, timeout, Instant::now());
         self.expiry = expiry;
-        // Nothing known of its client: look again once it could have been passed over for
-        // long enough (nothing announces that a newest-first phase went past it).
-        let known =
-            client_wait(self.client_deadline, st.patience.estimate(self.class), Duration::ZERO).is_some();
-        if known {
-            return (deadline, deadline);
-        }
-        let recheck = (self.enqueued + st.stale_after(self.class)).max(now + st.policy.lifo_after);
-        (deadline, deadline.min(recheck))
+        deadline
     }
 
     fn resolve(&mut self, decision: Decision) -> Result<Permit, Refusal> {
