@@ -25,6 +25,18 @@ enum Backend {
     BuggyWorkerBound { capacity: usize, service: f64, every: usize },
 }
 
+/// Gives a request arriving at `now` to the first of `capacity` workers to be free (`free`:
+/// when each is), FIFO as gunicorn's backlog; returns when it ends.
+fn serve(free: &mut Vec<f64>, capacity: usize, now: f64, service: f64) -> f64 {
+    free.resize(capacity, now);
+    let (i, at) = free.iter().copied().enumerate().min_by(|a, b| a.1.total_cmp(&b.1)).unwrap_or((0, now));
+    let end = at.max(now) + service;
+    if let Some(worker) = free.get_mut(i) {
+        *worker = end;
+    }
+    end
+}
+
 /// Mean response time with `n` requests in a closed network of one processor-sharing CPU
 /// (`cpu` seconds per request) and a delay (`io`).
 fn cpu_bound_latency(n: usize, cpu: f64, io: f64) -> f64 {
@@ -72,18 +84,10 @@ fn run(mut backend: Backend, seconds: f64, change: Option<(f64, Backend)>, seed:
             in_flight += 1;
             let (latency, outcome) = match &backend {
                 Backend::WorkerBound { capacity, service, sigma } => {
-                    server_free.resize(*capacity, now);
                     let jitter: f64 = (rng.gen::<f64>() * 2.0 - 1.0) * sigma * 1.7;
                     let service = service * jitter.exp();
-                    let (i, free) = server_free
-                        .iter()
-                        .copied()
-                        .enumerate()
-                        .min_by(|a, b| a.1.total_cmp(&b.1))
-                        .unwrap_or((0, now));
-                    let start = free.max(now);
-                    server_free[i] = start + service;
-                    (start + service - now, Outcome::Success)
+                    let end = serve(&mut server_free, *capacity, now, service);
+                    (end - now, Outcome::Success)
                 }
                 Backend::DbLimited { connections, service } => {
                     if in_flight > *connections {
@@ -94,21 +98,11 @@ fn run(mut backend: Backend, seconds: f64, change: Option<(f64, Backend)>, seed:
                 }
                 Backend::CpuBound { cpu, io } => (cpu_bound_latency(in_flight, *cpu, *io), Outcome::Success),
                 Backend::BuggyWorkerBound { capacity, service, every } => {
-                    server_free.resize(*capacity, now);
-                    let (i, free) = server_free
-                        .iter()
-                        .copied()
-                        .enumerate()
-                        .min_by(|a, b| a.1.total_cmp(&b.1))
-                        .unwrap_or((0, now));
-                    let start = free.max(now);
                     if requests.len() % every == every - 1 {
                         // Fails at once, with the worker barely used.
-                        server_free[i] = start + 0.01;
-                        (start + 0.01 - now, Outcome::Overload)
+                        (serve(&mut server_free, *capacity, now, 0.01) - now, Outcome::Overload)
                     } else {
-                        server_free[i] = start + service;
-                        (start + service - now, Outcome::Success)
+                        (serve(&mut server_free, *capacity, now, *service) - now, Outcome::Success)
                     }
                 }
             };
