@@ -493,10 +493,11 @@ async fn real_dify_direct_and_through_dify_shaper() {
     for (exchange, (addr, shot)) in runs.iter().zip(&shots) {
         assert!(
             blocking_ok(exchange),
-            "{} {}: {}",
+            "{} {}: {}\n{}",
             if *addr == direct { "direct" } else { "shaped" },
             shot.path,
-            describe(exchange)
+            describe(exchange),
+            proxy.logs()
         );
         let answer: Value =
             serde_json::from_slice(&exchange.result.as_ref().expect("answer").body).expect("json");

@@ -415,12 +415,26 @@ impl Admission {
         self.lock().hold_until.is_some()
     }
 
-    /// Periodic nudge (the ramp raises the effective limit with time, not only on releases).
+    /// Periodic nudge: the ramp raises the effective limit with time, not only on releases,
+    /// and a standing queue no answer has moved for a while gets a stall probe (see
+    /// [`AdaptiveLimit::on_stall`]).
     pub fn tick(&self) {
         let mut st = self.lock();
-        if st.ramp.is_some() && !st.queue.is_empty() {
-            st.dispatch(Instant::now());
+        if st.queue.is_empty() {
+            return;
         }
+        let now = Instant::now();
+        let ramping = st.ramp.is_some_and(|(since, over)| now.duration_since(since) < over);
+        // A queue held through a closed gate stands from when the gate opened.
+        let standing = st.standing_since.map(|since| st.opened_at.map_or(since, |open| open.max(since)));
+        if let Some(since) = standing.filter(|_| st.policy.enabled && st.is_open() && !ramping) {
+            let before = st.limit.limit();
+            let in_flight = st.in_flight;
+            if let Some(change) = st.limit.on_stall(in_flight, since, now) {
+                log_change(&self.name, change, before, st.limit.limit(), st.limit.last_ratio());
+            }
+        }
+        st.dispatch(now);
     }
 
     /// Seconds a refused client should wait before retrying: the expected time for the

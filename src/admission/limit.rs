@@ -62,6 +62,10 @@
 //!   errors), not its mean: for 15-second workflows whose durations spread by a third, the
 //!   lowest of many noisy window means sits well below a typical one.
 //!
+//! * **Stall** — a standing queue that no answer moves (long runs behind a limit learned on
+//!   short ones) gets a probe: after twelve typical gaps between answers without one, the
+//!   limit grows by one, the wait doubling while the silence lasts (see [`stall`]).
+//!
 //! * **Utilisation** — the limit only grows when it was actually reached (in-flight at the
 //!   limit, or requests waiting), so an idle period cannot inflate it. Growth is
 //!   multiplicative (`increase_ratio` per window, at least one) far from where queueing last
@@ -80,9 +84,11 @@ use tokio::time::Instant;
 
 use errors::ErrorShares;
 use goodput::Goodput;
+use stall::Stall;
 
 mod errors;
 mod goodput;
+mod stall;
 
 /// Tuning of the algorithm. The defaults work for Dify; none is a capacity.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -203,6 +209,8 @@ pub enum Change {
     Latency,
     /// Grown because the limit was used and latency stayed low.
     Grow,
+    /// Grown by one because requests waited here while no answer came back for a while.
+    Stall,
 }
 
 /// Slots the baseline horizon is divided into: each keeps the lowest window mean that closed
@@ -264,6 +272,8 @@ pub struct AdaptiveLimit {
     probe_wait: Duration,
     probe_after: Option<Instant>,
     last_ratio: Option<f64>,
+    /// When `last_ratio` was measured.
+    judged_at: Option<Instant>,
     last_change: Option<Change>,
     /// Still growing per round (no cut yet).
     slow_start: bool,
@@ -275,6 +285,7 @@ pub struct AdaptiveLimit {
     /// Typical time a request spends in the backend (a moving average), seconds.
     typical_duration: f64,
     errors: ErrorShares,
+    stall: Stall,
 }
 
 impl AdaptiveLimit {
@@ -296,6 +307,7 @@ impl AdaptiveLimit {
             probe_wait,
             probe_after: None,
             last_ratio: None,
+            judged_at: None,
             last_change: None,
             slow_start: true,
             proven: limit as usize,
@@ -303,6 +315,7 @@ impl AdaptiveLimit {
             goodput: Goodput::default(),
             typical_duration: 0.0,
             errors: ErrorShares::default(),
+            stall: Stall::default(),
         }
     }
 
@@ -362,6 +375,9 @@ impl AdaptiveLimit {
         if matches!(sample.outcome, Outcome::Success | Outcome::Overload) {
             self.typical_duration = 0.9 * self.typical_duration + 0.1 * sample.duration.as_secs_f64();
         }
+        if matches!(sample.outcome, Outcome::Success | Outcome::Overload | Outcome::Throttled) {
+            self.stall.answered(sample.duration, now);
+        }
         match sample.outcome {
             Outcome::Ignore => None,
             Outcome::Throttled | Outcome::Timeout => self.on_overload(sample, now),
@@ -382,6 +398,40 @@ impl AdaptiveLimit {
             }
             Outcome::Abandoned => self.on_latency(sample, now, pending),
         }
+    }
+
+    /// A standing queue — the limit fully used, requests waiting here since `standing_since` —
+    /// that no answer has moved for a while: the limit grows by one, as a probe (see the
+    /// `stall` module). Not when a latency window of this level showed queueing, and past a
+    /// remembered ceiling only when its probe is due. Called
+    /// periodically while the queue stands.
+    pub fn on_stall(&mut self, in_flight: usize, standing_since: Instant, now: Instant) -> Option<Change> {
+        let s = &self.settings;
+        let next = self.limit.floor() + 1.0;
+        if next > s.max as f64 || (in_flight as f64) < self.limit.floor() {
+            return None;
+        }
+        // A window of this level's own answers showed queueing: growth waits for them too.
+        let judged = self.judged_at.is_some_and(|at| self.last_change_at.is_none_or(|change| at >= change));
+        if judged && self.last_ratio.is_some_and(|ratio| ratio >= s.grow_below) {
+            return None;
+        }
+        let since = self.last_change_at.map_or(standing_since, |at| at.max(standing_since));
+        let gap = self.stall.expected_gap(in_flight)?;
+        if !self.stall.due(since, gap, s.probe_interval, s.probe_interval_max, now) {
+            return None;
+        }
+        if self.ceiling.is_some_and(|c| next >= c) {
+            if self.probe_after.is_some_and(|t| now < t) {
+                return None;
+            }
+            self.probe_after = Some(now + self.probe_wait);
+        }
+        self.stall.probed();
+        self.limit = next;
+        self.changed(now);
+        self.last_change = Some(Change::Stall);
+        Some(Change::Stall)
     }
 
     /// Whether a 5xx answered at `in_flight` in flight says "overloaded": the levels below it
@@ -529,6 +579,7 @@ impl AdaptiveLimit {
         // Below the absolute floor a rise is jitter, not a wait (see the module docs).
         let ratio = (mean - settings.queue_slack.as_secs_f64()).max(baseline) / baseline;
         self.last_ratio = Some(ratio);
+        self.judged_at = Some(now);
         if ratio <= 1.0 + settings.queue_floor || signal.spread.is_none() {
             signal.spread = Some(signal.spread.map_or(window_spread, |s| 0.8 * s + 0.2 * window_spread));
         }

@@ -508,3 +508,51 @@ async fn requests_held_through_an_outage_are_served_oldest_first() {
     }
     assert_eq!(*order.lock().expect("order"), vec![1, 2, 3, 4], "the held backlog drains in order");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_queue_no_answer_moves_gets_a_stall_probe_before_its_timeout() {
+    let adaptive = LimitSettings { initial: 1, min: 1, max: 10, ..LimitSettings::default() };
+    let gate = Admission::new(
+        "api",
+        AdmissionPolicy {
+            limit: adaptive,
+            max_queue: 100,
+            classes: vec![class("interactive", 4, 10, true, true), class("run", 1, 30, true, false)],
+            ..AdmissionPolicy::default()
+        },
+    );
+    // One-second runs, one at a time.
+    for _ in 0..10 {
+        let permit = gate.acquire(ticket(1, 1)).await.expect("a free slot");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        permit.complete(2, Some(Duration::from_secs(1)), Outcome::Success);
+    }
+    // Then runs that take minutes fill the limit, and another waits behind them.
+    let limit = gate.limit();
+    let mut long = Vec::new();
+    for _ in 0..limit {
+        long.push(gate.acquire(ticket(1, 1)).await.expect("a free slot"));
+    }
+    let waiting = tokio::spawn({
+        let gate = Arc::clone(&gate);
+        async move { gate.acquire(ticket(2, 1)).await }
+    });
+    // The prober's 100 ms timer, for at most the run class's queue timeout and a little.
+    for _ in 0..350 {
+        if waiting.is_finished() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        gate.tick();
+    }
+    let second = waiting.await.expect("join").expect("admitted by a stall probe, not refused");
+    let gap = 1.0 / limit as f64;
+    let expected = Duration::from_secs_f64((12.0 * gap).max(5.0));
+    assert!(
+        second.waited() >= expected && second.waited() <= expected + Duration::from_millis(200),
+        "waited {:?}: twelve typical gaps ({gap} s) without an answer, at least 5 s",
+        second.waited()
+    );
+    assert_eq!(gate.limit(), limit + 1);
+    assert_eq!(gate.status().last_change, Some(Change::Stall));
+}

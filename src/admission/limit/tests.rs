@@ -70,6 +70,7 @@ fn run(mut backend: Backend, seconds: f64, change: Option<(f64, Backend)>, seed:
     let mut server_free: Vec<f64> = Vec::new();
     let mut in_flight = 0usize;
     let mut now = 0.0f64;
+    let mut tick = 0.0f64;
     let mut out = Run { limits: Vec::new(), overloads_after: Vec::new(), in_flight: Vec::new() };
     let micros = |s: f64| (s * 1e6) as u64;
     while now < seconds {
@@ -108,6 +109,25 @@ fn run(mut backend: Backend, seconds: f64, change: Option<(f64, Backend)>, seed:
             };
             requests.push((now, latency, outcome, in_flight));
             heap.push(Reverse((micros(now + latency), requests.len() - 1)));
+        }
+        // The proxy's 100 ms timer, up to the next answer: a stall probe admits one more now.
+        let next = heap.peek().map(|Reverse((finish, _))| *finish as f64 / 1e6);
+        let mut probed = false;
+        while let Some(next) = next {
+            let t = tick.max(now);
+            if t >= next {
+                break;
+            }
+            tick = t + 0.1;
+            if limiter.on_stall(in_flight, t0, at(t)).is_some() {
+                now = t;
+                out.limits.push((now, limiter.limit()));
+                probed = true;
+                break;
+            }
+        }
+        if probed {
+            continue;
         }
         let Some(Reverse((finish, id))) = heap.pop() else {
             break;
@@ -376,4 +396,85 @@ fn a_cold_start_reaches_the_capacity_without_overshooting_it() {
     let peak = run.in_flight.iter().map(|(_, n)| *n).max().unwrap_or(0);
     assert!(reached.is_some_and(|t| t <= 5.0), "18 in flight reached at {reached:?} s");
     assert!(peak <= 25, "peak in flight {peak} on a capacity of 20");
+}
+
+/// One-second answers at a limit of 1, then a run that takes minutes with another waiting.
+fn after_short_answers() -> (AdaptiveLimit, Instant) {
+    let t0 = Instant::now();
+    let mut limiter = AdaptiveLimit::new(LimitSettings { initial: 1, ..LimitSettings::default() });
+    for i in 0..10u64 {
+        let answered = Sample {
+            signal: 0,
+            started: t0 + Duration::from_secs(i),
+            latency: Duration::from_secs(1),
+            duration: Duration::from_secs(1),
+            outcome: Outcome::Success,
+            in_flight: 1,
+        };
+        limiter.on_sample(answered, t0 + Duration::from_secs(i + 1));
+    }
+    (limiter, t0 + Duration::from_secs(10))
+}
+
+#[test]
+fn a_long_run_behind_a_limit_learned_on_short_ones_gets_a_stall_probe() {
+    // Without it the waiting run is refused after its queue timeout (a minute) while direct
+    // access answers it: no answer comes back to grow the limit by.
+    let (mut limiter, queued) = after_short_answers();
+    let limit = limiter.limit();
+    let tick = |limiter: &mut AdaptiveLimit, s: f64| {
+        limiter.on_stall(limit, queued, queued + Duration::from_secs_f64(s))
+    };
+    assert_eq!(tick(&mut limiter, 11.9), None, "twelve typical gaps without an answer is not a stall yet");
+    assert_eq!(tick(&mut limiter, 12.0), Some(Change::Stall));
+    assert_eq!(limiter.limit(), limit + 1);
+    assert_eq!(limiter.last_change(), Some(Change::Stall));
+    assert_eq!(
+        limiter.on_stall(limit, queued, queued + Duration::from_secs(40)),
+        None,
+        "in flight below the limit"
+    );
+}
+
+#[test]
+fn a_silent_backend_gets_one_stall_probe_per_doubling_interval() {
+    let (mut limiter, queued) = after_short_answers();
+    let mut probes = Vec::new();
+    for tenth in 1..=6000u64 {
+        let now = queued + Duration::from_millis(100 * tenth);
+        if limiter.on_stall(limiter.limit(), queued, now).is_some() {
+            probes.push(now.duration_since(queued).as_secs());
+        }
+    }
+    assert_eq!(probes, [12, 24, 44, 84, 144, 204, 264, 324, 384, 444, 504, 564], "10 minutes of silence");
+}
+
+#[test]
+fn a_stall_probe_past_a_failed_ceiling_waits_for_its_probe() {
+    let (mut limiter, _) = after_short_answers();
+    let t = Instant::now() + Duration::from_secs(10);
+    // Two in flight refused: the ceiling is 2, the limit back at 1.
+    limiter.on_sample(
+        Sample {
+            signal: 0,
+            started: t,
+            latency: Duration::from_millis(5),
+            duration: Duration::from_millis(5),
+            outcome: Outcome::Overload,
+            in_flight: 2,
+        },
+        t,
+    );
+    assert_eq!((limiter.limit(), limiter.ceiling()), (1, Some(2)));
+    assert_eq!(limiter.on_stall(1, t, t + Duration::from_secs(4)), None, "before the ceiling's probe is due");
+    assert_eq!(limiter.on_stall(1, t, t + Duration::from_secs(13)), Some(Change::Stall));
+    assert_eq!(limiter.limit(), 2);
+}
+
+#[test]
+fn no_stall_probe_before_any_answer() {
+    // Nothing known: the initial limit is the safe assumption.
+    let t0 = Instant::now();
+    let mut limiter = AdaptiveLimit::new(LimitSettings::default());
+    assert_eq!(limiter.on_stall(limiter.limit(), t0, t0 + Duration::from_secs(600)), None);
 }
