@@ -84,10 +84,12 @@ use tokio::time::Instant;
 
 use errors::ErrorShares;
 use goodput::Goodput;
+use served::Served;
 use stall::Stall;
 
 mod errors;
 mod goodput;
+mod served;
 mod stall;
 
 /// Tuning of the algorithm. The defaults work for Dify; none is a capacity.
@@ -213,6 +215,10 @@ pub enum Change {
     Stall,
 }
 
+/// With requests waiting, the share of a linear backend's step a level must serve (by
+/// Little's law) for the limit to grow past it.
+const GROW_GAIN: f64 = 0.6;
+
 /// Slots the baseline horizon is divided into: each keeps the lowest window mean that closed
 /// in it, so the horizon spans its full length at any request rate with bounded memory (a
 /// cap on *entries* shrank it to seconds on fast traffic, and the no-load windows it needs
@@ -282,6 +288,8 @@ pub struct AdaptiveLimit {
     proven: usize,
     marginal: (usize, f64),
     goodput: Goodput,
+    /// What each level served by Little's law (precise signals, requests waiting here).
+    served: Served,
     /// Typical time a request spends in the backend (a moving average), seconds.
     typical_duration: f64,
     errors: ErrorShares,
@@ -313,6 +321,7 @@ impl AdaptiveLimit {
             proven: limit as usize,
             marginal: (0, 0.0),
             goodput: Goodput::default(),
+            served: Served::default(),
             typical_duration: 0.0,
             errors: ErrorShares::default(),
             stall: Stall::default(),
@@ -371,6 +380,7 @@ impl AdaptiveLimit {
         pending: &[Duration],
     ) -> Option<Change> {
         self.goodput.forget(now, self.settings.level_memory);
+        self.served.forget(now, self.settings.level_memory);
         self.errors.forget(now, self.settings.level_memory);
         if matches!(sample.outcome, Outcome::Success | Outcome::Overload) {
             self.typical_duration = 0.9 * self.typical_duration + 0.1 * sample.duration.as_secs_f64();
@@ -638,7 +648,14 @@ impl AdaptiveLimit {
         let allowed = 1.0
             + s.queue_floor.max(2.0 * spread / (count as f64).sqrt())
             + s.queue_slack.as_secs_f64() / baseline.max(1e-9);
-        if ratio > allowed {
+        // Latency rose, yet by Little's law the step served most of what a linear backend
+        // would add over the proven level (which ran within the noise of the baseline): a
+        // shared CPU or pool, not a backlog. The step is proven all the same.
+        let serves = self.served.pays(level, ratio, s.throughput_gain).unwrap_or_else(|| {
+            served::pays_over(level, ratio, self.proven, self.proven as f64, s.throughput_gain)
+        });
+        self.served.note(level, ratio, now);
+        if ratio > allowed && !serves {
             // Past the capacity: where latency puts it, never below the last proven level.
             let next = (level as f64 / ratio)
                 .round()
@@ -730,7 +747,20 @@ impl AdaptiveLimit {
         // errors of a 20-answer mean are ±13 %) keeps the tolerance: cutting on its noise
         // walked the limit down to 1, far below the capacity.
         let precise = noise <= (s.tolerance - 1.0) / 3.0;
-        let threshold = if standing && precise { 1.0 + noise.max(s.queue_floor) } else { s.tolerance };
+        // With requests waiting and a precise signal, Little's law says what this level serves
+        // against what a lower one served (see the `served` module): the latency it costs is
+        // worth it while it serves most of what a linear backend would add, and far from
+        // saturation growth need not creep. With no lower level to compare with, a rise
+        // inside the tolerance may as well be a shared CPU as a backlog: it is kept.
+        let (serves, serves_well) = if standing && precise {
+            (self.served.pays(level, ratio, s.throughput_gain), self.served.pays(level, ratio, GROW_GAIN))
+        } else {
+            (None, None)
+        };
+        if standing && precise {
+            self.served.note(level, ratio, now);
+        }
+        let threshold = if serves.is_some() { 1.0 + noise.max(s.queue_floor) } else { s.tolerance };
         if ratio > threshold {
             let used_level = (self.demand as f64).min(self.limit).max(s.min as f64);
             let next = (used_level / ratio).round().max(self.limit * 0.5).max(s.min as f64);
@@ -748,7 +778,7 @@ impl AdaptiveLimit {
                 && self.best_at_or_below(next as usize).is_some_and(|low| {
                     self.goodput.delivered_more(level, low, s.throughput_gain) == Some(true)
                 });
-            let worse_below = worse_below || seems_to_pay;
+            let worse_below = worse_below || seems_to_pay || serves == Some(true);
             if next < self.limit && !worse_below {
                 if standing && threshold < s.tolerance {
                     // Queueing one step past the capacity: probe it again later, not at once.
@@ -774,7 +804,11 @@ impl AdaptiveLimit {
             return None;
         }
         // Flat latency, or rising latency that still buys answers (a CPU-bound worker).
-        let growing = ratio < s.grow_below || paid == Some(true);
+        // A level that serves `throughput_gain` of a linear step is kept (the cut above is
+        // skipped); growing past it takes `GROW_GAIN`: the first window after a step sees the
+        // backlog only partly built, and one request past a capacity of 8 then looks like
+        // 0.57 of a step.
+        let growing = ratio < s.grow_below || paid == Some(true) || serves_well == Some(true);
         if !growing {
             return None;
         }
@@ -783,7 +817,7 @@ impl AdaptiveLimit {
         // past a capacity of 20 raises latency by 5 %, well inside `grow_below`.
         if let Some(ceiling) = self.ceiling.filter(|c| self.limit >= *c) {
             let clean = ratio <= 1.0 + s.queue_floor;
-            let passed = self.ceiling_failed || paid == Some(true) || clean;
+            let passed = self.ceiling_failed || paid == Some(true) || serves_well == Some(true) || clean;
             if !passed {
                 return None;
             }
@@ -796,8 +830,12 @@ impl AdaptiveLimit {
         }
         // Far from any queueing, grow by a fraction (a capacity increase is found in a few
         // windows); with a little queueing already, creep by one.
+        if serves_well == Some(true) {
+            // Each step still adds nearly a linear backend's share: no knee here.
+            self.knee = None;
+        }
         let near_knee = self.knee.is_some_and(|k| self.limit * (1.0 + s.increase_ratio) > k);
-        let far = ratio < 1.0 + (s.grow_below - 1.0) / 2.0 && !near_knee;
+        let far = (ratio < 1.0 + (s.grow_below - 1.0) / 2.0 || serves_well == Some(true)) && !near_knee;
         let step = if far { (self.limit * s.increase_ratio).max(1.0) } else { 1.0 };
         // Well past the old knee without queueing: capacity grew, forget it.
         if self.knee.is_some_and(|k| self.limit > k + 2.0) {

@@ -16,6 +16,9 @@ pub struct RealDify {
     /// Where the API listens.
     pub api: SocketAddr,
     pg_port: u16,
+    /// The kit's settings it was started with: a restart must boot the same Dify (the kit's
+    /// defaults are one worker).
+    env: Vec<(String, String)>,
 }
 
 fn env_port(name: &str, default: u16) -> u16 {
@@ -50,6 +53,7 @@ impl RealDify {
             home,
             api: SocketAddr::from(([127, 0, 0, 1], env_port("DIFY_API_PORT", 18105))),
             pg_port: env_port("DIFY_PG_PORT", 18110),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         };
         if !dify.home.join("venv/bin/gunicorn").exists() || !dify.home.join("dify.env").exists() {
             eprintln!("real Dify: installing into {} (a few minutes the first time)", dify.home.display());
@@ -93,9 +97,11 @@ impl RealDify {
         last_line(&self.run(&["key-http", url], Duration::from_secs(120)).await)
     }
 
-    /// `realdify restart-api`: SIGTERM to gunicorn, wait for it to exit, a real boot.
+    /// `realdify restart-api`: SIGTERM to gunicorn, wait for it to exit, a real boot, with
+    /// the settings it was started with.
     pub async fn restart_api(&self) {
-        self.run(&["restart-api"], Duration::from_secs(240)).await;
+        let env: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        self.run_with(&["restart-api"], &env, Duration::from_secs(240)).await;
     }
 
     /// One value from Dify's own database.
