@@ -262,15 +262,18 @@ async fn real_dify_at_its_database_limit() {
     let warmup = Duration::from_secs(20);
     let nonce = uuid::Uuid::new_v4().simple().to_string();
     let mut sides = Vec::new();
+    let warm_count = (rate * warmup.as_secs_f64()).round() as usize;
+    let mut queued_timeouts = 0;
     for (name, target) in [("direct", dify.api), ("dify-shaper", proxy.addr)] {
         let user = format!("dblimit-{name}-{nonce}");
         let shot = run(&key, "/v1/workflows/run", "blocking", &user);
         let warm = run(&key, "/v1/workflows/run", "blocking", &format!("warmup-{name}-{nonce}"));
         let start = Instant::now();
-        let warm_count = (rate * warmup.as_secs_f64()).round() as usize;
         let count = warm_count + (rate * duration.as_secs_f64()).round() as usize;
         let exchanges: Vec<Exchange> = open_loop(rate, count, start, |i| {
-            let shot = if i < warm_count { warm.clone() } else { shot.clone() };
+            let mut shot = if i < warm_count { warm.clone() } else { shot.clone() };
+            // The access log tells a client that left while queued from one Dify kept waiting.
+            shot.headers.push(("x-request-id".into(), format!("dblimit-{i:05}")));
             async move { exchange(target, &shot, patience, start).await }
         })
         .await
@@ -304,6 +307,19 @@ async fn real_dify_at_its_database_limit() {
             let gone: Vec<&str> =
                 log.lines().filter(|l| l.contains(" 499 ") || l.contains("status=499")).take(5).collect();
             eprintln!("dify-shaper: clients that left: {gone:#?}");
+            // Measured requests whose client gave up while still in our queue (`server=-`):
+            // the failure admission exists to replace with a 503 in time.
+            queued_timeouts = log
+                .lines()
+                .filter(|l| l.contains("status=499") && l.contains("server=-"))
+                .filter(|l| {
+                    l.split("id=dblimit-")
+                        .nth(1)
+                        .and_then(|rest| rest.get(..5))
+                        .and_then(|n| n.parse::<usize>().ok())
+                        .is_some_and(|i| i >= warm_count)
+                })
+                .count();
         }
         assert!(recorded as usize <= tally.sent, "{name}: more runs than requests: a run was made twice");
         sides.push((tally, recorded));
@@ -317,12 +333,24 @@ async fn real_dify_at_its_database_limit() {
     }]);
     assert!(direct.all_500s > 0, "direct access never met the database limit: {direct:?}");
     // What holds: no 500 reaches a client (Dify's refusals ran nothing and are queued again,
-    // any other overload answer is a 503), no client times out in the queue, nothing runs
-    // twice. Not yet: as many successes as direct (the counts are printed above) — the limit
-    // climbs from 4 a step per window and stops where latency first rises, while direct keeps
-    // 30 in flight.
+    // any other overload answer is a 503), no client times out in our queue, no more clients
+    // time out than direct (at its database limit Dify now and then never answers a request
+    // it accepted: a worker thread fails on its first query), nothing runs twice, and at
+    // least three fifths of direct's successes. Not yet: as many successes as direct (the
+    // counts are printed above): Dify's latency spreads widely near the limit, and the
+    // limit settles at 12-20 in flight where direct keeps 40.
     assert_eq!(shaped.late_500s, 0, "500s reached clients after the warm-up: {shaped:?}");
-    assert_eq!(shaped.timeouts, 0, "clients timed out through dify-shaper: {shaped:?}");
+    assert_eq!(queued_timeouts, 0, "clients timed out in dify-shaper's queue: {shaped:?}");
+    assert!(
+        shaped.timeouts <= direct.timeouts.max(1),
+        "more clients timed out through dify-shaper than direct: {shaped:?} vs {direct:?}"
+    );
+    assert!(
+        shaped.ok * 5 >= direct.ok * 3,
+        "dify-shaper served {} against direct's {}: less than three fifths",
+        shaped.ok,
+        direct.ok
+    );
     assert!(*shaped_runs as usize >= shaped.ok, "Dify recorded fewer runs than answers");
 }
 

@@ -506,7 +506,7 @@ impl Admission {
             // the backend second and be the one refused. A good answer proves only the level
             // it was admitted at.
             let in_flight = match outcome {
-                Outcome::Overload | Outcome::Timeout => in_flight.max(st.in_flight),
+                Outcome::Overload | Outcome::Refused | Outcome::Timeout => in_flight.max(st.in_flight),
                 _ => in_flight,
             };
             let duration = now.duration_since(started);

@@ -25,7 +25,11 @@
 //!   when the level it lands on delivered clearly less (a CPU-bound gevent worker slows every
 //!   request a little as concurrency grows, yet serves more of them), and, inside the
 //!   tolerance, when this level delivers more than it by the measure so far; a step that
-//!   clearly did not pay goes back down.
+//!   clearly did not pay goes back down. With a precise latency signal, Little's law gives
+//!   the same answer sooner (see [`served`]): the backend holds the level in flight, so it
+//!   serves `level / ratio` in baseline units; a rise that still serves `throughput_gain` of a
+//!   linear step over the best level below is kept — even past the tolerance — and growth
+//!   goes on while a step serves three fifths of one.
 //!
 //! * **Latency** — gunicorn queues excess connections in its listen backlog, so past capacity
 //!   every request waits longer before it is served. Each *signal* (a traffic class × blocking
@@ -170,6 +174,12 @@ pub enum Outcome {
     Success,
     /// A 5xx from the backend, or a failed connect: too much concurrency.
     Overload,
+    /// Dify refused the request before running anything (its generic 500: PostgreSQL's
+    /// connection limit met in the API-key check) and it was queued again: overload, but a
+    /// cheap one — nothing ran, and its client still gets an answer. It cuts the limit only
+    /// once refusals are a steady share of the level's answers (see
+    /// [`AdaptiveLimit::on_sample`]).
+    Refused,
     /// Dify's 429 `too_many_requests`: an app limit, not proof of the in-flight level.
     Throttled,
     /// A timeout waiting for the backend.
@@ -218,6 +228,10 @@ pub enum Change {
 /// With requests waiting, the share of a linear backend's step a level must serve (by
 /// Little's law) for the limit to grow past it.
 const GROW_GAIN: f64 = 0.6;
+
+/// Share of a level's answers that Dify may refuse (and the proxy replay) before the limit
+/// is cut for it.
+const REFUSED_SHARE: f64 = 0.1;
 
 /// Slots the baseline horizon is divided into: each keeps the lowest window mean that closed
 /// in it, so the horizon spans its full length at any request rate with bounded memory (a
@@ -385,7 +399,10 @@ impl AdaptiveLimit {
         if matches!(sample.outcome, Outcome::Success | Outcome::Overload) {
             self.typical_duration = 0.9 * self.typical_duration + 0.1 * sample.duration.as_secs_f64();
         }
-        if matches!(sample.outcome, Outcome::Success | Outcome::Overload | Outcome::Throttled) {
+        if matches!(
+            sample.outcome,
+            Outcome::Success | Outcome::Overload | Outcome::Refused | Outcome::Throttled
+        ) {
             self.stall.answered(sample.duration, now);
         }
         match sample.outcome {
@@ -396,6 +413,19 @@ impl AdaptiveLimit {
                 self.errors.note(sample.in_flight, false, now);
                 self.goodput.add(now, false);
                 if counts {
+                    self.on_overload(sample, now)
+                } else {
+                    None
+                }
+            }
+            Outcome::Refused => {
+                // Direct access keeps twice this level in flight and has a third of its
+                // requests refused, yet serves more than a limit cut at the first refusal:
+                // each worker's own pool spreads the connections unevenly, so refusals begin
+                // well below what the database can serve. Replays make a few of them cheap.
+                self.errors.note(sample.in_flight, false, now);
+                self.goodput.add(now, false);
+                if self.errors.steady_share(sample.in_flight, REFUSED_SHARE) {
                     self.on_overload(sample, now)
                 } else {
                     None

@@ -126,7 +126,7 @@ impl DifyProxy {
         };
         let signal = routed.class.index * 2 + usize::from(ctx.streaming);
         let took = ctx.peer_chosen_at.or(ctx.admitted_at).map(|t| t.elapsed());
-        permit.complete(signal, took, Outcome::Overload);
+        permit.complete(signal, took, Outcome::Refused);
         let admission = Arc::clone(routed.upstream.admission());
         match admission.acquire(ticket).await {
             Ok(permit) => {
@@ -617,7 +617,7 @@ impl ProxyHttp for DifyProxy {
         if let Some(mut lease) = ctx.endpoint_lease.take() {
             // Passive outlier detection: failures that blame the endpoint, successes that clear it.
             lease.set_outcome(match outcome {
-                Outcome::Overload | Outcome::Timeout => Some(true),
+                Outcome::Overload | Outcome::Refused | Outcome::Timeout => Some(true),
                 Outcome::Success | Outcome::Throttled => Some(false),
                 Outcome::Abandoned | Outcome::Ignore => None,
             });

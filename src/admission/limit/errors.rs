@@ -64,6 +64,12 @@ impl ErrorShares {
         }
     }
 
+    /// Whether overload answers are more than `share` of the answers at `in_flight`, once
+    /// there are enough of them to say.
+    pub(super) fn steady_share(&self, in_flight: usize, share: f64) -> bool {
+        self.by_level.get(&in_flight).is_some_and(|e| e.answers >= MIN_ANSWERS && e.share > share)
+    }
+
     /// See [`super::AdaptiveLimit::overload_counts`].
     pub(super) fn overload_counts(&self, in_flight: usize) -> bool {
         // Alone in flight, there is no concurrency to take back: a 5xx there is not ours to

@@ -43,14 +43,13 @@ impl Served {
     /// Whether `level` at latency `ratio` serves at least `gain` of what a linear backend
     /// would add over the best level measured below it. `None` with nothing measured below.
     pub(super) fn pays(&self, level: usize, ratio: f64, gain: f64) -> Option<bool> {
-        let (low, served) = self
-            .levels
-            .range(..level)
-            .map(|(l, (s, _))| (*l, *s))
-            .fold(None, |best: Option<(usize, f64)>, (l, s)| match best {
+        let (low, served) = self.levels.range(..level).map(|(l, (s, _))| (*l, *s)).fold(
+            None,
+            |best: Option<(usize, f64)>, (l, s)| match best {
                 Some((_, b)) if b >= s => best,
                 _ => Some((l, s)),
-            })?;
+            },
+        )?;
         Some(pays_over(level, ratio, low, served, gain))
     }
 }

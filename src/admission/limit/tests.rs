@@ -503,3 +503,31 @@ fn a_contended_backend_runs_near_its_database_limit_not_where_latency_first_rise
         assert!(errors <= 0.05, "seed {seed}: {:.1} % refused after a minute", errors * 100.0);
     }
 }
+
+#[test]
+fn replayed_refusals_cut_only_once_they_are_a_steady_share() {
+    let t0 = Instant::now();
+    let mut limiter = AdaptiveLimit::new(LimitSettings { initial: 20, ..LimitSettings::default() });
+    let answer = |outcome, i: u64| Sample {
+        signal: 0,
+        started: t0 + Duration::from_millis(100 * i),
+        latency: Duration::from_secs(1),
+        duration: Duration::from_secs(1),
+        outcome,
+        in_flight: 20,
+    };
+    // One refusal in twenty answers at 20 in flight: cheap (replayed), the limit holds.
+    for i in 0..40 {
+        let outcome = if i % 20 == 19 { Outcome::Refused } else { Outcome::Success };
+        let change = limiter.on_sample(answer(outcome, i), t0 + Duration::from_millis(100 * i + 1000));
+        assert_ne!(change, Some(Change::Overload), "answer {i}: a 5 % share of refusals cut the limit");
+    }
+    // One in three: the database refuses steadily at this level.
+    let mut cut = false;
+    for i in 40..70 {
+        let outcome = if i % 3 == 0 { Outcome::Refused } else { Outcome::Success };
+        cut |= limiter.on_sample(answer(outcome, i), t0 + Duration::from_millis(100 * i + 1000))
+            == Some(Change::Overload);
+    }
+    assert!(cut && limiter.limit() < 20, "a third refused did not cut: limit {}", limiter.limit());
+}
