@@ -17,9 +17,12 @@
 //! Labels are bounded: routes and classes come from the config, statuses are HTTP codes,
 //! upstreams and endpoints are configured, tenants are the top ten waiting (redacted keys).
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
 use prometheus::{
-    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 use crate::app::App;
@@ -54,6 +57,9 @@ pub const PROCESS_METRICS: [&str; 7] = [
 /// The metrics recorded per request; the state metrics are built at scrape time.
 #[derive(Debug)]
 pub struct Metrics {
+    /// Tells apart the instances (tests build several) so a [`SeriesSlot`] filled by one is
+    /// never used to record for another.
+    id: u64,
     registry: Registry,
     requests: IntCounterVec,
     duration: HistogramVec,
@@ -140,7 +146,67 @@ impl Metrics {
         // Read from /proc at scrape time, like the state metrics; the module exists on Linux only.
         #[cfg(target_os = "linux")]
         registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
-        Ok(Metrics { registry, requests, duration, first_byte, queue_wait, retries, proxy_errors })
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        Ok(Metrics { id, registry, requests, duration, first_byte, queue_wait, retries, proxy_errors })
+    }
+
+    /// Records a finished request of the route whose series `slot` caches. Same series and
+    /// values as [`Metrics::request_done`], without its per-call label lookups: each
+    /// `with_label_values` hashes the labels, takes a lock and clones the child (and the
+    /// status had to be formatted), four times per request on the hottest path. Every
+    /// request recorded through one slot must carry the same route, class and upstream (one
+    /// slot per configured route).
+    pub fn request_done_in(&self, slot: &SeriesSlot, done: RequestDone<'_>) {
+        let series = slot.0.get_or_init(|| Arc::new(self.series(done.route, done.class, done.upstream)));
+        if series.metrics != self.id {
+            // Filled by another instance (only tests build several): record uncached.
+            return self.request_done(done);
+        }
+        series.count_request(done.status);
+        series.duration.observe(done.seconds);
+        // The others are created on first use, as `with_label_values` does: a series that
+        // never saw a value stays out of the exposition.
+        if let Some(first_byte) = done.first_byte {
+            let [route, class, upstream] = series.labels();
+            series
+                .first_byte
+                .get_or_init(|| self.first_byte.with_label_values(&[route, class, upstream]))
+                .observe(first_byte);
+        }
+        if let Some(wait) = done.queue_wait {
+            let [_, class, upstream] = series.labels();
+            series
+                .queue_wait
+                .get_or_init(|| self.queue_wait.with_label_values(&[upstream, class]))
+                .observe(wait);
+        }
+        if done.retries > 0 {
+            let [_, _, upstream] = series.labels();
+            series
+                .retries
+                .get_or_init(|| self.retries.with_label_values(&[upstream]))
+                .inc_by(u64::from(done.retries));
+        }
+        if let Some(code) = done.proxy_error {
+            self.proxy_errors.with_label_values(&[code]).inc();
+        }
+    }
+
+    /// The cached series of one route, class and upstream.
+    fn series(&self, route: &str, class: &str, upstream: &str) -> RouteSeries {
+        RouteSeries {
+            metrics: self.id,
+            route: route.to_string(),
+            class: class.to_string(),
+            upstream: upstream.to_string(),
+            requests: self.requests.clone(),
+            by_status: (0..STATUS_SLOTS).map(|_| OnceLock::new()).collect(),
+            duration: self.duration.with_label_values(&[route, class]),
+            first_byte: OnceLock::new(),
+            queue_wait: OnceLock::new(),
+            retries: OnceLock::new(),
+        }
     }
 
     /// Records a finished request.
@@ -159,6 +225,51 @@ impl Metrics {
         }
         if let Some(code) = done.proxy_error {
             self.proxy_errors.with_label_values(&[code]).inc();
+        }
+    }
+}
+
+/// Statuses 100–599 get a cached counter each; anything else (never sent by a conforming
+/// backend) is looked up per request.
+const STATUS_SLOTS: usize = 500;
+
+/// Where a route keeps the per-request series it records into ([`Metrics::request_done_in`]),
+/// filled on its first request. It lives with the route in the config snapshot, so a reload
+/// (which may rename routes or move them to another class or upstream) starts empty.
+#[derive(Debug, Clone, Default)]
+pub struct SeriesSlot(OnceLock<Arc<RouteSeries>>);
+
+/// The per-request series of one route, class and upstream, resolved once.
+#[derive(Debug)]
+pub struct RouteSeries {
+    /// The [`Metrics`] instance they belong to.
+    metrics: u64,
+    route: String,
+    class: String,
+    upstream: String,
+    requests: IntCounterVec,
+    by_status: Box<[OnceLock<IntCounter>]>,
+    duration: Histogram,
+    first_byte: OnceLock<Histogram>,
+    queue_wait: OnceLock<Histogram>,
+    retries: OnceLock<IntCounter>,
+}
+
+impl RouteSeries {
+    /// Route, class and upstream.
+    fn labels(&self) -> [&str; 3] {
+        [&self.route, &self.class, &self.upstream]
+    }
+
+    /// Counts one request in `dify_shaper_requests_total` with `status`.
+    fn count_request(&self, status: u16) {
+        let counter = || {
+            let [route, class, upstream] = self.labels();
+            self.requests.with_label_values(&[route, class, upstream, &status.to_string()])
+        };
+        match usize::from(status).checked_sub(100).and_then(|i| self.by_status.get(i)) {
+            Some(slot) => slot.get_or_init(counter).inc(),
+            None => counter().inc(),
         }
     }
 }
@@ -419,6 +530,56 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains(r#"status="0""#), "{text}");
+    }
+
+    #[test]
+    fn a_route_slot_records_what_the_label_lookups_record() {
+        let requests = [
+            done(200, Some(0.375)),
+            RequestDone {
+                queue_wait: Some(0.1),
+                retries: 2,
+                proxy_error: Some("server_busy"),
+                ..done(503, None)
+            },
+            done(499, None),
+            done(200, Some(1.5)),
+        ];
+        let (cached, uncached) = (Metrics::new().expect("metrics"), Metrics::new().expect("metrics"));
+        let slot = SeriesSlot::default();
+        for request in requests {
+            cached.request_done_in(&slot, request);
+            uncached.request_done(request);
+        }
+        // The process metrics (memory) differ between any two reads.
+        let ours = |m: &Metrics| {
+            text(m).lines().filter(|l| l.contains("dify_shaper_")).collect::<Vec<_>>().join("\n")
+        };
+        assert_eq!(ours(&cached), ours(&uncached));
+        // A slot another instance filled still records, uncached, into this one.
+        let other = Metrics::new().expect("metrics");
+        other.request_done_in(&slot, done(200, None));
+        assert!(text(&other).contains(
+            r#"dify_shaper_requests_total{class="run",route="/v1",status="200",upstream="api"} 1"#
+        ));
+        assert!(text(&cached).contains(
+            r#"dify_shaper_requests_total{class="run",route="/v1",status="200",upstream="api"} 2"#
+        ));
+    }
+
+    #[test]
+    fn series_are_created_on_first_use_through_a_slot_too() {
+        let metrics = Metrics::new().expect("metrics");
+        metrics.request_done_in(&SeriesSlot::default(), done(200, None));
+        let text = text(&metrics);
+        for absent in [
+            "dify_shaper_time_to_first_byte_seconds_count",
+            "dify_shaper_queue_wait_seconds_count",
+            "dify_shaper_retries_total{",
+        ] {
+            assert!(!text.contains(absent), "{absent} without a value: {text}");
+        }
+        assert!(text.contains("dify_shaper_request_duration_seconds_count"), "{text}");
     }
 
     #[cfg(target_os = "linux")]

@@ -24,6 +24,7 @@ use super::{
 };
 use crate::admission::tenant::TenantSource;
 use crate::admission::AdmissionPolicy;
+use crate::metrics::SeriesSlot;
 use crate::proxy::headers::TrustedProxies;
 use crate::proxy::routing::{Route, Router};
 
@@ -611,6 +612,7 @@ fn build_route(
         retry_after_processing: raw.retry_after_processing,
         index,
         span: raw.prefix.span(),
+        metrics: SeriesSlot::default(),
     })
 }
 

@@ -16,6 +16,7 @@ use http::Method;
 use serde::Serialize;
 
 use crate::config::ClassSpec;
+use crate::metrics::SeriesSlot;
 
 /// One validated route.
 #[derive(Debug, Clone, Serialize)]
@@ -44,6 +45,9 @@ pub struct Route {
     /// Byte span of the prefix in the config source (for error messages).
     #[serde(skip)]
     pub span: Range<usize>,
+    /// The route's per-request metric series, resolved on its first request.
+    #[serde(skip)]
+    pub metrics: SeriesSlot,
 }
 
 fn serialize_methods<S: serde::Serializer>(m: &Option<Vec<Method>>, s: S) -> Result<S::Ok, S::Error> {
@@ -167,7 +171,18 @@ impl Router {
 
     /// The most specific route for the request, if any.
     pub fn route(&self, method: &Method, path: &str) -> Option<&Route> {
-        self.routes.iter().find(|r| r.matches(method, path))
+        self.find(method, path).map(|(_, route)| route)
+    }
+
+    /// The most specific route for the request and its position in match order: what a
+    /// request keeps to find its route again in the same snapshot without copying it.
+    pub fn find(&self, method: &Method, path: &str) -> Option<(usize, &Route)> {
+        self.routes.iter().enumerate().find(|(_, r)| r.matches(method, path))
+    }
+
+    /// The route at `index` in match order.
+    pub fn get(&self, index: usize) -> Option<&Route> {
+        self.routes.get(index)
     }
 
     /// All routes in match order.
@@ -216,6 +231,7 @@ mod tests {
             retry_after_processing: false,
             index,
             span: 0..0,
+            metrics: SeriesSlot::default(),
         }
     }
 
