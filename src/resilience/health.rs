@@ -4,7 +4,6 @@
 //! it down after `fall` failed probes and up again after `rise` good ones. The group serves
 //! while any endpoint is up; watchers (held requests) are woken when that changes.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Mutex;
 
@@ -13,6 +12,11 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio::time::Instant;
+
+/// Endpoint state by address. Looked up on every pick and every finished request; the keys
+/// are the group's own resolved addresses, not client input, so a fast hash is safe here
+/// (SipHash cost more than the rest of the lookup).
+type EndpointMap = std::collections::HashMap<SocketAddr, EndpointHealth, foldhash::fast::RandomState>;
 
 #[derive(Debug, Clone, Copy, Default)]
 struct EndpointHealth {
@@ -32,8 +36,10 @@ struct EndpointHealth {
 }
 
 impl EndpointHealth {
-    fn in_rotation(&self, now: Instant) -> bool {
-        !self.down && !self.drained && self.ejected_until.is_none_or(|t| now >= t)
+    /// Whether it is in rotation; `now` is only asked for when it matters (an ejection), so
+    /// the common case reads no clock.
+    fn in_rotation(&self, now: impl FnOnce() -> Instant) -> bool {
+        !self.down && !self.drained && self.ejected_until.is_none_or(|t| now() >= t)
     }
 }
 
@@ -46,7 +52,7 @@ const EJECT_MAX: Duration = Duration::from_secs(300);
 /// Health of a group's endpoints.
 #[derive(Debug)]
 pub struct GroupHealth {
-    endpoints: Mutex<HashMap<SocketAddr, EndpointHealth>>,
+    endpoints: Mutex<EndpointMap>,
     serving: watch::Sender<bool>,
 }
 
@@ -67,12 +73,12 @@ pub struct EndpointStatus {
 
 impl Default for GroupHealth {
     fn default() -> Self {
-        GroupHealth { endpoints: Mutex::new(HashMap::new()), serving: watch::Sender::new(true) }
+        GroupHealth { endpoints: Mutex::new(EndpointMap::default()), serving: watch::Sender::new(true) }
     }
 }
 
 impl GroupHealth {
-    fn with_endpoints<T>(&self, f: impl FnOnce(&mut HashMap<SocketAddr, EndpointHealth>) -> T) -> T {
+    fn with_endpoints<T>(&self, f: impl FnOnce(&mut EndpointMap) -> T) -> T {
         let mut map = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
         let result = f(&mut map);
         let serving = map.is_empty() || map.values().any(|e| !e.down);
@@ -98,20 +104,42 @@ impl GroupHealth {
     /// Whether `addr` is in rotation (up and not ejected).
     pub fn is_up(&self, addr: SocketAddr) -> bool {
         let map = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(&addr).is_none_or(|e| e.in_rotation(Instant::now()))
+        map.get(&addr).is_none_or(|e| e.in_rotation(Instant::now))
     }
 
     /// The least-loaded endpoint in rotation among `candidates` (ties: the first from
     /// `start`), and counts a request in flight to it.
     pub fn take_least_loaded(&self, candidates: &[SocketAddr], start: usize) -> Option<SocketAddr> {
-        let now = Instant::now();
+        self.take_least_loaded_by(candidates, |a| *a, start).copied()
+    }
+
+    /// [`Self::take_least_loaded`] over any list that knows each entry's address, so a caller
+    /// need not collect the addresses into a list of their own on every request.
+    pub fn take_least_loaded_by<'c, T>(
+        &self,
+        candidates: &'c [T],
+        addr_of: impl Fn(&T) -> SocketAddr,
+        start: usize,
+    ) -> Option<&'c T> {
+        let now = std::cell::OnceCell::new();
+        let now = || *now.get_or_init(Instant::now);
         let mut map = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
         let n = candidates.len();
-        let chosen = (0..n)
-            .map(|i| candidates[(start + i) % n])
-            .filter(|a| map.get(a).is_none_or(|e| e.in_rotation(now)))
-            .min_by_key(|a| map.get(a).map_or(0, |e| e.in_flight))?;
-        map.entry(chosen).or_default().in_flight += 1;
+        let mut least: Option<(usize, &T)> = None;
+        for i in 0..n {
+            let candidate = &candidates[(start + i) % n];
+            let in_flight = match map.get(&addr_of(candidate)) {
+                Some(e) if !e.in_rotation(now) => continue,
+                Some(e) => e.in_flight,
+                None => 0,
+            };
+            // Strictly less: among equals the first from `start` stays.
+            if least.is_none_or(|(fewest, _)| in_flight < fewest) {
+                least = Some((in_flight, candidate));
+            }
+        }
+        let (_, chosen) = least?;
+        map.entry(addr_of(chosen)).or_default().in_flight += 1;
         Some(chosen)
     }
 
@@ -119,23 +147,26 @@ impl GroupHealth {
     /// (refused/closed connection, 5xx). Five failures in a row eject it for a while (30 s,
     /// doubling), unless that would leave fewer than half of the endpoints in rotation.
     pub fn finished(&self, addr: SocketAddr, failed: Option<bool>) {
-        let now = Instant::now();
         let mut map = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
-        let total = map.len();
-        let ejected = map.values().filter(|e| e.ejected_until.is_some_and(|t| now < t)).count();
         let Some(e) = map.get_mut(&addr) else { return };
         e.in_flight = e.in_flight.saturating_sub(1);
         match failed {
             Some(false) => e.errors_in_a_row = 0,
             Some(true) => {
                 e.errors_in_a_row += 1;
-                // Never eject the last half: with two endpoints, one may go; with one, none.
-                if e.errors_in_a_row >= EJECT_AFTER && (ejected + 1) * 2 <= total {
-                    let time = EJECT_BASE.saturating_mul(1 << e.ejections.min(4)).min(EJECT_MAX);
-                    e.ejected_until = Some(now + time);
-                    e.ejections += 1;
-                    e.errors_in_a_row = 0;
-                    tracing::warn!(%addr, ?time, "upstream endpoint ejected as an outlier");
+                if e.errors_in_a_row >= EJECT_AFTER {
+                    // Only now are the clock and the others' state needed.
+                    let now = Instant::now();
+                    let total = map.len();
+                    let ejected = map.values().filter(|e| e.ejected_until.is_some_and(|t| now < t)).count();
+                    // Never eject the last half: with two endpoints, one may go; with one, none.
+                    if let Some(e) = map.get_mut(&addr).filter(|_| (ejected + 1) * 2 <= total) {
+                        let time = EJECT_BASE.saturating_mul(1 << e.ejections.min(4)).min(EJECT_MAX);
+                        e.ejected_until = Some(now + time);
+                        e.ejections += 1;
+                        e.errors_in_a_row = 0;
+                        tracing::warn!(%addr, ?time, "upstream endpoint ejected as an outlier");
+                    }
                 }
             }
             None => {}

@@ -25,8 +25,8 @@ use crate::config::{Config, ServerAddr};
 pub struct Endpoint {
     /// The socket address connected to.
     pub addr: SocketAddr,
-    /// The configured `host:port` it came from.
-    pub server: String,
+    /// The configured `host:port` it came from (shared: every request clones its endpoint).
+    pub server: Arc<str>,
 }
 
 /// Run-time state of one upstream group.
@@ -79,9 +79,9 @@ impl UpstreamState {
     /// endpoint is down or ejected.
     pub fn pick(self: &Arc<Self>) -> Option<(Endpoint, EndpointLease)> {
         let endpoints = self.endpoints.load();
-        let addrs: Vec<std::net::SocketAddr> = endpoints.iter().map(|e| e.addr).collect();
-        let start = self.next.fetch_add(1, Ordering::Relaxed) % addrs.len().max(1);
-        let addr = self.health.take_least_loaded(&addrs, start)?;
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % endpoints.len().max(1);
+        let addr = self.health.take_least_loaded_by(&endpoints, |e| e.addr, start)?.addr;
+        // The first endpoint with that address, should two servers resolve to the same one.
         let endpoint = endpoints.iter().find(|e| e.addr == addr)?.clone();
         Some((endpoint, EndpointLease { group: Arc::clone(self), addr, failed: None }))
     }
@@ -89,7 +89,7 @@ impl UpstreamState {
     /// The resolved endpoints of configured server `server` (`host:port`), or all of them
     /// with `None`: what one step of a rolling restart covers.
     pub fn endpoints_of(&self, server: Option<&str>) -> Vec<Endpoint> {
-        self.endpoints.load().iter().filter(|e| server.is_none_or(|s| e.server == s)).cloned().collect()
+        self.endpoints.load().iter().filter(|e| server.is_none_or(|s| *e.server == *s)).cloned().collect()
     }
 
     /// The group's retry budget (shared by every request to it).
@@ -167,10 +167,14 @@ impl Drop for EndpointLease {
     }
 }
 
+/// Groups by name, looked up on every request: the names come from the config, so a fast
+/// hash is safe (SipHash was most of the lookup).
+type Groups = HashMap<String, Arc<UpstreamState>, foldhash::fast::RandomState>;
+
 /// All upstream groups by name.
 #[derive(Debug, Default)]
 pub struct Upstreams {
-    groups: ArcSwap<HashMap<String, Arc<UpstreamState>>>,
+    groups: ArcSwap<Groups>,
 }
 
 impl Upstreams {
@@ -178,7 +182,7 @@ impl Upstreams {
     /// existing ones keep their state and get the new server list.
     pub fn sync(&self, config: &Config) {
         let current = self.groups.load();
-        let mut next = HashMap::with_capacity(config.upstreams.len());
+        let mut next = Groups::with_capacity_and_hasher(config.upstreams.len(), Default::default());
         for (name, spec) in &config.upstreams {
             let policy = config.admission_policy(name);
             let state = match current.get(name) {

@@ -50,7 +50,7 @@ fn apply(group: &UpstreamState, previous: &[Endpoint], results: Vec<Lookup<'_>>)
     let mut endpoints = Vec::new();
     let mut errors = Vec::new();
     for (server, looked_up) in results {
-        let label = server.to_string();
+        let label: Arc<str> = server.to_string().into();
         match looked_up {
             Ok(addrs) if !addrs.is_empty() => {
                 // Prefer IPv4 when a name has both: Dify's compose network is IPv4 and a
@@ -58,7 +58,7 @@ fn apply(group: &UpstreamState, previous: &[Endpoint], results: Vec<Lookup<'_>>)
                 let mut addrs: Vec<SocketAddr> = addrs;
                 addrs.sort_by_key(|a| a.is_ipv6());
                 addrs.dedup();
-                endpoints.extend(addrs.into_iter().map(|addr| Endpoint { addr, server: label.clone() }));
+                endpoints.extend(addrs.into_iter().map(|addr| Endpoint { addr, server: Arc::clone(&label) }));
             }
             Ok(_) => errors.push(format!("{label}: no addresses")),
             Err(e) => {
