@@ -12,7 +12,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use http::header::HeaderValue;
+use http::header::{HeaderName, HeaderValue};
 use ipnet::IpNet;
 use pingora::http::RequestHeader;
 use pingora::{Error, ErrorType, Result};
@@ -23,6 +23,12 @@ use super::envelope::REQUEST_ID;
 const X_FORWARDED_FOR: &str = "x-forwarded-for";
 const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
 const X_FORWARDED_HOST: &str = "x-forwarded-host";
+// The same names ready-made for lookups, which with a `&str` parse the name every time.
+// (Inserts still take the `&str`: pingora parses what it is given, either way.)
+static X_FORWARDED_FOR_NAME: HeaderName = HeaderName::from_static(X_FORWARDED_FOR);
+static X_FORWARDED_PROTO_NAME: HeaderName = HeaderName::from_static(X_FORWARDED_PROTO);
+static X_FORWARDED_HOST_NAME: HeaderName = HeaderName::from_static(X_FORWARDED_HOST);
+static REQUEST_ID_NAME: HeaderName = HeaderName::from_static(REQUEST_ID);
 
 /// Every header through which a client could claim another address, scheme or host. Port and
 /// prefix are in the list because Werkzeug's `ProxyFix`, which a Flask app such as Dify's API
@@ -122,27 +128,50 @@ impl Serialize for TrustedProxies {
 
 /// The client's request id if it is 1–128 visible ASCII characters, else a fresh UUID.
 pub fn request_id_from(header: &RequestHeader) -> String {
-    header
-        .headers
-        .get(REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
-        .map_or_else(new_request_id, str::to_string)
+    request_id_and_value(header).0
+}
+
+/// The request id of [`request_id_from`], and the same as a header value to send upstream
+/// and back (`None` only if it could not be one, which a UUID always can): made once, it is
+/// copied by reference count rather than parsed and copied for every header it goes into.
+pub fn request_id_and_value(header: &RequestHeader) -> (String, Option<HeaderValue>) {
+    let sent = header.headers.get(&REQUEST_ID_NAME).filter(|v| {
+        let bytes = v.as_bytes();
+        !bytes.is_empty() && bytes.len() <= 128 && bytes.iter().all(u8::is_ascii_graphic)
+    });
+    // Visible ASCII is always a `str`.
+    match sent.and_then(|v| Some((v.to_str().ok()?, v))) {
+        Some((text, value)) => (text.to_string(), Some(value.clone())),
+        None => {
+            let (text, id) = new_request_id();
+            // Owned by its `Bytes` (one allocation): clones only count references, where a
+            // copied value's first clone allocates once more to become shareable.
+            (text, HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(id)).ok())
+        }
+    }
 }
 
 /// A random (v4) UUID in simple form. The bytes come from `rand`'s thread-local generator
 /// (a CSPRNG seeded from the OS): `Uuid::new_v4` asks the OS for every id, a `getrandom`
-/// system call on every request that brings no id of its own.
-fn new_request_id() -> String {
-    uuid::Builder::from_random_bytes(rand::random()).into_uuid().simple().to_string()
+/// system call on every request that brings no id of its own. Encoded straight into a
+/// buffer: `to_string` would run it through the formatting machinery.
+/// Returned as text and as the bytes it was encoded into.
+fn new_request_id() -> (String, [u8; uuid::fmt::Simple::LENGTH]) {
+    let mut bytes = [0u8; uuid::fmt::Simple::LENGTH];
+    let text = uuid::Builder::from_random_bytes(rand::random())
+        .into_uuid()
+        .simple()
+        .encode_lower(&mut bytes)
+        .to_owned();
+    (text, bytes)
 }
 
-/// Adds `X-Request-Id` and sets the forwarding headers of the upstream request according to
-/// `mode`; `peer` is the socket peer's address (`None` when unknown: then nothing the client
-/// sent is trusted and no `X-Forwarded-For` is added).
+/// Adds `X-Request-Id` (text, or a ready [`HeaderValue`]) and sets the forwarding headers of
+/// the upstream request according to `mode`; `peer` is the socket peer's address (`None` when
+/// unknown: then nothing the client sent is trusted and no `X-Forwarded-For` is added).
 pub fn apply_forwarding(
     upstream: &mut RequestHeader,
-    request_id: &str,
+    request_id: impl TryInto<HeaderValue>,
     mode: ForwardingMode,
     trusted: &TrustedProxies,
     peer: Option<IpAddr>,
@@ -160,9 +189,9 @@ pub fn apply_forwarding(
 /// A trusted proxy's headers describe the original client: only fill in what it left out.
 fn keep_from_trusted(upstream: &mut RequestHeader, peer: IpAddr) -> Result<()> {
     let has_forwarded_for =
-        upstream.headers.get_all(X_FORWARDED_FOR).iter().any(|v| !v.as_bytes().trim_ascii().is_empty());
+        upstream.headers.get_all(&X_FORWARDED_FOR_NAME).iter().any(|v| !v.as_bytes().trim_ascii().is_empty());
     if !has_forwarded_for {
-        upstream.insert_header(X_FORWARDED_FOR, peer.to_string())?;
+        upstream.insert_header(X_FORWARDED_FOR, ip_value(peer)?)?;
     }
     set_proto_and_host_if_absent(upstream)
 }
@@ -175,8 +204,8 @@ fn append_hop(upstream: &mut RequestHeader, peer: Option<IpAddr>) -> Result<()> 
         if !list.is_empty() {
             list.extend_from_slice(b", ");
         }
-        list.extend_from_slice(ip.to_string().as_bytes());
-        upstream.insert_header(X_FORWARDED_FOR, header_value(list)?)?;
+        list.extend_from_slice(ip_value(ip)?.as_bytes());
+        upstream.insert_header(X_FORWARDED_FOR, header_value(&list)?)?;
     }
     set_proto_and_host_if_absent(upstream)
 }
@@ -188,7 +217,7 @@ fn set_from_connection(upstream: &mut RequestHeader, peer: Option<IpAddr>) -> Re
         upstream.remove_header(name);
     }
     if let Some(ip) = peer {
-        upstream.insert_header(X_FORWARDED_FOR, ip.to_string())?;
+        upstream.insert_header(X_FORWARDED_FOR, ip_value(ip)?)?;
     }
     set_proto_and_host_if_absent(upstream)
 }
@@ -196,10 +225,10 @@ fn set_from_connection(upstream: &mut RequestHeader, peer: Option<IpAddr>) -> Re
 /// `X-Forwarded-Proto` and `X-Forwarded-Host` only when absent: when present they come from a
 /// proxy in front (or survived only because the mode keeps them) and describe the client.
 fn set_proto_and_host_if_absent(upstream: &mut RequestHeader) -> Result<()> {
-    if !upstream.headers.contains_key(X_FORWARDED_PROTO) {
-        upstream.insert_header(X_FORWARDED_PROTO, "http")?;
+    if !upstream.headers.contains_key(&X_FORWARDED_PROTO_NAME) {
+        upstream.insert_header(X_FORWARDED_PROTO, HeaderValue::from_static("http"))?;
     }
-    if !upstream.headers.contains_key(X_FORWARDED_HOST) {
+    if !upstream.headers.contains_key(&X_FORWARDED_HOST_NAME) {
         if let Some(host) = upstream.headers.get(http::header::HOST).cloned() {
             upstream.insert_header(X_FORWARDED_HOST, host)?;
         }
@@ -212,15 +241,45 @@ fn set_proto_and_host_if_absent(upstream: &mut RequestHeader) -> Result<()> {
 fn forwarded_for_entries(upstream: &RequestHeader) -> Vec<Vec<u8>> {
     upstream
         .headers
-        .get_all(X_FORWARDED_FOR)
+        .get_all(&X_FORWARDED_FOR_NAME)
         .iter()
         .map(|v| v.as_bytes().trim_ascii().to_vec())
         .filter(|v| !v.is_empty())
         .collect()
 }
 
-fn header_value(bytes: Vec<u8>) -> Result<HeaderValue> {
-    HeaderValue::from_bytes(&bytes)
+/// `ip` as a header value, exactly as `Display` writes it. An IPv4 address (every peer on
+/// Dify's compose network) is written by hand: `to_string` runs the formatting machinery for
+/// each of its four numbers, on every request.
+fn ip_value(ip: IpAddr) -> Result<HeaderValue> {
+    let IpAddr::V4(v4) = ip else {
+        return header_value(ip.to_string().as_bytes());
+    };
+    let mut text = [0u8; 15];
+    let mut len = 0;
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            text[len] = b'.';
+            len += 1;
+        }
+        let digits = [octet / 100, octet / 10 % 10, octet % 10];
+        let skip = if octet >= 100 {
+            0
+        } else if octet >= 10 {
+            1
+        } else {
+            2
+        };
+        for d in &digits[skip..] {
+            text[len] = b'0' + d;
+            len += 1;
+        }
+    }
+    header_value(&text[..len])
+}
+
+fn header_value(bytes: &[u8]) -> Result<HeaderValue> {
+    HeaderValue::from_bytes(bytes)
         .or_else(|e| Error::e_explain(ErrorType::InvalidHTTPHeader, format!("x-forwarded-for: {e}")))
 }
 

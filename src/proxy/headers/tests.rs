@@ -89,6 +89,26 @@ fn request_id_is_kept_when_sane_and_generated_otherwise() {
 }
 
 #[test]
+fn the_request_id_value_is_the_request_id() {
+    for req in [request(&[("x-request-id", "abc-123")]), request(&[("x-request-id", "")]), request(&[])] {
+        let (text, value) = request_id_and_value(&req);
+        assert_eq!(value.expect("a header value").to_str().expect("ascii"), text);
+    }
+    let mut upstream = request(&[("host", "dify.example")]);
+    let (_, value) = request_id_and_value(&upstream);
+    let value = value.expect("a header value");
+    apply_forwarding(
+        &mut upstream,
+        value.clone(),
+        ForwardingMode::Trusted,
+        &TrustedProxies::defaults(),
+        None,
+    )
+    .expect("apply");
+    assert_eq!(upstream.headers.get("x-request-id"), Some(&value));
+}
+
+#[test]
 fn trusted_mode_passes_a_trusted_proxys_headers_through() {
     for spoofed in [false, true] {
         for xff in XFF_CASES {
@@ -223,5 +243,22 @@ fn trusted_proxy_entries_parse_as_cidr_or_single_address() {
     for bad in ["10.0.0.0/33", "10.0.0/8", "proxy.internal", "", " 10.0.0.0/8"] {
         let e = parse(bad).expect_err(bad);
         assert!(e.contains("is not an address range") && e.contains("10.0.0.0/8"), "{e}");
+    }
+}
+
+#[test]
+fn addresses_are_written_as_display_writes_them() {
+    for text in [
+        "0.0.0.0",
+        "255.255.255.255",
+        "10.0.0.1",
+        "172.18.0.5",
+        "1.22.133.4",
+        "100.9.90.199",
+        "::1",
+        "2001:db8::7",
+    ] {
+        let value = ip_value(ip(text)).expect("value");
+        assert_eq!(value.to_str().expect("ascii"), ip(text).to_string(), "{text}");
     }
 }
