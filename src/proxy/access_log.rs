@@ -18,10 +18,7 @@ fn ms(d: Option<std::time::Duration>) -> f64 {
 pub fn log_request(session: &Session, ctx: &RequestCtx, status: u16, error: Option<&Error>) {
     let req = session.req_header();
     let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
-    let (route, class, upstream) = match &ctx.routed {
-        Some(r) => (r.route.as_str(), r.class.name.as_str(), r.upstream.name()),
-        None => ("-", "-", "-"),
-    };
+    let (route, class, upstream) = ctx.labels();
     let server = ctx.endpoint.as_ref().map_or_else(|| "-".to_string(), |e| e.addr.to_string());
     let total = ctx.started.elapsed();
     tracing::info!(

@@ -23,6 +23,8 @@ pub const PREREAD_LIMIT: u64 = 64 * 1024;
 /// timeout a Dify SDK client is configured with. The queue then refuses it (503 + Retry-After)
 /// before that time runs out rather than letting it time out silently.
 pub const REQUEST_TIMEOUT: &str = "x-request-timeout";
+/// [`REQUEST_TIMEOUT`] ready-made for the lookup on every request (a `&str` is parsed each time).
+static REQUEST_TIMEOUT_NAME: http::HeaderName = http::HeaderName::from_static(REQUEST_TIMEOUT);
 
 /// The longest stated deadline taken as it is: Dify's own nginx allows no more.
 const LONGEST_DEADLINE: Duration = Duration::from_secs(3600);
@@ -31,7 +33,7 @@ const LONGEST_DEADLINE: Duration = Duration::from_secs(3600);
 /// is ignored (as if not sent); above an hour is an hour. It only ever shortens the wait in
 /// the queue, so it cannot be used to jump it.
 pub fn client_deadline(header: &pingora::http::RequestHeader) -> Option<Duration> {
-    let text = header.headers.get(REQUEST_TIMEOUT)?.to_str().ok()?.trim();
+    let text = header.headers.get(&REQUEST_TIMEOUT_NAME)?.to_str().ok()?.trim();
     let deadline = match text.parse::<f64>() {
         Ok(secs) if secs.is_finite() && secs > 0.0 => {
             Duration::from_secs_f64(secs.min(LONGEST_DEADLINE.as_secs_f64()))
@@ -62,15 +64,17 @@ pub async fn preread_small_body(
     declared_len: Option<u64>,
     chunked: bool,
 ) -> Result<bool> {
-    let expects_continue = session
-        .req_header()
-        .headers
-        .get(http::header::EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let expects_continue = |session: &Session| {
+        session
+            .req_header()
+            .headers
+            .get(http::header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+    };
     match declared_len {
         _ if chunked => Ok(false),
         None | Some(0) => Ok(true),
-        Some(len) if len > PREREAD_LIMIT || expects_continue => Ok(false),
+        Some(len) if len > PREREAD_LIMIT || expects_continue(session) => Ok(false),
         Some(_) => {
             session.as_mut().enable_retry_buffering();
             while session.read_request_body().await?.is_some() {}

@@ -5,9 +5,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::HeaderValue;
 use tokio::time::Instant;
 
 use super::envelope::ErrorReply;
+use super::routing::Route;
 use crate::admission::{Permit, Ticket};
 use crate::config::{ClassSpec, Config};
 use crate::shutdown::ActiveGuard;
@@ -16,14 +18,18 @@ use crate::upstream::{Endpoint, EndpointLease, UpstreamState};
 /// What the request was routed to.
 #[derive(Debug)]
 pub struct Routed {
-    /// Route name.
-    pub route: String,
+    /// Where the route sits in the request's config snapshot (see [`RequestCtx::route`]): an
+    /// index rather than a copy of its name, which would cost an allocation per request.
+    pub route_index: usize,
     /// The upstream group.
     pub upstream: Arc<UpstreamState>,
     /// The traffic class.
     pub class: Arc<ClassSpec>,
     /// Whether the route allows retries after possible processing (or the method is idempotent).
     pub retry_after_processing: bool,
+    /// The upstream group's `keepalive` in the request's snapshot (zero: a connection per
+    /// request), looked up once for the hooks that need it.
+    pub keepalive: Duration,
 }
 
 /// Per-request context (`ProxyHttp::CTX`).
@@ -31,6 +37,8 @@ pub struct Routed {
 pub struct RequestCtx {
     /// `X-Request-Id`, taken or generated.
     pub request_id: String,
+    /// The same id as a header value, made once for the upstream request and the response.
+    pub request_id_value: Option<HeaderValue>,
     /// When the request header was read.
     pub started: Instant,
     /// The config snapshot this request uses from start to end (a reload mid-request does
@@ -38,7 +46,7 @@ pub struct RequestCtx {
     pub config: Option<Arc<Config>>,
     /// The route decision.
     pub routed: Option<Routed>,
-    /// The tenant as it may appear in logs (`app-…abcd`).
+    /// The tenant as it may appear in logs (`app-…abcd`); kept only when the access log is on.
     pub tenant: Option<String>,
     /// Time spent waiting for admission.
     pub queue_wait: Duration,
@@ -54,7 +62,8 @@ pub struct RequestCtx {
     pub connect: Option<Duration>,
     /// Time to the upstream's response header.
     pub first_byte: Option<Duration>,
-    /// Time to the first response body chunk handed to the client connection.
+    /// Time to the first response body chunk handed to the client connection, for an event
+    /// stream (the only answer timed by it; see [`Self::time_to_first_byte`]).
     pub first_body_sent: Option<Duration>,
     /// Request body bytes received from the client.
     pub bytes_in: u64,
@@ -101,10 +110,27 @@ impl RequestCtx {
         }
     }
 
+    /// The route the request matched, from its config snapshot.
+    pub fn route(&self) -> Option<&Route> {
+        let routed = self.routed.as_ref()?;
+        self.config.as_ref()?.router.get(routed.route_index)
+    }
+
+    /// The route, class and upstream names the request is recorded under; `-` when unrouted.
+    pub fn labels(&self) -> (&str, &str, &str) {
+        match (self.route(), &self.routed) {
+            (Some(route), Some(routed)) => {
+                (route.name.as_str(), routed.class.name.as_str(), routed.upstream.name())
+            }
+            _ => ("-", "-", "-"),
+        }
+    }
+
     /// A context for a request that has not been looked at yet.
     pub fn new() -> Self {
         RequestCtx {
             request_id: String::new(),
+            request_id_value: None,
             started: Instant::now(),
             config: None,
             routed: None,

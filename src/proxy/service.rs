@@ -33,7 +33,9 @@ use super::access_log::log_request;
 use super::admit::{asks_for_stream, client_deadline, preread_small_body, wait_for_slot, Admitted};
 use super::ctx::{RequestCtx, Routed};
 use super::envelope::{ErrorReply, REQUEST_ID};
-use super::headers::{apply_forwarding, request_id_from, ForwardingMode, NO_TRUSTED_PROXIES};
+use super::headers::{
+    apply_forwarding, request_id_and_value, request_id_from, ForwardingMode, NO_TRUSTED_PROXIES,
+};
 use super::outcome::{classify, recorded_status, reset_before_answer, unhandled_error_answer};
 use super::sse;
 use crate::admission::tenant::tenant_of;
@@ -172,14 +174,17 @@ impl ProxyHttp for DifyProxy {
     /// Routes the request and checks what can be checked before any upstream work. Returns
     /// `Ok(true)` when it already answered (an envelope), `Ok(false)` to proceed.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        ctx.request_id = request_id_from(session.req_header());
+        (ctx.request_id, ctx.request_id_value) = request_id_and_value(session.req_header());
         let config = self.app.config();
         ctx.config = Some(Arc::clone(&config));
         let req = session.req_header();
-        let path = req.uri.path().to_string();
-        let method = req.method.clone();
+        let method = &req.method;
+        let path = req.uri.path();
         let tenant = tenant_of(&config.tenants.source, req);
-        ctx.tenant = Some(tenant.label.clone());
+        // Only the access log shows it; the admission takes the label itself.
+        if config.log.access_log {
+            ctx.tenant = Some(tenant.label.clone());
+        }
         let declared_len = req
             .headers
             .get(http::header::CONTENT_LENGTH)
@@ -190,32 +195,34 @@ impl ProxyHttp for DifyProxy {
             .get(http::header::TRANSFER_ENCODING)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"chunked"));
 
-        if !path.starts_with('/') {
-            return self
-                .refuse(session, ctx, ErrorReply::bad_request("the request target must be an absolute path"))
-                .await;
-        }
-        let Some(route) = config.router.route(&method, &path) else {
-            return self
-                .refuse(session, ctx, ErrorReply::not_found(format!("no route for {method} {path}")))
-                .await;
+        // The path is borrowed from the session, which answering needs: the refusals are
+        // worded here, while it is at hand (only they copy it).
+        let routed = if !path.starts_with('/') {
+            Err(ErrorReply::bad_request("the request target must be an absolute path"))
+        } else {
+            match config.router.find(method, path) {
+                None => Err(ErrorReply::not_found(format!("no route for {method} {path}"))),
+                Some((index, route)) => match self.app.upstreams.get(&route.upstream) {
+                    None => Err(ErrorReply::internal(format!("upstream {} is not loaded", route.upstream))),
+                    Some(upstream) => Ok(Routed {
+                        route_index: index,
+                        upstream,
+                        class: Arc::clone(&route.class),
+                        retry_after_processing: route.retry_after_processing || method.is_idempotent(),
+                        keepalive: config
+                            .upstreams
+                            .get(&route.upstream)
+                            .map_or(Duration::ZERO, |u| u.keepalive.0),
+                    }),
+                },
+            }
         };
-        let Some(upstream) = self.app.upstreams.get(&route.upstream) else {
-            return self
-                .refuse(
-                    session,
-                    ctx,
-                    ErrorReply::internal(format!("upstream {} is not loaded", route.upstream)),
-                )
-                .await;
+        let routed = match routed {
+            Ok(routed) => ctx.routed.insert(routed),
+            Err(reply) => return self.refuse(session, ctx, reply).await,
         };
-        let class = Arc::clone(&route.class);
-        ctx.routed = Some(Routed {
-            route: route.name.clone(),
-            upstream: Arc::clone(&upstream),
-            class: Arc::clone(&class),
-            retry_after_processing: route.retry_after_processing || method.is_idempotent(),
-        });
+        let upstream = Arc::clone(&routed.upstream);
+        let class_index = routed.class.index;
         let limit = config.server.max_request_body;
         if declared_len.is_some_and(|len| len > limit.0) {
             // The body was not read: the connection cannot be reused for another request.
@@ -245,14 +252,15 @@ impl ProxyHttp for DifyProxy {
         let ticket = Ticket {
             tenant: tenant.id,
             tenant_label: tenant.label,
-            class: class.index,
+            class: class_index,
             deadline,
             since: None,
         };
         ctx.ticket = Some(Ticket { since: Some(queued_at), ..ticket.clone() });
         match wait_for_slot(session, &admission, ticket, watch_client).await {
             Admitted::Yes(permit) => {
-                upstream.retry_budget().record_request(Instant::now());
+                // The moment it was admitted, read once by the admission already.
+                upstream.retry_budget().record_request(permit.admitted_at());
                 ctx.queue_wait = permit.waited();
                 ctx.admitted_at = Some(permit.admitted_at());
                 ctx.permit = Some(permit);
@@ -327,9 +335,7 @@ impl ProxyHttp for DifyProxy {
         }
         peer.options.read_timeout = Some(read_timeout);
         peer.options.write_timeout = Some(class.write_timeout.0);
-        let keepalive =
-            ctx.config.as_ref().and_then(|c| c.upstreams.get(routed.upstream.name())).map(|u| u.keepalive.0);
-        peer.options.idle_timeout = keepalive.filter(|k| !k.is_zero());
+        peer.options.idle_timeout = Some(routed.keepalive).filter(|k| !k.is_zero());
         ctx.endpoint = Some(endpoint);
         // Replacing the previous attempt's lease ends its count (and reports it).
         ctx.endpoint_lease = Some(lease);
@@ -454,12 +460,11 @@ impl ProxyHttp for DifyProxy {
             ctx.config.as_deref().map_or((ForwardingMode::Replace, &NO_TRUSTED_PROXIES), |c| {
                 (c.server.forwarding, &c.server.trusted_proxies)
             });
-        apply_forwarding(upstream_request, &ctx.request_id, mode, trusted, peer)?;
-        let reuse = ctx
-            .routed
-            .as_ref()
-            .and_then(|r| ctx.config.as_ref()?.upstreams.get(r.upstream.name()))
-            .is_some_and(|u| !u.keepalive.0.is_zero());
+        match &ctx.request_id_value {
+            Some(id) => apply_forwarding(upstream_request, id.clone(), mode, trusted, peer)?,
+            None => apply_forwarding(upstream_request, ctx.request_id.as_str(), mode, trusted, peer)?,
+        }
+        let reuse = ctx.routed.as_ref().is_some_and(|r| !r.keepalive.is_zero());
         // WebSocket upgrades need their `Connection: upgrade`.
         if !reuse && !session.is_upgrade_req() {
             upstream_request.insert_header(http::header::CONNECTION, "close")?;
@@ -510,10 +515,12 @@ impl ProxyHttp for DifyProxy {
                 return Err(e);
             }
         }
-        ctx.first_byte.get_or_insert_with(|| ctx.started.elapsed());
+        let now = Instant::now();
+        ctx.first_byte.get_or_insert_with(|| now.saturating_duration_since(ctx.started));
         // The limiter's latency: from the start of the attempt that answered (a request held
         // through an outage must not read as a slow backend).
-        ctx.first_byte_after_admission = ctx.peer_chosen_at.or(ctx.admitted_at).map(|t| t.elapsed());
+        ctx.first_byte_after_admission =
+            ctx.peer_chosen_at.or(ctx.admitted_at).map(|t| now.saturating_duration_since(t));
         ctx.upstream_status = Some(upstream_response.status.as_u16());
         if let Some(permit) = &ctx.permit {
             permit.header_received();
@@ -553,7 +560,10 @@ impl ProxyHttp for DifyProxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        upstream_response.insert_header(REQUEST_ID, ctx.request_id.as_str())
+        match &ctx.request_id_value {
+            Some(id) => upstream_response.insert_header(REQUEST_ID, id.clone()),
+            None => upstream_response.insert_header(REQUEST_ID, ctx.request_id.as_str()),
+        }
     }
 
     fn response_body_filter(
@@ -564,8 +574,9 @@ impl ProxyHttp for DifyProxy {
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
         if let Some(chunk) = body {
-            if ctx.first_body_sent.is_none() && !chunk.is_empty() {
-                // A stream's time to first byte: the first event, not its header.
+            if ctx.streaming && ctx.first_body_sent.is_none() && !chunk.is_empty() {
+                // A stream's time to first byte: the first event, not its header. (Only a
+                // stream's is used: other answers are timed by their header.)
                 ctx.first_body_sent = Some(ctx.started.elapsed());
             }
             ctx.bytes_out += chunk.len() as u64;
@@ -603,13 +614,14 @@ impl ProxyHttp for DifyProxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let now = Instant::now();
         let outcome = classify(ctx.upstream_status, e, ctx.endpoint.is_some());
         if let (Some(permit), Some(routed)) = (ctx.permit.take(), &ctx.routed) {
             // One latency signal per class and response kind: a stream's header arrives when
             // a worker picks it up, a blocking run's only when it is done.
             let signal = routed.class.index * 2 + usize::from(ctx.streaming);
             let latency = match outcome {
-                Outcome::Abandoned => ctx.peer_chosen_at.map(|t| t.elapsed()),
+                Outcome::Abandoned => ctx.peer_chosen_at.map(|t| now.saturating_duration_since(t)),
                 _ => ctx.first_byte_after_admission,
             };
             permit.complete(signal, latency, outcome);
@@ -623,21 +635,22 @@ impl ProxyHttp for DifyProxy {
             });
         }
         let status = recorded_status(session.response_written());
-        let (route, class, upstream) = match &ctx.routed {
-            Some(r) => (r.route.as_str(), r.class.name.as_str(), r.upstream.name()),
-            None => ("-", "-", "-"),
-        };
-        self.app.metrics.request_done(RequestDone {
+        let (route, class, upstream) = ctx.labels();
+        let done = RequestDone {
             route,
             class,
             upstream,
             status,
-            seconds: ctx.started.elapsed().as_secs_f64(),
+            seconds: now.saturating_duration_since(ctx.started).as_secs_f64(),
             queue_wait: ctx.admitted_at.map(|_| ctx.queue_wait.as_secs_f64()),
             first_byte: ctx.time_to_first_byte().map(|d| d.as_secs_f64()),
             retries: ctx.attempts.saturating_sub(1),
             proxy_error: ctx.reply.as_ref().map(|r| r.code),
-        });
+        };
+        match ctx.route() {
+            Some(r) => self.app.metrics.request_done_in(&r.metrics, done),
+            None => self.app.metrics.request_done(done),
+        }
         let access_log = ctx.config.as_ref().is_none_or(|c| c.log.access_log);
         if access_log {
             log_request(session, ctx, status, e);
