@@ -12,5 +12,6 @@ pub mod redact;
 pub mod routing;
 pub mod service;
 pub mod sse;
+pub mod timer_anchor;
 
 pub use service::DifyProxy;

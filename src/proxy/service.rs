@@ -38,6 +38,7 @@ use super::headers::{
 };
 use super::outcome::{classify, recorded_status, reset_before_answer, unhandled_error_answer};
 use super::sse;
+use super::timer_anchor;
 use crate::admission::tenant::tenant_of;
 use crate::admission::{Outcome, Permit, Ticket};
 use crate::app::App;
@@ -166,6 +167,7 @@ impl ProxyHttp for DifyProxy {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
+        timer_anchor::anchor_timers();
         // pingora makes the context once the request header is read and drops it after the
         // response (stream included) ended: exactly the span the shutdown drain waits for.
         RequestCtx { active: Some(self.app.active.enter()), ..RequestCtx::new() }
