@@ -458,7 +458,7 @@ axes[0].set_title("goodput per scenario (dotted: the most possible — capacity 
 axes[1].set_ylabel("not ok (% of sent)")
 axes[1].set_title("errors: non-2xx, refused, reset, broken, client timeouts")
 axes[1].set_xticks(range(len(shown)))
-axes[1].set_xticklabels([s["id"] + ": " + s["title"].split(":")[0] for s in shown])
+axes[1].set_xticklabels([s["id"] + ": " + s["title"].split(": ")[0] for s in shown])
 axes[0].legend(fontsize=8, ncol=3)
 fig.suptitle(f"dify-shaper side by side — {machine['nproc']} cores, {machine['date']}, "
              + (f"after {WARMUP:g} s warm-up" if WARMUP > 0 else "cold start"), fontsize=10)
@@ -488,7 +488,7 @@ for s in scenarios:
             cells.append(f"{a['goodput']:.2f} ({a['ok_pct']:.0f} %), first frame p99 {fmt(a['first_frame_ms']['p99'], 1)} ms")
         else:
             cells.append(f"{a['goodput']:.2f} ({a['ok_pct']:.0f} %)")
-    summary.append(f"| {s['id']}: {s['title'].split(':')[0]} | " + " | ".join(cells) + " |")
+    summary.append(f"| {s['id']}: {s['title'].split(': ')[0]} | " + " | ".join(cells) + " |")
 if overhead:
     rows = {r["target"]: r for r in overhead["rows"]}
     def rps(t):
