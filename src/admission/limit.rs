@@ -443,8 +443,8 @@ impl AdaptiveLimit {
     /// A standing queue — the limit fully used, requests waiting here since `standing_since` —
     /// that no answer has moved for a while: the limit grows by one, as a probe (see the
     /// `stall` module). Not when a latency window of this level showed queueing, and past a
-    /// remembered ceiling only when its probe is due. Called
-    /// periodically while the queue stands.
+    /// remembered ceiling only when its probe is due. Called periodically while the queue
+    /// stands.
     pub fn on_stall(&mut self, in_flight: usize, standing_since: Instant, now: Instant) -> Option<Change> {
         let s = &self.settings;
         let next = self.limit.floor() + 1.0;
