@@ -141,6 +141,6 @@ impl Goodput {
 }
 
 /// The relative gain of going from `low` to `high` on a backend that scales linearly.
-fn linear_gain(high: usize, low: usize) -> f64 {
+pub(super) fn linear_gain(high: usize, low: usize) -> f64 {
     (high as f64 - low as f64) / low.max(1) as f64
 }

@@ -15,6 +15,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::goodput::linear_gain;
+
 /// Most levels remembered (the limit's range is bounded, but a misconfigured `max` should not
 /// make memory unbounded).
 const MAX_LEVELS: usize = 1024;
@@ -57,9 +59,8 @@ impl Served {
 /// Whether `level` at `ratio` serves at least `gain` of a linear backend's step over `low`,
 /// which served `served` (in baseline units).
 pub(super) fn pays_over(level: usize, ratio: f64, low: usize, served: f64, gain: f64) -> bool {
-    let linear = (level as f64 - low as f64) / low.max(1) as f64;
     let now = level as f64 / ratio.max(1e-9);
-    now >= served * (1.0 + gain * linear)
+    now >= served * (1.0 + gain * linear_gain(level, low))
 }
 
 #[cfg(test)]
