@@ -644,6 +644,13 @@ impl State {
         self.first_byte.get(class).and_then(Ewma::get).map_or(Duration::ZERO, Duration::from_secs_f64)
     }
 
+    /// Time from admission to the response header that `class`'s answers rarely exceed: what a
+    /// waiter needs left of its client's patience when it is admitted. The typical time alone
+    /// let every answer slower than average reach a client that had already given up.
+    fn answer_within(&self, class: usize) -> Duration {
+        self.first_byte.get(class).and_then(Ewma::high).map_or(Duration::ZERO, Duration::from_secs_f64)
+    }
+
     fn refuse_on_arrival(
         &self,
         ticket: &Ticket,
@@ -655,8 +662,7 @@ impl State {
         if wait > timeout {
             return Some(Refusal::WouldExceedDeadline);
         }
-        let client =
-            client_wait(ticket.deadline, self.patience.estimate(class), self.expected_first_byte(class))?;
+        let client = client_wait(ticket.deadline, self.patience.estimate(class), self.answer_within(class))?;
         (wait > client).then_some(Refusal::Impatient)
     }
 
@@ -677,9 +683,8 @@ impl State {
             Some(until) => until.max(base),
             None => self.opened_at.filter(|t| *t > enqueued).map_or(base, |t| (t + timeout).max(base)),
         };
-        let client =
-            client_wait(client_deadline, self.patience.estimate(class), self.expected_first_byte(class))
-                .map(|wait| enqueued + wait);
+        let client = client_wait(client_deadline, self.patience.estimate(class), self.answer_within(class))
+            .map(|wait| enqueued + wait);
         match client {
             Some(client) if client < queue => (client, Refusal::Impatient),
             _ => (queue, Refusal::Timeout),
@@ -736,7 +741,7 @@ impl State {
             let client = client_wait(
                 entry.payload.client_deadline,
                 self.patience.estimate(entry.class),
-                self.expected_first_byte(entry.class),
+                self.answer_within(entry.class),
             );
             if let Some(client) = client.filter(|_| !held_through) {
                 if waited > client {

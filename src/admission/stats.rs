@@ -1,26 +1,45 @@
-//! Small running statistics admission keeps: an exponentially weighted mean.
+//! Small running statistics admission keeps: an exponentially weighted mean, with the mean
+//! deviation around it.
 
-/// Exponentially weighted moving average.
+/// Exponentially weighted moving average, and the average deviation from it (as TCP estimates
+/// a round trip and its variation, RFC 6298).
 #[derive(Debug, Clone, Copy)]
 pub struct Ewma {
     value: Option<f64>,
+    deviation: f64,
     alpha: f64,
 }
 
 impl Ewma {
     /// An empty average; `alpha` is the weight of each new value.
     pub fn new(alpha: f64) -> Self {
-        Ewma { value: None, alpha }
+        Ewma { value: None, deviation: 0.0, alpha }
     }
 
     /// Adds a value.
     pub fn add(&mut self, x: f64) {
-        self.value = Some(self.value.map_or(x, |v| v + self.alpha * (x - v)));
+        self.value = Some(match self.value {
+            None => {
+                self.deviation = x.abs() / 2.0;
+                x
+            }
+            Some(v) => {
+                // The deviation from the mean as it stood before this value (RFC 6298's order).
+                self.deviation += self.alpha * ((x - v).abs() - self.deviation);
+                v + self.alpha * (x - v)
+            }
+        });
     }
 
     /// The average, if any value was added.
     pub fn get(&self) -> Option<f64> {
         self.value
+    }
+
+    /// The average plus twice the average deviation: a value most answers stay under (for
+    /// normally spread values about the 95th percentile), if any value was added.
+    pub fn high(&self) -> Option<f64> {
+        self.value.map(|v| v + 2.0 * self.deviation)
     }
 }
 
@@ -32,8 +51,21 @@ mod tests {
     fn ewma_tracks_values() {
         let mut e = Ewma::new(0.5);
         assert_eq!(e.get(), None);
+        assert_eq!(e.high(), None);
         e.add(10.0);
         e.add(20.0);
         assert_eq!(e.get(), Some(15.0));
+    }
+
+    #[test]
+    fn the_high_estimate_grows_with_the_spread() {
+        let (mut steady, mut spread) = (Ewma::new(0.1), Ewma::new(0.1));
+        for i in 0..200 {
+            steady.add(2.0);
+            spread.add(if i % 2 == 0 { 1.0 } else { 3.0 });
+        }
+        let high = |e: &Ewma| e.high().unwrap_or_default();
+        assert!((high(&steady) - 2.0).abs() < 0.01, "no spread: {}", high(&steady));
+        assert!((3.5..=4.5).contains(&high(&spread)), "±1 around 2: {}", high(&spread));
     }
 }
