@@ -127,6 +127,12 @@ async fn overload_past_the_gevent_workers_keeps_goodput() {
          direct {direct_goodput:.2}/s, shaped {shaped_goodput:.2}/s; admission {admission}"
     );
     assert_only_success_or_busy("overload shaped", &shaped);
+    // The first clients to leave teach the queue how long clients wait; from then on every
+    // waiter is served or refused before its client gives up.
+    let mut by_sending: Vec<_> = shaped.outcomes.iter().collect();
+    by_sending.sort_by_key(|o| o.sent_at);
+    let late_timeouts: Vec<_> = by_sending.iter().skip(32).filter(|o| o.timed_out).collect();
+    assert!(late_timeouts.is_empty(), "clients timed out after the first 32 requests: {late_timeouts:?}");
     assert!(
         shaped_goodput > direct_goodput,
         "shaped goodput {shaped_goodput:.2}/s not above direct {direct_goodput:.2}/s"
