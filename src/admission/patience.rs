@@ -5,9 +5,9 @@
 //! hold keeps it waiting on purpose) and what its client is expected to wait
 //! ([`client_wait`]): the deadline the client stated (`X-Request-Timeout`, see
 //! [`crate::proxy::admit`]), else the patience learned from clients of its class that left
-//! while queued (of any class while its own has too few), less the class's typical time from
-//! admission to the answer — a request admitted just before its client leaves is wasted
-//! backend work, and the client never sees the answer. A hold does not extend the client's
+//! while queued (of any class while its own has too few), less the time from admission to the
+//! answer that the class's answers rarely exceed — a request admitted just before its client
+//! leaves is wasted backend work, and the client never sees the answer. A hold does not extend the client's
 //! limit: a 503 it can retry beats a silent timeout.
 //!
 //! Patience is learned per class because a console call and a 15-second workflow have very
@@ -85,8 +85,8 @@ impl Patience {
 }
 
 /// How long a client is expected to wait for its permit, if anything is known: the deadline it
-/// stated, else the learned patience of its class's clients — less `to_answer` (the class's
-/// typical time from admission to the answer) and a small margin. What a client says of itself
+/// stated, else the learned patience of its class's clients — less `to_answer` (the time from
+/// admission to the answer that the class's answers rarely exceed) and a small margin. What a client says of itself
 /// beats a statistic of others. The queue refuses it then (see [`crate::admission::Admission`]),
 /// or at its class's `queue_timeout` if that comes first: a stated deadline never lengthens the
 /// wait past the class's limit, and never moves a request ahead of others.
