@@ -7,8 +7,8 @@
 //! [`crate::proxy::admit`]), else the patience learned from clients of its class that left
 //! while queued (of any class while its own has too few), less the time from admission to the
 //! answer that the class's answers rarely exceed — a request admitted just before its client
-//! leaves is wasted backend work, and the client never sees the answer. A hold does not extend the client's
-//! limit: a 503 it can retry beats a silent timeout.
+//! leaves is wasted backend work, and the client never sees the answer. A hold does not
+//! extend the client's limit: a 503 it can retry beats a silent timeout.
 //!
 //! Patience is learned per class because a console call and a 15-second workflow have very
 //! different clients, and quickly (from three departures), because until it is known every
@@ -86,10 +86,11 @@ impl Patience {
 
 /// How long a client is expected to wait for its permit, if anything is known: the deadline it
 /// stated, else the learned patience of its class's clients — less `to_answer` (the time from
-/// admission to the answer that the class's answers rarely exceed) and a small margin. What a client says of itself
-/// beats a statistic of others. The queue refuses it then (see [`crate::admission::Admission`]),
-/// or at its class's `queue_timeout` if that comes first: a stated deadline never lengthens the
-/// wait past the class's limit, and never moves a request ahead of others.
+/// admission to the answer that the class's answers rarely exceed) and a small margin. What a
+/// client says of itself beats a statistic of others. The queue refuses it then (see
+/// [`crate::admission::Admission`]), or at its class's `queue_timeout` if that comes first: a
+/// stated deadline never lengthens the wait past the class's limit, and never moves a request
+/// ahead of others.
 pub fn client_wait(
     client_deadline: Option<Duration>,
     patience: Option<Duration>,
