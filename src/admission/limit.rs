@@ -233,12 +233,6 @@ const GROW_GAIN: f64 = 0.6;
 /// is cut for it.
 const REFUSED_SHARE: f64 = 0.1;
 
-/// Answers at a level before its share of refusals may cut the limit. Refusals begin where a
-/// worker's own pool runs dry, in ones and twos: among a new level's first five answers one
-/// refusal read as a 20 % share, and held real Dify three below what direct access served.
-/// Twenty tell a steady tenth from a stray one.
-const REFUSED_ANSWERS: u32 = 20;
-
 /// Slots the baseline horizon is divided into: each keeps the lowest window mean that closed
 /// in it, so the horizon spans its full length at any request rate with bounded memory (a
 /// cap on *entries* shrank it to seconds on fast traffic, and the no-load windows it needs
@@ -435,7 +429,7 @@ impl AdaptiveLimit {
                 self.errors.note(sample.in_flight, false, now);
                 self.goodput.add(now, false);
                 let same_round = self.last_cut.is_some_and(|cut| sample.started < cut);
-                if !same_round && self.errors.steady_share(sample.in_flight, REFUSED_SHARE, REFUSED_ANSWERS) {
+                if !same_round && self.errors.steady_share(sample.in_flight, REFUSED_SHARE) {
                     self.on_overload(sample, now)
                 } else {
                     None

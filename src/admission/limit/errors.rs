@@ -65,11 +65,9 @@ impl ErrorShares {
     }
 
     /// Whether overload answers are more than `share` of the answers at `in_flight`, once
-    /// there are at least `answers` of them.
-    pub(super) fn steady_share(&self, in_flight: usize, share: f64, answers: u32) -> bool {
-        self.by_level
-            .get(&in_flight)
-            .is_some_and(|e| e.answers >= answers.max(MIN_ANSWERS) && e.share > share)
+    /// there are enough of them to say.
+    pub(super) fn steady_share(&self, in_flight: usize, share: f64) -> bool {
+        self.by_level.get(&in_flight).is_some_and(|e| e.answers >= MIN_ANSWERS && e.share > share)
     }
 
     /// See [`super::AdaptiveLimit::overload_counts`].
