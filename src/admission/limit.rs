@@ -423,13 +423,9 @@ impl AdaptiveLimit {
                 // requests refused, yet serves more than a limit cut at the first refusal:
                 // each worker's own pool spreads the connections unevenly, so refusals begin
                 // well below what the database can serve. Replays make a few of them cheap.
-                // A steady share cuts once per round: the rest of the round's refusals come
-                // from the same share, and cutting one per refusal (as for answers that reach
-                // the client) took real Dify from 29 to 17 in a second.
                 self.errors.note(sample.in_flight, false, now);
                 self.goodput.add(now, false);
-                let same_round = self.last_cut.is_some_and(|cut| sample.started < cut);
-                if !same_round && self.errors.steady_share(sample.in_flight, REFUSED_SHARE) {
+                if self.errors.steady_share(sample.in_flight, REFUSED_SHARE) {
                     self.on_overload(sample, now)
                 } else {
                     None
@@ -826,10 +822,7 @@ impl AdaptiveLimit {
         }
         let below = if standing { self.best_below(level) } else { None };
         let paid = below.and_then(|low| self.paid(level, low));
-        // A precise latency signal that shows no queueing at all outweighs answers counted
-        // over a second or two: the step cannot have bought a backlog it does not show.
-        let no_queueing = precise && ratio <= 1.0 + s.queue_floor;
-        if let (Some(low), Some(false), false) = (below, paid, no_queueing) {
+        if let (Some(low), Some(false)) = (below, paid) {
             // The step up bought queueing, not answers (measured over enough answers to
             // tell): back down, and probe this level again later. With a precise latency
             // signal the cut above already did this; this is how it happens when latency
