@@ -20,6 +20,8 @@ impl Ewma {
     pub fn add(&mut self, x: f64) {
         self.value = Some(match self.value {
             None => {
+                // Nothing is known of the spread yet: half the first value, as RFC 6298 starts,
+                // errs on the side of a waiter refused in time.
                 self.deviation = x.abs() / 2.0;
                 x
             }
