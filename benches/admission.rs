@@ -46,6 +46,7 @@ fn uncontended(c: &mut Criterion) {
                         class: 1,
                         deadline: None,
                         since: None,
+                        streams: false,
                     })
                     .await;
                 drop(permit);
@@ -65,6 +66,7 @@ fn with_10k_waiters(c: &mut Criterion) {
         class: 1,
         deadline: None,
         since: None,
+        streams: false,
     }));
     let mut waiters = Vec::new();
     for i in 0..10_000u64 {
@@ -77,6 +79,7 @@ fn with_10k_waiters(c: &mut Criterion) {
                     class: 1,
                     deadline: None,
                     since: None,
+                    streams: false,
                 })
                 .await;
         }));
@@ -96,6 +99,7 @@ fn with_10k_waiters(c: &mut Criterion) {
                     class: 1,
                     deadline: None,
                     since: None,
+                    streams: false,
                 });
                 tokio::select! {
                     biased;

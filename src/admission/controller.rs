@@ -58,6 +58,9 @@ pub struct Ticket {
     /// When the request first asked for a slot, if before now: a request replayed after the
     /// backend refused it queues again, and its wait counts from its arrival.
     pub since: Option<Instant>,
+    /// Whether the client asked for a stream: its header comes when a worker picks it up, a
+    /// blocking run's only when the run is done, so each is judged among its own kind.
+    pub streams: bool,
 }
 
 #[derive(Debug)]
@@ -72,6 +75,17 @@ enum Decision {
 struct Queued {
     wake: oneshot::Sender<Decision>,
     client_deadline: Option<Duration>,
+    streams: bool,
+}
+
+/// An admitted request still waiting for its response header.
+#[derive(Debug, Clone, Copy)]
+struct Awaiting {
+    class: usize,
+    /// Whether its client asked for a stream (see [`Ticket::streams`]).
+    streams: bool,
+    /// When its current attempt to reach the backend started.
+    since: Instant,
 }
 
 #[derive(Debug, Default, Clone, Serialize)]
@@ -100,8 +114,8 @@ struct State {
     max_wait: Duration,
     counters: Counters,
     labels: HashMap<TenantId, String>,
-    /// Admitted requests still waiting for their response header: id → (class, admitted).
-    awaiting_header: HashMap<u64, (usize, Instant)>,
+    /// Admitted requests still waiting for their response header, by id.
+    awaiting_header: HashMap<u64, Awaiting>,
     /// Slots still held for runs whose client left while the backend worked on them (see
     /// [`Permit::complete`]); counted in `in_flight` too.
     orphaned: usize,
@@ -226,7 +240,7 @@ impl Admission {
             {
                 let id = st.next_id;
                 st.next_id += 1;
-                let in_flight = st.take_slot(id, class, Duration::ZERO, now);
+                let in_flight = st.take_slot(id, class, ticket.streams, Duration::ZERO, now);
                 return Ok(Permit::new(Arc::clone(self), id, class, now, Duration::ZERO, in_flight));
             }
             // While the upstream is down, arrivals are held (the departure rate says nothing).
@@ -257,7 +271,7 @@ impl Admission {
             if st.queue.is_empty() {
                 st.standing_since = Some(now);
             }
-            let payload = Queued { wake: tx, client_deadline: ticket.deadline };
+            let payload = Queued { wake: tx, client_deadline: ticket.deadline, streams: ticket.streams };
             let enqueued = ticket.since.map_or(now, |since| since.min(now));
             st.queue.push(Entry { id, tenant: ticket.tenant, class, enqueued, payload });
             st.counters.queued += 1;
@@ -473,19 +487,19 @@ impl Admission {
         &self,
         id: u64,
         class: usize,
-        sample: Option<(usize, Option<Duration>, Outcome, Instant, usize)>,
+        sample: Option<(bool, Option<Duration>, Outcome, Instant, usize)>,
     ) -> Option<Duration> {
         let now = Instant::now();
         let mut st = self.lock();
         let attempt = st.awaiting_header.remove(&id);
         let orphan_for = match (sample, attempt) {
-            (Some((_, _, Outcome::Abandoned, _, _)), Some((_, attempt_started))) => {
-                Some(st.expected_first_byte(class).saturating_sub(now.duration_since(attempt_started)))
+            (Some((_, _, Outcome::Abandoned, _, _)), Some(attempt)) => {
+                Some(st.expected_first_byte(class).saturating_sub(now.duration_since(attempt.since)))
                     .filter(|left| !left.is_zero())
             }
             _ => None,
         };
-        if let Some((signal, first_byte, outcome, started, in_flight)) = sample {
+        if let Some((streamed, first_byte, outcome, started, in_flight)) = sample {
             if let (Outcome::Success, Some(latency)) = (outcome, first_byte) {
                 if let Some(e) = st.first_byte.get_mut(class) {
                     e.add(latency.as_secs_f64());
@@ -495,11 +509,13 @@ impl Admission {
             let before = st.limit.limit();
             let mut pending = std::mem::take(&mut st.scratch_pending);
             pending.clear();
+            // Only requests of the same kind: a blocking run still waiting for its header is
+            // not a stream stuck in the backlog.
             pending.extend(
                 st.awaiting_header
                     .values()
-                    .filter(|(c, _)| *c == class)
-                    .map(|(_, admitted)| now.duration_since(*admitted)),
+                    .filter(|a| a.class == class && a.streams == streamed)
+                    .map(|a| now.duration_since(a.since)),
             );
             // The level an overload answer blames is the highest the request saw, not only
             // the one it was admitted at: admitted as the 8th just before a 9th, it can reach
@@ -510,6 +526,8 @@ impl Admission {
                 _ => in_flight,
             };
             let duration = now.duration_since(started);
+            // One latency signal per class and response kind.
+            let signal = class * 2 + usize::from(streamed);
             let sample = Sample { signal, started, latency, duration, outcome, in_flight };
             let change = st.limit.on_sample_with_pending(sample, now, &pending);
             st.scratch_pending = pending;
@@ -610,8 +628,8 @@ impl State {
         limit.saturating_sub(reserve).max(1)
     }
 
-    fn take_slot(&mut self, id: u64, class: usize, waited: Duration, now: Instant) -> usize {
-        self.awaiting_header.insert(id, (class, now));
+    fn take_slot(&mut self, id: u64, class: usize, streams: bool, waited: Duration, now: Instant) -> usize {
+        self.awaiting_header.insert(id, Awaiting { class, streams, since: now });
         self.in_flight += 1;
         if let Some(n) = self.in_flight_by_class.get_mut(class) {
             *n += 1;
@@ -753,7 +771,7 @@ impl State {
             }
             let in_flight = in_flight + 1;
             if entry.payload.wake.send(Decision::Admit { in_flight }).is_ok() {
-                self.take_slot(entry.id, entry.class, waited, now);
+                self.take_slot(entry.id, entry.class, entry.payload.streams, waited, now);
             }
         }
     }
@@ -882,7 +900,7 @@ impl Permit {
     pub fn attempt_started(&self) {
         let mut st = self.admission.lock();
         if let Some(entry) = st.awaiting_header.get_mut(&self.id) {
-            entry.1 = Instant::now();
+            entry.since = Instant::now();
         }
     }
 
@@ -917,8 +935,10 @@ impl Permit {
         self.admitted
     }
 
-    /// Releases the slot and feeds the limiter: `signal` names the latency signal (class ×
-    /// streaming), `first_byte` the time from admission to the response header.
+    /// Releases the slot and feeds the limiter: `streamed` says whether the answer was an event
+    /// stream (its header comes when a worker picks the run up, a blocking run's only when it
+    /// is done: each kind is its own latency signal), `first_byte` the time from admission to
+    /// the response header.
     ///
     /// When the client left before the backend answered (`Outcome::Abandoned`), the backend
     /// has not noticed: gunicorn finds out only when it writes the answer, so the run keeps
@@ -926,9 +946,9 @@ impl Permit {
     /// the class's typical time to the answer has passed since the attempt started; freeing
     /// it at once let the next request in on top of the orphan — past a database limit, a
     /// 500 "too many clients".
-    pub fn complete(mut self, signal: usize, first_byte: Option<Duration>, outcome: Outcome) {
+    pub fn complete(mut self, streamed: bool, first_byte: Option<Duration>, outcome: Outcome) {
         self.released = true;
-        let sample = Some((signal, first_byte, outcome, self.admitted, self.in_flight));
+        let sample = Some((streamed, first_byte, outcome, self.admitted, self.in_flight));
         let Some(left) = self.admission.release(self.id, self.class, sample) else {
             return;
         };

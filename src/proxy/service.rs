@@ -127,9 +127,8 @@ impl DifyProxy {
         else {
             return Err(Error::explain(ErrorType::HTTPStatus(status), "no admission to queue again with"));
         };
-        let signal = routed.class.index * 2 + usize::from(ctx.streaming);
         let took = ctx.peer_chosen_at.or(ctx.admitted_at).map(|t| t.elapsed());
-        permit.complete(signal, took, Outcome::Refused);
+        permit.complete(ctx.streaming, took, Outcome::Refused);
         let admission = Arc::clone(routed.upstream.admission());
         match admission.acquire(ticket).await {
             Ok(permit) => {
@@ -257,6 +256,7 @@ impl ProxyHttp for DifyProxy {
             class: class_index,
             deadline,
             since: None,
+            streams: ctx.wants_stream,
         };
         ctx.ticket = Some(Ticket { since: Some(queued_at), ..ticket.clone() });
         match wait_for_slot(session, &admission, ticket, watch_client).await {
@@ -618,15 +618,12 @@ impl ProxyHttp for DifyProxy {
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         let now = Instant::now();
         let outcome = classify(ctx.upstream_status, e, ctx.endpoint.is_some());
-        if let (Some(permit), Some(routed)) = (ctx.permit.take(), &ctx.routed) {
-            // One latency signal per class and response kind: a stream's header arrives when
-            // a worker picks it up, a blocking run's only when it is done.
-            let signal = routed.class.index * 2 + usize::from(ctx.streaming);
+        if let Some(permit) = ctx.permit.take() {
             let latency = match outcome {
                 Outcome::Abandoned => ctx.peer_chosen_at.map(|t| now.saturating_duration_since(t)),
                 _ => ctx.first_byte_after_admission,
             };
-            permit.complete(signal, latency, outcome);
+            permit.complete(ctx.streaming, latency, outcome);
         }
         if let Some(mut lease) = ctx.endpoint_lease.take() {
             // Passive outlier detection: failures that blame the endpoint, successes that clear it.

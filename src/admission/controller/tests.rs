@@ -37,7 +37,7 @@ fn gate(limit: usize, max_queue: usize) -> Arc<Admission> {
 }
 
 fn ticket(tenant: u64, class: usize) -> Ticket {
-    Ticket { tenant, tenant_label: format!("t{tenant}"), class, deadline: None, since: None }
+    Ticket { tenant, tenant_label: format!("t{tenant}"), class, deadline: None, since: None, streams: false }
 }
 
 #[tokio::test(start_paused = true)]
@@ -305,7 +305,7 @@ async fn a_run_whose_client_left_keeps_its_slot_until_it_would_have_finished() {
         permit.attempt_started();
         tokio::time::sleep(Duration::from_secs(2)).await;
         permit.header_received();
-        permit.complete(2, Some(Duration::from_secs(2)), Outcome::Success);
+        permit.complete(false, Some(Duration::from_secs(2)), Outcome::Success);
     }
     let orphan = gate.acquire(ticket(1, 1)).await.expect("admitted");
     orphan.attempt_started();
@@ -315,7 +315,7 @@ async fn a_run_whose_client_left_keeps_its_slot_until_it_would_have_finished() {
     });
     // The client gives up after 0.5 s; the backend keeps working on the run.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    orphan.complete(2, Some(Duration::from_millis(500)), Outcome::Abandoned);
+    orphan.complete(false, Some(Duration::from_millis(500)), Outcome::Abandoned);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let status = gate.status();
     assert_eq!((status.in_flight, status.orphaned, status.queued), (1, 1, 1), "the slot is still taken");
@@ -331,7 +331,7 @@ async fn a_client_leaving_before_anything_is_known_frees_its_slot_at_once() {
     permit.attempt_started();
     tokio::time::sleep(Duration::from_millis(500)).await;
     // No run of this class has answered yet: there is no estimate to hold the slot for.
-    permit.complete(2, Some(Duration::from_millis(500)), Outcome::Abandoned);
+    permit.complete(false, Some(Duration::from_millis(500)), Outcome::Abandoned);
     assert_eq!((gate.in_flight(), gate.status().orphaned), (0, 0));
 }
 
@@ -341,7 +341,7 @@ async fn an_overload_blames_the_highest_level_the_request_saw() {
     let first = gate.acquire(ticket(1, 1)).await.expect("admitted as the 1st");
     let _second = gate.acquire(ticket(2, 1)).await.expect("admitted as the 2nd");
     // The second reached the backend first; the first was refused with 2 in flight.
-    first.complete(2, Some(Duration::from_millis(5)), Outcome::Overload);
+    first.complete(false, Some(Duration::from_millis(5)), Outcome::Overload);
     assert_eq!(gate.status().ceiling, Some(2), "the failing level is 2, not the 1 it was admitted at");
 }
 
@@ -525,7 +525,7 @@ async fn a_queue_no_answer_moves_gets_a_stall_probe_before_its_timeout() {
     for _ in 0..10 {
         let permit = gate.acquire(ticket(1, 1)).await.expect("a free slot");
         tokio::time::sleep(Duration::from_secs(1)).await;
-        permit.complete(2, Some(Duration::from_secs(1)), Outcome::Success);
+        permit.complete(false, Some(Duration::from_secs(1)), Outcome::Success);
     }
     // Then runs that take minutes fill the limit, and another waits behind them.
     let limit = gate.limit();
@@ -555,4 +555,69 @@ async fn a_queue_no_answer_moves_gets_a_stall_probe_before_its_timeout() {
     );
     assert_eq!(gate.limit(), limit + 1);
     assert_eq!(gate.status().last_change, Some(Change::Stall));
+}
+
+/// Blocking runs and streams of one class, as Dify's clients mix them: a blocking run's header
+/// comes when the run is done (1 s here), a stream's when a worker picks it up (5 ms). Blocking
+/// runs still running are not streams stuck in the backlog: with demand above the limit and
+/// nothing slow anywhere, the limit must not be cut for them.
+#[tokio::test(start_paused = true)]
+async fn blocking_runs_in_flight_do_not_count_as_stuck_streams() {
+    let limit = LimitSettings { initial: 4, min: 1, max: 4, ..LimitSettings::default() };
+    let gate = Admission::new(
+        "api",
+        AdmissionPolicy {
+            limit,
+            max_queue: 100,
+            classes: vec![class("interactive", 4, 10, true, true), class("run", 1, 30, true, false)],
+            ..AdmissionPolicy::default()
+        },
+    );
+    let stream = |gate: &Arc<Admission>| {
+        let gate = Arc::clone(gate);
+        tokio::spawn(async move {
+            let permit = gate.acquire(Ticket { streams: true, ..ticket(1, 1) }).await?;
+            permit.attempt_started();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            permit.header_received();
+            permit.complete(true, Some(Duration::from_millis(5)), Outcome::Success);
+            Ok::<(), Refusal>(())
+        })
+    };
+    // Out of slow start (whose windows only learn baselines): one overload answer at 4.
+    let full: Vec<Permit> = [gate.acquire(ticket(3, 1)).await, gate.acquire(ticket(3, 1)).await]
+        .into_iter()
+        .map(|p| p.expect("admitted"))
+        .collect();
+    let (_third, fourth) = (gate.acquire(ticket(3, 1)).await, gate.acquire(ticket(3, 1)).await);
+    fourth.expect("admitted").complete(false, Some(Duration::from_millis(5)), Outcome::Overload);
+    drop((full, _third));
+    let after_overload = gate.limit();
+    for _ in 0..20 {
+        // Two blocking runs, and a slot for the streams (the limit is 3 after the overload).
+        let mut blocking = Vec::new();
+        for _ in 0..2 {
+            let permit = gate.acquire(ticket(2, 1)).await.expect("blocking admitted");
+            permit.attempt_started();
+            blocking.push(permit);
+        }
+        for _ in 0..10 {
+            // Two streams at once: one takes the last slot, the other waits for it.
+            let (a, b) = (stream(&gate), stream(&gate));
+            for stream in [a.await, b.await] {
+                let limit = gate.limit();
+                stream.expect("join").unwrap_or_else(|r| panic!("stream refused ({r:?}) at limit {limit}"));
+            }
+            tokio::time::sleep(Duration::from_millis(90)).await;
+        }
+        for permit in blocking {
+            permit.header_received();
+            permit.complete(false, Some(Duration::from_secs(1)), Outcome::Success);
+        }
+    }
+    assert!(
+        gate.limit() >= after_overload,
+        "cut from {after_overload} to {}: nothing waits in the backend",
+        gate.limit()
+    );
 }
