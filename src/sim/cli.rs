@@ -1,5 +1,5 @@
 //! `dify-shaper sim …`: command-line flags for the simulator ([`SimArgs`]) and the
-//! foreground runner (until ctrl-c; SIGHUP restarts it like a container restart).
+//! foreground runner (until ctrl-c or SIGTERM; SIGHUP restarts it like a container restart).
 
 use std::io;
 use std::net::SocketAddr;
@@ -52,6 +52,10 @@ pub struct SimArgs {
     /// Extra service time per other active run (CPU contention), e.g. `100ms`.
     #[arg(long, value_parser = duration)]
     pub slowdown_per_active: Option<Duration>,
+    /// On SIGTERM, how long in-flight requests may finish before the process exits
+    /// (gunicorn's `graceful_timeout`; `docker stop` sends SIGTERM).
+    #[arg(long, value_parser = duration, default_value = "30s")]
+    pub graceful_timeout: Duration,
 }
 
 impl SimArgs {
@@ -72,8 +76,10 @@ impl SimArgs {
         }
     }
 
-    /// Starts the simulator, logs its address, and runs until ctrl-c. On unix, SIGHUP
-    /// restarts it with `--boot-delay` (port closed meanwhile), like `docker restart api`.
+    /// Starts the simulator, logs its address, and runs until ctrl-c or SIGTERM. On SIGTERM it
+    /// stops as gunicorn does: no new connections, in-flight requests finish for up to
+    /// `--graceful-timeout`. On unix, SIGHUP restarts it with `--boot-delay` (port closed
+    /// meanwhile), like `docker restart api`.
     pub async fn run(self) -> Result<(), io::Error> {
         let config = self.to_config();
         let sim = Simulator::start(self.listen, config.clone()).await?;
@@ -83,20 +89,35 @@ impl SimArgs {
             service_time = %config.service_time,
             "dify simulator listening"
         );
-        wait_for_shutdown(&sim).await?;
+        if wait_for_shutdown(&sim).await? == Shutdown::Graceful {
+            let shown = humantime::format_duration(self.graceful_timeout);
+            tracing::info!(graceful_timeout = %shown, "SIGTERM: finishing in-flight requests");
+            sim.drain(self.graceful_timeout).await;
+        }
         tracing::info!("dify simulator shutting down");
         sim.stop().await;
         Ok(())
     }
 }
 
+/// How the simulator was asked to stop.
+#[derive(Debug, PartialEq, Eq)]
+enum Shutdown {
+    /// ctrl-c: stop at once.
+    Now,
+    /// SIGTERM: let in-flight requests finish first.
+    Graceful,
+}
+
 #[cfg(unix)]
-async fn wait_for_shutdown(sim: &Simulator) -> io::Result<()> {
+async fn wait_for_shutdown(sim: &Simulator) -> io::Result<Shutdown> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
     loop {
         tokio::select! {
-            r = tokio::signal::ctrl_c() => return r,
+            r = tokio::signal::ctrl_c() => return r.map(|()| Shutdown::Now),
+            _ = term.recv() => return Ok(Shutdown::Graceful),
             _ = hup.recv() => {
                 let delay = sim.config().boot_delay;
                 let shown = humantime::format_duration(delay);
@@ -108,8 +129,8 @@ async fn wait_for_shutdown(sim: &Simulator) -> io::Result<()> {
 }
 
 #[cfg(not(unix))]
-async fn wait_for_shutdown(_sim: &Simulator) -> io::Result<()> {
-    tokio::signal::ctrl_c().await
+async fn wait_for_shutdown(_sim: &Simulator) -> io::Result<Shutdown> {
+    tokio::signal::ctrl_c().await.map(|()| Shutdown::Now)
 }
 
 #[cfg(test)]

@@ -170,6 +170,14 @@ impl Simulator {
     /// answers written, for up to `grace`, kills what is left, and serves again after
     /// `boot_delay`. Returns once the old generation is gone (not waiting for the boot).
     pub async fn restart_graceful(&self, grace: Duration, boot_delay: Duration) {
+        self.drain(grace).await;
+        self.restart(boot_delay).await;
+    }
+
+    /// Stops accepting at once (new connections are refused) and waits, up to `grace`, until
+    /// in-flight requests are done and their answers written: gunicorn's graceful stop on
+    /// SIGTERM. What is left is cut by the [`stop`](Self::stop) or restart that follows.
+    pub async fn drain(&self, grace: Duration) {
         {
             let _op = self.inner.ops.lock().await;
             if let Some(current) = &self.inner.life().current {
@@ -184,7 +192,6 @@ impl Simulator {
         while busy() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        self.restart(boot_delay).await;
     }
 
     /// A copy of the current configuration.
