@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -12,6 +13,7 @@ use crate::app::App;
 use crate::config::{self, Config, ConfigError, Overrides};
 use crate::ctl::CtlArgs;
 use crate::demo::DemoArgs;
+use crate::maintenance::actions::docker::Preview;
 use crate::sim::cli::SimArgs;
 
 /// dify-shaper: queue, admit, retry and hold traffic in front of a self-hosted Dify.
@@ -150,6 +152,7 @@ fn check(args: &CheckArgs) -> ExitCode {
     for warning in config::audit::warnings(&config, &table) {
         eprintln!("dify-shaper: {origin}: warning: {warning}");
     }
+    check_docker_actions(&config, &origin);
     match toml::to_string_pretty(&config) {
         Ok(text) => {
             println!("# {origin}: OK. Effective config:\n{text}");
@@ -158,6 +161,38 @@ fn check(args: &CheckArgs) -> ExitCode {
         Err(e) => {
             eprintln!("dify-shaper: {origin}: valid, but printing it failed: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// For each `docker` maintenance action, asks the engine (when it answers) which containers
+/// it would restart, and warns when none; an engine that cannot be reached from here is only
+/// mentioned (`check` often runs on another machine than the proxy).
+fn check_docker_actions(config: &Config, origin: &str) {
+    let docker: Vec<_> = config
+        .maintenance
+        .values()
+        .filter(|m| matches!(m.action, Some(crate::maintenance::actions::Action::Docker { .. })))
+        .collect();
+    if docker.is_empty() {
+        return;
+    }
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+        return;
+    };
+    for spec in docker {
+        let Some(action) = &spec.action else { continue };
+        let target = crate::maintenance::actions::Target { upstream: spec.upstream.clone(), server: None };
+        let upstream = &spec.upstream;
+        match runtime.block_on(action.preview(&target, Duration::from_secs(5))) {
+            Some(Preview::Containers(containers)) => {
+                eprintln!("dify-shaper: {origin}: maintenance of {upstream}: docker restarts {}", containers.join(", "))
+            }
+            Some(Preview::NoMatch(e)) => eprintln!("dify-shaper: {origin}: warning: maintenance of {upstream}: {e}"),
+            Some(Preview::Unknown(e)) => eprintln!(
+                "dify-shaper: {origin}: maintenance of {upstream}: containers not listed here ({e}); dify-shaper lists them at start-up"
+            ),
+            None => {}
         }
     }
 }

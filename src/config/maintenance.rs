@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use super::units::{ByteSize, HumanDuration};
-use crate::maintenance::actions::Action;
+use crate::maintenance::actions::{Action, Containers};
 use crate::maintenance::memory::MemorySource;
 use crate::maintenance::schedule::Schedule;
 
@@ -75,6 +75,12 @@ pub struct RawAction {
     pub timeout: Option<HumanDuration>,
     /// `docker`: containers restarted in order.
     pub containers: Option<Vec<String>>,
+    /// `docker`: compose services whose containers are restarted, in order (by label).
+    pub services: Option<Vec<String>>,
+    /// `docker`: the compose project of `services` (default: dify-shaper's own).
+    pub project: Option<String>,
+    /// `docker`: `stop_timeout` by service (or container name).
+    pub stop_timeouts: Option<BTreeMap<String, HumanDuration>>,
     /// `docker`: the Engine API socket.
     pub socket: Option<PathBuf>,
     /// `docker`: SIGTERM → SIGKILL grace given to Docker.
@@ -328,6 +334,9 @@ fn build_action(raw: &RawAction, restart_timeout: Duration) -> Result<Action, (S
         ("command", raw.command.is_some()),
         ("timeout", raw.timeout.is_some()),
         ("containers", raw.containers.is_some()),
+        ("services", raw.services.is_some()),
+        ("project", raw.project.is_some()),
+        ("stop_timeouts", raw.stop_timeouts.is_some()),
         ("socket", raw.socket.is_some()),
         ("stop_timeout", raw.stop_timeout.is_some()),
         ("url", raw.url.is_some()),
@@ -343,7 +352,9 @@ fn build_action(raw: &RawAction, restart_timeout: Duration) -> Result<Action, (S
     .collect();
     let allowed: &[&str] = match raw.kind.as_str() {
         "command" => &["command", "timeout"],
-        "docker" => &["containers", "socket", "stop_timeout", "timeout"],
+        "docker" => {
+            &["containers", "services", "project", "socket", "stop_timeout", "stop_timeouts", "timeout"]
+        }
         "http" => &["url", "method", "headers", "timeout"],
         "signal" => &["pid", "pid_file", "signal"],
         "none" => &["window"],
@@ -372,12 +383,61 @@ fn build_action(raw: &RawAction, restart_timeout: Duration) -> Result<Action, (S
             Action::Command { command, timeout }
         }
         "docker" => {
-            let containers =
-                raw.containers.clone().filter(|c| !c.is_empty()).ok_or_else(|| missing("containers"))?;
+            let containers = match (&raw.containers, &raw.services) {
+                (Some(_), Some(_)) => {
+                    return Err(("services".into(), "set one of `containers` and `services`, not both".into()))
+                }
+                (None, None) => {
+                    return Err((
+                        "services".into(),
+                        "kind = \"docker\" needs `services` (compose services, found by label) or `containers` (names)".into(),
+                    ))
+                }
+                (Some(names), None) => {
+                    if raw.project.is_some() {
+                        return Err(("project".into(), "applies to `services` only".into()));
+                    }
+                    Containers::Named { containers: non_empty(names, "containers")? }
+                }
+                (None, Some(services)) => {
+                    if raw.project.as_deref().is_some_and(|p| p.trim().is_empty()) {
+                        return Err(("project".into(), "must not be empty (leave it out for dify-shaper's own)".into()));
+                    }
+                    Containers::Services { services: non_empty(services, "services")?, project: raw.project.clone() }
+                }
+            };
+            let stop_timeout = raw.stop_timeout.map_or(Duration::from_secs(10), |t| t.0);
+            let stop_timeouts: BTreeMap<String, Duration> =
+                raw.stop_timeouts.iter().flatten().map(|(k, v)| (k.clone(), v.0)).collect();
+            let named: Vec<&String> = match &containers {
+                Containers::Named { containers } => containers.iter().collect(),
+                Containers::Services { services, .. } => services.iter().collect(),
+            };
+            if let Some(stray) = stop_timeouts.keys().find(|k| !named.contains(k)) {
+                return Err((
+                    "stop_timeouts".into(),
+                    format!("{stray:?} is not one of the containers or services restarted"),
+                ));
+            }
+            for (key, grace) in std::iter::once(("stop_timeout", &stop_timeout))
+                .chain(stop_timeouts.iter().map(|(k, v)| (k.as_str(), v)))
+            {
+                if *grace >= timeout {
+                    return Err((
+                        "stop_timeouts".into(),
+                        format!(
+                            "{key}: {} must be shorter than the action's timeout ({})",
+                            humantime::format_duration(*grace),
+                            humantime::format_duration(timeout)
+                        ),
+                    ));
+                }
+            }
             Action::Docker {
                 socket: raw.socket.clone().unwrap_or_else(|| PathBuf::from(DOCKER_SOCKET)),
                 containers,
-                stop_timeout: raw.stop_timeout.map_or(Duration::from_secs(10), |t| t.0),
+                stop_timeout,
+                stop_timeouts,
                 timeout,
             }
         }
@@ -404,6 +464,14 @@ fn build_action(raw: &RawAction, restart_timeout: Duration) -> Result<Action, (S
         }
         _ => Action::None { window: raw.window.map_or(Duration::from_secs(300), |w| w.0) },
     })
+}
+
+/// `list` without blank entries, or why not.
+fn non_empty(list: &[String], key: &str) -> Result<Vec<String>, (String, String)> {
+    if list.is_empty() || list.iter().any(|s| s.trim().is_empty()) {
+        return Err((key.into(), "must list at least one name, and no empty ones".into()));
+    }
+    Ok(list.to_vec())
 }
 
 fn build_gate(raw: &RawGate, defaults: GateSpec) -> Result<GateSpec, (String, String)> {

@@ -9,6 +9,12 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
 use crate::app::App;
+use crate::config::Config;
+use crate::maintenance::actions::docker::Preview;
+use crate::maintenance::actions::Target;
+
+/// How long start-up waits for the Docker engine to say which containers an action means.
+const PREVIEW_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How often deadlines, schedules and finished tasks are looked at: fine enough that a
 /// drained upstream is released within a tenth of a second of its health gate passing.
@@ -29,6 +35,7 @@ impl MaintenanceService {
 #[async_trait]
 impl BackgroundService for MaintenanceService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
+        tokio::spawn(preview_docker_actions(self.app.config()));
         let mut ticker = tokio::time::interval(TICK);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -40,6 +47,24 @@ impl BackgroundService for MaintenanceService {
                     }
                 }
                 _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+/// Logs which containers each `docker` action would restart, and warns when it would restart
+/// none or the engine cannot be asked: at start-up, not at the scheduled hour.
+async fn preview_docker_actions(config: Arc<Config>) {
+    for spec in config.maintenance.values() {
+        let Some(action) = &spec.action else { continue };
+        let target = Target { upstream: spec.upstream.clone(), server: None };
+        match action.preview(&target, PREVIEW_TIMEOUT).await {
+            None => {}
+            Some(Preview::Containers(containers)) => {
+                tracing::info!(upstream = %spec.upstream, containers = %containers.join(", "), "maintenance: the docker action restarts these containers")
+            }
+            Some(Preview::NoMatch(e) | Preview::Unknown(e)) => {
+                tracing::warn!(upstream = %spec.upstream, error = %e, "maintenance: the docker action cannot restart anything as configured")
             }
         }
     }

@@ -262,3 +262,48 @@ mod forwarding_tests {
         assert!(e.contains("`trusted`") && e.contains("`append`") && e.contains("`replace`"), "{e}");
     }
 }
+
+#[test]
+fn docker_actions_select_compose_services_or_named_containers() {
+    use crate::maintenance::actions::{Action, Containers};
+    let with = |action: &str| format!("{VALID}\n[[maintenance]]\nupstream = \"api\"\naction = {action}\n");
+    let config = load(&with(
+        r#"{ kind = "docker", services = ["api", "worker"], stop_timeout = "30s", stop_timeouts = { worker = "3m" } }"#,
+    ))
+    .expect("services");
+    let Some(Action::Docker { containers, stop_timeout, stop_timeouts, .. }) =
+        &config.maintenance_spec("api").action
+    else {
+        panic!("a docker action");
+    };
+    assert_eq!(
+        containers,
+        &Containers::Services { services: vec!["api".into(), "worker".into()], project: None }
+    );
+    assert_eq!(*stop_timeout, Duration::from_secs(30));
+    assert_eq!(stop_timeouts.get("worker"), Some(&Duration::from_secs(180)));
+    let printed = toml::to_string_pretty(&config).expect("`check` can print it");
+    let again = load(&printed).unwrap_or_else(|e| panic!("{e}\n{printed}"));
+    assert_eq!(again.maintenance_spec("api").action, config.maintenance_spec("api").action, "printed back");
+
+    let named = load(&with(r#"{ kind = "docker", containers = ["docker-api-1"] }"#)).expect("names");
+    assert!(matches!(
+        &named.maintenance_spec("api").action,
+        Some(Action::Docker { containers: Containers::Named { .. }, .. })
+    ));
+
+    let bad = |action: &str| err(&with(action));
+    let e = bad(r#"{ kind = "docker" }"#);
+    assert!(e.contains("action.services: kind = \"docker\" needs `services`"), "{e}");
+    let e = bad(r#"{ kind = "docker", services = ["api"], containers = ["x"] }"#);
+    assert!(e.contains("set one of `containers` and `services`, not both"), "{e}");
+    let e = bad(r#"{ kind = "docker", containers = ["x"], project = "dify" }"#);
+    assert!(e.contains("action.project: applies to `services` only"), "{e}");
+    let e = bad(r#"{ kind = "docker", services = [] }"#);
+    assert!(e.contains("action.services: must list at least one name"), "{e}");
+    let e = bad(r#"{ kind = "docker", services = ["api"], stop_timeouts = { worker = "1m" } }"#);
+    assert!(e.contains("\"worker\" is not one of the containers or services restarted"), "{e}");
+    let e =
+        bad(r#"{ kind = "docker", services = ["api"], timeout = "20s", stop_timeouts = { api = "30s" } }"#);
+    assert!(e.contains("api: 30s must be shorter than the action's timeout (20s)"), "{e}");
+}

@@ -1,6 +1,7 @@
 //! A minimal fake Docker Engine API on a unix socket in a temp dir, for tests: `/version`,
-//! `POST containers/{name}/restart` and `GET containers/{name}/stats`, each with or without
-//! the `/v1.xx` prefix. Known containers restart with 204, unknown ones get Docker's 404;
+//! `GET containers/json` (label filters), `POST containers/{name}/restart` and
+//! `GET containers/{name}/stats`, each with or without the `/v1.xx` prefix. A container named
+//! `P-S-N` carries Compose's labels for project `P` and service `S`, as Compose names them. Known containers restart with 204, unknown ones get Docker's 404;
 //! a container named `hang` never answers. Stats: `cgv1` answers in cgroup v1 shape,
 //! `stopped` with empty memory stats, every other known name in cgroup v2 shape.
 
@@ -42,8 +43,11 @@ type Log = Arc<Mutex<Vec<String>>>;
 pub(crate) struct FakeDocker {
     /// The socket to point clients at.
     pub(crate) socket: PathBuf,
+    /// The same API on TCP, as a socket proxy serves it (`tcp://ADDR`).
+    pub(crate) tcp: std::net::SocketAddr,
     log: Log,
     server: JoinHandle<()>,
+    tcp_server: JoinHandle<()>,
     _dir: TempDir,
 }
 
@@ -55,18 +59,29 @@ impl FakeDocker {
         let listener = UnixListener::bind(&socket).expect("bind unix socket");
         let log: Log = Arc::default();
         let known: Arc<Vec<String>> = Arc::new(known.iter().map(|k| k.to_string()).collect());
-        let record = log.clone();
+        let serve = |record: Log, known: Arc<Vec<String>>| {
+            service_fn(move |req: Request<Incoming>| {
+                let (record, known) = (record.clone(), known.clone());
+                async move { Ok::<_, Infallible>(answer(req, &record, &known).await) }
+            })
+        };
+        let (record, names) = (log.clone(), known.clone());
         let server = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let (record, known) = (record.clone(), known.clone());
-                let service = service_fn(move |req: Request<Incoming>| {
-                    let (record, known) = (record.clone(), known.clone());
-                    async move { Ok::<_, Infallible>(answer(req, &record, &known).await) }
-                });
+                let service = serve(record.clone(), names.clone());
                 tokio::spawn(http1::Builder::new().serve_connection(TokioIo::new(stream), service));
             }
         });
-        FakeDocker { socket, log, server, _dir: dir }
+        let tcp_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind tcp");
+        let tcp = tcp_listener.local_addr().expect("tcp address");
+        let record = log.clone();
+        let tcp_server = tokio::spawn(async move {
+            while let Ok((stream, _)) = tcp_listener.accept().await {
+                let service = serve(record.clone(), known.clone());
+                tokio::spawn(http1::Builder::new().serve_connection(TokioIo::new(stream), service));
+            }
+        });
+        FakeDocker { socket, tcp, log, server, tcp_server, _dir: dir }
     }
 
     /// Every request so far, in arrival order, without the API version prefix (bollard
@@ -79,6 +94,7 @@ impl FakeDocker {
 impl Drop for FakeDocker {
     fn drop(&mut self) {
         self.server.abort();
+        self.tcp_server.abort();
     }
 }
 
@@ -95,6 +111,25 @@ async fn answer(req: Request<Incoming>, log: &Log, known: &[String]) -> Response
         log.push(format!("{} /{}{query}", req.method(), parts.join("/")));
     }
     match (req.method(), parts.as_slice()) {
+        (&Method::GET, ["containers", "json"]) => {
+            let wanted = label_filters(req.uri().query().unwrap_or(""));
+            let listed: Vec<serde_json::Value> = known
+                .iter()
+                .filter_map(|name| {
+                    let (rest, _n) = name.rsplit_once('-')?;
+                    let (project, service) = rest.split_once('-')?;
+                    let labels = [
+                        format!("com.docker.compose.project={project}"),
+                        format!("com.docker.compose.service={service}"),
+                    ];
+                    wanted.iter().all(|w| labels.contains(w)).then(|| {
+                        serde_json::json!({"Id": format!("id-{name}"), "Names": [format!("/{name}")], "Labels": {
+                            "com.docker.compose.project": project, "com.docker.compose.service": service}})
+                    })
+                })
+                .collect();
+            json(StatusCode::OK, &serde_json::Value::Array(listed).to_string())
+        }
         (&Method::GET, ["version"]) => json(
             StatusCode::OK,
             r#"{"Version":"26.1.4","ApiVersion":"1.45","MinAPIVersion":"1.24","Os":"linux","Arch":"amd64"}"#,
@@ -118,6 +153,41 @@ async fn answer(req: Request<Incoming>, log: &Log, known: &[String]) -> Response
         },
         _ => json(StatusCode::NOT_FOUND, r#"{"message":"page not found"}"#),
     }
+}
+
+/// The `label` values of a `filters` query parameter (`{"label":["k=v",…]}`, URL-encoded).
+fn label_filters(query: &str) -> Vec<String> {
+    let Some(encoded) = query.split('&').find_map(|kv| kv.strip_prefix("filters=")) else {
+        return Vec::new();
+    };
+    let decoded = percent_decode(encoded);
+    let filters: std::collections::HashMap<String, Vec<String>> =
+        serde_json::from_str(&decoded).unwrap_or_default();
+    filters.get("label").cloned().unwrap_or_default()
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match (bytes[i], bytes.get(i + 1..i + 3)) {
+            (b'%', Some(hex)) => {
+                let value = std::str::from_utf8(hex).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
+                out.push(value.unwrap_or(b'%'));
+                i += if value.is_some() { 3 } else { 1 };
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Answers `body` as Docker does: JSON on one line, then a newline (stats is line-delimited).

@@ -5,12 +5,13 @@
 //! When to run it and what to do on failure belongs to the caller.
 
 mod command;
-pub(crate) mod docker;
+pub mod docker;
 #[cfg(test)]
 pub(crate) mod fake_docker;
 mod http;
 mod signal;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
@@ -35,11 +36,16 @@ pub enum Action {
     Docker {
         /// Unix socket of the Docker daemon (usually `/var/run/docker.sock`).
         socket: PathBuf,
-        /// Container names or ids, restarted in this order.
-        containers: Vec<String>,
+        /// Which containers, in restart order.
+        #[serde(flatten)]
+        containers: Containers,
         /// Seconds Docker waits after SIGTERM before SIGKILL (`t=` of the restart call).
         #[serde(serialize_with = "human")]
         stop_timeout: Duration,
+        /// `stop_timeout` for particular services (or, with named containers, containers):
+        /// Celery's warm shutdown waits for running tasks, which a short grace kills.
+        #[serde(serialize_with = "human_map", skip_serializing_if = "BTreeMap::is_empty")]
+        stop_timeouts: BTreeMap<String, Duration>,
         /// Longest restart of each container.
         #[serde(serialize_with = "human")]
         timeout: Duration,
@@ -74,6 +80,27 @@ pub enum Action {
     },
 }
 
+/// The containers a `docker` action restarts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum Containers {
+    /// Names or ids as written (placeholders filled at run time), restarted in this order.
+    Named {
+        /// The names or ids.
+        containers: Vec<String>,
+    },
+    /// Every container of these compose services, found by the labels Compose sets
+    /// (`com.docker.compose.project` / `.service`), whatever `-p` or scaling named them;
+    /// services restart in this order.
+    Services {
+        /// The services, e.g. `["api", "worker"]`.
+        services: Vec<String>,
+        /// The compose project; `None`: the project of the container dify-shaper runs in.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        project: Option<String>,
+    },
+}
+
 /// Who the action is for; fills the placeholders `{upstream}`, `{server}`, `{host}`, `{port}`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Target {
@@ -100,6 +127,12 @@ pub enum ActionError {
     /// The command ran past its timeout and its process group was killed.
     #[error("command timed out after {} (killed)", humantime::format_duration(*.0))]
     CommandTimeout(Duration),
+    /// No container matches what the action names.
+    #[error("docker: {0}")]
+    DockerNoMatch(String),
+    /// The engine could not be asked which containers the action means.
+    #[error("docker: {0}")]
+    DockerLookup(String),
     /// The Docker daemon could not be reached or its API version not agreed on.
     #[error("docker: cannot use {socket}: {reason}")]
     DockerConnect {
@@ -185,9 +218,15 @@ impl Action {
             Action::Command { command, timeout } => {
                 command::run(&fill(command, target), target, *timeout).await
             }
-            Action::Docker { socket, containers, stop_timeout, timeout } => {
-                let names: Vec<String> = containers.iter().map(|c| fill(c, target)).collect();
-                docker::restart(socket, &names, *stop_timeout, *timeout).await
+            Action::Docker { socket, containers, stop_timeout, stop_timeouts, timeout } => {
+                let containers = match containers {
+                    Containers::Named { containers } => {
+                        Containers::Named { containers: containers.iter().map(|c| fill(c, target)).collect() }
+                    }
+                    services => services.clone(),
+                };
+                let grace = docker::Grace { default: *stop_timeout, by_name: stop_timeouts };
+                docker::restart(socket, &containers, &grace, *timeout).await
             }
             Action::Http { method, url, headers, timeout } => {
                 let headers: Vec<(String, String)> =
@@ -203,11 +242,33 @@ impl Action {
         }
     }
 
+    /// For a `docker` action, the containers it would restart now for `target` (asking the
+    /// engine, within `timeout`); `None` for the other kinds. Start-up and `check` show it,
+    /// so a selector that matches nothing is found long before the restart is due.
+    pub async fn preview(&self, target: &Target, timeout: Duration) -> Option<docker::Preview> {
+        let Action::Docker { socket, containers, .. } = self else {
+            return None;
+        };
+        let containers = match containers {
+            Containers::Named { containers } => {
+                Containers::Named { containers: containers.iter().map(|c| fill(c, target)).collect() }
+            }
+            services => services.clone(),
+        };
+        Some(docker::preview(socket, &containers, timeout).await)
+    }
+
     /// A short description for logs and `/status`, with placeholders unfilled.
     pub fn describe(&self) -> String {
         match self {
             Action::Command { command, .. } => format!("command {command:?}"),
-            Action::Docker { containers, .. } => format!("docker restart {}", containers.join(", ")),
+            Action::Docker { containers: Containers::Named { containers }, .. } => {
+                format!("docker restart {}", containers.join(", "))
+            }
+            Action::Docker { containers: Containers::Services { services, project }, .. } => {
+                let project = project.as_deref().unwrap_or("(this container's)");
+                format!("docker restart compose services {} of project {project}", services.join(", "))
+            }
             Action::Http { method, url, .. } => format!("http {method} {url}"),
             Action::Signal { pid, pid_file, signal } => match (pid, pid_file) {
                 (Some(pid), _) => format!("signal {signal} to pid {pid}"),
@@ -238,6 +299,10 @@ fn header_table<S: Serializer>(headers: &[(String, String)], s: S) -> Result<S::
 
 fn human<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&humantime::format_duration(*d).to_string())
+}
+
+fn human_map<S: Serializer>(map: &BTreeMap<String, Duration>, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_map(map.iter().map(|(k, d)| (k, humantime::format_duration(*d).to_string())))
 }
 
 /// Replaces the placeholders in one pass, so a value that itself contains `{…}` is not

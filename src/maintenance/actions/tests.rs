@@ -33,11 +33,23 @@ fn descriptions() {
     assert_eq!(command.describe(), "command \"docker compose -p dify restart api\"");
     let docker = Action::Docker {
         socket: "/var/run/docker.sock".into(),
-        containers: vec!["docker-api-1".into(), "docker-worker-1".into()],
+        containers: Containers::Named { containers: vec!["docker-api-1".into(), "docker-worker-1".into()] },
         stop_timeout: d,
+        stop_timeouts: BTreeMap::new(),
         timeout: d,
     };
     assert_eq!(docker.describe(), "docker restart docker-api-1, docker-worker-1");
+    let services = Action::Docker {
+        socket: "/var/run/docker.sock".into(),
+        containers: Containers::Services { services: vec!["api".into(), "worker".into()], project: None },
+        stop_timeout: d,
+        stop_timeouts: BTreeMap::new(),
+        timeout: d,
+    };
+    assert_eq!(
+        services.describe(),
+        "docker restart compose services api, worker of project (this container's)"
+    );
     let http =
         Action::Http { method: "POST".into(), url: "http://ops/restart".into(), headers: vec![], timeout: d };
     assert_eq!(http.describe(), "http POST http://ops/restart");
@@ -68,8 +80,9 @@ fn signal_names() {
 fn serialized_form_is_tagged_with_readable_durations() {
     let docker = Action::Docker {
         socket: "/var/run/docker.sock".into(),
-        containers: vec!["docker-api-1".into()],
+        containers: Containers::Named { containers: vec!["docker-api-1".into()] },
         stop_timeout: Duration::from_secs(10),
+        stop_timeouts: BTreeMap::new(),
         timeout: Duration::from_secs(120),
     };
     assert_eq!(
@@ -80,6 +93,28 @@ fn serialized_form_is_tagged_with_readable_durations() {
             "containers": ["docker-api-1"],
             "stop_timeout": "10s",
             "timeout": "2m",
+        })
+    );
+    let services = Action::Docker {
+        socket: "/var/run/docker.sock".into(),
+        containers: Containers::Services {
+            services: vec!["api".into(), "worker".into()],
+            project: Some("dify".into()),
+        },
+        stop_timeout: Duration::from_secs(30),
+        stop_timeouts: BTreeMap::from([("worker".to_string(), Duration::from_secs(240))]),
+        timeout: Duration::from_secs(300),
+    };
+    assert_eq!(
+        serde_json::to_value(&services).expect("serializes"),
+        serde_json::json!({
+            "kind": "docker",
+            "socket": "/var/run/docker.sock",
+            "services": ["api", "worker"],
+            "project": "dify",
+            "stop_timeout": "30s",
+            "stop_timeouts": {"worker": "4m"},
+            "timeout": "5m",
         })
     );
     let none =
