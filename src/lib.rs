@@ -21,6 +21,7 @@ pub mod reload;
 pub mod resilience;
 pub mod server;
 pub mod shutdown;
+pub mod sidecar;
 pub mod sim;
 pub mod telemetry;
 pub mod upstream;

@@ -24,6 +24,7 @@ use crate::proxy::DifyProxy;
 use crate::reload::sighup::SighupReloader;
 use crate::resilience::probe::Prober;
 use crate::shutdown::Drainer;
+use crate::sidecar::Sidecar;
 use crate::upstream::resolver::{resolve_all_blocking, Resolver};
 
 /// pingora's process settings from our config.
@@ -105,6 +106,7 @@ pub fn run(app: Arc<App>) -> ! {
 
     server.add_service(background_service("upstream resolver", Resolver::new(Arc::clone(&app))));
     server.add_service(background_service("housekeeping", Housekeeping::new(Arc::clone(&app))));
+    server.add_service(background_service("sidecar", Sidecar::new(Arc::clone(&app))));
     server.add_service(background_service("health probes", Prober::new(Arc::clone(&app))));
     server.add_service(background_service("maintenance", MaintenanceService::new(Arc::clone(&app))));
     server.add_service(background_service("sighup reload", SighupReloader::new(Arc::clone(&app))));

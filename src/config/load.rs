@@ -15,12 +15,13 @@ use thiserror::Error;
 use toml::Spanned;
 
 use super::schema::{
-    RawAdmission, RawAdmissionGlobal, RawClass, RawConfig, RawHealth, RawRetry, RawRoute, RawTenants,
+    RawAdmission, RawAdmissionGlobal, RawClass, RawConfig, RawHealth, RawRetry, RawRoute, RawSidecar,
+    RawTenants,
 };
 use super::units::HumanDuration;
 use super::{
     AdmissionGlobal, AdmissionSpec, ClassSpec, Config, HealthSpec, LogSettings, RateLimitSpec, RetrySpec,
-    ServerAddr, ServerSettings, TenantSettings, UpstreamSpec,
+    ServerAddr, ServerSettings, SidecarSettings, TenantSettings, UpstreamSpec,
 };
 use crate::admission::tenant::TenantSource;
 use crate::admission::AdmissionPolicy;
@@ -210,6 +211,7 @@ fn build(raw: RawConfig, at: &Locator<'_>, overrides: &Overrides) -> Result<Conf
         ));
     }
     let maintenance = build_maintenance(&raw.maintenance, &upstreams, at)?;
+    let sidecar = build_sidecar(&raw.sidecar, at)?;
 
     Ok(Config {
         source: at.origin.to_string(),
@@ -221,7 +223,18 @@ fn build(raw: RawConfig, at: &Locator<'_>, overrides: &Overrides) -> Result<Conf
         tenants,
         router,
         maintenance,
+        sidecar,
     })
+}
+
+/// `[sidecar]`: service names must be names.
+fn build_sidecar(raw: &RawSidecar, at: &Locator<'_>) -> Result<SidecarSettings, ConfigError> {
+    let reload_nginx = raw.reload_nginx.clone().unwrap_or_default();
+    if reload_nginx.iter().any(|s| s.trim().is_empty()) {
+        return Err(at.unplaced("sidecar.reload_nginx", "names compose services: no empty names".into()));
+    }
+    let defaults = SidecarSettings::default();
+    Ok(SidecarSettings { reload_nginx, socket: raw.socket.clone().unwrap_or(defaults.socket) })
 }
 
 /// `server.trusted_proxies`, parsed once here so a request only compares addresses. Unset

@@ -55,6 +55,26 @@ pub struct Config {
     /// `[[maintenance]]` entries by upstream name.
     #[serde(serialize_with = "maintenance_list")]
     pub maintenance: BTreeMap<String, MaintenanceSpec>,
+    /// `[sidecar]`: what dify-shaper does for the compose project it runs in.
+    pub sidecar: SidecarSettings,
+}
+
+/// `[sidecar]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SidecarSettings {
+    /// Compose services whose nginx is told to reload (`nginx -s reload`, through the Engine
+    /// API) once dify-shaper is up: nginx resolves a `proxy_pass` host only when it loads its
+    /// config, so after dify-shaper's container got a new address (recreated, or started
+    /// after nginx at boot) nginx would keep the old one. Empty: nothing is reloaded.
+    pub reload_nginx: Vec<String>,
+    /// The Docker Engine API socket.
+    pub socket: std::path::PathBuf,
+}
+
+impl Default for SidecarSettings {
+    fn default() -> Self {
+        SidecarSettings { reload_nginx: Vec::new(), socket: maintenance::DOCKER_SOCKET.into() }
+    }
 }
 
 fn maintenance_list<S: serde::Serializer>(

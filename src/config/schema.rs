@@ -41,6 +41,20 @@ pub struct RawConfig {
     /// Scheduled/manual maintenance per upstream (`[[maintenance]]`).
     #[serde(default)]
     pub maintenance: Vec<super::maintenance::RawMaintenance>,
+    /// What dify-shaper does for the compose project it runs in.
+    #[serde(default)]
+    pub sidecar: RawSidecar,
+}
+
+/// `[sidecar]`: dify-shaper as a container in Dify's compose project.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSidecar {
+    /// Compose services (of dify-shaper's own project) whose nginx is reloaded once
+    /// dify-shaper is up, so it resolves dify-shaper's current address.
+    pub reload_nginx: Option<Vec<String>>,
+    /// The Docker Engine API socket.
+    pub socket: Option<std::path::PathBuf>,
 }
 
 /// `[admission]`: settings shared by every upstream's admission.
