@@ -125,7 +125,13 @@ fn overlay_references_only_real_dify_services() {
         let name = name.as_str().expect("service name");
         // The overlay adds exactly one service; every other entry extends one of Dify's.
         assert!(name == "dify-shaper" || known.contains(name), "overlay extends unknown service {name}");
-        for dep in service.get("depends_on").map(yaml_strings).unwrap_or_default() {
+        // depends_on: a list of names, or a map of name → condition.
+        let deps: Vec<String> = match service.get("depends_on") {
+            Some(Yaml::Mapping(map)) => map.keys().filter_map(|k| k.as_str().map(str::to_string)).collect(),
+            Some(list) => yaml_strings(list),
+            None => Vec::new(),
+        };
+        for dep in deps {
             assert!(
                 dep == "dify-shaper" || known.contains(&dep),
                 "{name} depends on {dep}, which Dify does not define"
@@ -217,29 +223,33 @@ fn stop_grace_period_exceeds_shutdown_grace() {
 }
 
 #[test]
-fn maintenance_restarts_dify_containers_by_their_compose_names() {
+fn maintenance_restarts_dify_api_and_worker_found_by_compose_labels() {
     let facts = facts();
     let config = shipped_config();
-    let pattern = yaml_str(&facts, "container_name_pattern");
-    let project = yaml_str(&facts, "project_name");
-    let name = |service: &str| pattern.replace("{project}", project).replace("{service}", service);
     let entries = config["maintenance"].as_array().expect("[[maintenance]]");
     assert_eq!(entries.len(), 1);
     let entry = &entries[0];
     assert_eq!(entry["upstream"].as_str(), Some("api"));
     assert_eq!(entry["schedule"].as_str(), Some("0 20 * * *"));
     assert_eq!(entry["timezone"].as_str(), Some("Asia/Tokyo"));
-    assert_eq!(entry["action"]["kind"].as_str(), Some("docker"));
-    let containers: Vec<&str> = entry["action"]["containers"]
-        .as_array()
-        .expect("containers")
-        .iter()
-        .filter_map(|c| c.as_str())
-        .collect();
-    assert_eq!(containers, [name("api"), name("worker")]);
-    for service in ["api", "worker"] {
+    let action = &entry["action"];
+    assert_eq!(action["kind"].as_str(), Some("docker"));
+    // By service label, in the project dify-shaper itself runs in: no container names that
+    // change with `-p` or scaling.
+    assert!(action.get("containers").is_none() && action.get("project").is_none(), "{action:?}");
+    let services: Vec<&str> =
+        action["services"].as_array().expect("services").iter().filter_map(|c| c.as_str()).collect();
+    assert_eq!(services, ["api", "worker"]);
+    for service in services {
         assert!(facts["services"].get(service).is_some(), "{service} is a Dify service");
     }
+    // The worker's warm shutdown gets minutes, within the restart timeout with api's grace.
+    let seconds = |v: &toml::Value| {
+        humantime::parse_duration(v.as_str().expect("a duration")).expect("duration").as_secs()
+    };
+    let worker = seconds(&action["stop_timeouts"]["worker"]);
+    assert!(worker >= 120, "worker stop timeout {worker} s");
+    assert!(worker + seconds(&action["stop_timeout"]) < seconds(&entry["restart_timeout"]));
     // The `docker` action needs the Engine API socket in the container.
     let volumes = yaml_strings(&shaper_service(&overlay())["volumes"]);
     assert!(
@@ -392,20 +402,42 @@ fn docker_ignored(path: &str) -> bool {
 fn dockerfile_is_multi_stage_non_root_with_live_healthcheck() {
     let instructions = dockerfile();
     let froms: Vec<&Instruction> = instructions.iter().filter(|i| i.keyword == "FROM").collect();
-    assert_eq!(froms.len(), 2, "builder and runtime stages");
+    let stage = |name: &str| -> usize {
+        froms
+            .iter()
+            .find(|f| f.args.ends_with(&format!(" AS {name}")))
+            .unwrap_or_else(|| panic!("no stage {name}: {froms:?}"))
+            .stage
+    };
+    // The stages that need no registry come before the builder: the classic builder builds
+    // every stage up to its target, so `--target runtime-local` must not reach `builder`.
+    let (base, local, builder, runtime) =
+        (stage("runtime-base"), stage("runtime-local"), stage("builder"), stage("runtime"));
+    assert!(base < local && local < builder && builder < runtime, "{froms:?}");
+    assert!(froms[base - 1].args.starts_with("${BASE_IMAGE} "), "{froms:?}");
+    let default_base = instructions
+        .iter()
+        .find(|i| i.keyword == "ARG" && i.stage == 0 && i.args.starts_with("BASE_IMAGE="))
+        .expect("ARG BASE_IMAGE before the first FROM");
+    assert_eq!(default_base.args, "BASE_IMAGE=debian:bookworm-slim");
     assert!(
-        froms[0].args.starts_with("rust:") && froms[0].args.contains("-bookworm AS builder"),
-        "{froms:?}"
+        froms[builder - 1].args.starts_with("rust:")
+            && froms[builder - 1].args.contains("-bookworm AS builder")
     );
-    assert!(froms[1].args.starts_with("debian:bookworm-slim"), "{froms:?}");
-    let runtime = froms[1].stage;
+    assert_eq!(froms[local - 1].args, "runtime-base AS runtime-local");
+    assert_eq!(froms[runtime - 1].args, "runtime-base AS runtime");
+    assert_eq!(froms.last().map(|f| f.stage), Some(runtime), "the default target is the registry build");
+    let runtime = base;
     let in_runtime = |keyword: &str| -> Vec<&Instruction> {
         instructions.iter().filter(|i| i.stage == runtime && i.keyword == keyword).collect()
     };
 
     // The builder installs pingora's build tools and builds exactly what Cargo.lock says.
-    let builder_runs: String =
-        instructions.iter().filter(|i| i.stage == 1 && i.keyword == "RUN").map(|i| i.args.as_str()).collect();
+    let builder_runs: String = instructions
+        .iter()
+        .filter(|i| i.stage == builder && i.keyword == "RUN")
+        .map(|i| i.args.as_str())
+        .collect();
     assert!(builder_runs.contains("cmake") && builder_runs.contains("build-essential"));
     assert!(builder_runs.contains("cargo build --release --locked"));
 
@@ -414,6 +446,12 @@ fn dockerfile_is_multi_stage_non_root_with_live_healthcheck() {
     assert_eq!(users.len(), 1);
     let user = users[0].args.split(':').next().unwrap_or_default();
     assert!(!user.is_empty() && user != "root" && user != "0", "USER {user}");
+    let local_user = instructions.iter().rfind(|i| i.stage == local && i.keyword == "USER");
+    assert_eq!(
+        local_user.map(|u| u.args.as_str()),
+        Some(users[0].args.as_str()),
+        "runtime-local ends as that user"
+    );
 
     // COPY sources exist and reach the build context; the binary and config land where
     // ENTRYPOINT and CMD expect them.
@@ -431,6 +469,10 @@ fn dockerfile_is_multi_stage_non_root_with_live_healthcheck() {
         }
     }
     assert!(destinations.contains(&"/usr/local/bin/dify-shaper".to_string()), "{destinations:?}");
+    assert!(
+        destinations.contains(&"/usr/local/bin/".to_string()),
+        "runtime-local's binary: {destinations:?}"
+    );
     assert!(destinations.contains(&"/etc/dify-shaper/dify-shaper.toml".to_string()), "{destinations:?}");
     for heavy in ["target", "target/release/dify-shaper", ".git", "tests/docker_files.rs"] {
         assert!(docker_ignored(heavy), "{heavy} should be excluded from the build context");
@@ -571,5 +613,8 @@ async fn shipped_config_serves_a_workflow_run_and_its_healthcheck_passes() {
     .await;
     assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
     let status_json = common::json(&body);
-    assert!(status_json.to_string().contains("docker-api-1"), "the docker action shows in /status");
+    assert!(
+        status_json.to_string().contains("docker restart compose services api, worker"),
+        "the docker action shows in /status"
+    );
 }
