@@ -4,7 +4,7 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: deps run test lint fmt bench check-config clean
+.PHONY: deps run test test-docker lint fmt bench check-config clean
 
 # pingora builds C code (zstd, brotli, libz-ng through cmake): install the tools when absent.
 deps:
@@ -30,6 +30,13 @@ run: deps
 test: deps
 	@bash e2e/setup.sh || echo "e2e/setup.sh failed: the end-to-end tests (tests/e2e.rs) will fail" >&2
 	$(CARGO) test
+
+# The docker suite (e2e/docker/run.sh): the sidecar in Dify's own compose project on a real
+# Docker engine, under load, side by side with no dify-shaper. Needs root: it installs
+# docker.io and debootstrap when missing and starts its own dockerd (skips with one line where
+# no engine can run). A few minutes; the first run on a machine also makes the base image.
+test-docker: deps
+	bash e2e/docker/run.sh
 
 lint: deps
 	$(CARGO) fmt --all -- --check
