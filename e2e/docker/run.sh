@@ -54,6 +54,7 @@ FAILED=()
 
 cleanup() {
   local status=$?
+  docker ps -aq --filter label=dify-shaper-e2e=squatter | xargs -r docker rm -f >/dev/null 2>&1 || true
   if [[ -d $PROJECT_DIR ]]; then
     (cd "$PROJECT_DIR" && compose_all down --remove-orphans -t 2 >/dev/null 2>&1) || true
   fi
@@ -193,6 +194,7 @@ wait_load() { local p; for p in "${LOAD_PIDS[@]}"; do wait "$p"; done; }
 
 admin() { curl -fsS --max-time 5 -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$ADMIN_PORT$1"; }
 started_at() { docker inspect -f '{{.State.StartedAt}}' "$1"; }
+ip_of() { docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$1"; }
 check() {
   if eval "$2"; then say "ok: $1"; else say "FAILED: $1"; FAILED+=("$1"); fi
 }
@@ -270,11 +272,11 @@ scenario_recreate() {
   local t0 nginx_before ip_before
   t0=$(date +%s.%N)
   nginx_before=$(started_at docker-nginx-1)
-  ip_before=$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' docker-dify-shaper-1)
+  ip_before=$(ip_of docker-dify-shaper-1)
   in_project compose_all up -d --no-deps --force-recreate dify-shaper >/dev/null 2>&1
   # From here the new container and nginx (restarted by compose after it) serve.
   wait_serving shaped
-  say "recreate: dify-shaper's IP $ip_before -> $(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' docker-dify-shaper-1); nginx restarted: $([[ $(started_at docker-nginx-1) != "$nginx_before" ]] && echo yes || echo no)"
+  say "recreate: dify-shaper's IP $ip_before -> $(ip_of docker-dify-shaper-1); nginx restarted: $([[ $(started_at docker-nginx-1) != "$nginx_before" ]] && echo yes || echo no)"
   local settled; settled=$(python3 -c "import math,sys; print(math.ceil(float(sys.argv[2]) - float(sys.argv[1])) + 8 + 1)" "$t0" "$(date +%s.%N)")
   echo "$settled" >"$WORK/recreate-shaped.settled"
   wait_load
@@ -300,6 +302,23 @@ scenario_stopped() {
   wait_load
   check "stopped: nginx serves through dify-shaper again once it is back" "wait_serving shaped"
 
+  say "stopped: dify-shaper back at a new address while nginx runs on"
+  local old_ip new_ip squatters=()
+  old_ip=$(ip_of docker-dify-shaper-1)
+  docker stop -t 45 docker-dify-shaper-1 >/dev/null
+  # Other containers take addresses meanwhile (a scale-up, a one-off job): until one holds
+  # dify-shaper's.
+  for _ in 1 2 3 4 5 6; do
+    squatters+=("$(docker run -d --rm --network docker_default --label dify-shaper-e2e=squatter dify-shaper-e2e/standin)")
+    [[ $(ip_of "${squatters[-1]}") == "$old_ip" ]] && break
+  done
+  docker start docker-dify-shaper-1 >/dev/null
+  new_ip=$(ip_of docker-dify-shaper-1)
+  say "stopped: dify-shaper's address $old_ip -> $new_ip"
+  check "stopped: dify-shaper came back at another address" "[[ '$new_ip' != '$old_ip' ]]"
+  check "stopped: nginx, running throughout, serves through dify-shaper at its new address" "wait_serving shaped"
+  docker rm -f "${squatters[@]}" >/dev/null
+
   say "stopped: reboot order — everything stopped, then nginx started before dify-shaper"
   in_project compose_all stop -t 5 >/dev/null 2>&1
   docker start docker-api-1 docker-worker-1 docker-web-1 docker-plugin_daemon-1 >/dev/null
@@ -307,6 +326,7 @@ scenario_stopped() {
   sleep 5
   docker start docker-dify-shaper-1 >/dev/null
   check "stopped: after nginx started first, it comes up and serves through dify-shaper" "wait_serving shaped"
+  say "stopped: nginx restarted itself $(docker inspect -f '{{.RestartCount}}' docker-nginx-1) time(s) before dify-shaper was up"
   down
 }
 
