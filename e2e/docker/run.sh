@@ -55,6 +55,7 @@ FAILED=()
 cleanup() {
   local status=$?
   docker ps -aq --filter label=dify-shaper-e2e=squatter | xargs -r docker rm -f >/dev/null 2>&1 || true
+  docker image prune -f --filter label=dify-shaper-e2e=1 >/dev/null 2>&1 || true
   if [[ -d $PROJECT_DIR ]]; then
     (cd "$PROJECT_DIR" && compose_all down --remove-orphans -t 2 >/dev/null 2>&1) || true
   fi
@@ -83,7 +84,10 @@ cp docker/Dockerfile docker/dify-shaper.toml "$WORK/ctx/docker/"
 install -m 0755 "$TARGET_DIR/dify-shaper" "$WORK/ctx/docker/prebuilt/dify-shaper"
 strip --strip-debug "$WORK/ctx/docker/prebuilt/dify-shaper"
 cp "$WORK/ctx/docker/prebuilt/dify-shaper" e2e/docker/images/standin/* "$WORK/standin/"
-build() { docker build -q --network host --build-arg "BASE_IMAGE=$BASE_IMAGE" "$@" >/dev/null; }
+# Labelled, so that the images an earlier run built (untagged by this one) can be pruned.
+build() {
+  docker build -q --network host --label dify-shaper-e2e=1 --build-arg "BASE_IMAGE=$BASE_IMAGE" "$@" >/dev/null
+}
 say "building images: dify-shaper:e2e (docker/Dockerfile, runtime-local), the stand-in, nginx"
 build -f "$WORK/ctx/docker/Dockerfile" --target runtime-local -t dify-shaper:e2e "$WORK/ctx"
 build -t dify-shaper-e2e/standin "$WORK/standin"
