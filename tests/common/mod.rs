@@ -20,8 +20,34 @@ pub mod load;
 pub mod realdify;
 pub mod sse;
 
-/// A port that was free a moment ago (the OS picks it).
+/// A port that was free a moment ago, for a child process to listen on.
+///
+/// Not one the OS picks: those come from the ephemeral range, where every other test's
+/// `bind(0)` (a simulator, an admin listener) and every outgoing connection's source port also
+/// come from, so the port could be taken between this check and the child's bind — once, CI
+/// saw a request to a proxy answered by another listener. These come from below that range,
+/// and never twice in one test process.
 pub fn free_port() -> SocketAddr {
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (first, last) = (10_000u16, low.saturating_sub(1).max(10_001));
+    let mut given = GIVEN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let given = given.get_or_insert_with(HashSet::new);
+    for _ in 0..1000 {
+        let port = rand::random::<u16>() % (last - first) + first;
+        if given.contains(&port) {
+            continue;
+        }
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
+            given.insert(port);
+            return listener.local_addr().expect("local addr");
+        }
+    }
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
     listener.local_addr().expect("local addr")
 }
