@@ -36,6 +36,19 @@ fn gate(limit: usize, max_queue: usize) -> Arc<Admission> {
     )
 }
 
+/// Classes: 0 interactive, 1 run. The limit learned within `limit`'s bounds.
+fn learning_gate(limit: LimitSettings) -> Arc<Admission> {
+    Admission::new(
+        "api",
+        AdmissionPolicy {
+            limit,
+            max_queue: 100,
+            classes: vec![class("interactive", 4, 10, true, true), class("run", 1, 30, true, false)],
+            ..AdmissionPolicy::default()
+        },
+    )
+}
+
 fn ticket(tenant: u64, class: usize) -> Ticket {
     Ticket { tenant, tenant_label: format!("t{tenant}"), class, deadline: None, since: None, streams: false }
 }
@@ -511,16 +524,7 @@ async fn requests_held_through_an_outage_are_served_oldest_first() {
 
 #[tokio::test(start_paused = true)]
 async fn a_queue_no_answer_moves_gets_a_stall_probe_before_its_timeout() {
-    let adaptive = LimitSettings { initial: 1, min: 1, max: 10, ..LimitSettings::default() };
-    let gate = Admission::new(
-        "api",
-        AdmissionPolicy {
-            limit: adaptive,
-            max_queue: 100,
-            classes: vec![class("interactive", 4, 10, true, true), class("run", 1, 30, true, false)],
-            ..AdmissionPolicy::default()
-        },
-    );
+    let gate = learning_gate(LimitSettings { initial: 1, min: 1, max: 10, ..LimitSettings::default() });
     // One-second runs, one at a time.
     for _ in 0..10 {
         let permit = gate.acquire(ticket(1, 1)).await.expect("a free slot");
@@ -563,16 +567,7 @@ async fn a_queue_no_answer_moves_gets_a_stall_probe_before_its_timeout() {
 /// nothing slow anywhere, the limit must not be cut for them.
 #[tokio::test(start_paused = true)]
 async fn blocking_runs_in_flight_do_not_count_as_stuck_streams() {
-    let limit = LimitSettings { initial: 4, min: 1, max: 4, ..LimitSettings::default() };
-    let gate = Admission::new(
-        "api",
-        AdmissionPolicy {
-            limit,
-            max_queue: 100,
-            classes: vec![class("interactive", 4, 10, true, true), class("run", 1, 30, true, false)],
-            ..AdmissionPolicy::default()
-        },
-    );
+    let gate = learning_gate(LimitSettings { initial: 4, min: 1, max: 4, ..LimitSettings::default() });
     let stream = |gate: &Arc<Admission>| {
         let gate = Arc::clone(gate);
         tokio::spawn(async move {
