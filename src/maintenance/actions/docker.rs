@@ -117,7 +117,7 @@ pub async fn find(docker: &Docker, containers: &Containers) -> Result<Vec<Found>
 /// The compose project of the container this process runs in: Docker names a container's
 /// host after its id, and Compose labels the container with its project.
 async fn own_project(docker: &Docker) -> Result<String, ActionError> {
-    let hostname = std::fs::read_to_string("/etc/hostname").unwrap_or_default().trim().to_string();
+    let hostname = tokio::fs::read_to_string("/etc/hostname").await.unwrap_or_default().trim().to_string();
     let unknown = |why: String| {
         ActionError::DockerLookup(format!(
             "cannot tell which compose project to restart services of ({why}): set `project`"
