@@ -243,7 +243,7 @@ scenario_restart() {
 # --- memory: the trigger through real container stats ---------------------------------------
 scenario_memory() {
   shaper_config "" '[maintenance.memory]
-container = "docker-api-1"
+service = "api"
 threshold = "100MiB"
 interval = "1s"
 min_interval = "1h"'

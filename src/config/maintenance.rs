@@ -126,9 +126,13 @@ pub struct RawMemory {
     pub threshold: ByteSize,
     /// A cgroup file to read (`memory.current`), or …
     pub cgroup: Option<PathBuf>,
-    /// … a container whose Docker stats are read.
+    /// … a container whose Docker stats are read, or …
     pub container: Option<String>,
-    /// Docker socket for `container`.
+    /// … a compose service whose containers' Docker stats are read (found by label).
+    pub service: Option<String>,
+    /// The compose project of `service` (default: dify-shaper's own).
+    pub project: Option<String>,
+    /// Docker socket for `container` / `service`.
     pub socket: Option<PathBuf>,
     /// How often memory is read.
     pub interval: Option<HumanDuration>,
@@ -246,6 +250,13 @@ impl Serialize for MemorySpec {
             MemorySource::Cgroup { path } => map.serialize_entry("cgroup", path)?,
             MemorySource::Docker { socket, container } => {
                 map.serialize_entry("container", container)?;
+                map.serialize_entry("socket", socket)?;
+            }
+            MemorySource::DockerService { socket, service, project } => {
+                map.serialize_entry("service", service)?;
+                if let Some(project) = project {
+                    map.serialize_entry("project", project)?;
+                }
                 map.serialize_entry("socket", socket)?;
             }
         }
@@ -512,16 +523,25 @@ pub fn parse_gate_request(text: &str) -> Option<(String, String)> {
 }
 
 fn build_memory(raw: &RawMemory) -> Result<MemorySpec, (String, String)> {
-    let source = match (&raw.cgroup, &raw.container) {
-        (Some(path), None) if raw.socket.is_none() => MemorySource::Cgroup { path: path.clone() },
-        (None, Some(container)) => MemorySource::Docker {
-            socket: raw.socket.clone().unwrap_or_else(|| PathBuf::from(DOCKER_SOCKET)),
-            container: container.clone(),
+    let socket = || raw.socket.clone().unwrap_or_else(|| PathBuf::from(DOCKER_SOCKET));
+    if raw.project.is_some() && raw.service.is_none() {
+        return Err(("project".into(), "applies to `service` only".into()));
+    }
+    let source = match (&raw.cgroup, &raw.container, &raw.service) {
+        (Some(path), None, None) if raw.socket.is_none() => MemorySource::Cgroup { path: path.clone() },
+        (None, Some(container), None) => {
+            MemorySource::Docker { socket: socket(), container: container.clone() }
+        }
+        (None, None, Some(service)) if !service.trim().is_empty() => MemorySource::DockerService {
+            socket: socket(),
+            service: service.clone(),
+            project: raw.project.clone(),
         },
         _ => {
             return Err((
                 "cgroup".into(),
-                "set exactly one of `cgroup` (a file) and `container` (Docker stats; `socket` optional)"
+                "set exactly one of `cgroup` (a file), `container` (its Docker stats) and `service` \
+                 (its compose containers' Docker stats; `project` and `socket` optional)"
                     .into(),
             ))
         }

@@ -10,7 +10,7 @@ use futures_util::StreamExt;
 use serde::Serialize;
 use thiserror::Error;
 
-use super::actions::docker;
+use super::actions::{docker, Containers};
 
 /// Longest Docker stats reading: a one-shot answer is immediate on a healthy daemon.
 const DOCKER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -32,6 +32,16 @@ pub enum MemorySource {
         socket: PathBuf,
         /// Container name or id.
         container: String,
+    },
+    /// The same, for the containers of a compose service found by their labels (as the
+    /// `docker` action finds them): the largest use of its replicas.
+    DockerService {
+        /// Unix socket of the Docker daemon.
+        socket: PathBuf,
+        /// The compose service, e.g. `api`.
+        service: String,
+        /// Its compose project; `None`: the one dify-shaper's own container belongs to.
+        project: Option<String>,
     },
 }
 
@@ -86,6 +96,17 @@ impl MemorySource {
                     }
                 }
             }
+            MemorySource::DockerService { socket, service, project } => {
+                let fail =
+                    |reason: String| MemoryError::Docker { container: format!("service {service}"), reason };
+                let usage = service_usage(socket, service, project.as_deref());
+                match tokio::time::timeout(DOCKER_TIMEOUT, usage).await {
+                    Ok(result) => result.map_err(fail),
+                    Err(_) => {
+                        Err(fail(format!("no answer within {}", humantime::format_duration(DOCKER_TIMEOUT))))
+                    }
+                }
+            }
         }
     }
 
@@ -94,14 +115,45 @@ impl MemorySource {
         match self {
             MemorySource::Cgroup { path } => format!("cgroup {}", path.display()),
             MemorySource::Docker { container, .. } => format!("docker stats {container}"),
+            MemorySource::DockerService { service, project: Some(project), .. } => {
+                format!("docker stats of compose service {service} in project {project}")
+            }
+            MemorySource::DockerService { service, project: None, .. } => {
+                format!("docker stats of compose service {service}")
+            }
         }
     }
 }
 
+async fn connect(socket: &std::path::Path) -> Result<bollard::Docker, String> {
+    docker::connect(socket, DOCKER_TIMEOUT).await.map_err(|e| format!("cannot use {}: {e}", socket.display()))
+}
+
 async fn docker_usage(socket: &std::path::Path, container: &str) -> Result<u64, String> {
-    let client = docker::connect(socket, DOCKER_TIMEOUT)
-        .await
-        .map_err(|e| format!("cannot use {}: {e}", socket.display()))?;
+    container_usage(&connect(socket).await?, container).await
+}
+
+/// The largest use among the service's containers: the one that leaks decides.
+async fn service_usage(
+    socket: &std::path::Path,
+    service: &str,
+    project: Option<&str>,
+) -> Result<u64, String> {
+    let client = connect(socket).await?;
+    let selector =
+        Containers::Services { services: vec![service.to_string()], project: project.map(str::to_string) };
+    let found = docker::find(&client, &selector).await.map_err(|e| e.to_string())?;
+    let mut largest = 0;
+    for container in found {
+        let usage = container_usage(&client, &container.name)
+            .await
+            .map_err(|e| format!("{}: {e}", container.name))?;
+        largest = largest.max(usage);
+    }
+    Ok(largest)
+}
+
+async fn container_usage(client: &bollard::Docker, container: &str) -> Result<u64, String> {
     // one-shot skips the second sample Docker otherwise waits ~1s for (CPU deltas only).
     let options = StatsOptions { stream: false, one_shot: true };
     let stats = client
@@ -169,6 +221,28 @@ mod tests {
         let stats: Vec<String> = fake.requests().into_iter().filter(|r| r.contains("/stats")).collect();
         assert_eq!(stats[0], "GET /containers/docker-api-1/stats?stream=false&one-shot=true");
         assert_eq!(docker(&fake, "docker-api-1").describe(), "docker stats docker-api-1");
+    }
+
+    #[tokio::test]
+    async fn a_compose_service_reports_its_largest_replica() {
+        let fake = FakeDocker::start(&["dify-api-1", "dify-api-2", "dify-worker-1"]).await;
+        let service = |name: &str| MemorySource::DockerService {
+            socket: fake.socket.clone(),
+            service: name.into(),
+            project: Some("dify".into()),
+        };
+        // Every replica reports 500 MiB − 100 MiB inactive page cache in the fake.
+        assert_eq!(service("api").read().await, Ok(400 * 1024 * 1024));
+        let stats: Vec<String> = fake.requests().into_iter().filter(|r| r.contains("/stats")).collect();
+        assert_eq!(stats.len(), 2, "both replicas read: {stats:?}");
+        assert_eq!(service("api").describe(), "docker stats of compose service api in project dify");
+        let err = service("beat").read().await.expect_err("no container");
+        assert!(
+            err.to_string().starts_with(
+                "memory: docker stats of service beat: docker: no container of compose service \"beat\""
+            ),
+            "{err}"
+        );
     }
 
     #[tokio::test]

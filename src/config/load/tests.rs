@@ -307,3 +307,31 @@ fn docker_actions_select_compose_services_or_named_containers() {
         bad(r#"{ kind = "docker", services = ["api"], timeout = "20s", stop_timeouts = { api = "30s" } }"#);
     assert!(e.contains("api: 30s must be shorter than the action's timeout (20s)"), "{e}");
 }
+
+#[test]
+fn a_memory_trigger_reads_a_compose_service() {
+    use crate::maintenance::memory::MemorySource;
+    let with = |memory: &str| {
+        format!(
+            "{VALID}\n[[maintenance]]\nupstream = \"api\"\naction = {{ kind = \"docker\", services = [\"api\"] }}\n[maintenance.memory]\nthreshold = \"4GiB\"\n{memory}\n"
+        )
+    };
+    let config = load(&with("service = \"api\"\nproject = \"dify\"")).expect("a service");
+    let memory = config.maintenance_spec("api").memory.expect("memory trigger");
+    assert_eq!(
+        memory.source,
+        MemorySource::DockerService {
+            socket: "/var/run/docker.sock".into(),
+            service: "api".into(),
+            project: Some("dify".into())
+        }
+    );
+    let printed = toml::to_string_pretty(&config).expect("`check` can print it");
+    let again = load(&printed).unwrap_or_else(|e| panic!("{e}\n{printed}"));
+    assert_eq!(again.maintenance_spec("api").memory.map(|m| m.source), Some(memory.source), "printed back");
+
+    let e = err(&with("service = \"api\"\ncontainer = \"docker-api-1\""));
+    assert!(e.contains("set exactly one of `cgroup` (a file), `container`"), "{e}");
+    let e = err(&with("container = \"docker-api-1\"\nproject = \"dify\""));
+    assert!(e.contains("memory.project: applies to `service` only"), "{e}");
+}
