@@ -88,24 +88,14 @@ impl MemorySource {
                 })
             }
             MemorySource::Docker { socket, container } => {
-                let fail = |reason: String| MemoryError::Docker { container: container.clone(), reason };
-                match tokio::time::timeout(DOCKER_TIMEOUT, docker_usage(socket, container)).await {
-                    Ok(result) => result.map_err(fail),
-                    Err(_) => {
-                        Err(fail(format!("no answer within {}", humantime::format_duration(DOCKER_TIMEOUT))))
-                    }
-                }
+                within_timeout(container.clone(), docker_usage(socket, container)).await
             }
             MemorySource::DockerService { socket, service, project } => {
-                let fail =
-                    |reason: String| MemoryError::Docker { container: format!("service {service}"), reason };
-                let usage = service_usage(socket, service, project.as_deref());
-                match tokio::time::timeout(DOCKER_TIMEOUT, usage).await {
-                    Ok(result) => result.map_err(fail),
-                    Err(_) => {
-                        Err(fail(format!("no answer within {}", humantime::format_duration(DOCKER_TIMEOUT))))
-                    }
-                }
+                within_timeout(
+                    format!("service {service}"),
+                    service_usage(socket, service, project.as_deref()),
+                )
+                .await
             }
         }
     }
@@ -122,6 +112,18 @@ impl MemorySource {
                 format!("docker stats of compose service {service}")
             }
         }
+    }
+}
+
+/// One Docker reading of `what`, bounded by [`DOCKER_TIMEOUT`].
+async fn within_timeout(
+    what: String,
+    usage: impl std::future::Future<Output = Result<u64, String>>,
+) -> Result<u64, MemoryError> {
+    let fail = |reason: String| MemoryError::Docker { container: what.clone(), reason };
+    match tokio::time::timeout(DOCKER_TIMEOUT, usage).await {
+        Ok(result) => result.map_err(fail),
+        Err(_) => Err(fail(format!("no answer within {}", humantime::format_duration(DOCKER_TIMEOUT)))),
     }
 }
 
