@@ -44,14 +44,12 @@ use crate::admission::{Outcome, Permit, Ticket};
 use crate::app::App;
 use crate::config::RetrySpec;
 use crate::metrics::RequestDone;
-use crate::resilience::retry::{backoff, parse_retry_after};
+use crate::resilience::retry::parse_retry_after;
+use crate::resilience::retry_policy::{self, Attempt, Decision, Ending};
 use crate::upstream::{Endpoint, EndpointLease, UpstreamState};
 
-/// Connect attempts per request (pingora's `max_retries` caps retries above this).
-const MAX_CONNECT_ATTEMPTS: u32 = 6;
-
 /// The retry settings of the request's upstream (defaults when unknown).
-fn retry_policy(ctx: &RequestCtx) -> RetrySpec {
+fn retry_spec(ctx: &RequestCtx) -> RetrySpec {
     ctx.routed
         .as_ref()
         .and_then(|r| ctx.config.as_ref()?.upstreams.get(r.upstream.name()))
@@ -90,31 +88,43 @@ impl DifyProxy {
         DifyProxy { app }
     }
 
-    /// When a 429/503 answer may be retried: the wait before the retry, else `None`.
-    fn retry_after_unprocessed(
+    /// The retry policy's decision for the attempt that just ended as `ending`: the hooks
+    /// describe it, [`retry_policy::decide`] decides. A counted retry is added to the
+    /// request's retries here.
+    fn decide_retry(
         &self,
         session: &Session,
-        response: &ResponseHeader,
         ctx: &mut RequestCtx,
-    ) -> Option<Duration> {
-        let routed = ctx.routed.as_ref()?;
+        ending: Ending,
+        replayable: bool,
+    ) -> Decision {
+        let Some(routed) = ctx.routed.as_ref() else {
+            return Decision::Stop;
+        };
+        let method = &session.req_header().method;
+        let attempt = Attempt {
+            attempts: ctx.attempts,
+            retries: ctx.budget_retries,
+            replayable,
+            idempotent: method.is_idempotent(),
+            repeatable: routed.retry_after_processing,
+            answered: session.response_written().is_some(),
+        };
+        let budget = routed.upstream.retry_budget();
+        let decision =
+            retry_policy::decide(ending, &attempt, &retry_spec(ctx), || budget.try_retry(Instant::now()));
+        if let Decision::Retry { counted: true, .. } = decision {
+            ctx.budget_retries += 1;
+        }
+        decision
+    }
+
+    /// Whether an answer's request can be sent again: its whole body is held for a replay
+    /// (or a GET has none).
+    fn answer_replayable(session: &Session) -> bool {
         let downstream = session.as_downstream();
-        let replayable = !downstream.retry_buffer_truncated()
-            && (downstream.get_retry_buffer().is_some() || session.req_header().method == http::Method::GET);
-        let policy = retry_policy(ctx);
-        if !replayable || ctx.budget_retries >= policy.max_retries {
-            return None;
-        }
-        if !routed.upstream.retry_budget().try_retry(Instant::now()) {
-            return None;
-        }
-        ctx.budget_retries += 1;
-        let retry_after = response
-            .headers
-            .get(http::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_retry_after);
-        Some(backoff(ctx.budget_retries, policy.backoff_base.0, policy.backoff_max.0, retry_after))
+        !downstream.retry_buffer_truncated()
+            && (downstream.get_retry_buffer().is_some() || session.req_header().method == http::Method::GET)
     }
 
     /// Replays a request the backend refused for lack of capacity before running it: its slot
@@ -353,7 +363,7 @@ impl ProxyHttp for DifyProxy {
     /// group is always safe; with a single endpoint we answer instead of hammering it.
     fn fail_to_connect(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         _peer: &HttpPeer,
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
@@ -371,15 +381,16 @@ impl ProxyHttp for DifyProxy {
         }
         // A failed connect never reached the application, so retrying is always safe — on
         // another endpoint, or (held in upstream_peer) on this one once it is back.
-        e.set_retry(ctx.attempts < MAX_CONNECT_ATTEMPTS);
+        // Nothing of the body was sent: it is as replayable as it was.
+        let decision = self.decide_retry(session, ctx, Ending::ConnectFailed, true);
+        e.set_retry(matches!(decision, Decision::Retry { .. }));
         e
     }
 
     /// Decides whether an error during proxying may be retried. A decision a hook made on
-    /// what it knew (a 429/503 proves nothing was processed) stands, and so does a reset
-    /// before any answer (the request was not read); otherwise pingora's policy: only
-    /// idempotent methods with a replayable body, and errors on a reused (possibly stale)
-    /// connection.
+    /// what it knew (a 429/503 proves nothing was processed) stands; otherwise the retry
+    /// policy decides from what the error proves: a pooled connection the backend had closed
+    /// or a reset before any answer (the request was not read), or nothing.
     fn error_while_proxy(
         &self,
         peer: &HttpPeer,
@@ -392,43 +403,22 @@ impl ProxyHttp for DifyProxy {
         if std::mem::take(&mut ctx.retry_decided) {
             return e;
         }
-        if session.as_ref().retry_buffer_truncated() {
-            e.set_retry(false);
-        } else if client_reused && matches!(e.retry, RetryType::ReusedOnly) {
-            // A pooled keep-alive connection the backend had already closed: the request
-            // never reached the application, so even a POST is replayed.
-            e.retry.decide_reuse(true);
-        } else if session.response_written().is_none()
-            && ctx.first_byte.is_none()
-            && reset_before_answer(&e)
-            && ctx.budget_retries < retry_policy(ctx).max_retries
-        {
-            // Reset with our request unread (a restarting gunicorn closing its backlog): it
-            // did not run, so even a POST is replayed — outside the budget, like a refused
-            // connect, since a restart resets a whole backlog at once; the next attempt meets
-            // the closed port and is held until the backend is back.
-            ctx.budget_retries += 1;
-            let policy = retry_policy(ctx);
-            ctx.pending_backoff =
-                Some(backoff(ctx.budget_retries, policy.backoff_base.0, policy.backoff_max.0, None));
-            e.set_retry(true);
-        } else if ctx.routed.as_ref().is_some_and(|r| r.retry_after_processing)
-            && session.response_written().is_none()
-            && ctx.budget_retries < retry_policy(ctx).max_retries
-            && ctx.routed.as_ref().is_some_and(|r| r.upstream.retry_budget().try_retry(Instant::now()))
-        {
-            // Idempotent method (or an opted-in route), nothing sent to the client yet: a
-            // reset or a broken answer may be retried, within the budget.
-            ctx.budget_retries += 1;
-            let policy = retry_policy(ctx);
-            // This hook cannot sleep; upstream_peer waits it out before the next attempt.
-            ctx.pending_backoff =
-                Some(backoff(ctx.budget_retries, policy.backoff_base.0, policy.backoff_max.0, None));
-            e.set_retry(true);
-        } else if !session.req_header().method.is_idempotent() {
-            e.set_retry(false);
+        let ending = if client_reused && matches!(e.retry, RetryType::ReusedOnly) {
+            Ending::StaleConnection
+        } else if ctx.first_byte.is_none() && reset_before_answer(&e) {
+            Ending::ResetUnread
         } else {
-            e.retry.decide_reuse(client_reused);
+            Ending::MayHaveRun { retry_after: None }
+        };
+        let replayable = !session.as_ref().retry_buffer_truncated();
+        match self.decide_retry(session, ctx, ending, replayable) {
+            Decision::Retry { backoff, .. } => {
+                // This hook cannot sleep; upstream_peer waits it out before the next attempt.
+                ctx.pending_backoff = Some(backoff).filter(|b| !b.is_zero());
+                e.set_retry(true);
+            }
+            Decision::IfReused => e.retry.decide_reuse(client_reused),
+            Decision::Stop => e.set_retry(false),
         }
         e
     }
@@ -502,14 +492,23 @@ impl ProxyHttp for DifyProxy {
             return Ok(());
         }
         let status = upstream_response.status.as_u16();
-        let unprocessed = matches!(status, 429 | 503);
-        let may_repeat = ctx.routed.as_ref().is_some_and(|r| r.retry_after_processing);
-        if unprocessed || (may_repeat && matches!(status, 500 | 502 | 504)) {
-            // 429/503: nothing was processed, so retry, POST included. 500/502/504: only
-            // idempotent methods and opted-in routes. Always if the body can be replayed and
-            // the budget allows; this runs before any response byte reaches the client.
-            if let Some(wait) = self.retry_after_unprocessed(session, upstream_response, ctx) {
-                tokio::time::sleep(wait).await;
+        let retry_after = upstream_response
+            .headers
+            .get(http::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_retry_after);
+        // 429/503: nothing was processed. 500/502/504: it may have run. The policy decides
+        // (this runs before any response byte reaches the client); a retry waits out its
+        // backoff in upstream_peer, with this connection already let go.
+        let ending = match status {
+            429 | 503 => Some(Ending::Unprocessed { retry_after }),
+            500 | 502 | 504 => Some(Ending::MayHaveRun { retry_after }),
+            _ => None,
+        };
+        if let Some(ending) = ending {
+            let replayable = Self::answer_replayable(session);
+            if let Decision::Retry { backoff, .. } = self.decide_retry(session, ctx, ending, replayable) {
+                ctx.pending_backoff = Some(backoff).filter(|b| !b.is_zero());
                 ctx.retry_decided = true;
                 let mut e = Error::explain(ErrorType::HTTPStatus(status), "retrying a safe-to-repeat answer");
                 e.as_up();
@@ -540,10 +539,13 @@ impl ProxyHttp for DifyProxy {
             let Some(refusal) = ctx.permit.as_ref().and_then(Permit::overloaded_answer) else {
                 return Ok(());
             };
-            if unhandled_error_answer(upstream_response)
-                && self.retry_after_unprocessed(session, upstream_response, ctx).is_some()
-            {
-                return self.queue_again(ctx, status).await;
+            // Dify's refusal ran nothing: it is replayed as a 503 would be, through our queue.
+            if unhandled_error_answer(upstream_response) {
+                let replayable = Self::answer_replayable(session);
+                let ending = Ending::Unprocessed { retry_after: None };
+                if let Decision::Retry { .. } = self.decide_retry(session, ctx, ending, replayable) {
+                    return self.queue_again(ctx, status).await;
+                }
             }
             if let (Some(permit), Some(routed)) = (&ctx.permit, &ctx.routed) {
                 permit.count_refusal(refusal);

@@ -4,3 +4,4 @@
 pub mod health;
 pub mod probe;
 pub mod retry;
+pub mod retry_policy;
