@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use super::envelope::ErrorReply;
 use super::routing::Route;
 use crate::admission::{Permit, Ticket};
-use crate::config::{ClassSpec, Config};
+use crate::config::{ClassSpec, Config, RetrySpec};
 use crate::shutdown::ActiveGuard;
 use crate::upstream::{Endpoint, EndpointLease, UpstreamState};
 
@@ -28,8 +28,13 @@ pub struct Routed {
     /// Whether the route allows retries after possible processing (or the method is idempotent).
     pub retry_after_processing: bool,
     /// The upstream group's `keepalive` in the request's snapshot (zero: a connection per
-    /// request), looked up once for the hooks that need it.
+    /// request). It, `retry` and `ramp` are looked up once for the hooks that need them.
     pub keepalive: Duration,
+    /// The upstream group's retry settings.
+    pub retry: RetrySpec,
+    /// The upstream group's health `ramp` (an endpoint that failed a connect comes back
+    /// through it).
+    pub ramp: Duration,
 }
 
 /// Per-request context (`ProxyHttp::CTX`).

@@ -42,20 +42,10 @@ use super::timer_anchor;
 use crate::admission::tenant::tenant_of;
 use crate::admission::{Outcome, Permit, Ticket};
 use crate::app::App;
-use crate::config::RetrySpec;
 use crate::metrics::RequestDone;
 use crate::resilience::retry::parse_retry_after;
 use crate::resilience::retry_policy::{self, Attempt, Decision, Ending};
 use crate::upstream::{Endpoint, EndpointLease, UpstreamState};
-
-/// The retry settings of the request's upstream (defaults when unknown).
-fn retry_spec(ctx: &RequestCtx) -> RetrySpec {
-    ctx.routed
-        .as_ref()
-        .and_then(|r| ctx.config.as_ref()?.upstreams.get(r.upstream.name()))
-        .map(|u| u.retry.clone())
-        .unwrap_or_default()
-}
 
 /// Waits until the group has an endpoint in rotation, up to `deadline`.
 async fn wait_for_endpoint(
@@ -112,7 +102,7 @@ impl DifyProxy {
         };
         let budget = routed.upstream.retry_budget();
         let decision =
-            retry_policy::decide(ending, &attempt, &retry_spec(ctx), || budget.try_retry(Instant::now()));
+            retry_policy::decide(ending, &attempt, &routed.retry, || budget.try_retry(Instant::now()));
         if let Decision::Retry { counted: true, .. } = decision {
             ctx.budget_retries += 1;
         }
@@ -215,16 +205,18 @@ impl ProxyHttp for DifyProxy {
                 None => Err(ErrorReply::not_found(format!("no route for {method} {path}"))),
                 Some((index, route)) => match self.app.upstreams.get(&route.upstream) {
                     None => Err(ErrorReply::internal(format!("upstream {} is not loaded", route.upstream))),
-                    Some(upstream) => Ok(Routed {
-                        route_index: index,
-                        upstream,
-                        class: Arc::clone(&route.class),
-                        retry_after_processing: route.retry_after_processing || method.is_idempotent(),
-                        keepalive: config
-                            .upstreams
-                            .get(&route.upstream)
-                            .map_or(Duration::ZERO, |u| u.keepalive.0),
-                    }),
+                    Some(upstream) => {
+                        let spec = config.upstreams.get(&route.upstream);
+                        Ok(Routed {
+                            route_index: index,
+                            upstream,
+                            class: Arc::clone(&route.class),
+                            retry_after_processing: route.retry_after_processing || method.is_idempotent(),
+                            keepalive: spec.map_or(Duration::ZERO, |u| u.keepalive.0),
+                            retry: spec.map(|u| u.retry.clone()).unwrap_or_default(),
+                            ramp: spec.map_or(Duration::ZERO, |u| u.health.ramp.0),
+                        })
+                    }
                 },
             }
         };
@@ -369,12 +361,7 @@ impl ProxyHttp for DifyProxy {
         mut e: Box<Error>,
     ) -> Box<Error> {
         if let (Some(routed), Some(endpoint)) = (&ctx.routed, &ctx.endpoint) {
-            let ramp = ctx
-                .config
-                .as_ref()
-                .and_then(|c| c.upstreams.get(routed.upstream.name()))
-                .map_or(Duration::ZERO, |u| u.health.ramp.0);
-            routed.upstream.connect_failed(endpoint.addr, ramp);
+            routed.upstream.connect_failed(endpoint.addr, routed.ramp);
         }
         if let Some(lease) = ctx.endpoint_lease.as_mut() {
             lease.set_outcome(Some(true));
