@@ -4,7 +4,7 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: deps run test test-docker lint fmt bench check-config clean
+.PHONY: deps run test test-docker lint check-modules fmt bench check-config clean
 
 # pingora builds C code (zstd, brotli, libz-ng through cmake): install the tools when absent.
 deps:
@@ -38,9 +38,15 @@ test: deps
 test-docker: deps
 	bash e2e/docker/run.sh
 
-lint: deps
+lint: deps check-modules
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
+
+# The library's module graph has no cycles: layers point one way (the checker tests itself
+# first; `python3 scripts/module-cycles.py --graph` prints the whole graph).
+check-modules:
+	python3 scripts/module-cycles.py --self-test
+	python3 scripts/module-cycles.py
 
 fmt:
 	$(CARGO) fmt --all

@@ -17,8 +17,6 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use serde::Serialize;
 
-use crate::app::App;
-
 /// Where the process is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -82,18 +80,18 @@ fn reachable(listen: SocketAddr) -> SocketAddr {
 /// The background service that moves the phase: to `serving` once each client listener
 /// accepts a connection, to `shutting_down` when pingora broadcasts shutdown.
 pub struct PhaseWatcher {
-    app: Arc<App>,
+    lifecycle: Lifecycle,
+    listen: Vec<SocketAddr>,
 }
 
 impl PhaseWatcher {
-    /// A watcher for `app`'s lifecycle.
-    pub fn new(app: Arc<App>) -> Self {
-        PhaseWatcher { app }
+    /// A watcher that moves `lifecycle` once every address in `listen` accepts.
+    pub fn new(lifecycle: Lifecycle, listen: Vec<SocketAddr>) -> Self {
+        PhaseWatcher { lifecycle, listen }
     }
 
     async fn wait_for_listeners(&self) {
-        let listen = self.app.restart_only().listen().to_vec();
-        for addr in listen.into_iter().map(reachable) {
+        for addr in self.listen.iter().copied().map(reachable) {
             // pingora binds the listeners as its services start, a moment before or after
             // this one; a connect that succeeds proves the socket accepts.
             while tokio::net::TcpStream::connect(addr).await.is_err() {
@@ -108,7 +106,7 @@ impl BackgroundService for PhaseWatcher {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         tokio::select! {
             () = self.wait_for_listeners() => {
-                self.app.lifecycle.serving();
+                self.lifecycle.serving();
                 tracing::info!("ready: client listeners accept connections");
             }
             _ = shutdown.changed() => {}
@@ -119,7 +117,7 @@ impl BackgroundService for PhaseWatcher {
                 break;
             }
         }
-        self.app.lifecycle.shutting_down();
+        self.lifecycle.shutting_down();
     }
 }
 

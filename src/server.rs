@@ -22,8 +22,8 @@ use crate::lifecycle::PhaseWatcher;
 use crate::maintenance::service::MaintenanceService;
 use crate::proxy::DifyProxy;
 use crate::reload::sighup::SighupReloader;
-use crate::resilience::probe::Prober;
-use crate::shutdown::Drainer;
+use crate::resilience::prober::Prober;
+use crate::shutdown::drain::Drainer;
 use crate::sidecar::Sidecar;
 use crate::upstream::resolver::{resolve_all_blocking, Resolver};
 
@@ -111,7 +111,10 @@ pub fn run(app: Arc<App>) -> ! {
     server.add_service(background_service("maintenance", MaintenanceService::new(Arc::clone(&app))));
     server.add_service(background_service("sighup reload", SighupReloader::new(Arc::clone(&app))));
     server.add_service(background_service("shutdown drain", Drainer::new(Arc::clone(&app))));
-    server.add_service(background_service("readiness", PhaseWatcher::new(Arc::clone(&app))));
+    server.add_service(background_service(
+        "readiness",
+        PhaseWatcher::new(app.lifecycle.clone(), app.restart_only().listen().to_vec()),
+    ));
 
     tracing::info!(
         listen = ?config.server.listen,

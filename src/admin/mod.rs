@@ -65,7 +65,7 @@ impl AdminApp {
     pub fn handle(&self, method: &Method, path: &str, authorization: Option<&str>) -> (StatusCode, Reply) {
         let readable = method == Method::GET || method == Method::HEAD;
         if path == "/metrics" && readable && self.authorized(authorization) {
-            return match crate::metrics::render(&self.app) {
+            return match crate::metrics::scrape::render(&self.app) {
                 Ok(text) => (StatusCode::OK, Reply::Metrics(text)),
                 Err(e) => {
                     let (status, body) =

@@ -12,35 +12,23 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::actions::{Action, Target};
 use super::gate;
+use super::handle::UpstreamHandle;
 use super::state::{Event, Machine, Phase, Timeouts, Transition};
+use super::view::Trigger;
 pub use super::view::{CycleRecord, MemoryView, Record, View};
 use crate::config::{Config, MaintenanceMode, MaintenanceSpec};
-use crate::upstream::UpstreamState;
 
 /// Transitions remembered for `/status`.
 const HISTORY: usize = 32;
 /// How long after `restart_timeout` the phase machine gives up on an action that has not
 /// ended by itself.
 const RESTART_BACKSTOP: Duration = Duration::from_secs(2);
-
-/// What started a cycle.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Trigger {
-    /// The cron schedule.
-    Schedule,
-    /// An operator (admin API or `ctl`).
-    Manual,
-    /// Memory use passed the threshold.
-    Memory,
-}
 
 /// Why an operator command was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -190,7 +178,7 @@ impl Maintenance {
 
     /// One tick: picks up config changes, collects finished tasks, checks deadlines, the
     /// schedule and the memory trigger.
-    pub fn step(&self, group: &Arc<UpstreamState>, config: &Arc<Config>) {
+    pub fn step<G: UpstreamHandle>(&self, group: &Arc<G>, config: &Arc<Config>) {
         let mut inner = self.lock();
         let current = Arc::downgrade(config);
         if !Weak::ptr_eq(&inner.seen, &current) {
@@ -211,7 +199,7 @@ impl Maintenance {
         }
         self.collect(&mut inner, group, now, wall);
         if inner.machine.phase() == Phase::Draining {
-            let n = in_flight(&inner, group);
+            let n = in_flight(&inner, group.as_ref());
             self.feed(&mut inner, group, Event::InFlight(n), now);
         }
         self.feed(&mut inner, group, Event::Tick, now);
@@ -221,7 +209,7 @@ impl Maintenance {
 
     /// Operator: stop admitting to the upstream and wait for in-flight requests; stays
     /// drained until [`Maintenance::resume`] (or `manual_timeout`).
-    pub fn drain(&self, group: &Arc<UpstreamState>) -> Result<View, Refused> {
+    pub fn drain<G: UpstreamHandle>(&self, group: &Arc<G>) -> Result<View, Refused> {
         let mut inner = self.lock();
         match inner.machine.phase() {
             Phase::Serving => {
@@ -237,7 +225,7 @@ impl Maintenance {
     }
 
     /// Operator: serve again once the health gate passes (safe while the backend boots).
-    pub fn resume(&self, group: &Arc<UpstreamState>) -> Result<View, Refused> {
+    pub fn resume<G: UpstreamHandle>(&self, group: &Arc<G>) -> Result<View, Refused> {
         let mut inner = self.lock();
         let now = Instant::now();
         match inner.machine.phase() {
@@ -253,7 +241,7 @@ impl Maintenance {
     }
 
     /// Operator: run the restart cycle now. Returns the view and the cycle's number.
-    pub fn restart(&self, group: &Arc<UpstreamState>) -> Result<(View, u64), Refused> {
+    pub fn restart<G: UpstreamHandle>(&self, group: &Arc<G>) -> Result<(View, u64), Refused> {
         let mut inner = self.lock();
         match (&inner.spec.action, inner.machine.phase()) {
             (None | Some(Action::None { .. }), _) => Err(Refused::Conflict(format!(
@@ -271,20 +259,20 @@ impl Maintenance {
     }
 
     /// The `/status` view.
-    pub fn view(&self, group: &Arc<UpstreamState>) -> View {
+    pub fn view<G: UpstreamHandle>(&self, group: &Arc<G>) -> View {
         self.view_locked(&self.lock(), group)
     }
 
-    fn view_locked(&self, inner: &Inner, group: &Arc<UpstreamState>) -> View {
+    fn view_locked<G: UpstreamHandle>(&self, inner: &Inner, group: &Arc<G>) -> View {
         let spec = &inner.spec;
         View {
             phase: inner.machine.phase(),
             since_seconds: inner.machine.since().elapsed().as_secs_f64(),
             reason: inner.reason.clone(),
             trigger: inner.trigger,
-            in_flight: in_flight(inner, group),
-            queued: group.admission().queued(),
-            held: group.admission().held(),
+            in_flight: in_flight(inner, group.as_ref()),
+            queued: group.queued(),
+            held: group.held(),
             target: inner.current.clone(),
             mode: spec.mode,
             schedule: spec.schedule.as_ref().map(ToString::to_string),
@@ -310,14 +298,14 @@ impl Maintenance {
         inner.saw_down = false;
     }
 
-    fn start(
+    fn start<G: UpstreamHandle>(
         &self,
         inner: &mut Inner,
-        group: &Arc<UpstreamState>,
+        group: &Arc<G>,
         trigger: Trigger,
         at: Option<DateTime<Utc>>,
     ) {
-        let servers: Vec<String> = group.servers().iter().map(ToString::to_string).collect();
+        let servers = group.servers();
         inner.rolling = inner.spec.mode == MaintenanceMode::Rolling && servers.len() > 1;
         inner.pending = if inner.rolling { servers.into() } else { VecDeque::new() };
         inner.trigger = Some(trigger);
@@ -330,13 +318,13 @@ impl Maintenance {
     }
 
     /// Feeds one event and applies every transition it causes.
-    fn feed(&self, inner: &mut Inner, group: &Arc<UpstreamState>, event: Event, now: Instant) {
+    fn feed<G: UpstreamHandle>(&self, inner: &mut Inner, group: &Arc<G>, event: Event, now: Instant) {
         if let Some(t) = inner.machine.on(event, now) {
             self.enter(inner, group, t, now);
         }
     }
 
-    fn enter(&self, inner: &mut Inner, group: &Arc<UpstreamState>, t: Transition, now: Instant) {
+    fn enter<G: UpstreamHandle>(&self, inner: &mut Inner, group: &Arc<G>, t: Transition, now: Instant) {
         inner.task = None;
         inner.reason = t.reason.clone();
         if t.failure {
@@ -358,16 +346,15 @@ impl Maintenance {
         }
         inner.history.push_back(record);
         let spec = inner.spec.clone();
-        let admission = group.admission();
         match t.to {
             Phase::Draining => {
                 if inner.rolling {
                     let next = inner.pending.pop_front();
                     inner.current = next.clone();
                     let total = group.servers().len().max(1) as f64;
-                    admission.set_capacity_share((total - 1.0) / total);
-                    for addr in addrs_of(group, next.as_deref()) {
-                        group.health().set_drained(addr, true);
+                    group.set_capacity_share((total - 1.0) / total);
+                    for addr in addrs_of(group.as_ref(), next.as_deref()) {
+                        group.set_drained(addr, true);
                     }
                 } else {
                     let hold = if inner.machine.hold_only() {
@@ -375,7 +362,7 @@ impl Maintenance {
                     } else {
                         spec.hold_timeout.0
                     };
-                    admission.set_hold(Some(now + hold), spec.ramp.0);
+                    group.hold(Some(now + hold), spec.ramp.0);
                 }
                 if matches!(spec.action, Some(Action::None { .. })) && !inner.machine.hold_only() {
                     inner.task = Some(watch_restart(group, inner.current.clone(), &spec));
@@ -411,7 +398,7 @@ impl Maintenance {
                 inner.task = Some(Task::spawn(async move {
                     let passed = gate::passed(Arc::clone(&group2), server, gate).await;
                     for addr in passed {
-                        group2.health().mark_up(addr);
+                        group2.mark_up(addr);
                     }
                     Ok(())
                 }));
@@ -435,15 +422,15 @@ impl Maintenance {
     }
 
     /// Lets traffic back in: ends the hold (ramping over `ramp`) or puts the replica back.
-    fn release(&self, inner: &mut Inner, group: &Arc<UpstreamState>, ramp: Duration) {
+    fn release<G: UpstreamHandle>(&self, inner: &mut Inner, group: &Arc<G>, ramp: Duration) {
         if inner.rolling {
-            for addr in addrs_of(group, inner.current.as_deref()) {
-                group.health().set_drained(addr, false);
+            for addr in addrs_of(group.as_ref(), inner.current.as_deref()) {
+                group.set_drained(addr, false);
             }
-            group.admission().set_capacity_share(1.0);
+            group.set_capacity_share(1.0);
             inner.current = None;
         } else {
-            group.admission().set_hold(None, ramp);
+            group.hold(None, ramp);
         }
         group.sync_availability(ramp);
     }
@@ -466,7 +453,13 @@ impl Maintenance {
     }
 
     /// Collects a finished action, gate or restart watch.
-    fn collect(&self, inner: &mut Inner, group: &Arc<UpstreamState>, now: Instant, wall: DateTime<Utc>) {
+    fn collect<G: UpstreamHandle>(
+        &self,
+        inner: &mut Inner,
+        group: &Arc<G>,
+        now: Instant,
+        wall: DateTime<Utc>,
+    ) {
         let phase = inner.machine.phase();
         let finished = inner.task.as_mut().and_then(Task::poll);
         let none_window = match &inner.spec.action {
@@ -498,7 +491,7 @@ impl Maintenance {
         }
     }
 
-    fn check_schedule(&self, inner: &mut Inner, group: &Arc<UpstreamState>, wall: DateTime<Utc>) {
+    fn check_schedule<G: UpstreamHandle>(&self, inner: &mut Inner, group: &Arc<G>, wall: DateTime<Utc>) {
         let Some(next) = inner.next_scheduled else { return };
         let lead = chrono::Duration::from_std(inner.spec.lead()).unwrap_or_default();
         if wall < next - lead {
@@ -513,7 +506,7 @@ impl Maintenance {
         }
     }
 
-    fn check_memory(&self, inner: &mut Inner, group: &Arc<UpstreamState>, now: Instant) {
+    fn check_memory<G: UpstreamHandle>(&self, inner: &mut Inner, group: &Arc<G>, now: Instant) {
         let Some(memory) = inner.spec.memory.clone() else { return };
         if let Some(rx) = inner.memory.reading.as_mut() {
             match rx.try_recv() {
@@ -562,22 +555,22 @@ fn busy(phase: Phase, what: &str) -> Refused {
     Refused::Conflict(format!("cannot {what} while {}", phase.as_str()))
 }
 
-fn addrs_of(group: &UpstreamState, server: Option<&str>) -> Vec<std::net::SocketAddr> {
+fn addrs_of<G: UpstreamHandle>(group: &G, server: Option<&str>) -> Vec<std::net::SocketAddr> {
     group.endpoints_of(server).into_iter().map(|e| e.addr).collect()
 }
 
 /// Requests in flight that the drain waits for: to the replica being drained, or to the
 /// whole upstream.
-fn in_flight(inner: &Inner, group: &UpstreamState) -> usize {
+fn in_flight<G: UpstreamHandle>(inner: &Inner, group: &G) -> usize {
     match (&inner.rolling, inner.current.as_deref()) {
         (true, Some(server)) => {
-            addrs_of(group, Some(server)).into_iter().map(|a| group.health().in_flight(a)).sum()
+            addrs_of(group, Some(server)).into_iter().map(|a| group.in_flight_to(a)).sum()
         }
-        _ => group.admission().in_flight(),
+        _ => group.in_flight(),
     }
 }
 
-fn watch_restart(group: &Arc<UpstreamState>, server: Option<String>, spec: &MaintenanceSpec) -> Task {
+fn watch_restart<G: UpstreamHandle>(group: &Arc<G>, server: Option<String>, spec: &MaintenanceSpec) -> Task {
     let (group, gate) = (Arc::clone(group), spec.health.clone());
     Task::spawn(async move {
         gate::went_down(group, server, gate).await;

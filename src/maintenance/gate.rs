@@ -11,16 +11,20 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::handle::UpstreamHandle;
 use crate::config::maintenance::{parse_gate_request, GateSpec};
 use crate::resilience::probe::{ask, Answer};
-use crate::upstream::UpstreamState;
 
 /// How often the `none` watch looks for the external restart.
 const WATCH_INTERVAL: Duration = Duration::from_millis(200);
 
 /// Resolves once every endpoint in scope passed the gate; returns the addresses that
 /// passed. Endpoints that change meanwhile (a recreated container's new IP) start over.
-pub async fn passed(group: Arc<UpstreamState>, server: Option<String>, gate: GateSpec) -> Vec<SocketAddr> {
+pub async fn passed<G: UpstreamHandle>(
+    group: Arc<G>,
+    server: Option<String>,
+    gate: GateSpec,
+) -> Vec<SocketAddr> {
     let mut good: HashMap<SocketAddr, u32> = HashMap::new();
     let request = gate.request.as_deref().and_then(parse_gate_request);
     loop {
@@ -58,7 +62,7 @@ pub async fn passed(group: Arc<UpstreamState>, server: Option<String>, gate: Gat
 
 /// Resolves when any endpoint in scope refuses connections or answers 5xx on the gate's
 /// path: the external restart has begun.
-pub async fn went_down(group: Arc<UpstreamState>, server: Option<String>, gate: GateSpec) {
+pub async fn went_down<G: UpstreamHandle>(group: Arc<G>, server: Option<String>, gate: GateSpec) {
     loop {
         let endpoints = group.endpoints_of(server.as_deref());
         let probes = endpoints.iter().map(|e| ask(e.addr, &e.server, "GET", &gate.path, gate.timeout.0));

@@ -7,6 +7,8 @@
 //!   Ramping → Serving, plus a manual Drained), every phase with a deadline;
 //! - [`controller`]: one upstream's controller — triggers, effects on admission and replica
 //!   rotation, the status view and operator commands;
+//! - [`handle`]: the narrow handle on an upstream group that the controller acts through
+//!   (hold and release, drain and restore a replica, in-flight counts);
 //! - [`actions`]: what restarts the backend; [`gate`]: the health gate and restart watch;
 //!   [`memory`]: where memory use is read; [`service`]: the ticking background service;
 //!   [`view`]: what `/status` shows of it.
@@ -14,6 +16,7 @@
 pub mod actions;
 pub mod controller;
 pub mod gate;
+pub mod handle;
 pub mod memory;
 pub mod schedule;
 pub mod service;

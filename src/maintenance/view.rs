@@ -4,9 +4,20 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::controller::Trigger;
 use super::state::Phase;
 use crate::config::MaintenanceMode;
+
+/// What started a cycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    /// The cron schedule.
+    Schedule,
+    /// An operator (admin API or `ctl`).
+    Manual,
+    /// Memory use passed the threshold.
+    Memory,
+}
 
 /// How a finished cycle went.
 #[derive(Debug, Clone, Serialize)]

@@ -6,7 +6,7 @@ use std::sync::{Mutex, MutexGuard};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::ReloadOutcome;
+use super::outcome::ReloadOutcome;
 use crate::config::reload::RestartNeeded;
 
 /// Reload counts since start and the latest attempts.

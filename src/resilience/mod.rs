@@ -3,5 +3,6 @@
 
 pub mod health;
 pub mod probe;
+pub mod prober;
 pub mod retry;
 pub mod retry_policy;

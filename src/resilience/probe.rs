@@ -1,26 +1,14 @@
-//! Active health probes: every upstream endpoint gets `GET <path>` every `interval`; an
+//! Active health probes, one endpoint at a time (the background [`super::prober`] sends
+//! them): every upstream endpoint gets `GET <path>` every `interval`; an
 //! answer below 500 within `timeout` counts as up (a 404 from Dify's web UI still proves the
 //! process serves), a refused connection or a 5xx as down, and an accepted connection with no
 //! answer in time as "busy" — no change, since a saturated gunicorn parks it in its backlog. Results feed [`super::health::GroupHealth`] and, through it, admission:
 //! while a group cannot serve, its requests are held; when it is back, admission ramps up.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use pingora::server::ShutdownWatch;
-use pingora::services::background::BackgroundService;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::time::Instant;
-
-use crate::app::App;
-
-/// How often the prober wakes to see which groups are due.
-const TICK: Duration = Duration::from_millis(100);
-/// Probe interval while a group has no endpoint in rotation.
-const DOWN_INTERVAL: Duration = Duration::from_millis(250);
 
 /// What one probe found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,70 +67,5 @@ pub async fn ask(addr: SocketAddr, host: &str, method: &str, path: &str, timeout
         Ok(Some(status)) => Answer::Status(status),
         Ok(None) => Answer::Refused,
         Err(_) => Answer::NoAnswer,
-    }
-}
-
-/// The background prober.
-pub struct Prober {
-    app: Arc<App>,
-}
-
-impl Prober {
-    /// A prober for `app`'s upstreams.
-    pub fn new(app: Arc<App>) -> Self {
-        Prober { app }
-    }
-
-    async fn round(&self, due: &mut HashMap<String, Instant>) {
-        let config = self.app.config();
-        let now = Instant::now();
-        for group in self.app.upstreams.all() {
-            let Some(spec) = config.upstreams.get(group.name()) else { continue };
-            let health = &spec.health;
-            if !health.enabled || due.get(group.name()).is_some_and(|t| now < *t) {
-                group.admission().tick();
-                continue;
-            }
-            // While the group is down, look more often: every quarter second of a recovery
-            // noticed late is a quarter second of held requests.
-            let interval = if group.health().serving() {
-                health.interval.0
-            } else {
-                health.interval.0.min(DOWN_INTERVAL)
-            };
-            due.insert(group.name().to_string(), now + interval);
-            let checks = group
-                .endpoints()
-                .iter()
-                .map(|e| {
-                    let host = e.server.clone();
-                    let (addr, path, timeout) = (e.addr, health.path.clone(), health.timeout.0);
-                    async move { (addr, probe(addr, &host, &path, timeout).await) }
-                })
-                .collect::<Vec<_>>();
-            for (addr, result) in futures_util::future::join_all(checks).await {
-                if result == ProbeResult::Busy {
-                    continue;
-                }
-                let ok = result == ProbeResult::Up;
-                if let Some(up) = group.health().probed(addr, ok, health.rise, health.fall) {
-                    tracing::warn!(upstream = group.name(), %addr, up, "upstream endpoint health changed");
-                }
-            }
-            group.sync_availability(health.ramp.0);
-        }
-    }
-}
-
-#[async_trait]
-impl BackgroundService for Prober {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut due = HashMap::new();
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(TICK) => self.round(&mut due).await,
-                _ = shutdown.changed() => return,
-            }
-        }
     }
 }

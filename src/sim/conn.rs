@@ -1,17 +1,12 @@
-//! One accepted connection: HTTP/1.1 via hyper (keep-alive, upgrades), gunicorn's keep-alive
-//! idle close, and the kill switch (`stop()` drops the socket mid-whatever).
+//! What a handler knows of its connection ([`ConnCtx`]) and the count of its requests in
+//! flight, which the keep-alive idle close in [`super::accepted`] watches.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::router;
 use super::shared::{Shared, SlotGuard};
 
 /// What a handler knows about its connection. Runs keep an `Arc` of it (and so the
@@ -27,6 +22,18 @@ pub(crate) struct ConnCtx {
 }
 
 impl ConnCtx {
+    /// The context of a connection just accepted into `slot`, and the receiver of its
+    /// in-flight changes (the keep-alive idle timer watches it).
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        kill: CancellationToken,
+        peer: SocketAddr,
+        slot: SlotGuard,
+    ) -> (Arc<ConnCtx>, watch::Receiver<(usize, u64)>) {
+        let (inflight, idle_rx) = watch::channel((0usize, 0u64));
+        (Arc::new(ConnCtx { shared, kill, peer, inflight, _slot: slot }), idle_rx)
+    }
+
     /// Marks a request in flight until the guard (attached to the response body) drops.
     pub(crate) fn begin_request(self: &Arc<Self>) -> InflightGuard {
         self.inflight.send_modify(|(n, seq)| {
@@ -50,55 +57,5 @@ impl Drop for InflightGuard {
             *seq += 1;
         });
         self.ctx.shared.request_done();
-    }
-}
-
-/// Serves `stream` until the client closes it, it is idle for `keepalive_timeout`, or `kill`
-/// fires. An upgraded (websocket) connection continues in its own task.
-pub(crate) async fn serve(
-    shared: Arc<Shared>,
-    stream: TcpStream,
-    peer: SocketAddr,
-    slot: SlotGuard,
-    kill: CancellationToken,
-) {
-    // SSE frames must leave at once, not wait for Nagle.
-    let _ = stream.set_nodelay(true);
-    let (inflight, idle_rx) = watch::channel((0usize, 0u64));
-    let ctx = Arc::new(ConnCtx { shared: shared.clone(), kill: kill.clone(), peer, inflight, _slot: slot });
-    let svc = service_fn(move |req| router::handle(ctx.clone(), req));
-    let mut builder = http1::Builder::new();
-    // The idle rule below replaces hyper's header timeout (which would need a timer).
-    builder.keep_alive(true).header_read_timeout(None);
-    let conn = builder.serve_connection(TokioIo::new(stream), svc).with_upgrades();
-    tokio::select! {
-        biased;
-        () = kill.cancelled() => {}
-        r = conn => {
-            if let Err(e) = r {
-                tracing::debug!(%peer, error = %e, "sim connection ended with error");
-            }
-        }
-        () = idle_close(&shared, idle_rx) => {
-            shared.stats.on_idle_close();
-            tracing::debug!(%peer, "sim closed idle keep-alive connection");
-        }
-    }
-}
-
-/// Resolves once the connection has had no request in flight for `keepalive_timeout` (read
-/// from the config at the start of each idle period).
-async fn idle_close(shared: &Shared, mut rx: watch::Receiver<(usize, u64)>) {
-    loop {
-        let (inflight, _) = *rx.borrow_and_update();
-        if inflight == 0 {
-            let timeout = shared.config().keepalive_timeout;
-            tokio::select! {
-                () = tokio::time::sleep(timeout) => return,
-                r = rx.changed() => if r.is_err() { return std::future::pending().await },
-            }
-        } else if rx.changed().await.is_err() {
-            return std::future::pending().await;
-        }
     }
 }

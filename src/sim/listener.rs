@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 
-use super::conn;
+use super::accepted;
 use super::shared::Shared;
 
 /// Binds `addr` with `SO_REUSEADDR` (so a restart can rebind while old connections linger
@@ -50,7 +50,7 @@ pub(crate) async fn accept_loop(
             Ok((stream, peer)) => {
                 shared.stats.on_accept();
                 let slot = shared.take_slot();
-                tokio::spawn(conn::serve(shared.clone(), stream, peer, slot, kill.clone()));
+                tokio::spawn(accepted::serve(shared.clone(), stream, peer, slot, kill.clone()));
             }
             Err(e) => {
                 // EMFILE and friends: back off briefly instead of spinning.

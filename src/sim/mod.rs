@@ -40,6 +40,7 @@
 //! `body` (the response body type), `ids` (ids and determinism), `fault` (`X-Sim-Fail`), `stats`
 //! ([`SimStats`]), `cli` ([`SimArgs`]).
 
+mod accepted;
 mod body;
 pub mod cli;
 mod config;

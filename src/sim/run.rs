@@ -84,7 +84,8 @@ pub(crate) async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>, kind: RunK
     );
     let run = Run { ctx, spec, ping_interval: cfg.ping_interval, db: Some(db), _held: (active, app) };
     if params.streaming {
-        stream::respond(run)
+        let (ctx, spec, ping_interval) = (Arc::clone(&run.ctx), run.spec.clone(), run.ping_interval);
+        stream::respond(ctx, spec, ping_interval, run)
     } else {
         blocking(run).await
     }

@@ -12,6 +12,7 @@
 //!
 //! When the client leaves, the run keeps going silently to `T` and counts as `abandoned`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,9 +24,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::body::{SimBody, StreamItem};
+use super::conn::ConnCtx;
 use super::envelope;
 use super::payload::{self, RunKind, RunSpec, PING_FRAME};
-use super::run::Run;
 
 /// `Content-Type` of Dify's streams (Flask `mimetype="text/event-stream"`).
 pub const EVENT_STREAM: &str = "text/event-stream; charset=utf-8";
@@ -33,10 +34,16 @@ pub const EVENT_STREAM: &str = "text/event-stream; charset=utf-8";
 /// Frames buffered between the producer and the connection.
 const CHANNEL_FRAMES: usize = 16;
 
-/// Starts the producer and answers with the stream head.
-pub(crate) fn respond(run: Run) -> Response<SimBody> {
+/// Starts the producer and answers with the stream head. `held` (the run, with the slots it
+/// holds) is dropped when the run ends, whether its client stayed or not.
+pub(crate) fn respond<H: Send + 'static>(
+    ctx: Arc<ConnCtx>,
+    spec: RunSpec,
+    ping_interval: Duration,
+    held: H,
+) -> Response<SimBody> {
     let (tx, rx) = mpsc::channel(CHANNEL_FRAMES);
-    tokio::spawn(produce(run, tx));
+    tokio::spawn(produce(ctx, spec, ping_interval, held, tx));
     let mut r = envelope::with_type(StatusCode::OK, EVENT_STREAM, SimBody::stream(rx));
     r.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     r
@@ -45,23 +52,29 @@ pub(crate) fn respond(run: Run) -> Response<SimBody> {
 /// The run was killed by `stop()`.
 struct Killed;
 
-async fn produce(run: Run, tx: mpsc::Sender<StreamItem>) {
-    let stats = run.ctx.shared.stats.clone();
+async fn produce<H>(
+    ctx: Arc<ConnCtx>,
+    spec: RunSpec,
+    ping_interval: Duration,
+    held: H,
+    tx: mpsc::Sender<StreamItem>,
+) {
+    let stats = ctx.shared.stats.clone();
     let mut em = Emitter {
         tx,
-        kill: run.ctx.kill.clone(),
+        kill: ctx.kill.clone(),
         start: Instant::now(),
-        ping: (!run.ping_interval.is_zero()).then_some(run.ping_interval),
+        ping: (!ping_interval.is_zero()).then_some(ping_interval),
         next_ping: None,
         gone: false,
     };
     em.next_ping = em.ping.map(|p| em.start + p);
-    match timeline(&run.spec, &mut em).await {
+    match timeline(&spec, &mut em).await {
         Err(Killed) => stats.on_killed(),
         Ok(()) if em.gone => stats.on_abandoned(),
         Ok(()) => {}
     }
-    drop(run);
+    drop(held);
 }
 
 async fn timeline(spec: &RunSpec, em: &mut Emitter) -> Result<(), Killed> {

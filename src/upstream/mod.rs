@@ -3,10 +3,13 @@
 //! survives config reloads ([`Upstreams::sync`]); the DNS refresher ([`resolver`]) keeps the
 //! addresses current, because a recreated Dify container comes back with a new IP.
 
+pub mod endpoint;
+mod handle;
 pub mod resolver;
 
+pub use endpoint::Endpoint;
+
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -16,18 +19,8 @@ use crate::resilience::health::GroupHealth;
 use crate::resilience::retry::RetryBudget;
 
 use arc_swap::ArcSwap;
-use serde::Serialize;
 
 use crate::config::{Config, ServerAddr};
-
-/// One resolved address of a configured server.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Endpoint {
-    /// The socket address connected to.
-    pub addr: SocketAddr,
-    /// The configured `host:port` it came from (shared: every request clones its endpoint).
-    pub server: Arc<str>,
-}
 
 /// Run-time state of one upstream group.
 #[derive(Debug)]
