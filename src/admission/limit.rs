@@ -26,7 +26,7 @@
 //!   request a little as concurrency grows, yet serves more of them), and, inside the
 //!   tolerance, when this level delivers more than it by the measure so far; a step that
 //!   clearly did not pay goes back down. With a precise latency signal, Little's law gives
-//!   the same answer sooner (see [`served`]): the backend holds the level in flight, so it
+//!   the same answer sooner (see the `served` module): the backend holds the level in flight, so it
 //!   serves `level / ratio` in baseline units; a rise that still serves `throughput_gain` of a
 //!   linear step over the best level below is kept — even past the tolerance — and growth
 //!   goes on while a step serves three fifths of one.
@@ -68,7 +68,7 @@
 //!
 //! * **Stall** — a standing queue that no answer moves (long runs behind a limit learned on
 //!   short ones) gets a probe: after twelve typical gaps between answers without one, the
-//!   limit grows by one, the wait doubling while the silence lasts (see [`stall`]).
+//!   limit grows by one, the wait doubling while the silence lasts (see the `stall` module).
 //!
 //! * **Utilisation** — the limit only grows when it was actually reached (in-flight at the
 //!   limit, or requests waiting), so an idle period cannot inflate it. Growth is

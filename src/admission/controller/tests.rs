@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use super::*;
-use crate::admission::limit::LimitSettings;
+use crate::admission::limit::{Change, LimitSettings, Outcome};
 use crate::admission::policy::ClassPolicy;
 
 fn class(name: &str, weight: u32, timeout_s: u64, queued: bool, interactive: bool) -> ClassPolicy {
