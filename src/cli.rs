@@ -61,7 +61,12 @@ pub struct RunArgs {
 
 impl RunArgs {
     fn overrides(&self) -> Overrides {
-        Overrides { listen: self.listen, admin: self.admin, upstream: self.upstream.clone() }
+        Overrides {
+            listen: self.listen,
+            admin: self.admin,
+            upstream: self.upstream.clone(),
+            admin_token: admin_token_from_env(),
+        }
     }
 
     fn load(&self) -> Result<Config, ConfigError> {
@@ -122,12 +127,18 @@ fn run(args: RunArgs) -> ExitCode {
     crate::server::run(app)
 }
 
+/// `DIFY_SHAPER_ADMIN_TOKEN`: the admin token when the config sets none.
+fn admin_token_from_env() -> Option<String> {
+    std::env::var("DIFY_SHAPER_ADMIN_TOKEN").ok()
+}
+
 fn check(args: &CheckArgs) -> ExitCode {
     let file = args.file.as_ref().or(args.config.as_ref());
     let origin = file.map_or_else(|| "embedded defaults".to_string(), |f| f.display().to_string());
+    let overrides = Overrides { admin_token: admin_token_from_env(), ..Overrides::default() };
     let loaded = match file {
-        Some(path) => config::load_file(path, &Overrides::default()),
-        None => config::load_embedded(&Overrides::default()),
+        Some(path) => config::load_file(path, &overrides),
+        None => config::load_embedded(&overrides),
     };
     let config = match loaded {
         Ok(config) => config,

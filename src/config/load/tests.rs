@@ -47,6 +47,7 @@ fn embedded_defaults_and_overrides() {
         listen: Some("127.0.0.1:1".parse().expect("addr")),
         admin: Some("127.0.0.1:2".parse().expect("addr")),
         upstream: Some("http://127.0.0.1:7000".into()),
+        admin_token: None,
     };
     let config = load_embedded(&overrides).expect("embedded defaults are valid");
     assert_eq!(config.upstreams["api"].servers[0].to_string(), "127.0.0.1:7000");
@@ -200,19 +201,27 @@ fn maintenance_errors_name_line_and_key() {
 
 #[test]
 fn an_admin_listener_off_loopback_needs_a_token() {
-    std::env::remove_var("DIFY_SHAPER_ADMIN_TOKEN");
     let text = VALID.replace("[server]\n", "[server]\nadmin = \"0.0.0.0:9090\"\n");
     let e = err(&text);
     assert!(e.starts_with("test.toml:3:1: server.admin: 0.0.0.0:9090 is reachable from other hosts"), "{e}");
     let with_token = VALID.replace("[server]\n", "[server]\nadmin = \"0.0.0.0:9090\"\nadmin_token = \"t\"\n");
     assert_eq!(load(&with_token).expect("valid").server.admin_token.as_deref(), Some("t"));
+    // The environment's token (passed in by the CLI) serves when the file sets none; the
+    // file's wins; a blank one is none.
+    let from_env = |token: &str, text: &str| {
+        let overrides = Overrides { admin_token: Some(token.into()), ..Overrides::default() };
+        parse_str(text, "test.toml", &overrides).map(|c| c.server.admin_token)
+    };
+    assert_eq!(from_env("e", &text).expect("valid").as_deref(), Some("e"));
+    assert_eq!(from_env("e", &with_token).expect("valid").as_deref(), Some("t"));
+    assert!(from_env("  ", &text).is_err(), "a blank token is no token");
 }
 
 /// `server.forwarding` and `server.trusted_proxies`: defaults, printing, and errors that name
 /// the place in the file.
 mod forwarding_tests {
     use super::*;
-    use crate::proxy::headers::ForwardingMode;
+    use crate::proxy::headers::{ForwardingMode, TrustedProxies};
 
     #[test]
     fn defaults_trust_loopback_and_private_ranges_and_are_printed() {

@@ -1,0 +1,127 @@
+//! The smaller top-level tables: `[sidecar]`, `server.trusted_proxies`, `[[maintenance]]`,
+//! `[admission]` and `[tenants]`.
+
+use std::collections::BTreeMap;
+
+use toml::Spanned;
+
+use super::errors::{ConfigError, Locator};
+use super::names::list;
+use crate::admission::tenant::TenantSource;
+use crate::admission::AdmissionPolicy;
+use crate::config::schema::{RawAdmissionGlobal, RawSidecar, RawTenants};
+use crate::config::units::HumanDuration;
+use crate::config::{AdmissionGlobal, RateLimitSpec, SidecarSettings, TenantSettings, UpstreamSpec};
+use crate::proxy::headers::TrustedProxies;
+
+/// `[sidecar]`: service names must be names.
+pub(super) fn build_sidecar(raw: &RawSidecar, at: &Locator<'_>) -> Result<SidecarSettings, ConfigError> {
+    let reload_nginx = raw.reload_nginx.clone().unwrap_or_default();
+    if reload_nginx.iter().any(|s| s.trim().is_empty()) {
+        return Err(at.unplaced("sidecar.reload_nginx", "names compose services: no empty names".into()));
+    }
+    let defaults = SidecarSettings::default();
+    Ok(SidecarSettings { reload_nginx, socket: raw.socket.clone().unwrap_or(defaults.socket) })
+}
+
+/// `server.trusted_proxies`, parsed once here so a request only compares addresses. Unset
+/// means loopback and the private ranges; an empty list trusts no peer.
+pub(super) fn build_trusted_proxies(
+    raw: Option<&[Spanned<String>]>,
+    at: &Locator<'_>,
+) -> Result<TrustedProxies, ConfigError> {
+    let Some(entries) = raw else { return Ok(TrustedProxies::defaults()) };
+    let mut ranges = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let range = TrustedProxies::parse_range(entry.get_ref())
+            .map_err(|m| at.error(entry.span(), Some("server.trusted_proxies".into()), m))?;
+        ranges.push(range);
+    }
+    Ok(TrustedProxies::new(ranges))
+}
+
+pub(super) fn build_maintenance(
+    raw: &[crate::config::maintenance::RawMaintenance],
+    upstreams: &BTreeMap<String, UpstreamSpec>,
+    at: &Locator<'_>,
+) -> Result<BTreeMap<String, crate::config::MaintenanceSpec>, ConfigError> {
+    let mut built = BTreeMap::new();
+    for (index, entry) in raw.iter().enumerate() {
+        let name = entry.upstream.get_ref();
+        let key = format!("maintenance[{index}].upstream");
+        let Some(upstream) = upstreams.get(name) else {
+            let known = upstreams.keys().map(String::as_str).collect::<Vec<_>>();
+            let message = format!("no upstream named {name:?}; defined: {}", list(&known));
+            return Err(at.error(entry.upstream.span(), Some(key), message));
+        };
+        if built.contains_key(name) {
+            let message = format!("upstream {name:?} already has a [[maintenance]] entry; one per upstream");
+            return Err(at.error(entry.upstream.span(), Some(key), message));
+        }
+        let spec = crate::config::maintenance::build(index, entry, &upstream.health.path).map_err(
+            |(key, message, span)| {
+                let span = span.unwrap_or_else(|| entry.upstream.span());
+                at.error(span, Some(key), message)
+            },
+        )?;
+        built.insert(name.clone(), spec);
+    }
+    Ok(built)
+}
+
+pub(super) fn build_admission_global(
+    raw: &RawAdmissionGlobal,
+    at: &Locator<'_>,
+) -> Result<AdmissionGlobal, ConfigError> {
+    let defaults = AdmissionPolicy::default();
+    let reserve = raw.interactive_reserve.unwrap_or(defaults.interactive_reserve);
+    if !(0.0..=0.5).contains(&reserve) {
+        return Err(at.unplaced(
+            "admission.interactive_reserve",
+            format!("{reserve} is out of range: expected 0..=0.5"),
+        ));
+    }
+    Ok(AdmissionGlobal {
+        interactive_reserve: reserve,
+        lifo_after: raw.lifo_after.unwrap_or(HumanDuration(defaults.lifo_after)),
+    })
+}
+
+pub(super) fn build_tenants(raw: &RawTenants, at: &Locator<'_>) -> Result<TenantSettings, ConfigError> {
+    let header = match &raw.header {
+        None => None,
+        Some(name) => {
+            let text = name.get_ref().to_ascii_lowercase();
+            if http::HeaderName::from_bytes(text.as_bytes()).is_err() {
+                return Err(at.error(
+                    name.span(),
+                    Some("tenants.header".into()),
+                    format!("{text:?} is not a valid header name"),
+                ));
+            }
+            // `authorization` means the default: the bearer token, not the whole header.
+            (text != "authorization").then_some(text)
+        }
+    };
+    let rate_limit = match &raw.rate_limit {
+        None => None,
+        Some(r) => {
+            if !(r.rate.is_finite() && r.rate > 0.0 && r.rate <= 1_000_000.0) {
+                return Err(at.unplaced(
+                    "tenants.rate_limit.rate",
+                    format!("{} is out of range: expected requests per second > 0", r.rate),
+                ));
+            }
+            if r.burst == 0 {
+                return Err(at.unplaced("tenants.rate_limit.burst", "must be at least 1".into()));
+            }
+            Some(RateLimitSpec { rate: r.rate, burst: r.burst })
+        }
+    };
+    // Validated above, so the header name parses; resolve it once instead of per request.
+    let source = match header.as_deref().map(|h| http::HeaderName::from_bytes(h.as_bytes())) {
+        Some(Ok(name)) => TenantSource::Header(name),
+        _ => TenantSource::BearerToken,
+    };
+    Ok(TenantSettings { header, rate_limit, source })
+}
