@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::HeaderValue;
+use http::{HeaderValue, Method};
 use tokio::time::Instant;
 
 use super::envelope::ErrorReply;
@@ -13,7 +13,7 @@ use super::routing::Route;
 use crate::admission::{Permit, Ticket};
 use crate::config::{ClassSpec, Config, RetrySpec};
 use crate::shutdown::ActiveGuard;
-use crate::upstream::{Endpoint, EndpointLease, UpstreamState};
+use crate::upstream::{Endpoint, EndpointLease, UpstreamState, Upstreams};
 
 /// What the request was routed to.
 #[derive(Debug)]
@@ -35,6 +35,38 @@ pub struct Routed {
     /// The upstream group's health `ramp` (an endpoint that failed a connect comes back
     /// through it).
     pub ramp: Duration,
+}
+
+impl Routed {
+    /// Where `method path` goes under `config`, or the refusal that answers it (a path that
+    /// is not absolute, no route, an upstream not loaded). The refusals are worded here,
+    /// while the path borrowed from the session is at hand (only they copy it).
+    pub fn resolve(
+        config: &Config,
+        upstreams: &Upstreams,
+        method: &Method,
+        path: &str,
+    ) -> Result<Routed, ErrorReply> {
+        if !path.starts_with('/') {
+            return Err(ErrorReply::bad_request("the request target must be an absolute path"));
+        }
+        let Some((index, route)) = config.router.find(method, path) else {
+            return Err(ErrorReply::not_found(format!("no route for {method} {path}")));
+        };
+        let Some(upstream) = upstreams.get(&route.upstream) else {
+            return Err(ErrorReply::internal(format!("upstream {} is not loaded", route.upstream)));
+        };
+        let spec = config.upstreams.get(&route.upstream);
+        Ok(Routed {
+            route_index: index,
+            upstream,
+            class: Arc::clone(&route.class),
+            retry_after_processing: route.retry_after_processing || method.is_idempotent(),
+            keepalive: spec.map_or(Duration::ZERO, |u| u.keepalive.0),
+            retry: spec.map(|u| u.retry.clone()).unwrap_or_default(),
+            ramp: spec.map_or(Duration::ZERO, |u| u.health.ramp.0),
+        })
+    }
 }
 
 /// Per-request context (`ProxyHttp::CTX`).

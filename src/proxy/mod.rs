@@ -1,6 +1,7 @@
 //! The HTTP proxy: pingora's [`ProxyHttp`](pingora::proxy::ProxyHttp) implementation
-//! ([`service`]) and the small pieces it calls — routing, header policy, the Dify error
-//! envelope, redaction and the access log.
+//! ([`service`]) and the small pieces it calls — routing, admission, the choice of endpoint
+//! and peer, the retry policy's adapters, header policy, the Dify error envelope, redaction
+//! and the access log.
 
 pub mod access_log;
 pub mod admit;
@@ -8,7 +9,9 @@ pub mod ctx;
 pub mod envelope;
 pub mod headers;
 pub mod outcome;
+mod peer;
 pub mod redact;
+mod retry;
 pub mod routing;
 pub mod service;
 pub mod sse;

@@ -36,36 +36,16 @@ use super::envelope::{ErrorReply, REQUEST_ID};
 use super::headers::{
     apply_forwarding, request_id_and_value, request_id_from, ForwardingMode, NO_TRUSTED_PROXIES,
 };
-use super::outcome::{classify, recorded_status, reset_before_answer, unhandled_error_answer};
+use super::outcome::{classify, recorded_status, reset_before_answer};
 use super::sse;
 use super::timer_anchor;
+use super::{peer, retry};
 use crate::admission::tenant::tenant_of;
-use crate::admission::{Outcome, Permit, Ticket};
+use crate::admission::{Outcome, Ticket};
 use crate::app::App;
 use crate::metrics::RequestDone;
 use crate::resilience::retry::parse_retry_after;
-use crate::resilience::retry_policy::{self, Attempt, Decision, Ending};
-use crate::upstream::{Endpoint, EndpointLease, UpstreamState};
-
-/// Waits until the group has an endpoint in rotation, up to `deadline`.
-async fn wait_for_endpoint(
-    upstream: &Arc<UpstreamState>,
-    deadline: Instant,
-) -> Option<(Endpoint, EndpointLease)> {
-    let mut serving = upstream.health().watch();
-    loop {
-        if let Some(picked) = upstream.pick() {
-            return Some(picked);
-        }
-        // Woken by the prober; the short sleep also catches a re-resolution finding an address.
-        let wake = tokio::time::sleep(Duration::from_millis(100));
-        tokio::select! {
-            _ = serving.changed() => {}
-            () = wake => {}
-            () = tokio::time::sleep_until(deadline) => return upstream.pick(),
-        }
-    }
-}
+use crate::resilience::retry_policy::{Decision, Ending};
 
 /// The proxy service.
 pub struct DifyProxy {
@@ -76,81 +56,6 @@ impl DifyProxy {
     /// A proxy over the shared state.
     pub fn new(app: Arc<App>) -> Self {
         DifyProxy { app }
-    }
-
-    /// The retry policy's decision for the attempt that just ended as `ending`: the hooks
-    /// describe it, [`retry_policy::decide`] decides. A counted retry is added to the
-    /// request's retries here.
-    fn decide_retry(
-        &self,
-        session: &Session,
-        ctx: &mut RequestCtx,
-        ending: Ending,
-        replayable: bool,
-    ) -> Decision {
-        let Some(routed) = ctx.routed.as_ref() else {
-            return Decision::Stop;
-        };
-        let method = &session.req_header().method;
-        let attempt = Attempt {
-            attempts: ctx.attempts,
-            retries: ctx.budget_retries,
-            replayable,
-            idempotent: method.is_idempotent(),
-            repeatable: routed.retry_after_processing,
-            answered: session.response_written().is_some(),
-        };
-        let budget = routed.upstream.retry_budget();
-        let decision =
-            retry_policy::decide(ending, &attempt, &routed.retry, || budget.try_retry(Instant::now()));
-        if let Decision::Retry { counted: true, .. } = decision {
-            ctx.budget_retries += 1;
-        }
-        decision
-    }
-
-    /// Whether an answer's request can be sent again: its whole body is held for a replay
-    /// (or a GET has none).
-    fn answer_replayable(session: &Session) -> bool {
-        let downstream = session.as_downstream();
-        !downstream.retry_buffer_truncated()
-            && (downstream.get_retry_buffer().is_some() || session.req_header().method == http::Method::GET)
-    }
-
-    /// Replays a request the backend refused for lack of capacity before running it: its slot
-    /// goes back (the limiter learns the overload, and the limit it cut to holds the replay
-    /// back), and it queues again with its wait counted from its arrival, so it is answered
-    /// 503 before its client gives up if no slot comes. Backing off for a fixed time instead
-    /// kept the slot and met the same full database again.
-    async fn queue_again(&self, ctx: &mut RequestCtx, status: u16) -> Result<()> {
-        let (Some(permit), Some(ticket), Some(routed)) = (ctx.permit.take(), ctx.ticket.clone(), &ctx.routed)
-        else {
-            return Err(Error::explain(ErrorType::HTTPStatus(status), "no admission to queue again with"));
-        };
-        let took = ctx.peer_chosen_at.or(ctx.admitted_at).map(|t| t.elapsed());
-        permit.complete(ctx.streaming, took, Outcome::Refused);
-        let admission = Arc::clone(routed.upstream.admission());
-        match admission.acquire(ticket).await {
-            Ok(permit) => {
-                ctx.admitted_at = Some(permit.admitted_at());
-                ctx.queue_wait += permit.waited();
-                ctx.permit = Some(permit);
-                ctx.retry_decided = true;
-                let mut e = Error::explain(
-                    ErrorType::HTTPStatus(status),
-                    "replaying a request Dify refused before running it",
-                );
-                e.as_up();
-                e.set_retry(true);
-                Err(e)
-            }
-            Err(refusal) => {
-                ctx.reply = Some(refusal.reply(admission.retry_after_secs()));
-                let mut e = Error::explain(ErrorType::HTTPStatus(status), "the backend answered overloaded");
-                e.as_up();
-                Err(e)
-            }
-        }
     }
 
     /// Writes `reply` as the response from `request_filter` and records it.
@@ -196,30 +101,7 @@ impl ProxyHttp for DifyProxy {
             .get(http::header::TRANSFER_ENCODING)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"chunked"));
 
-        // The path is borrowed from the session, which answering needs: the refusals are
-        // worded here, while it is at hand (only they copy it).
-        let routed = if !path.starts_with('/') {
-            Err(ErrorReply::bad_request("the request target must be an absolute path"))
-        } else {
-            match config.router.find(method, path) {
-                None => Err(ErrorReply::not_found(format!("no route for {method} {path}"))),
-                Some((index, route)) => match self.app.upstreams.get(&route.upstream) {
-                    None => Err(ErrorReply::internal(format!("upstream {} is not loaded", route.upstream))),
-                    Some(upstream) => {
-                        let spec = config.upstreams.get(&route.upstream);
-                        Ok(Routed {
-                            route_index: index,
-                            upstream,
-                            class: Arc::clone(&route.class),
-                            retry_after_processing: route.retry_after_processing || method.is_idempotent(),
-                            keepalive: spec.map_or(Duration::ZERO, |u| u.keepalive.0),
-                            retry: spec.map(|u| u.retry.clone()).unwrap_or_default(),
-                            ramp: spec.map_or(Duration::ZERO, |u| u.health.ramp.0),
-                        })
-                    }
-                },
-            }
-        };
+        let routed = Routed::resolve(&config, &self.app.upstreams, method, path);
         let routed = match routed {
             Ok(routed) => ctx.routed.insert(routed),
             Err(reply) => return self.refuse(session, ctx, reply).await,
@@ -293,53 +175,19 @@ impl ProxyHttp for DifyProxy {
         let Some(routed) = &ctx.routed else {
             return Error::e_explain(ErrorType::InternalError, "upstream_peer without a route");
         };
-        let (endpoint, lease) = match routed.upstream.pick() {
-            Some(picked) => picked,
-            None => {
-                // Nothing in rotation (down, restarting, or not resolvable yet): hold this
-                // request — with its admission slot — until the group is back or its
-                // class's queue deadline passes.
-                let deadline = ctx.started + routed.class.queue_timeout.0;
-                match wait_for_endpoint(&routed.upstream, deadline).await {
-                    Some(picked) => picked,
-                    None => {
-                        ctx.reply = Some(
-                            ErrorReply::upstream_unavailable(
-                                503,
-                                format!(
-                                    "upstream {} is down or restarting and was not back in time",
-                                    routed.upstream.name()
-                                ),
-                            )
-                            .retry_after(5),
-                        );
-                        let mut e = Error::explain(ErrorType::ConnectNoRoute, "no endpoint in rotation");
-                        e.as_up();
-                        return Err(e);
-                    }
-                }
+        let chosen = match peer::pick_endpoint(routed, ctx.started).await {
+            Ok((endpoint, lease)) => {
+                peer::peer_for(routed, &endpoint, ctx.wants_stream, ctx.started).map(|p| (p, endpoint, lease))
             }
+            Err(failed) => Err(failed),
         };
-        let class = &routed.class;
-        let mut peer = HttpPeer::new(endpoint.addr, false, String::new());
-        peer.options.connection_timeout = Some(class.connect_timeout.0);
-        let mut read_timeout =
-            if ctx.wants_stream { class.stream_idle_timeout.0 } else { class.read_timeout.0 };
-        if let (false, Some(total)) = (ctx.wants_stream, class.total_timeout) {
-            // The header must arrive within what is left of the request's total time.
-            let left = total.0.saturating_sub(ctx.started.elapsed());
-            if left.is_zero() {
-                ctx.reply =
-                    Some(ErrorReply::upstream_timeout("the request's total time ran out before it was sent"));
-                let mut e = Error::explain(ErrorType::ReadTimedout, "total_timeout exhausted");
-                e.as_up();
+        let (peer, endpoint, lease) = match chosen {
+            Ok(chosen) => chosen,
+            Err((e, reply)) => {
+                ctx.reply = Some(reply);
                 return Err(e);
             }
-            read_timeout = read_timeout.min(left);
-        }
-        peer.options.read_timeout = Some(read_timeout);
-        peer.options.write_timeout = Some(class.write_timeout.0);
-        peer.options.idle_timeout = Some(routed.keepalive).filter(|k| !k.is_zero());
+        };
         ctx.endpoint = Some(endpoint);
         // Replacing the previous attempt's lease ends its count (and reports it).
         ctx.endpoint_lease = Some(lease);
@@ -369,7 +217,7 @@ impl ProxyHttp for DifyProxy {
         // A failed connect never reached the application, so retrying is always safe — on
         // another endpoint, or (held in upstream_peer) on this one once it is back.
         // Nothing of the body was sent: it is as replayable as it was.
-        let decision = self.decide_retry(session, ctx, Ending::ConnectFailed, true);
+        let decision = retry::decide_retry(session, ctx, Ending::ConnectFailed, true);
         e.set_retry(matches!(decision, Decision::Retry { .. }));
         e
     }
@@ -398,7 +246,7 @@ impl ProxyHttp for DifyProxy {
             Ending::MayHaveRun { retry_after: None }
         };
         let replayable = !session.as_ref().retry_buffer_truncated();
-        match self.decide_retry(session, ctx, ending, replayable) {
+        match retry::decide_retry(session, ctx, ending, replayable) {
             Decision::Retry { backoff, .. } => {
                 // This hook cannot sleep; upstream_peer waits it out before the next attempt.
                 ctx.pending_backoff = Some(backoff).filter(|b| !b.is_zero());
@@ -493,8 +341,8 @@ impl ProxyHttp for DifyProxy {
             _ => None,
         };
         if let Some(ending) = ending {
-            let replayable = Self::answer_replayable(session);
-            if let Decision::Retry { backoff, .. } = self.decide_retry(session, ctx, ending, replayable) {
+            let replayable = retry::answer_replayable(session);
+            if let Decision::Retry { backoff, .. } = retry::decide_retry(session, ctx, ending, replayable) {
                 ctx.pending_backoff = Some(backoff).filter(|b| !b.is_zero());
                 ctx.retry_decided = true;
                 let mut e = Error::explain(ErrorType::HTTPStatus(status), "retrying a safe-to-repeat answer");
@@ -518,29 +366,7 @@ impl ProxyHttp for DifyProxy {
             .get(http::header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
         if matches!(status, 500 | 502 | 504) {
-            // An overload answer (Dify's 500 when PostgreSQL is out of connections) never
-            // reaches the client, which has heard nothing yet: one that provably ran nothing
-            // is replayed, within the retry budget; any other becomes a fast 503
-            // `server_busy` with `Retry-After`, so the client can tell busy from broken. A 500
-            // that lower loads show as well is the request's own and passes through.
-            let Some(refusal) = ctx.permit.as_ref().and_then(Permit::overloaded_answer) else {
-                return Ok(());
-            };
-            // Dify's refusal ran nothing: it is replayed as a 503 would be, through our queue.
-            if unhandled_error_answer(upstream_response) {
-                let replayable = Self::answer_replayable(session);
-                let ending = Ending::Unprocessed { retry_after: None };
-                if let Decision::Retry { .. } = self.decide_retry(session, ctx, ending, replayable) {
-                    return self.queue_again(ctx, status).await;
-                }
-            }
-            if let (Some(permit), Some(routed)) = (&ctx.permit, &ctx.routed) {
-                permit.count_refusal(refusal);
-                ctx.reply = Some(refusal.reply(routed.upstream.admission().retry_after_secs()));
-            }
-            let mut e = Error::explain(ErrorType::HTTPStatus(status), "the backend answered overloaded");
-            e.as_up();
-            return Err(e);
+            return retry::overloaded(session, upstream_response, ctx).await;
         }
         Ok(())
     }
