@@ -1,7 +1,9 @@
-//! One upstream's maintenance controller: drives the [`Machine`] from the schedule, the
-//! memory trigger and operator commands, and turns its phases into effects — the admission
-//! hold (whole upstream) or drained replicas (rolling), the restart action, the health gate,
-//! the ramp. Lives in the upstream's run-time state, so it survives config reloads.
+//! One upstream's maintenance controller: drives the phase machine
+//! ([`Machine`](super::state::Machine)) from the schedule, the memory trigger and operator
+//! commands, and turns its phases into effects — the admission hold (whole upstream) or
+//! drained replicas (rolling), the restart action, the health gate, the ramp. Lives in the
+//! upstream's run-time state, so it survives config reloads. What a phase does is planned
+//! by a pure function (`plan`) and carried out here (`apply`).
 //!
 //! [`Maintenance::step`] runs every tick from the background service ([`super::service`]);
 //! it never blocks: actions, the health gate and memory readings run as spawned tasks whose
@@ -9,26 +11,23 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::actions::{Action, Target};
+use super::actions::Action;
 use super::gate;
 use super::handle::UpstreamHandle;
-use super::state::{Event, Machine, Phase, Timeouts, Transition};
+use super::state::{Event, Phase, Transition};
 use super::view::Trigger;
 pub use super::view::{CycleRecord, MemoryView, Record, View};
-use crate::config::{Config, MaintenanceMode, MaintenanceSpec};
+use inner::{timeouts, Inner, Task};
+use plan::{plan, Effect};
 
-/// Transitions remembered for `/status`.
-const HISTORY: usize = 32;
-/// How long after `restart_timeout` the phase machine gives up on an action that has not
-/// ended by itself.
-const RESTART_BACKSTOP: Duration = Duration::from_secs(2);
+mod inner;
+mod plan;
+use crate::config::{Config, MaintenanceMode, MaintenanceSpec};
 
 /// Why an operator command was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -36,79 +35,6 @@ pub enum Refused {
     /// The current phase does not allow it.
     #[error("{0}")]
     Conflict(String),
-}
-
-/// A spawned piece of a cycle whose result a later tick collects.
-struct Task {
-    handle: JoinHandle<()>,
-    done: oneshot::Receiver<Result<(), String>>,
-}
-
-impl Task {
-    fn spawn<F>(work: F) -> Task
-    where
-        F: std::future::Future<Output = Result<(), String>> + Send + 'static,
-    {
-        let (tx, done) = oneshot::channel();
-        let handle = tokio::spawn(async move {
-            let _ = tx.send(work.await);
-        });
-        Task { handle, done }
-    }
-
-    /// `Some(result)` once it finished.
-    fn poll(&mut self) -> Option<Result<(), String>> {
-        match self.done.try_recv() {
-            Ok(result) => Some(result),
-            Err(oneshot::error::TryRecvError::Empty) => None,
-            Err(oneshot::error::TryRecvError::Closed) => Some(Err("task ended without a result".into())),
-        }
-    }
-}
-
-impl Drop for Task {
-    fn drop(&mut self) {
-        // Leaving the phase cancels its work (a running command's process group is killed).
-        self.handle.abort();
-    }
-}
-
-#[derive(Default)]
-struct Memory {
-    next_read: Option<Instant>,
-    reading: Option<oneshot::Receiver<Result<u64, String>>>,
-    last_bytes: Option<u64>,
-    last_error: Option<String>,
-    last_restart: Option<Instant>,
-}
-
-struct Inner {
-    spec: MaintenanceSpec,
-    /// The config `spec` was taken from: a tick compares specs only after a reload. (A weak
-    /// reference keeps the allocation, so a later config cannot reuse its address.)
-    seen: Weak<Config>,
-    machine: Machine,
-    reason: String,
-    trigger: Option<Trigger>,
-    rolling: bool,
-    /// Rolling: servers still to restart in this cycle.
-    pending: VecDeque<String>,
-    /// Rolling: the server being restarted.
-    current: Option<String>,
-    /// The occurrence the current cycle serves (for the `none` window).
-    occurrence: Option<DateTime<Utc>>,
-    next_scheduled: Option<DateTime<Utc>>,
-    cycles: u64,
-    failures: u64,
-    cycle_started: Option<DateTime<Utc>>,
-    cycle_failure: Option<String>,
-    last_cycle: Option<CycleRecord>,
-    history: VecDeque<Record>,
-    /// The action, gate or restart watch of the current phase.
-    task: Option<Task>,
-    /// `none` action: the external restart was seen.
-    saw_down: bool,
-    memory: Memory,
 }
 
 /// One upstream's maintenance controller.
@@ -123,47 +49,12 @@ impl std::fmt::Debug for Maintenance {
     }
 }
 
-fn timeouts(spec: &MaintenanceSpec, rolling: bool) -> Timeouts {
-    Timeouts {
-        drain: spec.drain_timeout.0,
-        // A backstop a little after the action's own timeout (which defaults to
-        // `restart_timeout`), so the action's precise error is the one reported.
-        restart: spec.restart_timeout.0 + RESTART_BACKSTOP,
-        recover: spec.recover_timeout.0,
-        // A rolling cycle puts each replica straight back: the others carried the load.
-        ramp: if rolling { Duration::ZERO } else { spec.ramp.0 },
-        manual: spec.manual_timeout.0,
-    }
-}
-
 impl Maintenance {
     /// A controller in `Serving` for upstream `name`.
     pub fn new(name: &str) -> Self {
-        let spec = MaintenanceSpec::manual_only(name, "/health");
-        let machine = Machine::new(timeouts(&spec, false), Instant::now());
         Maintenance {
             name: name.to_string(),
-            inner: Mutex::new(Inner {
-                spec,
-                seen: Weak::new(),
-                machine,
-                reason: "started".into(),
-                trigger: None,
-                rolling: false,
-                pending: VecDeque::new(),
-                current: None,
-                occurrence: None,
-                next_scheduled: None,
-                cycles: 0,
-                failures: 0,
-                cycle_started: None,
-                cycle_failure: None,
-                last_cycle: None,
-                history: VecDeque::new(),
-                task: None,
-                saw_down: false,
-                memory: Memory::default(),
-            }),
+            inner: Mutex::new(Inner::new(MaintenanceSpec::manual_only(name, "/health"))),
         }
     }
 
@@ -324,132 +215,64 @@ impl Maintenance {
         }
     }
 
+    /// Enters the phase `t` leads to: plans its effects (see [`plan`]) and carries them out.
     fn enter<G: UpstreamHandle>(&self, inner: &mut Inner, group: &Arc<G>, t: Transition, now: Instant) {
+        // Leaving a phase ends its work (a running action's process group is killed).
         inner.task = None;
-        inner.reason = t.reason.clone();
         if t.failure {
-            inner.failures += 1;
-            inner.cycle_failure = Some(t.reason.clone());
             tracing::error!(upstream = %self.name, from = ?t.from, to = ?t.to, reason = %t.reason, target = ?inner.current, "maintenance failed: serving resumes");
         } else {
             tracing::warn!(upstream = %self.name, from = ?t.from, to = ?t.to, reason = %t.reason, target = ?inner.current, "maintenance phase changed");
         }
-        let record = Record {
-            at: Utc::now(),
-            from: t.from,
-            to: t.to,
-            reason: t.reason.clone(),
-            target: inner.current.clone(),
-        };
-        if inner.history.len() == HISTORY {
-            inner.history.pop_front();
+        let servers = group.servers().len();
+        for effect in plan(inner, &self.name, &t, servers, now, Utc::now()) {
+            self.apply(inner, group, effect, now);
         }
-        inner.history.push_back(record);
-        let spec = inner.spec.clone();
-        match t.to {
-            Phase::Draining => {
-                if inner.rolling {
-                    let next = inner.pending.pop_front();
-                    inner.current = next.clone();
-                    let total = group.servers().len().max(1) as f64;
-                    group.set_capacity_share((total - 1.0) / total);
-                    for addr in addrs_of(group.as_ref(), next.as_deref()) {
-                        group.set_drained(addr, true);
-                    }
-                } else {
-                    let hold = if inner.machine.hold_only() {
-                        spec.drain_timeout.0 + spec.manual_timeout.0 + spec.recover_timeout.0
-                    } else {
-                        spec.hold_timeout.0
-                    };
-                    group.hold(Some(now + hold), spec.ramp.0);
-                }
-                if matches!(spec.action, Some(Action::None { .. })) && !inner.machine.hold_only() {
-                    inner.task = Some(watch_restart(group, inner.current.clone(), &spec));
+    }
+
+    /// Carries out one planned effect.
+    fn apply<G: UpstreamHandle>(&self, inner: &mut Inner, group: &Arc<G>, effect: Effect, now: Instant) {
+        match effect {
+            Effect::Hold { until, ramp } => group.hold(Some(until), ramp),
+            Effect::DrainReplica { server, share } => {
+                group.set_capacity_share(share);
+                for addr in addrs_of(group.as_ref(), server.as_deref()) {
+                    group.set_drained(addr, true);
                 }
             }
-            Phase::Drained => {}
-            Phase::Restarting => match &spec.action {
-                Some(Action::None { .. }) => {
-                    if inner.saw_down {
-                        self.feed(inner, group, Event::ActionDone(Ok(())), now);
-                        return;
-                    }
-                    inner.task = Some(watch_restart(group, inner.current.clone(), &spec));
+            Effect::RestoreReplica { server } => {
+                for addr in addrs_of(group.as_ref(), server.as_deref()) {
+                    group.set_drained(addr, false);
                 }
-                Some(action) => {
-                    let action = action.clone();
-                    let target = Target { upstream: self.name.clone(), server: inner.current.clone() };
-                    tracing::warn!(upstream = %self.name, action = %action.describe(), target = ?target.server, "maintenance: running the restart action");
-                    inner.task =
-                        Some(Task::spawn(
-                            async move { action.run(&target).await.map_err(|e| e.to_string()) },
-                        ));
-                }
-                None => self.feed(
-                    inner,
-                    group,
-                    Event::ActionDone(Err("no restart action configured".into())),
-                    now,
-                ),
-            },
-            Phase::Recovering => {
-                let (group2, server, gate) = (Arc::clone(group), inner.current.clone(), spec.health.clone());
+                group.set_capacity_share(1.0);
+            }
+            Effect::Release { ramp } => group.hold(None, ramp),
+            Effect::Sync { ramp } => group.sync_availability(ramp),
+            Effect::WatchRestart { server } => {
+                inner.task = Some(watch_restart(group, server, &inner.spec));
+            }
+            Effect::RunAction { action, target } => {
+                tracing::warn!(upstream = %self.name, action = %action.describe(), target = ?target.server, "maintenance: running the restart action");
+                inner.task =
+                    Some(Task::spawn(async move { action.run(&target).await.map_err(|e| e.to_string()) }));
+            }
+            Effect::Gate { server } => {
+                let (group, gate) = (Arc::clone(group), inner.spec.health.clone());
                 inner.task = Some(Task::spawn(async move {
-                    let passed = gate::passed(Arc::clone(&group2), server, gate).await;
+                    let passed = gate::passed(Arc::clone(&group), server, gate).await;
                     for addr in passed {
-                        group2.mark_up(addr);
+                        group.mark_up(addr);
                     }
                     Ok(())
                 }));
             }
-            Phase::Ramping => {
-                self.release(inner, group, spec.ramp.0);
-            }
-            Phase::Serving => {
-                self.release(inner, group, spec.ramp.0);
-                if t.failure {
-                    inner.pending.clear();
+            Effect::CycleEnded => {
+                if let Some(record) = &inner.last_cycle {
+                    tracing::warn!(upstream = %self.name, cycle = record.cycle, outcome = record.outcome, reason = %record.reason, "maintenance cycle ended");
                 }
-                if !inner.pending.is_empty() {
-                    // Rolling: the next replica.
-                    self.feed(inner, group, Event::Start, now);
-                    return;
-                }
-                self.end_cycle(inner, &t);
             }
+            Effect::Feed(event) => self.feed(inner, group, event, now),
         }
-    }
-
-    /// Lets traffic back in: ends the hold (ramping over `ramp`) or puts the replica back.
-    fn release<G: UpstreamHandle>(&self, inner: &mut Inner, group: &Arc<G>, ramp: Duration) {
-        if inner.rolling {
-            for addr in addrs_of(group.as_ref(), inner.current.as_deref()) {
-                group.set_drained(addr, false);
-            }
-            group.set_capacity_share(1.0);
-            inner.current = None;
-        } else {
-            group.hold(None, ramp);
-        }
-        group.sync_availability(ramp);
-    }
-
-    fn end_cycle(&self, inner: &mut Inner, t: &Transition) {
-        let Some(started) = inner.cycle_started.take() else { return };
-        let failure = inner.cycle_failure.take();
-        let record = CycleRecord {
-            cycle: inner.cycles,
-            outcome: if failure.is_some() { "failed" } else { "ok" },
-            reason: failure.unwrap_or_else(|| t.reason.clone()),
-            trigger: inner.trigger.unwrap_or(Trigger::Manual),
-            started,
-            ended: Utc::now(),
-        };
-        tracing::warn!(upstream = %self.name, cycle = record.cycle, outcome = record.outcome, reason = %record.reason, "maintenance cycle ended");
-        inner.last_cycle = Some(record);
-        inner.rolling = false;
-        inner.occurrence = None;
     }
 
     /// Collects a finished action, gate or restart watch.
