@@ -11,7 +11,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::admission::tenant::TenantRateLimiter;
-use crate::config::reload::RestartOnly;
+use crate::config::changes::RestartOnly;
 use crate::config::{Config, Overrides};
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;

@@ -1,5 +1,5 @@
 //! Configuration: the on-disk schema ([`schema`]), loading and validation into the runtime
-//! [`Config`] ([`load`]), what a reload may change ([`reload`]), human units ([`units`]), and
+//! [`Config`] ([`load`]), what a reload may change ([`changes`]), human units ([`units`]), and
 //! the warnings about a valid config that would treat Dify's traffic worse than stock Dify
 //! ([`audit`]).
 //!
@@ -8,11 +8,11 @@
 //! admission limiter and maintenance state) lives outside it, keyed by upstream name.
 
 pub mod audit;
+pub mod changes;
 pub mod class;
 pub mod load;
 pub mod maintenance;
 mod model;
-pub mod reload;
 pub mod schema;
 pub mod units;
 

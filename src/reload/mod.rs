@@ -7,7 +7,7 @@
 //! installed whole with one atomic swap ([`App::install`]): requests in flight keep the
 //! snapshot they started with, and the state keyed by upstream name — learned limits,
 //! queues, health, maintenance — carries over for upstreams that stay. Settings that only a
-//! restart applies ([`RestartOnly`](crate::config::reload::RestartOnly)) keep their running
+//! restart applies ([`RestartOnly`](crate::config::changes::RestartOnly)) keep their running
 //! values and are named in the log.
 
 pub mod outcome;
@@ -15,7 +15,7 @@ pub mod sighup;
 pub mod stats;
 
 use crate::app::App;
-use crate::config::reload::changed;
+use crate::config::changes::changed;
 use crate::config::{load_embedded, load_file};
 
 pub use outcome::ReloadOutcome;

@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use crate::config::reload::RestartNeeded;
+use crate::config::changes::RestartNeeded;
 
 /// How a reload went.
 #[derive(Debug, Clone, PartialEq, Serialize)]

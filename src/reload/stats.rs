@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::outcome::ReloadOutcome;
-use crate::config::reload::RestartNeeded;
+use crate::config::changes::RestartNeeded;
 
 /// Reload counts since start and the latest attempts.
 #[derive(Debug, Clone, Default, Serialize)]
