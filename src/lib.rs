@@ -17,6 +17,7 @@ pub mod loadgen;
 pub mod maintenance;
 pub mod metrics;
 pub mod proxy;
+pub mod redact;
 pub mod reload;
 pub mod resilience;
 pub mod server;

@@ -1,7 +1,5 @@
-//! Why admission refused a request, and the client's answer for each reason: always the
-//! 503 `server_busy` envelope with a `Retry-After`, so a client can tell "busy" from "broken".
-
-use crate::proxy::envelope::ErrorReply;
+//! Why admission refused a request. The client's answer for each reason is the proxy's
+//! ([`crate::proxy::envelope::ErrorReply::refused`]).
 
 /// A refused request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,38 +37,5 @@ impl Refusal {
             Refusal::ShuttingDown => "shutting_down",
             Refusal::BackendOverloaded => "backend_overloaded",
         }
-    }
-
-    /// The envelope for the client.
-    pub fn reply(self, retry_after_secs: u64) -> ErrorReply {
-        if self == Refusal::ShuttingDown {
-            // `server_busy`, not `upstream_unavailable`: the backend is fine and nothing was
-            // sent to it, so any request may be retried at once — by then a restarted proxy
-            // (or another replica) takes it. The queue's own estimate says nothing here.
-            return ErrorReply::server_busy(
-                "the proxy is shutting down; this request was not sent to the backend, retry it",
-            )
-            .retry_after(1);
-        }
-        if self == Refusal::Unavailable {
-            return ErrorReply::upstream_unavailable(
-                503,
-                "the backend is down or restarting; it was not back in time",
-            )
-            .retry_after(retry_after_secs.clamp(1, 60));
-        }
-        let message = match self {
-            Refusal::QueueFull | Refusal::Evicted => "the backend is at capacity and the queue is full",
-            Refusal::Timeout => "the backend stayed at capacity for as long as this request may wait",
-            Refusal::WouldExceedDeadline => "the expected wait exceeds how long this request may wait",
-            Refusal::Impatient => "the backend is at capacity; this request waited too long",
-            Refusal::Unavailable => "the backend is down",
-            Refusal::ShuttingDown => "the proxy is shutting down",
-            Refusal::BackendOverloaded => {
-                "the backend ran out of capacity for this request (an overload error, such as \
-                 PostgreSQL's connection limit); retry it"
-            }
-        };
-        ErrorReply::server_busy(message).retry_after(retry_after_secs.clamp(1, 60))
     }
 }

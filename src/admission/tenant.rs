@@ -15,10 +15,9 @@ use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use pingora::http::RequestHeader;
 
 use super::queue::TenantId;
-use crate::proxy::redact::redact_key;
+use crate::redact::redact_key;
 
 /// Where the tenant key comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,16 +44,15 @@ impl Tenant {
     }
 }
 
-/// Identifies the tenant of a request.
-pub fn tenant_of(source: &TenantSource, request: &RequestHeader) -> Tenant {
+/// Identifies the tenant of a request from its headers.
+pub fn tenant_of(source: &TenantSource, headers: &http::HeaderMap) -> Tenant {
     let key = match source {
-        TenantSource::BearerToken => request
-            .headers
+        TenantSource::BearerToken => headers
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().strip_prefix("Bearer "))
             .map(str::trim),
-        TenantSource::Header(name) => request.headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim),
+        TenantSource::Header(name) => headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim),
     };
     match key {
         Some(key) if !key.is_empty() => {
@@ -111,15 +109,15 @@ impl TenantRateLimiter {
 mod tests {
     use super::*;
 
-    fn request(auth: Option<&str>, tenant: Option<&str>) -> RequestHeader {
-        let mut req = RequestHeader::build("POST", b"/v1/workflows/run", None).expect("request");
+    fn request(auth: Option<&str>, tenant: Option<&str>) -> http::HeaderMap {
+        let mut headers = http::HeaderMap::new();
         if let Some(a) = auth {
-            req.insert_header("authorization", a).expect("header");
+            headers.insert(http::header::AUTHORIZATION, a.parse().expect("header value"));
         }
         if let Some(t) = tenant {
-            req.insert_header("x-tenant", t).expect("header");
+            headers.insert("x-tenant", t.parse().expect("header value"));
         }
-        req
+        headers
     }
 
     #[test]

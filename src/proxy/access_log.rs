@@ -6,7 +6,7 @@ use pingora::proxy::Session;
 use pingora::Error;
 
 use super::ctx::RequestCtx;
-use super::redact::path_without_query_values;
+use crate::redact::path_without_query_values;
 
 fn ms(d: Option<std::time::Duration>) -> f64 {
     d.map_or(-1.0, |d| (d.as_secs_f64() * 1e6).round() / 1e3)

@@ -2,6 +2,7 @@
 //! `{"code":"…","message":"…","status":N}` with the matching HTTP status, `X-Request-Id` and,
 //! where retrying later helps, `Retry-After`. Never an HTML page.
 
+use crate::admission::Refusal;
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
@@ -26,6 +27,40 @@ pub struct ErrorReply {
 }
 
 impl ErrorReply {
+    /// The answer to a request admission refused: always 503 with a `Retry-After`, so a
+    /// client can tell "busy" from "broken"; `server_busy` unless the backend is down.
+    pub fn refused(refusal: Refusal, retry_after_secs: u64) -> ErrorReply {
+        if refusal == Refusal::ShuttingDown {
+            // `server_busy`, not `upstream_unavailable`: the backend is fine and nothing was
+            // sent to it, so any request may be retried at once — by then a restarted proxy
+            // (or another replica) takes it. The queue's own estimate says nothing here.
+            return ErrorReply::server_busy(
+                "the proxy is shutting down; this request was not sent to the backend, retry it",
+            )
+            .retry_after(1);
+        }
+        if refusal == Refusal::Unavailable {
+            return ErrorReply::upstream_unavailable(
+                503,
+                "the backend is down or restarting; it was not back in time",
+            )
+            .retry_after(retry_after_secs.clamp(1, 60));
+        }
+        let message = match refusal {
+            Refusal::QueueFull | Refusal::Evicted => "the backend is at capacity and the queue is full",
+            Refusal::Timeout => "the backend stayed at capacity for as long as this request may wait",
+            Refusal::WouldExceedDeadline => "the expected wait exceeds how long this request may wait",
+            Refusal::Impatient => "the backend is at capacity; this request waited too long",
+            Refusal::Unavailable => "the backend is down",
+            Refusal::ShuttingDown => "the proxy is shutting down",
+            Refusal::BackendOverloaded => {
+                "the backend ran out of capacity for this request (an overload error, such as \
+                 PostgreSQL's connection limit); retry it"
+            }
+        };
+        ErrorReply::server_busy(message).retry_after(retry_after_secs.clamp(1, 60))
+    }
+
     fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
         ErrorReply { code, message: message.into(), status, retry_after: None }
     }

@@ -10,7 +10,6 @@ pub mod envelope;
 pub mod headers;
 pub mod outcome;
 mod peer;
-pub mod redact;
 mod retry;
 pub mod routing;
 pub mod service;

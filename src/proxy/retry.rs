@@ -11,6 +11,7 @@ use pingora::{Error, ErrorType, Result};
 use tokio::time::Instant;
 
 use super::ctx::RequestCtx;
+use super::envelope::ErrorReply;
 use super::outcome::unhandled_error_answer;
 use crate::admission::{Outcome, Permit};
 use crate::resilience::retry_policy::{self, Attempt, Decision, Ending};
@@ -80,7 +81,7 @@ pub(super) async fn queue_again(ctx: &mut RequestCtx, status: u16) -> Result<()>
             Err(e)
         }
         Err(refusal) => {
-            ctx.reply = Some(refusal.reply(admission.retry_after_secs()));
+            ctx.reply = Some(ErrorReply::refused(refusal, admission.retry_after_secs()));
             let mut e = Error::explain(ErrorType::HTTPStatus(status), "the backend answered overloaded");
             e.as_up();
             Err(e)
@@ -112,7 +113,7 @@ pub(super) async fn overloaded(
     }
     if let (Some(permit), Some(routed)) = (&ctx.permit, &ctx.routed) {
         permit.count_refusal(refusal);
-        ctx.reply = Some(refusal.reply(routed.upstream.admission().retry_after_secs()));
+        ctx.reply = Some(ErrorReply::refused(refusal, routed.upstream.admission().retry_after_secs()));
     }
     let mut e = Error::explain(ErrorType::HTTPStatus(status), "the backend answered overloaded");
     e.as_up();

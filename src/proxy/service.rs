@@ -86,7 +86,7 @@ impl ProxyHttp for DifyProxy {
         let req = session.req_header();
         let method = &req.method;
         let path = req.uri.path();
-        let tenant = tenant_of(&config.tenants.source, req);
+        let tenant = tenant_of(&config.tenants.source, &req.headers);
         // Only the access log shows it; the admission takes the label itself.
         if config.log.access_log {
             ctx.tenant = Some(tenant.label.clone());
@@ -154,7 +154,7 @@ impl ProxyHttp for DifyProxy {
             }
             Admitted::Refused(refusal) => {
                 ctx.queue_wait = queued_at.elapsed();
-                let reply = refusal.reply(admission.retry_after_secs());
+                let reply = ErrorReply::refused(refusal, admission.retry_after_secs());
                 tracing::debug!(id = %ctx.request_id, reason = refusal.as_str(), "admission refused");
                 self.refuse(session, ctx, reply).await
             }
