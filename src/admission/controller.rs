@@ -1,7 +1,7 @@
-//! `Admission`: one upstream's gate — the adaptive limit, the fair queue and the bookkeeping
-//! that ties them to requests. `acquire` returns a [`Permit`] (hold it for the whole request,
-//! streams included) or a [`Refusal`]; dropping the `acquire` future (the client left) takes
-//! the request out of the queue, so it never reaches the backend.
+//! `Admission`: one upstream's admission — the adaptive limit, the fair queue and the
+//! bookkeeping that ties them to requests. `acquire` returns a [`Permit`] (hold it for the
+//! whole request, streams included) or a [`Refusal`]; dropping the `acquire` future (the client
+//! left) takes the request out of the queue, so it never reaches the backend.
 //!
 //! Composition, in the order a request meets it:
 //! 1. bypass: classes with `queued = false` (stop-task calls) and disabled admission pass at
@@ -23,7 +23,7 @@
 //! A single `std::sync::Mutex` guards the state: every critical section is a few hundred
 //! nanoseconds of bookkeeping and is never held across an `.await`.
 //!
-//! This file holds the operations on the gate (`acquire`, holds, capacity share, shutdown);
+//! This file holds the operations on admission (`acquire`, holds, capacity share, shutdown);
 //! the parts are `state` (the state behind the lock, and the decisions taken on it),
 //! `waiting` (a queued request's wait), `permit` (a granted slot and its release),
 //! `status` (the `/status` view) and `ticket` (what a request brings).
@@ -59,7 +59,7 @@ pub use ticket::Ticket;
 const MAX_LABELS: usize = 4096;
 
 impl Admission {
-    /// A gate for upstream `name`.
+    /// Admission for upstream `name`.
     pub fn new(name: &str, policy: AdmissionPolicy) -> Arc<Admission> {
         let classes = policy.classes.len().max(1);
         let weights: Vec<u32> = policy.classes.iter().map(|c| c.weight).collect();
@@ -232,7 +232,7 @@ impl Admission {
         if !available {
             tracing::warn!(upstream = %self.name, "upstream cannot serve: holding requests");
         }
-        st.gate_changed(&self.name, was_open, ramp, now);
+        st.openness_changed(&self.name, was_open, ramp, now);
     }
 
     /// Holds every queued request (maintenance) until `until` at the latest, or, with `None`,
@@ -247,7 +247,7 @@ impl Admission {
         }
         let was_open = st.is_open();
         st.hold_until = until;
-        st.gate_changed(&self.name, was_open, ramp, now);
+        st.openness_changed(&self.name, was_open, ramp, now);
     }
 
     /// Scales the learned limit to the share of the backend that serves (e.g. ½ while one
@@ -289,7 +289,7 @@ impl Admission {
         }
         let now = Instant::now();
         let ramping = st.ramp.is_some_and(|(since, over)| now.duration_since(since) < over);
-        // A queue held through a closed gate stands from when the gate opened.
+        // A queue held while admission was closed stands from when it opened.
         let standing = st.standing_since.map(|since| st.opened_at.map_or(since, |open| open.max(since)));
         if let Some(since) = standing.filter(|_| st.policy.enabled && st.is_open() && !ramping) {
             let before = st.limit.limit();

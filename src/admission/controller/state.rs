@@ -84,14 +84,14 @@ pub(super) struct State {
     /// A deliberate hold (maintenance): nothing is admitted, and held requests wait up to
     /// this deadline instead of their class's queue timeout.
     pub(super) hold_until: Option<Instant>,
-    /// When the gate last opened (health came back or a hold ended): requests held across
+    /// When admission last opened (health came back or a hold ended): requests held across
     /// it get their full queue timeout again from then, like fresh arrivals.
     pub(super) opened_at: Option<Instant>,
     /// Share of the learned limit in force (below 1 while some replicas are drained).
     pub(super) capacity_share: f64,
     /// Slow start after the upstream came back: (since, over).
     pub(super) ramp: Option<(Instant, Duration)>,
-    /// Requests held through the last closed gate still wait (served oldest first).
+    /// Requests held through the last closing still wait (served oldest first).
     pub(super) draining_held: bool,
     /// Set by [`Admission::shed_all`]: requests that would wait are refused with this.
     pub(super) closing: Option<Refusal>,
@@ -101,7 +101,7 @@ pub(super) struct State {
     pub(super) scratch_caps: Vec<usize>,
 }
 
-/// One upstream's admission gate.
+/// One upstream's admission.
 #[derive(Debug)]
 pub struct Admission {
     pub(super) name: String,
@@ -130,9 +130,9 @@ impl State {
         self.available && self.hold_until.is_none()
     }
 
-    /// After `available` or the hold changed: starts the slow start when the gate opened,
+    /// After `available` or the hold changed: starts the slow start when admission opened,
     /// and admits what now fits.
-    pub(super) fn gate_changed(&mut self, upstream: &str, was_open: bool, ramp: Duration, now: Instant) {
+    pub(super) fn openness_changed(&mut self, upstream: &str, was_open: bool, ramp: Duration, now: Instant) {
         let open = self.is_open();
         if open && !was_open {
             self.ramp = Some((now, ramp));
@@ -244,8 +244,8 @@ impl State {
     }
 
     /// When a waiter queued at `enqueued` runs out of time, and what it is told then: its
-    /// class's `timeout` (counted from the gate's opening for a request held through a closed
-    /// gate, and extended while a hold lasts), or, sooner, what its client is expected to
+    /// class's `timeout` (counted from the opening for a request held while admission was
+    /// closed, and extended while a hold lasts), or, sooner, what its client is expected to
     /// wait (never extended: a 503 it can retry beats a silent timeout).
     pub(super) fn waiter_deadline(
         &self,
@@ -292,7 +292,7 @@ impl State {
             if !self.is_open() || (self.policy.enabled && self.in_flight >= self.effective_limit(now)) {
                 return;
             }
-            // Requests held through a closed gate go first, oldest first: the backlog of a
+            // Requests held while admission was closed go first, oldest first: the backlog of a
             // restart drains in order, so its longest wait is the hold plus the drain, not the
             // hold plus the time until the queue next empties.
             if self.draining_held {
@@ -312,7 +312,7 @@ impl State {
                 return;
             };
             let waited = now.duration_since(entry.enqueued);
-            // A request held through a closed gate is still connected (a client that leaves
+            // A request held while admission was closed is still connected (a client that leaves
             // withdraws it), so its long wait says nothing about its patience.
             let held_through = self.opened_at.is_some_and(|t| t > entry.enqueued);
             let client = client_wait(
