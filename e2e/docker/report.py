@@ -51,6 +51,9 @@ def cycle(status_path, trigger, cycles):
         problems.append(f"failures {view.get('failures')}")
     if last.get("trigger") != trigger or last.get("outcome") != "ok":
         problems.append(f"last cycle {last}")
+    if problems and view.get("memory"):
+        # What the trigger last read: a reading that failed, or one below the threshold.
+        problems.append(f"memory {view['memory']}")
     if problems:
         print("maintenance: " + "; ".join(problems), file=sys.stderr)
         return 1

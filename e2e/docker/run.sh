@@ -255,6 +255,13 @@ min_interval = "1h"'
   sleep 10
   # Held by a shell in the api container, as a leak holds it: only a restart frees it.
   docker exec -d docker-api-1 bash -c 'leak=$(head -c 150000000 /dev/zero | tr "\0" x); sleep 3600'
+  # What the engine reports for api once the leak is in place, for the log (and so a missed
+  # trigger can be told from a leak that never happened).
+  local i
+  for i in 1 2 3 4 5; do
+    sleep 1
+    say "memory: docker stats for api: $(docker stats --no-stream --format '{{.MemUsage}}' docker-api-1 2>&1)"
+  done
   wait_load
   admin /status >"$WORK/memory-shaped.status.json"
   docker logs docker-dify-shaper-1 >"$WORK/memory-shaped.shaper.log" 2>&1
