@@ -175,12 +175,9 @@ impl ProxyHttp for DifyProxy {
         let Some(routed) = &ctx.routed else {
             return Error::e_explain(ErrorType::InternalError, "upstream_peer without a route");
         };
-        let chosen = match peer::pick_endpoint(routed, ctx.started).await {
-            Ok((endpoint, lease)) => {
-                peer::peer_for(routed, &endpoint, ctx.wants_stream, ctx.started).map(|p| (p, endpoint, lease))
-            }
-            Err(failed) => Err(failed),
-        };
+        let chosen = peer::pick_endpoint(routed, ctx.started).await.and_then(|(endpoint, lease)| {
+            peer::peer_for(routed, &endpoint, ctx.wants_stream, ctx.started).map(|p| (p, endpoint, lease))
+        });
         let (peer, endpoint, lease) = match chosen {
             Ok(chosen) => chosen,
             Err((e, reply)) => {
