@@ -199,8 +199,16 @@ wait_load() { local p; for p in "${LOAD_PIDS[@]}"; do wait "$p"; done; }
 admin() { curl -fsS --max-time 5 -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$ADMIN_PORT$1"; }
 started_at() { docker inspect -f '{{.State.StartedAt}}' "$1"; }
 ip_of() { docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$1"; }
+# A check passes when its command does; what the command printed goes with a failure, into the
+# line that says so and into the summary at the end (CI shows the tail of the log).
 check() {
-  if eval "$2"; then say "ok: $1"; else say "FAILED: $1"; FAILED+=("$1"); fi
+  local out
+  if out=$(eval "$2" 2>&1); then
+    say "ok: $1"
+  else
+    say "FAILED: $1${out:+ — $out}"
+    FAILED+=("$1${out:+ — $out}")
+  fi
 }
 # Failed requests (sent − ok) of a scenario, both kinds; with FROM, only those sent from that
 # second of the load on.
@@ -255,18 +263,22 @@ min_interval = "1h"'
   sleep 10
   # Held by a shell in the api container, as a leak holds it: only a restart frees it.
   docker exec -d docker-api-1 bash -c 'leak=$(head -c 150000000 /dev/zero | tr "\0" x); sleep 3600'
-  # What the engine reports for api once the leak is in place, for the log (and so a missed
-  # trigger can be told from a leak that never happened).
-  local i
-  for i in 1 2 3 4 5; do
-    sleep 1
-    say "memory: docker stats for api: $(docker stats --no-stream --format '{{.MemUsage}}' docker-api-1 2>&1)"
+  # What the engine reports for api until the trigger restarts it (at most 20 s), so a missed
+  # trigger can be told from a leak that never happened.
+  local seen="" deadline=$((SECONDS + 20))
+  while ((SECONDS < deadline)); do
+    if [[ $(started_at docker-api-1) != "$api_before" ]]; then
+      seen+="api restarted"
+      break
+    fi
+    seen+="$(docker stats --no-stream --format '{{.MemUsage}}' docker-api-1 2>&1 | cut -d/ -f1); "
   done
+  say "memory: api after the leak (docker stats): $seen"
   wait_load
   admin /status >"$WORK/memory-shaped.status.json"
   docker logs docker-dify-shaper-1 >"$WORK/memory-shaped.shaper.log" 2>&1
   check "memory: the memory trigger ran one cycle and it succeeded" \
-    "python3 e2e/docker/report.py cycle '$WORK/memory-shaped.status.json' memory 1"
+    "python3 e2e/docker/report.py cycle '$WORK/memory-shaped.status.json' memory 1 || { echo 'api after the leak: $seen'; false; }"
   check "memory: api was restarted" "[[ \$(started_at docker-api-1) != '$api_before' ]]"
   check "memory: 0 failed requests through dify-shaper" "[[ \$(failed memory-shaped) == 0 ]]"
   down
@@ -384,7 +396,8 @@ done
 python3 e2e/docker/report.py table "$WORK" | tee "$WORK/report.md"
 say "wall time $(($(date +%s) - STARTED)) s"
 if ((${#FAILED[@]})); then
-  say "${#FAILED[@]} check(s) failed: ${FAILED[*]}"
+  say "${#FAILED[@]} check(s) failed:"
+  for failure in "${FAILED[@]}"; do say "  - $failure"; done
   exit 1
 fi
 say "all checks passed"
