@@ -170,6 +170,56 @@ async fn the_limit_follows_a_capacity_increase_within_10s() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_slows_for_good_keeps_its_limit() {
+    let _serial = SERIAL.lock().await;
+    // 2 workers × 10 connections, 250 ms runs (20 in flight, 80/s), offered 100/s; 8 s in,
+    // every run takes 400 ms (a model provider answering slower): still 20 in flight, 50/s.
+    // Read as queueing, each cut's window was as slow as the last, and the limit fell to 2
+    // (7.8 answers/s) for as long as the old baseline was remembered. Two cuts show it is not
+    // queueing; by 7 s after the change the limit is back.
+    let backend = sim(2, 10, ms(250), None).await;
+    let proxy = ProxyProcess::start_default(backend.addr()).await;
+    let duration = Duration::from_secs(24);
+    let load = tokio::spawn(open_loop(
+        proxy.addr,
+        100.0,
+        duration,
+        Duration::from_secs(10),
+        workflow("app-slowerslowerslower1"),
+    ));
+    let start = Instant::now();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    backend.set_config(|c| c.service_time = ms(400));
+    let mut limits = Vec::new();
+    while start.elapsed() < Duration::from_secs(22) {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if start.elapsed() >= Duration::from_secs(15) {
+            limits.push(admission_status(&proxy).await["limit"].as_u64().unwrap_or(0));
+        }
+    }
+    let report = load.await.expect("load");
+    let (from, to) = (Duration::from_secs(12), Duration::from_secs(22));
+    let done = report
+        .outcomes
+        .iter()
+        .filter(|o| o.status.is_some_and(|s| (200..300).contains(&s)))
+        .filter_map(|o| o.latency.map(|l| o.sent_at + l))
+        .filter(|t| *t >= from && *t < to)
+        .count();
+    let slowed_goodput = done as f64 / (to - from).as_secs_f64();
+    let lowest = limits.iter().copied().min().unwrap_or(0);
+    eprintln!(
+        "20 in flight, 250 ms then 400 ms runs, offered 100/s: limits 15–22 s {limits:?}; goodput then \
+         {slowed_goodput:.1}/s of 50/s; {:?}; status {}",
+        report.by_status(),
+        admission_status(&proxy).await
+    );
+    assert!(lowest >= 14, "the limit fell to {lowest} on a backend that still serves 20 at once");
+    assert!(slowed_goodput >= 40.0, "goodput {slowed_goodput:.1}/s once slower, of 50/s");
+    assert_only_success_or_busy(&report);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flooding_app_does_not_break_a_quiet_one() {
     let _serial = SERIAL.lock().await;
     // Capacity 8 × ~500 ms = 16/s. App A floods at 10×, app B sends at 10% of capacity.

@@ -48,7 +48,13 @@
 //!   a window of `window_samples` absorb the natural variation, and only requests admitted
 //!   after the last change of the limit count towards a window. Streaming runs are measured
 //!   by their time to the response header (when a worker picked them up), not by the
-//!   stream's length.
+//!   stream's length. A cut is checked by the first window at the level it landed on:
+//!   queueing falls with the level, a backend that slowed as a whole (a model provider
+//!   answering a third slower) does not. When two cuts in a row (three on a noisy signal)
+//!   left latency as high and the higher level delivered no less, the old baseline is
+//!   forgotten and the limit goes back to where the cuts began (`Change::Rebase`); read as
+//!   queueing, such a slowdown cut the limit to one for as long as the old baseline was
+//!   remembered.
 //!
 //! * **Slow start** — until the first cut, nothing is known but that the initial limit is
 //!   safe, so the limit grows by `slow_start_growth` from each level proven by its answers:
@@ -58,8 +64,13 @@
 //!   step is proven before the next, so a precise signal never has more than about
 //!   `1 + slow_start_growth` times the capacity in flight (×1.5 per round, without proof,
 //!   put 2–2.5 times the capacity into gunicorn's backlog for a round trip); answers that
-//!   spread widely by nature are judged by window means instead. The first cut ends slow
-//!   start for good.
+//!   spread widely by nature are judged by window means instead. A late batch does not end
+//!   slow start at once: the level is held and measured again on a whole round of answers
+//!   admitted after it, since a backend that slows as a whole for a moment (the load
+//!   generator and the proxy starting on the same few cores) rises by more than one step
+//!   can explain, and answers admitted as it passes look like a backlog once. The level
+//!   that queued becomes a ceiling, probed like any other. The first cut ends slow start
+//!   for good.
 //!
 //! * **Noise** — a window mean less than `queue_slack` above the baseline is not queueing,
 //!   and the baseline keeps each window's upper confidence bound (mean + two standard
@@ -80,10 +91,11 @@
 //! the operating point (the most delivered at the least queueing) for the goodput, and a
 //! CUBIC-like ceiling memory for the flat-latency database case.
 //!
-//! This file holds the limit's state and its entry points (answers, overload, stalls); the
-//! parts are `window` (closing a latency window against its `signal`'s baseline),
-//! `slow_start`, `decide` (the steady state), and the measures they consult: `goodput`,
-//! `served` (Little's law), `errors` (refusal shares) and `stall`.
+//! This file holds the limit's state and its entry points (answers, stalls); the parts are
+//! `window` (closing a latency window against its `signal`'s baseline, and checking the
+//! last cut), `slow_start`, `decide` (the steady state), `overload` (cuts on overload
+//! outcomes), and the measures they consult: `goodput`, `served` (Little's law), `errors`
+//! (refusal shares) and `stall`.
 
 use std::time::Duration;
 
@@ -98,6 +110,7 @@ use stall::Stall;
 mod decide;
 mod errors;
 mod goodput;
+mod overload;
 mod sample;
 mod served;
 mod settings;
@@ -144,6 +157,17 @@ pub struct AdaptiveLimit {
     /// latency-ratio sum of the answers from above it so far.
     proven: usize,
     marginal: (usize, f64),
+    /// Slow start: doubt about a level whose answers came back late (measured again before
+    /// slow start ends or goes on), and when the present batch began (answers admitted
+    /// before it are not counted).
+    doubt: Option<slow_start::Doubt>,
+    batch_from: Option<Instant>,
+    /// The last latency cut, until the cut level's first window says whether it removed
+    /// queueing or the backend had slowed as a whole (see `window`).
+    cut_check: Option<window::CutCheck>,
+    /// Set between a window that showed the last cut changed nothing and the cut it makes:
+    /// the level the run of such cuts began at, and how many windows it has.
+    flat_run: Option<(f64, u32)>,
     goodput: Goodput,
     /// What each level served by Little's law (precise signals, requests waiting here).
     served: Served,
@@ -177,6 +201,10 @@ impl AdaptiveLimit {
             slow_start: true,
             proven: limit as usize,
             marginal: (0, 0.0),
+            doubt: None,
+            batch_from: None,
+            cut_check: None,
+            flat_run: None,
             goodput: Goodput::default(),
             served: Served::default(),
             typical_duration: 0.0,
@@ -315,57 +343,6 @@ impl AdaptiveLimit {
         self.changed(now);
         self.last_change = Some(Change::Stall);
         Some(Change::Stall)
-    }
-
-    /// Whether a 5xx answered at `in_flight` in flight says "overloaded": the levels below it
-    /// answered (almost) clean, or this level fails clearly more often than they do. A share of
-    /// 5xx that lower levels show as well is the requests' own failing (a broken workflow
-    /// answers 500 at any load) and must not cut the limit. With nothing known below, the share
-    /// over all levels stands in; with nothing known at all, it counts (except for a request
-    /// alone in flight).
-    pub fn overload_counts(&self, in_flight: usize) -> bool {
-        self.errors.overload_counts(in_flight)
-    }
-
-    fn on_overload(&mut self, sample: Sample, now: Instant) -> Option<Change> {
-        let floor = self.settings.min as f64;
-        if self.last_cut.is_some_and(|cut| sample.started < cut) {
-            // Of the same round as the last cut: each further refusal of the burst says the
-            // backend took one request fewer (a database holding 2 of 6 refuses 4), down to
-            // half the limit the round started with. A 429 is an app's limit, not a level.
-            let bottom = self.burst_floor.unwrap_or(self.limit).max(floor);
-            if sample.outcome == Outcome::Throttled || self.limit - 1.0 < bottom {
-                return None;
-            }
-            self.limit -= 1.0;
-            self.changed(now);
-            self.last_change = Some(Change::Overload);
-            return Some(Change::Overload);
-        }
-        self.burst_floor = Some(self.limit * 0.5);
-        let mut next = self.limit * self.settings.backoff;
-        if sample.outcome != Outcome::Throttled {
-            // That level failed: go below it, but never more than halve in one step.
-            let below_failing = (sample.in_flight as f64 - 1.0).max(self.limit * 0.5);
-            next = next.min(below_failing);
-            let failing = sample.in_flight as f64;
-            let repeated = self.ceiling_failed && self.ceiling.is_some_and(|c| failing <= c + 1.0);
-            self.ceiling = Some(failing);
-            self.ceiling_failed = true;
-            self.probe_wait = if repeated {
-                (self.probe_wait * 2).min(self.settings.probe_interval_max)
-            } else {
-                self.settings.probe_interval
-            };
-            self.probe_after = Some(now + self.probe_wait);
-        }
-        self.record_level(now);
-        self.limit = next.max(floor);
-        self.slow_start = false;
-        self.last_cut = Some(now);
-        self.changed(now);
-        self.last_change = Some(Change::Overload);
-        Some(Change::Overload)
     }
 
     /// Bookkeeping after any change of the limit: windows, rounds and delivery start afresh.

@@ -109,6 +109,7 @@ impl AdaptiveLimit {
         // At or past the ceiling and still growing: the probe passed (capacity grew). A
         // level that only queued before must show it pays, or no queueing at all: one step
         // past a capacity of 20 raises latency by 5 %, well inside `grow_below`.
+        let probed = self.ceiling.is_some_and(|c| self.limit >= c);
         if let Some(ceiling) = self.ceiling.filter(|c| self.limit >= *c) {
             let clean = ratio <= 1.0 + s.queue_floor;
             let passed = self.ceiling_failed || paid == Some(true) || serves_well == Some(true) || clean;
@@ -117,15 +118,19 @@ impl AdaptiveLimit {
             }
             self.ceiling = None;
             // Past a failing level creep on rather than jump: the next overload shows only as
-            // a burst of 500s, as large as the jump. Past one that queued and now shows no
-            // queueing at all, the capacity grew: grow as from a cold start.
-            self.knee = if self.ceiling_failed || !clean { Some(ceiling) } else { None };
+            // a burst of 500s, as large as the jump. Past one that only queued creep too, until
+            // two more steps show none: one request past a capacity of 20 adds 5 %, inside a
+            // window's noise, and growing by a quarter from there put 1.3 times the capacity
+            // in flight.
+            self.knee = Some(ceiling);
             self.probe_wait = s.probe_interval;
         }
         // Far from any queueing, grow by a fraction (a capacity increase is found in a few
         // windows); with a little queueing already, creep by one.
-        if serves_well == Some(true) {
-            // Each step still adds nearly a linear backend's share: no knee here.
+        if serves_well == Some(true) && !probed {
+            // Each step still adds nearly a linear backend's share: no knee here. Not on the
+            // probe of a level that queued: one step there moves the level by less than the
+            // ratio's own noise.
             self.knee = None;
         }
         let near_knee = self.knee.is_some_and(|k| self.limit * (1.0 + s.increase_ratio) > k);

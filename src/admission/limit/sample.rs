@@ -62,4 +62,7 @@ pub enum Change {
     Grow,
     /// Grown by one because requests waited here while no answer came back for a while.
     Stall,
+    /// Back to the level before a latency cut, with a new baseline: latency stayed as high
+    /// at the lower level, so the backend had slowed as a whole rather than queued.
+    Rebase,
 }

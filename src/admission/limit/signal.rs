@@ -31,6 +31,14 @@ impl Signal {
         self.means.iter().map(|m| m.1).fold(None, |m, x| Some(m.map_or(x, |m: f64| m.min(x))))
     }
 
+    /// Forgets the baseline learned so far and starts again from `mean` (the upper bound of
+    /// the window that showed the backend slower at every level).
+    pub(super) fn rebase(&mut self, now: Instant, mean: f64, lowest: f64) {
+        self.means.clear();
+        self.means.push_back((now, mean));
+        self.lowest_mean = Some(lowest);
+    }
+
     pub(super) fn remember(&mut self, now: Instant, mean: f64, horizon: Duration) {
         let slot = horizon / BASELINE_SLOTS;
         match self.means.back_mut() {

@@ -23,6 +23,10 @@ enum Backend {
     /// `WorkerBound` whose requests also fail with a 500 of their own one time in `every`,
     /// at any load (a broken workflow): not overload.
     BuggyWorkerBound { capacity: usize, service: f64, every: usize },
+    /// `WorkerBound` whose every request takes `factor` times longer when admitted between
+    /// `from` and `to` seconds: the CPU a load generator and the proxy take from a backend on
+    /// the same small machine while they start.
+    Starved { capacity: usize, service: f64, sigma: f64, from: f64, to: f64, factor: f64 },
     /// Real Dify's shape: every request waits `service` on a model call, and each one in
     /// flight adds `slope` of it (shared CPU and pools), so latency rises from the start while
     /// throughput keeps growing; past `connections` the database refuses at once.
@@ -59,6 +63,8 @@ struct Run {
     overloads_after: Vec<(f64, bool)>,
     /// In flight just before each answer (what the backend held).
     in_flight: Vec<(f64, usize)>,
+    /// When the limiter took the backend for slowed rather than queued.
+    rebases: Vec<f64>,
 }
 
 /// Saturating closed loop for `seconds` of virtual time; `change` can swap the backend midway.
@@ -75,7 +81,8 @@ fn run(mut backend: Backend, seconds: f64, change: Option<(f64, Backend)>, seed:
     let mut in_flight = 0usize;
     let mut now = 0.0f64;
     let mut tick = 0.0f64;
-    let mut out = Run { limits: Vec::new(), overloads_after: Vec::new(), in_flight: Vec::new() };
+    let mut out =
+        Run { limits: Vec::new(), overloads_after: Vec::new(), in_flight: Vec::new(), rebases: Vec::new() };
     let micros = |s: f64| (s * 1e6) as u64;
     while now < seconds {
         if let Some((when, _)) = &change {
@@ -91,6 +98,13 @@ fn run(mut backend: Backend, seconds: f64, change: Option<(f64, Backend)>, seed:
                 Backend::WorkerBound { capacity, service, sigma } => {
                     let jitter: f64 = (rng.gen::<f64>() * 2.0 - 1.0) * sigma * 1.7;
                     let service = service * jitter.exp();
+                    let end = serve(&mut server_free, *capacity, now, service);
+                    (end - now, Outcome::Success)
+                }
+                Backend::Starved { capacity, service, sigma, from, to, factor } => {
+                    let jitter: f64 = (rng.gen::<f64>() * 2.0 - 1.0) * sigma * 1.7;
+                    let slowed = if (*from..*to).contains(&now) { *factor } else { 1.0 };
+                    let service = service * jitter.exp() * slowed;
                     let end = serve(&mut server_free, *capacity, now, service);
                     (end - now, Outcome::Success)
                 }
@@ -146,7 +160,7 @@ fn run(mut backend: Backend, seconds: f64, change: Option<(f64, Backend)>, seed:
         now = finish as f64 / 1e6;
         in_flight -= 1;
         let (start, latency, outcome, admitted_with) = requests[id];
-        limiter.on_sample(
+        let change = limiter.on_sample(
             Sample {
                 signal: 0,
                 started: at(start),
@@ -157,6 +171,9 @@ fn run(mut backend: Backend, seconds: f64, change: Option<(f64, Backend)>, seed:
             },
             at(now),
         );
+        if change == Some(Change::Rebase) {
+            out.rebases.push(now);
+        }
         out.limits.push((now, limiter.limit()));
         out.overloads_after.push((now, outcome == Outcome::Overload));
         out.in_flight.push((now, in_flight + 1));
@@ -409,6 +426,27 @@ fn a_cold_start_reaches_the_capacity_without_overshooting_it() {
     assert!(peak <= 25, "peak in flight {peak} on a capacity of 20");
 }
 
+#[test]
+fn a_cold_start_through_a_passing_slowdown_still_reaches_the_capacity_in_time() {
+    // The same backend, every answer slowed for a second during the climb (a load generator
+    // and the proxy starting on the same two cores): slow start must hold the level rather
+    // than end far below the capacity and wait for a probe interval to climb back (it reached
+    // 18 at 11.5 s, then overshot to 26), nor overshoot once the slowdown passes.
+    for (from, to, factor) in [(1.2, 2.2, 1.35), (0.5, 1.5, 1.5), (2.0, 2.5, 2.0)] {
+        for seed in 0..4 {
+            let backend = Backend::Starved { capacity: 20, service: 0.25, sigma: 0.05, from, to, factor };
+            let run = run(backend, 30.0, None, seed);
+            let reached = run.in_flight.iter().find(|(_, n)| *n >= 18).map(|(t, _)| *t);
+            let peak = run.in_flight.iter().map(|(_, n)| *n).max().unwrap_or(0);
+            let (low, high) = limit_range(&run, 15.0);
+            let case = format!("slowed ×{factor} from {from} s to {to} s, seed {seed}");
+            assert!(reached.is_some_and(|t| t <= 5.5), "{case}: 18 in flight reached at {reached:?} s");
+            assert!(peak <= 25, "{case}: peak in flight {peak} on a capacity of 20");
+            assert!(low >= 19 && high <= 24, "{case}: limit ranged {low}..={high} after 15 s");
+        }
+    }
+}
+
 /// One-second answers at a limit of 1, then a run that takes minutes with another waiting.
 fn after_short_answers() -> (AdaptiveLimit, Instant) {
     let t0 = Instant::now();
@@ -530,4 +568,65 @@ fn replayed_refusals_cut_only_once_they_are_a_steady_share() {
             == Some(Change::Overload);
     }
     assert!(cut && limiter.limit() < 20, "a third refused did not cut: limit {}", limiter.limit());
+}
+
+#[test]
+fn a_backend_that_slows_for_good_keeps_its_limit() {
+    // Twenty workers whose every request takes longer from the first minute on (a model
+    // provider answering slower): the worker count did not change, and neither may the limit.
+    // Read as queueing, each cut's window was as slow as the last, down to one request at a
+    // time for as long as the old baseline was remembered (ten minutes).
+    for factor in [1.2, 1.35, 2.0] {
+        for seed in 0..3 {
+            let run = run(
+                Backend::WorkerBound { capacity: 20, service: 0.25, sigma: 0.05 },
+                240.0,
+                Some((60.0, Backend::WorkerBound { capacity: 20, service: 0.25 * factor, sigma: 0.05 })),
+                seed,
+            );
+            let (low, _) = limit_range(&run, 70.0);
+            let median = median_limit(&run, 70.0);
+            assert!(
+                low >= 17 && (19..=23).contains(&median),
+                "×{factor}, seed {seed}: after the slowdown the limit ranged from {low}, median {median}, 20 workers"
+            );
+            assert_eq!(run.rebases.len(), 1, "×{factor}, seed {seed}: rebased at {:?}", run.rebases);
+        }
+    }
+}
+
+#[test]
+fn long_runs_that_slow_for_good_recover_their_limit() {
+    // The same with runs that spread by nature (judged by noisier windows, so it takes a
+    // window more to tell): the limit dips, and is back within three minutes.
+    for seed in 0..3 {
+        let run = run(
+            Backend::WorkerBound { capacity: 20, service: 2.0, sigma: 0.3 },
+            480.0,
+            Some((60.0, Backend::WorkerBound { capacity: 20, service: 2.7, sigma: 0.3 })),
+            seed,
+        );
+        let (low, high) = limit_range(&run, 240.0);
+        assert!(low >= 12 && high <= 34, "seed {seed}: from 4 minutes on the limit ranged {low}..={high}");
+        assert_eq!(run.rebases.len(), 1, "seed {seed}: rebased at {:?}", run.rebases);
+    }
+}
+
+#[test]
+fn a_capacity_drop_is_not_taken_for_a_slower_backend() {
+    // Half the workers gone: the latency past the new capacity is queueing, and the limit
+    // must follow it down, not keep the old level against a baseline of queued answers.
+    for (sigma, service) in [(0.05, 0.25), (0.3, 2.0)] {
+        for seed in 0..3 {
+            let run = run(
+                Backend::WorkerBound { capacity: 20, service, sigma },
+                240.0,
+                Some((60.0, Backend::WorkerBound { capacity: 10, service, sigma })),
+                seed,
+            );
+            let median = median_limit(&run, 120.0);
+            assert!(median <= 13, "spread {sigma}, seed {seed}: median limit {median} on 10 workers");
+            assert!(run.rebases.is_empty(), "spread {sigma}, seed {seed}: rebased at {:?}", run.rebases);
+        }
+    }
 }

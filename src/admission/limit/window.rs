@@ -9,6 +9,22 @@ use tokio::time::Instant;
 use super::signal::{standard_error, Signal};
 use super::{AdaptiveLimit, Change, Sample};
 
+/// A latency cut waiting for the first window at the level it landed on.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct CutCheck {
+    /// The signal whose latency was cut for.
+    signal: usize,
+    /// The level cut from, and the latency ratio it showed.
+    from: f64,
+    ratio: f64,
+    /// When the cut was made (any later change voids the check).
+    at: Instant,
+    /// The level before a run of cuts each made on a window as slow as the one before, and
+    /// how many such windows came before this cut.
+    origin: f64,
+    flat_before: u32,
+}
+
 impl AdaptiveLimit {
     pub(super) fn on_latency(
         &mut self,
@@ -78,13 +94,100 @@ impl AdaptiveLimit {
         if ratio <= 1.0 + settings.queue_floor || signal.spread.is_none() {
             signal.spread = Some(signal.spread.map_or(window_spread, |s| 0.8 * s + 0.2 * window_spread));
         }
-        if self.slow_start {
-            let noisy = signal.spread.is_some_and(|spread| spread > (settings.tolerance - 1.0) / 3.0);
-            return if noisy { self.slow_start_window(ratio, now) } else { change };
+        let noisy = signal.spread.is_some_and(|spread| spread > (settings.tolerance - 1.0) / 3.0);
+        let relative_noise = 2.0 * natural / n.sqrt();
+        if let Some(rebased) = self.check_cut(sample.signal, ratio, relative_noise, (completed, noise), now) {
+            return Some(rebased);
         }
-        self.record_level(now);
-        change = self.decide(ratio, 2.0 * natural / n.sqrt(), now);
-        self.demand = 0;
+        let before = self.limit;
+        if self.slow_start {
+            change = if noisy { self.slow_start_window(ratio, now) } else { change };
+        } else {
+            self.record_level(now);
+            change = self.decide(ratio, relative_noise, now);
+            self.demand = 0;
+        }
+        if change == Some(Change::Latency) && self.limit < before {
+            self.note_cut(sample.signal, before, ratio, now);
+        }
+        self.flat_run = None;
         change
+    }
+
+    /// Remembers a latency cut from level `from`, made on `ratio`, for [`Self::check_cut`].
+    pub(super) fn note_cut(&mut self, signal: usize, from: f64, ratio: f64, now: Instant) {
+        let (origin, flat_before) = self.flat_run.take().unwrap_or((from, 0));
+        self.cut_check = Some(CutCheck { signal, from, ratio, at: now, origin, flat_before });
+    }
+
+    /// The first window of `signal` after a latency cut, at `ratio` (within `noise` of its
+    /// own; `window`: its mean and that mean's noise, in seconds): did the cut remove
+    /// queueing?
+    ///
+    /// Past the capacity, latency grows with the level (a worker-bound backend serves the
+    /// capacity, and the rest wait), so the cut level's ratio falls in proportion, to about
+    /// one where the cut lands on the capacity. A backend that slowed as a whole (a model
+    /// provider answering a third slower, a noisy neighbour) is as slow at the lower level.
+    /// Read as queueing, that cut again and again, down to one request at a time against a
+    /// backend with twenty workers, for as long as the old baseline was remembered (ten
+    /// minutes). One window that kept most of the rise is not enough: the window a cut was
+    /// made on may have seen its backlog only partly built, and the next one, at a level
+    /// still past a capacity that just fell, as slow. When two cuts in a row changed nothing,
+    /// the old baseline is forgotten, this window is the new one, and the limit goes back to
+    /// where the run of cuts began.
+    fn check_cut(
+        &mut self,
+        signal: usize,
+        ratio: f64,
+        noise: f64,
+        window: (f64, f64),
+        now: Instant,
+    ) -> Option<Change> {
+        let check = self.cut_check.filter(|c| c.signal == signal)?;
+        self.cut_check = None;
+        self.flat_run = None;
+        if self.last_change_at != Some(check.at) || check.ratio <= 1.0 {
+            return None;
+        }
+        // A noisy signal (long workflows that spread by nature) takes one window more: its
+        // windows can read a backlog that is still building as slow at every level.
+        let precise = noise <= (self.settings.tolerance - 1.0) / 3.0;
+        let needed = if precise { 2 } else { 3 };
+        let level = self.limit.floor();
+        // A cut too small to show in the ratio tells nothing.
+        if level > check.from * 0.9 {
+            return None;
+        }
+        // What queueing alone would leave at this level, and the rise kept: most of it, and
+        // clearly more than the window's noise (a misread backlog would hide the next one).
+        let queued = (check.ratio * level / check.from).max(1.0);
+        let kept = ratio - queued;
+        if kept < (check.ratio - queued) / 2.0 || kept < 2.0 * noise || ratio < self.settings.grow_below {
+            return None;
+        }
+        // Where both levels were measured, the higher one must have delivered more: past the
+        // capacity a lower level serves as many, however slow its windows read.
+        let gain = self.settings.throughput_gain;
+        if self.goodput.delivered_more(check.from as usize, level as usize, gain) == Some(false) {
+            return None;
+        }
+        if check.flat_before + 1 < needed {
+            // The next cut, if one follows, continues the run.
+            self.flat_run = Some((check.origin, check.flat_before + 1));
+            return None;
+        }
+        if let Some(sig) = self.signals.get_mut(signal) {
+            let (mean, mean_noise) = window;
+            sig.rebase(now, mean + mean_noise, mean);
+        }
+        let origin = check.origin.min(self.settings.max as f64);
+        if self.ceiling.is_some_and(|c| c <= origin) && !self.ceiling_failed {
+            self.ceiling = None;
+        }
+        self.limit = origin;
+        self.knee = Some(origin);
+        self.changed(now);
+        self.last_change = Some(Change::Rebase);
+        Some(Change::Rebase)
     }
 }
