@@ -64,13 +64,8 @@
 //!   step is proven before the next, so a precise signal never has more than about
 //!   `1 + slow_start_growth` times the capacity in flight (×1.5 per round, without proof,
 //!   put 2–2.5 times the capacity into gunicorn's backlog for a round trip); answers that
-//!   spread widely by nature are judged by window means instead. A late batch does not end
-//!   slow start at once: the level is held and measured again on a whole round of answers
-//!   admitted after it, since a backend that slows as a whole for a moment (the load
-//!   generator and the proxy starting on the same few cores) rises by more than one step
-//!   can explain, and answers admitted as it passes look like a backlog once. The level
-//!   that queued becomes a ceiling, probed like any other. The first cut ends slow start
-//!   for good.
+//!   spread widely by nature are judged by window means instead. The first cut ends slow
+//!   start for good.
 //!
 //! * **Noise** — a window mean less than `queue_slack` above the baseline is not queueing,
 //!   and the baseline keeps each window's upper confidence bound (mean + two standard
@@ -157,11 +152,6 @@ pub struct AdaptiveLimit {
     /// latency-ratio sum of the answers from above it so far.
     proven: usize,
     marginal: (usize, f64),
-    /// Slow start: doubt about a level whose answers came back late (measured again before
-    /// slow start ends or goes on), and when the present batch began (answers admitted
-    /// before it are not counted).
-    doubt: Option<slow_start::Doubt>,
-    batch_from: Option<Instant>,
     /// The last latency cut, until the cut level's first window says whether it removed
     /// queueing or the backend had slowed as a whole (see `window`).
     cut_check: Option<window::CutCheck>,
@@ -201,8 +191,6 @@ impl AdaptiveLimit {
             slow_start: true,
             proven: limit as usize,
             marginal: (0, 0.0),
-            doubt: None,
-            batch_from: None,
             cut_check: None,
             flat_run: None,
             goodput: Goodput::default(),

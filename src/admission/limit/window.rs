@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::signal::{standard_error, Signal};
-use super::{AdaptiveLimit, Change, Sample};
+use super::{AdaptiveLimit, Change, Outcome, Sample};
 
 /// A latency cut waiting for the first window at the level it landed on.
 #[derive(Debug, Clone, Copy)]
@@ -42,6 +42,16 @@ impl AdaptiveLimit {
         }
         if self.signals.len() <= sample.signal {
             self.signals.resize_with(sample.signal + 1, Signal::default);
+        }
+        // A client that left before the header says only that the answer took *at least*
+        // that long: past the no-load latency that is queueing seen early, below it nothing.
+        // Counted as it stood, a client that waited here until just before its timeout and
+        // left a moment after admission read as an answer faster than any run; such answers
+        // lowered the baseline by a fifth, and the next batch on time looked like a backlog.
+        if sample.outcome == Outcome::Abandoned
+            && self.signals[sample.signal].lowest_mean.is_none_or(|low| sample.latency.as_secs_f64() <= low)
+        {
+            return None;
         }
         let mut change = None;
         if self.slow_start {
