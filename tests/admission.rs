@@ -39,7 +39,11 @@ async fn admission_status(proxy: &ProxyProcess) -> serde_json::Value {
 /// Successful responses per second completed in the steady part of the run (from 2 s after
 /// the start to 2 s before the end of sending), as clients saw them.
 fn goodput(report: &Report, duration: Duration) -> f64 {
-    let (from, to) = (Duration::from_secs(2), duration.saturating_sub(Duration::from_secs(2)));
+    goodput_between(report, Duration::from_secs(2), duration.saturating_sub(Duration::from_secs(2)))
+}
+
+/// Successful responses per second completed between `from` and `to` after the start.
+fn goodput_between(report: &Report, from: Duration, to: Duration) -> f64 {
     let done = report
         .outcomes
         .iter()
@@ -198,15 +202,7 @@ async fn a_backend_that_slows_for_good_keeps_its_limit() {
         }
     }
     let report = load.await.expect("load");
-    let (from, to) = (Duration::from_secs(12), Duration::from_secs(22));
-    let done = report
-        .outcomes
-        .iter()
-        .filter(|o| o.status.is_some_and(|s| (200..300).contains(&s)))
-        .filter_map(|o| o.latency.map(|l| o.sent_at + l))
-        .filter(|t| *t >= from && *t < to)
-        .count();
-    let slowed_goodput = done as f64 / (to - from).as_secs_f64();
+    let slowed_goodput = goodput_between(&report, Duration::from_secs(12), Duration::from_secs(22));
     let lowest = limits.iter().copied().min().unwrap_or(0);
     eprintln!(
         "20 in flight, 250 ms then 400 ms runs, offered 100/s: limits 15–22 s {limits:?}; goodput then \

@@ -110,7 +110,7 @@ impl AdaptiveLimit {
         // level that only queued before must show it pays, or no queueing at all: one step
         // past a capacity of 20 raises latency by 5 %, well inside `grow_below`.
         let probed = self.ceiling.is_some_and(|c| self.limit >= c);
-        if let Some(ceiling) = self.ceiling.filter(|c| self.limit >= *c) {
+        if let Some(ceiling) = self.ceiling.filter(|_| probed) {
             let clean = ratio <= 1.0 + s.queue_floor;
             let passed = self.ceiling_failed || paid == Some(true) || serves_well == Some(true) || clean;
             if !passed {
