@@ -256,10 +256,12 @@ async fn real_dify_at_its_database_limit() {
     let key = dify.key_http(&format!("http://{}/model", slow.addr)).await;
     let proxy = ProxyProcess::start_with_args(None, &["--upstream", &proxy_for(&dify)]).await;
     let (rate, duration, patience) = (30.0, Duration::from_secs(15), Duration::from_secs(10));
-    // The same traffic for 20 s first, not counted: in production the proxy has been learning
+    // The same traffic for 45 s first, not counted: in production the proxy has been learning
     // for hours when the peak comes (and Dify's pools are as full as that traffic leaves them).
+    // From its initial limit of 4, slow start needs about 25 s of 1 s runs to reach the level
+    // Dify serves here; after 20 s the measured window still showed the climb, not the limit.
     // Requests of the measured window are told apart by their end user.
-    let warmup = Duration::from_secs(20);
+    let warmup = Duration::from_secs(45);
     let nonce = uuid::Uuid::new_v4().simple().to_string();
     let mut sides = Vec::new();
     let warm_count = (rate * warmup.as_secs_f64()).round() as usize;
@@ -307,6 +309,19 @@ async fn real_dify_at_its_database_limit() {
             let gone: Vec<&str> =
                 log.lines().filter(|l| l.contains(" 499 ") || l.contains("status=499")).take(5).collect();
             eprintln!("dify-shaper: clients that left: {gone:#?}");
+            // How it answered, by status, retries and reason: a 503 `server_busy` without an
+            // upstream error was refused in time from the queue; one with `HTTPStatus` was
+            // an overload answer from Dify that could not be replayed.
+            let mut why = std::collections::BTreeMap::<String, usize>::new();
+            for line in log.lines().filter(|l| l.contains("dify_shaper::access") && l.contains("id=dblimit-"))
+            {
+                let status = line.split(" status=").nth(1).and_then(|r| r.split(' ').next()).unwrap_or("?");
+                let retries = line.split(" retries=").nth(1).and_then(|r| r.split(' ').next()).unwrap_or("?");
+                let error =
+                    line.split(" error=").nth(1).map_or("", |e| e.get(..e.len().min(60)).unwrap_or(e));
+                *why.entry(format!("{status} retries={retries} {error}")).or_default() += 1;
+            }
+            eprintln!("dify-shaper answers (warm-up included): {why:#?}");
             // Measured requests whose client gave up while still in our queue (`server=-`):
             // the failure admission exists to replace with a 503 in time.
             queued_timeouts = log
@@ -336,9 +351,10 @@ async fn real_dify_at_its_database_limit() {
     // any other overload answer is a 503), no client times out in our queue, no more clients
     // time out than direct (at its database limit Dify now and then never answers a request
     // it accepted: a worker thread fails on its first query), nothing runs twice, and at
-    // least three fifths of direct's successes. Not yet: as many successes as direct (the
-    // counts are printed above): Dify's latency spreads widely near the limit, and the
-    // limit settles at 12-20 in flight where direct keeps 40.
+    // least three fifths of direct's successes. Not yet: as many successes as direct in every
+    // run (the counts are printed above; 0.87-1.09 of direct's on a 2-core machine): the
+    // limit settles at 20-30 in flight where direct keeps 40, cut now and then by latency
+    // that Dify's shared CPU raises with concurrency.
     assert_eq!(shaped.late_500s, 0, "500s reached clients after the warm-up: {shaped:?}");
     assert_eq!(queued_timeouts, 0, "clients timed out in dify-shaper's queue: {shaped:?}");
     assert!(

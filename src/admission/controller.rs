@@ -90,7 +90,6 @@ impl Admission {
                 ramp: None,
                 draining_held: false,
                 closing: None,
-                scratch_pending: Vec::new(),
                 scratch_caps: Vec::new(),
                 policy,
             }),

@@ -114,11 +114,11 @@ mod slow_start;
 mod stall;
 mod window;
 
-pub use sample::{Change, Outcome, Sample};
+pub use sample::{Change, Outcome, Pending, Sample};
 pub use settings::LimitSettings;
 
 /// Share of a level's answers that Dify may refuse (and the proxy replay) before the limit
-/// is cut for it.
+/// is cut for it — unless the level still delivers at least what the best level below it did.
 const REFUSED_SHARE: f64 = 0.1;
 
 /// The adaptive limit of one upstream.
@@ -239,18 +239,18 @@ impl AdaptiveLimit {
 
     /// Feeds one finished request; returns the change it caused, if any.
     pub fn on_sample(&mut self, sample: Sample, now: Instant) -> Option<Change> {
-        self.on_sample_with_pending(sample, now, &[])
+        self.on_sample_with_pending(sample, now, &[] as &[Duration])
     }
 
-    /// Like [`Self::on_sample`], with the ages of requests of the same signal that are still
-    /// waiting for their response header. When a window closes, those older than the window's
-    /// mean count as samples of at least their age: a backend that parks requests in its
-    /// backlog shows up *before* they finish (or are abandoned), not only after.
+    /// Like [`Self::on_sample`], with the requests of the same signal that are still waiting
+    /// for their response header. When a window closes, those older than the window's mean
+    /// count as samples of at least their age: a backend that parks requests in its backlog
+    /// shows up *before* they finish (or are abandoned), not only after.
     pub fn on_sample_with_pending(
         &mut self,
         sample: Sample,
         now: Instant,
-        pending: &[Duration],
+        pending: &(impl Pending + ?Sized),
     ) -> Option<Change> {
         self.goodput.forget(now, self.settings.level_memory);
         self.served.forget(now, self.settings.level_memory);
@@ -282,9 +282,17 @@ impl AdaptiveLimit {
                 // requests refused, yet serves more than a limit cut at the first refusal:
                 // each worker's own pool spreads the connections unevenly, so refusals begin
                 // well below what the database can serve. Replays make a few of them cheap.
+                // Past a steady share they cut, unless this level still delivers at least
+                // what the best level below it did (or has not answered enough to say):
+                // then the refusals cost only their replays, and cutting would hand back
+                // throughput direct access keeps. With no level below measured, they cut.
                 self.errors.note(sample.in_flight, false, now);
                 self.goodput.add(now, false);
-                if self.errors.steady_share(sample.in_flight, REFUSED_SHARE) {
+                let level = self.limit.floor() as usize;
+                let still_pays = self
+                    .best_below(level)
+                    .is_some_and(|low| self.goodput.running_matches(low, now).unwrap_or(true));
+                if self.errors.steady_share(sample.in_flight, REFUSED_SHARE) && !still_pays {
                     self.on_overload(sample, now)
                 } else {
                     None

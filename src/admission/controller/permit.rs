@@ -1,13 +1,14 @@
 //! A granted slot ([`Permit`]) and its release: the sample that teaches the limiter, and the
 //! slot an abandoned run keeps until the backend would typically have finished it.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::state::{log_change, Admission};
-use crate::admission::limit::{Outcome, Sample};
+use super::state::{log_change, Admission, Awaiting};
+use crate::admission::limit::{Outcome, Pending, Sample};
 use crate::admission::refusal::Refusal;
 
 impl Admission {
@@ -44,16 +45,6 @@ impl Admission {
             }
             let latency = first_byte.unwrap_or_else(|| now.duration_since(started));
             let before = st.limit.limit();
-            let mut pending = std::mem::take(&mut st.scratch_pending);
-            pending.clear();
-            // Only requests of the same kind: a blocking run still waiting for its header is
-            // not a stream stuck in the backlog.
-            pending.extend(
-                st.awaiting_header
-                    .values()
-                    .filter(|a| a.class == class && a.streams == streamed)
-                    .map(|a| now.duration_since(a.since)),
-            );
             // The level an overload answer blames is the highest the request saw, not only
             // the one it was admitted at: admitted as the 8th just before a 9th, it can reach
             // the backend second and be the one refused. A good answer proves only the level
@@ -66,8 +57,11 @@ impl Admission {
             // One latency signal per class and response kind.
             let signal = class * 2 + usize::from(streamed);
             let sample = Sample { signal, started, latency, duration, outcome, in_flight };
+            let st = &mut *st;
+            // Only requests of the same kind: a blocking run still waiting for its header is
+            // not a stream stuck in the backlog.
+            let pending = Stuck { awaiting: &st.awaiting_header, class, streams: streamed, now };
             let change = st.limit.on_sample_with_pending(sample, now, &pending);
-            st.scratch_pending = pending;
             if let Some(change) = change {
                 log_change(&self.name, change, before, st.limit.limit(), st.limit.last_ratio());
             }
@@ -86,6 +80,26 @@ impl Admission {
         let mut st = self.lock();
         st.orphaned = st.orphaned.saturating_sub(1);
         st.free_slot(class, now);
+    }
+}
+
+/// The requests of one class and response kind still waiting for their header, as the
+/// limiter asks for them (see [`Pending`]).
+struct Stuck<'a> {
+    awaiting: &'a HashMap<u64, Awaiting>,
+    class: usize,
+    streams: bool,
+    now: Instant,
+}
+
+impl Pending for Stuck<'_> {
+    fn older_than(&self, than: f64) -> (f64, usize) {
+        self.awaiting
+            .values()
+            .filter(|a| a.class == self.class && a.streams == self.streams)
+            .map(|a| self.now.duration_since(a.since).as_secs_f64())
+            .filter(|age| *age > than)
+            .fold((0.0, 0), |(sum, n), age| (sum + age, n + 1))
     }
 }
 

@@ -95,9 +95,8 @@ pub(super) struct State {
     pub(super) draining_held: bool,
     /// Set by [`Admission::shed_all`]: requests that would wait are refused with this.
     pub(super) closing: Option<Refusal>,
-    /// Reused buffers for `release` (pending ages) and `dispatch` (per-class caps), so the
-    /// per-request path does not allocate.
-    pub(super) scratch_pending: Vec<Duration>,
+    /// A reused buffer for `dispatch` (per-class caps), so the per-request path does not
+    /// allocate.
     pub(super) scratch_caps: Vec<usize>,
 }
 

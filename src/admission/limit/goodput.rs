@@ -121,6 +121,15 @@ impl Goodput {
         Some(h.goodput() > l.goodput() * (1.0 + gain * linear_gain(high, low)))
     }
 
+    /// Whether the level counting now has so far delivered at least what `low` did, once it
+    /// has enough answers to say (`None` before that, or while `low` is unmeasured).
+    pub(super) fn running_matches(&self, low: usize, now: Instant) -> Option<bool> {
+        let from = self.from.filter(|_| self.answers >= MIN_ANSWERS)?;
+        let span = now.duration_since(from).as_secs_f64();
+        let low = self.levels.get(&low)?;
+        (span > 0.0).then(|| self.good as f64 / span >= low.goodput())
+    }
+
     /// The measured level below `level` that delivered the most (the lower on a tie): a step
     /// up is judged against the best the backend did with less, not against one level that
     /// may have been measured in a transient.

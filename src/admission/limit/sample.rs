@@ -66,3 +66,21 @@ pub enum Change {
     /// at the lower level, so the backend had slowed as a whole rather than queued.
     Rebase,
 }
+
+/// Requests of a sample's signal still waiting for their response header. The limiter asks
+/// only when a latency window closes (one sample in `window_samples`), so the caller's walk
+/// over everything in flight is not paid on every answer.
+pub trait Pending {
+    /// The sum of the ages, in seconds, of those waiting longer than `than` seconds, and how
+    /// many they are.
+    fn older_than(&self, than: f64) -> (f64, usize);
+}
+
+impl Pending for [Duration] {
+    fn older_than(&self, than: f64) -> (f64, usize) {
+        self.iter()
+            .map(Duration::as_secs_f64)
+            .filter(|age| *age > than)
+            .fold((0.0, 0), |(sum, n), age| (sum + age, n + 1))
+    }
+}

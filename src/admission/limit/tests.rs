@@ -575,6 +575,42 @@ fn replayed_refusals_cut_only_once_they_are_a_steady_share() {
 }
 
 #[test]
+fn steady_refusals_keep_a_level_that_still_delivers_more() {
+    // Dify's pools refuse a steady share at 20 in flight, yet 20 delivers more runs a second
+    // than 16 did (direct access keeps 40 in flight and serves more than a limit cut at the
+    // first steady refusals): replays are cheap, the level stays. Where 20 delivers less,
+    // the refusals cut as before.
+    for (good_at_16, keeps) in [(5.0, true), (8.0, false)] {
+        let t0 = Instant::now();
+        let mut limiter = AdaptiveLimit::new(LimitSettings { initial: 20, ..LimitSettings::default() });
+        limiter.goodput.restart(t0);
+        for _ in 0..(good_at_16 * 10.0) as usize {
+            limiter.goodput.add(t0 + Duration::from_secs(1), true);
+        }
+        limiter.goodput.record(16, t0 + Duration::from_secs(10));
+        // Counting at 20 starts as its answers do (one typical duration after the change).
+        limiter.goodput.restart(t0 + Duration::from_millis(10_900));
+        // At 20: ten answers a second, one in three refused: about 6.7 good ones a second,
+        // more than 16's 5, less than its 8.
+        let mut cut = false;
+        for i in 0..60u64 {
+            let at = t0 + Duration::from_secs(11) + Duration::from_millis(100 * i);
+            let outcome = if i % 3 == 0 { Outcome::Refused } else { Outcome::Success };
+            let sample = Sample {
+                signal: 0,
+                started: at - Duration::from_secs(1),
+                latency: Duration::from_secs(1),
+                duration: Duration::from_secs(1),
+                outcome,
+                in_flight: 20,
+            };
+            cut |= limiter.on_sample(sample, at) == Some(Change::Overload);
+        }
+        assert_eq!(!cut, keeps, "16 delivered {good_at_16}/s: cut {cut}, limit {}", limiter.limit());
+    }
+}
+
+#[test]
 fn a_backend_that_slows_for_good_keeps_its_limit() {
     // Twenty workers whose every request takes longer from the first minute on (a model
     // provider answering slower): the worker count did not change, and neither may the limit.

@@ -2,12 +2,10 @@
 //! compared with the signal's baseline, and the ratio goes to slow start or to the steady
 //! state's decision.
 
-use std::time::Duration;
-
 use tokio::time::Instant;
 
 use super::signal::{standard_error, Signal};
-use super::{AdaptiveLimit, Change, Outcome, Sample};
+use super::{AdaptiveLimit, Change, Outcome, Pending, Sample};
 
 /// A latency cut waiting for the first window at the level it landed on.
 #[derive(Debug, Clone, Copy)]
@@ -30,7 +28,7 @@ impl AdaptiveLimit {
         &mut self,
         sample: Sample,
         now: Instant,
-        pending: &[Duration],
+        pending: &(impl Pending + ?Sized),
     ) -> Option<Change> {
         // Only requests admitted under the current limit say anything about it: ones admitted
         // before the last change still carry the old queueing (after a cut, judging by them
@@ -76,10 +74,8 @@ impl AdaptiveLimit {
             return change;
         }
         let completed = signal.window.iter().sum::<f64>() / signal.window.len() as f64;
-        let stuck: Vec<f64> =
-            pending.iter().map(Duration::as_secs_f64).filter(|age| *age > completed).collect();
-        let mean = (signal.window.iter().sum::<f64>() + stuck.iter().sum::<f64>())
-            / (signal.window.len() + stuck.len()) as f64;
+        let (stuck, stuck_count) = pending.older_than(completed);
+        let mean = (signal.window.iter().sum::<f64>() + stuck) / (signal.window.len() + stuck_count) as f64;
         let n = signal.window.len() as f64;
         let own_error = standard_error(&signal.window, completed);
         let window_spread = own_error * n.sqrt() / completed.max(1e-9);
