@@ -1,5 +1,5 @@
-//! The admission step of `request_filter`: read a small request body up front, then wait for a
-//! slot while watching the client, so a client that gives up leaves the queue at once and its
+//! The admission step of `request_filter` ([`admit`]): read a small request body up front,
+//! then wait for a slot while watching the client, so a client that gives up leaves the queue at once and its
 //! request never reaches the backend.
 //!
 //! Why read the body first: HTTP/1.1 only shows a disconnect to a reader, and reading the
@@ -8,12 +8,17 @@
 //! on every attempt — so the body still reaches the backend intact, and can be replayed on a
 //! safe retry. Larger or chunked bodies (file uploads) wait without the watch.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use pingora::proxy::Session;
-use pingora::Result;
+use pingora::{Error, ErrorType, Result};
+use tokio::time::Instant;
 
+use super::ctx::RequestCtx;
+use super::envelope::ErrorReply;
 use crate::admission::{Admission, Permit, Refusal, Ticket};
+use crate::upstream::UpstreamState;
 
 /// Largest body read before admission (pingora's retry buffer holds 64 KiB).
 pub const PREREAD_LIMIT: u64 = 64 * 1024;
@@ -101,10 +106,51 @@ pub fn asks_for_stream(session: &Session) -> bool {
         .unwrap_or(false)
 }
 
+/// The admission step: reads a small body, then waits for a slot of `upstream` for `ticket`
+/// (its `streams` filled in here, from the body). `Ok(None)`: admitted, the permit is in
+/// `ctx`; `Ok(Some(reply))`: refused, answer with `reply`; `Err`: the client left while
+/// queued.
+pub async fn admit(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    upstream: &UpstreamState,
+    mut ticket: Ticket,
+    declared_len: Option<u64>,
+    chunked: bool,
+) -> Result<Option<ErrorReply>> {
+    let watch_client = preread_small_body(session, declared_len, chunked).await?;
+    ctx.wants_stream = asks_for_stream(session);
+    ticket.streams = ctx.wants_stream;
+    let admission = Arc::clone(upstream.admission());
+    let queued_at = Instant::now();
+    ctx.ticket = Some(Ticket { since: Some(queued_at), ..ticket.clone() });
+    match wait_for_slot(session, &admission, ticket, watch_client).await {
+        Admitted::Yes(permit) => {
+            // The moment it was admitted, read once by the admission already.
+            upstream.retry_budget().record_request(permit.admitted_at());
+            ctx.queue_wait = permit.waited();
+            ctx.admitted_at = Some(permit.admitted_at());
+            ctx.permit = Some(permit);
+            Ok(None)
+        }
+        Admitted::Refused(refusal) => {
+            ctx.queue_wait = queued_at.elapsed();
+            tracing::debug!(id = %ctx.request_id, reason = refusal.as_str(), "admission refused");
+            Ok(Some(ErrorReply::refused(refusal, admission.retry_after_secs())))
+        }
+        Admitted::ClientGone => {
+            ctx.queue_wait = queued_at.elapsed();
+            let mut e = Error::explain(ErrorType::ConnectionClosed, "client left while queued");
+            e.as_down();
+            Err(e)
+        }
+    }
+}
+
 /// Waits for a slot; when `watch_client`, a disconnect withdraws the request.
 pub async fn wait_for_slot(
     session: &mut Session,
-    admission: &std::sync::Arc<Admission>,
+    admission: &Arc<Admission>,
     ticket: Ticket,
     watch_client: bool,
 ) -> Admitted {

@@ -1,12 +1,13 @@
 //! The HTTP proxy: pingora's [`ProxyHttp`](pingora::proxy::ProxyHttp) implementation
 //! ([`service`]) and the small pieces it calls — routing, admission, the choice of endpoint
-//! and peer, the retry policy's adapters, header policy, the Dify error envelope, redaction
-//! and the access log.
+//! and peer, the retry policy's adapters, header policy, the Dify error envelope, redaction,
+//! the end of a request (permit, metrics) and the access log.
 
 pub mod access_log;
 pub mod admit;
 pub mod ctx;
 pub mod envelope;
+mod finish;
 pub mod headers;
 pub mod outcome;
 mod peer;

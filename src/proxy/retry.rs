@@ -14,6 +14,7 @@ use super::ctx::RequestCtx;
 use super::envelope::ErrorReply;
 use super::outcome::unhandled_error_answer;
 use crate::admission::{Outcome, Permit};
+use crate::resilience::retry::parse_retry_after;
 use crate::resilience::retry_policy::{self, Attempt, Decision, Ending};
 
 /// The retry policy's decision for the attempt that just ended as `ending`: the hooks
@@ -43,6 +44,37 @@ pub(super) fn decide_retry(
         ctx.budget_retries += 1;
     }
     decision
+}
+
+/// An answer that proves nothing ran (429/503) or that may have run (500/502/504), before any
+/// of it reaches the client: the error that makes pingora try again, when the retry policy
+/// grants it (the backoff is waited out in `upstream_peer`, this connection already let go).
+pub(super) fn retry_answer(
+    session: &Session,
+    ctx: &mut RequestCtx,
+    answer: &ResponseHeader,
+) -> Option<Box<Error>> {
+    let status = answer.status.as_u16();
+    let retry_after = answer
+        .headers
+        .get(http::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_retry_after);
+    let ending = match status {
+        429 | 503 => Ending::Unprocessed { retry_after },
+        500 | 502 | 504 => Ending::MayHaveRun { retry_after },
+        _ => return None,
+    };
+    let replayable = answer_replayable(session);
+    let Decision::Retry { backoff, .. } = decide_retry(session, ctx, ending, replayable) else {
+        return None;
+    };
+    ctx.pending_backoff = Some(backoff).filter(|b| !b.is_zero());
+    ctx.retry_decided = true;
+    let mut e = Error::explain(ErrorType::HTTPStatus(status), "retrying a safe-to-repeat answer");
+    e.as_up();
+    e.set_retry(true);
+    Some(e)
 }
 
 /// Whether an answer's request can be sent again: its whole body is held for a replay

@@ -14,7 +14,7 @@
 //!        ▼
 //! fail_to_proxy (on error) ─► Dify envelope if nothing was sent yet
 //!        ▼
-//! logging ─► release the admission permit with its outcome, access log
+//! logging ─► finish: release the admission permit with its outcome, metrics, access log
 //! ```
 
 use std::sync::Arc;
@@ -29,22 +29,20 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result, RetryType};
 use tokio::time::Instant;
 
-use super::access_log::log_request;
-use super::admit::{asks_for_stream, client_deadline, preread_small_body, wait_for_slot, Admitted};
+use super::admit::{admit, client_deadline};
 use super::ctx::{RequestCtx, Routed};
 use super::envelope::{ErrorReply, REQUEST_ID};
+use super::finish::finish;
 use super::headers::{
     apply_forwarding, request_id_and_value, request_id_from, ForwardingMode, NO_TRUSTED_PROXIES,
 };
-use super::outcome::{classify, recorded_status, reset_before_answer};
+use super::outcome::reset_before_answer;
 use super::sse;
 use super::timer_anchor;
 use super::{peer, retry};
 use crate::admission::tenant::tenant_of;
-use crate::admission::{Outcome, Ticket};
+use crate::admission::Ticket;
 use crate::app::App;
-use crate::metrics::RequestDone;
-use crate::resilience::retry::parse_retry_after;
 use crate::resilience::retry_policy::{Decision, Ending};
 
 /// The proxy service.
@@ -129,41 +127,17 @@ impl ProxyHttp for DifyProxy {
         }
 
         // Admission: wait here (in our queue, not gunicorn's backlog) for a slot.
-        let watch_client = preread_small_body(session, declared_len, chunked).await?;
-        ctx.wants_stream = asks_for_stream(session);
-        let admission = Arc::clone(upstream.admission());
-        let deadline = client_deadline(session.req_header());
-        let queued_at = Instant::now();
         let ticket = Ticket {
             tenant: tenant.id,
             tenant_label: tenant.label,
             class: class_index,
-            deadline,
+            deadline: client_deadline(session.req_header()),
             since: None,
-            streams: ctx.wants_stream,
+            streams: false,
         };
-        ctx.ticket = Some(Ticket { since: Some(queued_at), ..ticket.clone() });
-        match wait_for_slot(session, &admission, ticket, watch_client).await {
-            Admitted::Yes(permit) => {
-                // The moment it was admitted, read once by the admission already.
-                upstream.retry_budget().record_request(permit.admitted_at());
-                ctx.queue_wait = permit.waited();
-                ctx.admitted_at = Some(permit.admitted_at());
-                ctx.permit = Some(permit);
-                Ok(false)
-            }
-            Admitted::Refused(refusal) => {
-                ctx.queue_wait = queued_at.elapsed();
-                let reply = ErrorReply::refused(refusal, admission.retry_after_secs());
-                tracing::debug!(id = %ctx.request_id, reason = refusal.as_str(), "admission refused");
-                self.refuse(session, ctx, reply).await
-            }
-            Admitted::ClientGone => {
-                ctx.queue_wait = queued_at.elapsed();
-                let mut e = Error::explain(ErrorType::ConnectionClosed, "client left while queued");
-                e.as_down();
-                Err(e)
-            }
+        match admit(session, ctx, &upstream, ticket, declared_len, chunked).await? {
+            Some(reply) => self.refuse(session, ctx, reply).await,
+            None => Ok(false),
         }
     }
 
@@ -323,31 +297,10 @@ impl ProxyHttp for DifyProxy {
         if upstream_response.status.is_informational() {
             return Ok(());
         }
-        let status = upstream_response.status.as_u16();
-        let retry_after = upstream_response
-            .headers
-            .get(http::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_retry_after);
-        // 429/503: nothing was processed. 500/502/504: it may have run. The policy decides
-        // (this runs before any response byte reaches the client); a retry waits out its
-        // backoff in upstream_peer, with this connection already let go.
-        let ending = match status {
-            429 | 503 => Some(Ending::Unprocessed { retry_after }),
-            500 | 502 | 504 => Some(Ending::MayHaveRun { retry_after }),
-            _ => None,
-        };
-        if let Some(ending) = ending {
-            let replayable = retry::answer_replayable(session);
-            if let Decision::Retry { backoff, .. } = retry::decide_retry(session, ctx, ending, replayable) {
-                ctx.pending_backoff = Some(backoff).filter(|b| !b.is_zero());
-                ctx.retry_decided = true;
-                let mut e = Error::explain(ErrorType::HTTPStatus(status), "retrying a safe-to-repeat answer");
-                e.as_up();
-                e.set_retry(true);
-                return Err(e);
-            }
+        if let Some(retry) = retry::retry_answer(session, ctx, upstream_response) {
+            return Err(retry);
         }
+        let status = upstream_response.status.as_u16();
         let now = Instant::now();
         ctx.first_byte.get_or_insert_with(|| now.saturating_duration_since(ctx.started));
         // The limiter's latency: from the start of the attempt that answered (a request held
@@ -428,43 +381,6 @@ impl ProxyHttp for DifyProxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
-        let now = Instant::now();
-        let outcome = classify(ctx.upstream_status, e, ctx.endpoint.is_some());
-        if let Some(permit) = ctx.permit.take() {
-            let latency = match outcome {
-                Outcome::Abandoned => ctx.peer_chosen_at.map(|t| now.saturating_duration_since(t)),
-                _ => ctx.first_byte_after_admission,
-            };
-            permit.complete(ctx.streaming, latency, outcome);
-        }
-        if let Some(mut lease) = ctx.endpoint_lease.take() {
-            // Passive outlier detection: failures that blame the endpoint, successes that clear it.
-            lease.set_outcome(match outcome {
-                Outcome::Overload | Outcome::Refused | Outcome::Timeout => Some(true),
-                Outcome::Success | Outcome::Throttled => Some(false),
-                Outcome::Abandoned | Outcome::Ignore => None,
-            });
-        }
-        let status = recorded_status(session.response_written());
-        let (route, class, upstream) = ctx.labels();
-        let done = RequestDone {
-            route,
-            class,
-            upstream,
-            status,
-            seconds: now.saturating_duration_since(ctx.started).as_secs_f64(),
-            queue_wait: ctx.admitted_at.map(|_| ctx.queue_wait.as_secs_f64()),
-            first_byte: ctx.time_to_first_byte().map(|d| d.as_secs_f64()),
-            retries: ctx.attempts.saturating_sub(1),
-            proxy_error: ctx.reply.as_ref().map(|r| r.code),
-        };
-        match ctx.route() {
-            Some(r) => self.app.metrics.request_done_in(&r.metrics, done),
-            None => self.app.metrics.request_done(done),
-        }
-        let access_log = ctx.config.as_ref().is_none_or(|c| c.log.access_log);
-        if access_log {
-            log_request(session, ctx, status, e);
-        }
+        finish(&self.app.metrics, session, e, ctx);
     }
 }
