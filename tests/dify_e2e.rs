@@ -263,6 +263,12 @@ async fn real_dify_at_its_database_limit() {
     // Requests of the measured window are told apart by their end user.
     let warmup = Duration::from_secs(45);
     let nonce = uuid::Uuid::new_v4().simple().to_string();
+    // The first run after an install compiles the workflow engine's lazily imported modules
+    // (no bytecode yet): for almost a minute the workers answer nothing, and whichever side
+    // went first met that instead of the database limit. One run, answered, primes them.
+    let primer = run(&key, "/v1/workflows/run", "blocking", &format!("primer-{nonce}"));
+    let primed = one(dify.api, &primer, Duration::from_secs(180)).await;
+    assert!(blocking_ok(&primed), "the priming run failed: {}", describe(&primed));
     let mut sides = Vec::new();
     let warm_count = (rate * warmup.as_secs_f64()).round() as usize;
     let mut queued_timeouts = 0;
@@ -348,9 +354,11 @@ async fn real_dify_at_its_database_limit() {
     }]);
     assert!(direct.all_500s > 0, "direct access never met the database limit: {direct:?}");
     // What holds: no 500 reaches a client (Dify's refusals ran nothing and are queued again,
-    // any other overload answer is a 503), no client times out in our queue, no more clients
-    // time out than direct (at its database limit Dify now and then never answers a request
-    // it accepted: a worker thread fails on its first query), nothing runs twice, and at
+    // any other overload answer is a 503), no client times out in our queue, hardly more
+    // clients time out than direct and fewer go without a usable or honest answer (near its
+    // database limit Dify keeps a few requests it accepted past the clients' 10 s — a
+    // worker's request waits for one of its own pool's connections: direct 0-8 a run,
+    // through dify-shaper 0-2 in seven runs), nothing runs twice, and at
     // least three fifths of direct's successes. Not yet: as many successes as direct in every
     // run (the counts are printed above; 0.87-1.09 of direct's on a 2-core machine): the
     // limit settles at 20-30 in flight where direct keeps 40, cut now and then by latency
@@ -358,8 +366,12 @@ async fn real_dify_at_its_database_limit() {
     assert_eq!(shaped.late_500s, 0, "500s reached clients after the warm-up: {shaped:?}");
     assert_eq!(queued_timeouts, 0, "clients timed out in dify-shaper's queue: {shaped:?}");
     assert!(
-        shaped.timeouts <= direct.timeouts.max(1),
+        shaped.timeouts <= direct.timeouts + 2,
         "more clients timed out through dify-shaper than direct: {shaped:?} vs {direct:?}"
+    );
+    assert!(
+        shaped.timeouts + shaped.all_500s < (direct.timeouts + direct.all_500s).max(1),
+        "as many clients went without an answer or got a 500 through dify-shaper as direct: {shaped:?} vs {direct:?}"
     );
     assert!(
         shaped.ok * 5 >= direct.ok * 3,
