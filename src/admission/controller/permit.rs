@@ -93,13 +93,11 @@ struct Stuck<'a> {
 }
 
 impl Pending for Stuck<'_> {
-    fn older_than(&self, than: f64) -> (f64, usize) {
+    fn ages(&self) -> impl Iterator<Item = f64> + '_ {
         self.awaiting
             .values()
             .filter(|a| a.class == self.class && a.streams == self.streams)
             .map(|a| self.now.duration_since(a.since).as_secs_f64())
-            .filter(|age| *age > than)
-            .fold((0.0, 0), |(sum, n), age| (sum + age, n + 1))
     }
 }
 

@@ -71,16 +71,17 @@ pub enum Change {
 /// only when a latency window closes (one sample in `window_samples`), so the caller's walk
 /// over everything in flight is not paid on every answer.
 pub trait Pending {
-    /// The sum of the ages, in seconds, of those waiting longer than `than` seconds, and how
-    /// many they are.
-    fn older_than(&self, than: f64) -> (f64, usize);
+    /// Their ages, in seconds.
+    fn ages(&self) -> impl Iterator<Item = f64> + '_;
+
+    /// The sum of the ages of those waiting longer than `than` seconds, and how many they are.
+    fn older_than(&self, than: f64) -> (f64, usize) {
+        self.ages().filter(|age| *age > than).fold((0.0, 0), |(sum, n), age| (sum + age, n + 1))
+    }
 }
 
 impl Pending for [Duration] {
-    fn older_than(&self, than: f64) -> (f64, usize) {
-        self.iter()
-            .map(Duration::as_secs_f64)
-            .filter(|age| *age > than)
-            .fold((0.0, 0), |(sum, n), age| (sum + age, n + 1))
+    fn ages(&self) -> impl Iterator<Item = f64> + '_ {
+        self.iter().map(Duration::as_secs_f64)
     }
 }
