@@ -17,6 +17,7 @@ use tokio::time::Instant;
 
 use super::ctx::RequestCtx;
 use super::envelope::ErrorReply;
+use crate::admission::tenant::Tenant;
 use crate::admission::{Admission, Permit, Refusal, Ticket};
 use crate::upstream::UpstreamState;
 
@@ -106,21 +107,28 @@ pub fn asks_for_stream(session: &Session) -> bool {
         .unwrap_or(false)
 }
 
-/// The admission step: reads a small body, then waits for a slot of `upstream` for `ticket`
-/// (its `streams` filled in here, from the body). `Ok(None)`: admitted, the permit is in
-/// `ctx`; `Ok(Some(reply))`: refused, answer with `reply`; `Err`: the client left while
-/// queued.
+/// The admission step: reads a small body, then waits for a slot of `upstream` for
+/// `tenant`'s request of traffic class `class`. `Ok(None)`: admitted, the permit is in `ctx`;
+/// `Ok(Some(reply))`: refused, answer with `reply`; `Err`: the client left while queued.
 pub async fn admit(
     session: &mut Session,
     ctx: &mut RequestCtx,
     upstream: &UpstreamState,
-    mut ticket: Ticket,
+    tenant: Tenant,
+    class: usize,
     declared_len: Option<u64>,
     chunked: bool,
 ) -> Result<Option<ErrorReply>> {
     let watch_client = preread_small_body(session, declared_len, chunked).await?;
     ctx.wants_stream = asks_for_stream(session);
-    ticket.streams = ctx.wants_stream;
+    let ticket = Ticket {
+        tenant: tenant.id,
+        tenant_label: tenant.label,
+        class,
+        deadline: client_deadline(session.req_header()),
+        since: None,
+        streams: ctx.wants_stream,
+    };
     let admission = Arc::clone(upstream.admission());
     let queued_at = Instant::now();
     ctx.ticket = Some(Ticket { since: Some(queued_at), ..ticket.clone() });

@@ -79,7 +79,7 @@ pub(super) fn retry_answer(
 
 /// Whether an answer's request can be sent again: its whole body is held for a replay
 /// (or a GET has none).
-pub(super) fn answer_replayable(session: &Session) -> bool {
+fn answer_replayable(session: &Session) -> bool {
     let downstream = session.as_downstream();
     !downstream.retry_buffer_truncated()
         && (downstream.get_retry_buffer().is_some() || session.req_header().method == http::Method::GET)

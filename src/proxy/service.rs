@@ -29,7 +29,7 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result, RetryType};
 use tokio::time::Instant;
 
-use super::admit::{admit, client_deadline};
+use super::admit::admit;
 use super::ctx::{RequestCtx, Routed};
 use super::envelope::{ErrorReply, REQUEST_ID};
 use super::finish::finish;
@@ -41,7 +41,6 @@ use super::sse;
 use super::timer_anchor;
 use super::{peer, retry};
 use crate::admission::tenant::tenant_of;
-use crate::admission::Ticket;
 use crate::app::App;
 use crate::resilience::retry_policy::{Decision, Ending};
 
@@ -127,15 +126,7 @@ impl ProxyHttp for DifyProxy {
         }
 
         // Admission: wait here (in our queue, not gunicorn's backlog) for a slot.
-        let ticket = Ticket {
-            tenant: tenant.id,
-            tenant_label: tenant.label,
-            class: class_index,
-            deadline: client_deadline(session.req_header()),
-            since: None,
-            streams: false,
-        };
-        match admit(session, ctx, &upstream, ticket, declared_len, chunked).await? {
+        match admit(session, ctx, &upstream, tenant, class_index, declared_len, chunked).await? {
             Some(reply) => self.refuse(session, ctx, reply).await,
             None => Ok(false),
         }
