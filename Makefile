@@ -28,7 +28,7 @@ run: deps
 # end-to-end suite against real gunicorn + PostgreSQL, whose tools e2e/setup.sh installs when
 # missing). A failed setup does not stop the run: the e2e tests then fail saying why.
 test: deps
-	@bash e2e/setup.sh || echo "e2e/setup.sh failed: the end-to-end tests (tests/e2e.rs) will fail" >&2
+	@bash e2e/setup.sh || echo "e2e/setup.sh failed: the end-to-end tests (tests/it/gunicorn_e2e.rs) will fail" >&2
 	$(CARGO) test
 
 # The docker suite (e2e/docker/run.sh): the sidecar in Dify's own compose project on a real

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs what the end-to-end suites (tests/e2e.rs, tests/dify_e2e.rs) need, when it is missing:
+# Installs what the end-to-end suites (tests/it/gunicorn_e2e.rs, tests/it/dify_e2e.rs) need, when it is missing:
 #   - PostgreSQL server binaries (Debian's `postgresql`, 15 on bookworm) and the unprivileged
 #     `postgres` user the tests run them as (PostgreSQL refuses to run as root);
 #   - a Python venv at target/e2e-venv with e2e/requirements.txt (gunicorn, gevent, psycopg);
@@ -49,7 +49,7 @@ if [ -x "$kit" ]; then
     echo "e2e setup: real Dify installed in $(( $(date +%s) - started )) s"
   fi
 else
-  echo "e2e setup: $kit is absent: tests/dify_e2e.rs will skip its real-Dify test"
+  echo "e2e setup: $kit is absent: tests/it/dify_e2e.rs will skip its real-Dify test"
 fi
 
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then

@@ -1,7 +1,7 @@
 //! A Dify API simulator: the test backend for integration tests, benches and the demo.
 //!
 //! It speaks Dify's wire format (its JSON envelopes and its event stream, as the real API
-//! server's answers show in `tests/dify_e2e.rs`) and
+//! server's answers show in `tests/it/dify_e2e.rs`) and
 //! reproduces how a self-hosted Dify `api` container behaves under load:
 //!
 //! - **gunicorn + gevent capacity**: at most `workers × worker_connections` connections are

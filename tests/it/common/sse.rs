@@ -36,9 +36,7 @@ impl SseReader {
                     let now = Instant::now();
                     if let Some(data) = frame.data_ref() {
                         self.buffer.push_str(&String::from_utf8_lossy(data));
-                        while let Some(end) = self.buffer.find("\n\n") {
-                            self.ready.push_back((now, self.buffer.drain(..end + 2).collect()));
-                        }
+                        self.ready.extend(take_frames(&mut self.buffer).into_iter().map(|f| (now, f)));
                     }
                 }
                 Some(Err(_)) | None => self.ended = true,
@@ -54,4 +52,23 @@ impl SseReader {
         }
         out
     }
+}
+
+/// Splits complete SSE frames (`…\n\n`) off the front of `buf`.
+pub fn take_frames(buf: &mut String) -> Vec<String> {
+    let mut out = Vec::new();
+    while let Some(end) = buf.find("\n\n") {
+        out.push(buf.drain(..end + 2).collect());
+    }
+    out
+}
+
+/// The `"event"` of a `data: {json}` frame, or `ping` for `event: ping`.
+pub fn event_name(frame: &str) -> String {
+    if frame.starts_with("event: ping") {
+        return "ping".to_owned();
+    }
+    let json = frame.trim().strip_prefix("data: ").expect("data frame");
+    let v: serde_json::Value = serde_json::from_str(json).expect("frame JSON");
+    v["event"].as_str().expect("event field").to_owned()
 }

@@ -2,7 +2,7 @@
 //! 127.0.0.1; the proxy is signalled with `kill` and its exit is timed. The admin listener
 //! answers through the drain, and a taken admin address fails the start.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -11,9 +11,6 @@ use common::*;
 use dify_shaper::sim::{ServiceTime, SimConfig, Simulator};
 use nix::sys::signal::Signal;
 use tokio::time::Instant;
-
-/// Timing-sensitive: the tests here take turns.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const BLOCKING: &str = r#"{"inputs":{},"response_mode":"blocking","user":"u"}"#;
 
@@ -64,7 +61,7 @@ async fn admission(admin: std::net::SocketAddr) -> (u64, u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_in_flight_answers_the_queue_and_exits_within_the_grace() {
-    let _serial = SERIAL.lock().await;
+    let _machine = crate::common::exclusive().await;
     let grace = Duration::from_secs(10);
     let sim = simulator(Duration::from_secs(2)).await;
     let mut proxy = ProxyProcess::start(&config(sim.addr(), 3, "10s")).await;
@@ -157,7 +154,7 @@ async fn sigterm_finishes_in_flight_answers_the_queue_and_exits_within_the_grace
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_longer_than_the_grace_is_cut_at_the_grace() {
-    let _serial = SERIAL.lock().await;
+    let _machine = crate::common::exclusive().await;
     let grace = Duration::from_secs(2);
     let sim = simulator(Duration::from_secs(20)).await;
     let mut proxy = ProxyProcess::start(&config(sim.addr(), 4, "2s")).await;
@@ -187,7 +184,7 @@ async fn a_stream_longer_than_the_grace_is_cut_at_the_grace() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_taken_admin_address_fails_the_start_naming_it() {
-    let _serial = SERIAL.lock().await;
+    let _machine = crate::common::exclusive().await;
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let admin = taken.local_addr().expect("addr");
     let (_upstream, upstream) = closed_port();

@@ -1,13 +1,13 @@
 //! Streaming runs (SSE) and abandoned runs: frames are spaced as scheduled and never
 //! coalesced, pings flow, and a client that leaves is counted once its run finishes.
 
-mod sim_common;
+use crate::common::sim;
 
 use std::time::Duration;
 
 use dify_shaper::sim::SimConfig;
 use http_body_util::BodyExt;
-use sim_common::*;
+use sim::*;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -42,6 +42,7 @@ async fn stream_frames(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workflow_stream_frames_arrive_spaced_as_sent() {
+    let _machine = crate::common::shared().await;
     let sim = start(SimConfig::default()).await;
     // 5 nodes over 2 s: 10 node events 200 ms apart.
     let (headers, frames) = stream_frames(
@@ -76,6 +77,7 @@ async fn workflow_stream_frames_arrive_spaced_as_sent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chat_stream_matches_blocking_answer_and_pings() {
+    let _machine = crate::common::shared().await;
     let sim = start(SimConfig { ping_interval: Duration::from_millis(100), ..SimConfig::default() }).await;
     let headers = [("x-sim-service-time", "550ms"), ("x-sim-events", "3"), ("x-request-id", "c1")];
     let (_, frames) = stream_frames(sim.addr(), "/v1/chat-messages", &headers, CHAT_STREAMING).await;
@@ -115,6 +117,7 @@ async fn leave_mid_run(sim: &dify_shaper::sim::Simulator, body: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_that_leave_are_counted_as_abandoned() {
+    let _machine = crate::common::shared().await;
     let sim = start(SimConfig::default()).await;
     leave_mid_run(&sim, WORKFLOW_BLOCKING).await;
     // The run keeps working to its end, then finds its client gone.

@@ -1,7 +1,7 @@
 //! A group of replicas — a dead one is taken out of rotation without a
 //! single failed request, and load goes to the least-loaded replica.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -29,6 +29,7 @@ fn config(a: &Simulator, b: &Simulator) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_replica_costs_no_request() {
+    let _machine = crate::common::shared().await;
     let (a, b) = (replica(50).await, replica(50).await);
     let proxy = ProxyProcess::start(&config(&a, &b)).await;
     a.stop().await;
@@ -50,6 +51,7 @@ async fn a_dead_replica_costs_no_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_goes_to_the_least_loaded_replica() {
+    let _machine = crate::common::shared().await;
     // Replica a is ten times slower: with least-loaded picking, it holds its few requests
     // while the fast replica serves most of them.
     let (slow, fast) = (replica(1000).await, replica(100).await);

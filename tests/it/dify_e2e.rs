@@ -5,10 +5,10 @@
 //! nothing Dify records may change.
 //!
 //! Skipped with one line when `../shared/dify` is absent. One table row per scenario is
-//! printed (`cargo test --test dify_e2e -- --nocapture`). Also here: a run longer than the
+//! printed (`cargo test --test it dify_e2e:: -- --nocapture`). Also here: a run longer than the
 //! old 600 s limit against the simulator, which runs beside the real-Dify scenarios.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -206,9 +206,6 @@ fn proxy_for(dify: &RealDify) -> String {
     format!("http://{}", dify.api)
 }
 
-/// The kit listens on fixed ports: one real Dify at a time.
-static REAL_DIFY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 /// What one side of a load run got.
 #[derive(Debug, Default)]
 struct Tally {
@@ -245,7 +242,7 @@ fn tally_load(exchanges: &[Exchange], late_from: Duration) -> Tally {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn real_dify_at_its_database_limit() {
     let Some(kit) = RealDify::kit() else { return };
-    let _one_at_a_time = REAL_DIFY.lock().await;
+    let _machine = crate::common::exclusive().await;
     // The seed's second failure: 4 gunicorn workers × 10 gevent connections, each with its own
     // SQLAlchemy pool, against PostgreSQL's max_connections = 20. Runs wait 1 s on a model-like
     // call; 30 requests/s for 15 s after a warm-up; clients give up after 10 s. Direct, Dify answers the excess
@@ -385,7 +382,7 @@ async fn real_dify_at_its_database_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn real_dify_direct_and_through_dify_shaper() {
     let Some(kit) = RealDify::kit() else { return };
-    let _one_at_a_time = REAL_DIFY.lock().await;
+    let _machine = crate::common::exclusive().await;
     let dify = RealDify::start(kit).await;
     let slow = SlowServer::start().await;
     let echo_key = dify.key().await;
@@ -609,6 +606,7 @@ async fn real_dify_direct_and_through_dify_shaper() {
 /// long-running route, through the embedded defaults: answered, not cut.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blocking_run_past_600_seconds_is_not_cut() {
+    let _machine = crate::common::shared().await;
     let sim =
         Simulator::start("127.0.0.1:0".parse().expect("addr"), SimConfig::default()).await.expect("sim");
     let proxy = ProxyProcess::start_default(sim.addr()).await;

@@ -27,6 +27,7 @@ const BASE: &str =
 
 #[test]
 fn shipped_config_is_valid_and_printed() {
+    let _machine = crate::common::shared_blocking();
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/conf/dify-shaper.toml");
     let out = Command::new(env!("CARGO_BIN_EXE_dify-shaper")).arg("check").arg(path).output().expect("run");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -41,6 +42,7 @@ fn shipped_config_is_valid_and_printed() {
 
 #[test]
 fn unknown_key() {
+    let _machine = crate::common::shared_blocking();
     rejected(
         &format!("{BASE}\n[server]\nlisten = \"0.0.0.0:8080\"\ntimeout = \"5s\"\n"),
         "10:1: ",
@@ -50,6 +52,7 @@ fn unknown_key() {
 
 #[test]
 fn bad_address() {
+    let _machine = crate::common::shared_blocking();
     rejected(
         &format!("[server]\nadmin = \"localhost:99999\"\n{BASE}"),
         "2:9: server.admin: ",
@@ -60,6 +63,7 @@ fn bad_address() {
 
 #[test]
 fn bad_duration() {
+    let _machine = crate::common::shared_blocking();
     rejected(
         &format!("{BASE}[classes.run]\nread_timeout = \"ten minutes\"\n"),
         "8:16: classes.run.read_timeout: ",
@@ -69,6 +73,7 @@ fn bad_duration() {
 
 #[test]
 fn duplicate_route() {
+    let _machine = crate::common::shared_blocking();
     rejected(
         &format!("{BASE}\n[[routes]]\nprefix = \"/\"\nupstream = \"api\"\n"),
         "9:10: routes[1].prefix: ",
@@ -78,12 +83,14 @@ fn duplicate_route() {
 
 #[test]
 fn overlapping_route() {
+    let _machine = crate::common::shared_blocking();
     let config = format!("{BASE}\n[[routes]]\nprefix = \"/v1\"\nupstream = \"api\"\n\n[[routes]]\nprefix = \"/v1/\"\nmethods = [\"POST\"]\nupstream = \"api\"\n");
     rejected(&config, "13:10: routes[2].prefix: ", "overlaps route \"/v1\"");
 }
 
 #[test]
 fn route_to_missing_upstream() {
+    let _machine = crate::common::shared_blocking();
     rejected(
         &format!("{BASE}\n[[routes]]\nprefix = \"/e/\"\nupstream = \"plugin_daemon\"\n"),
         "10:12: routes[1].upstream: ",
@@ -93,6 +100,7 @@ fn route_to_missing_upstream() {
 
 #[test]
 fn unreadable_file_and_syntax_error() {
+    let _machine = crate::common::shared_blocking();
     let out = Command::new(env!("CARGO_BIN_EXE_dify-shaper"))
         .args(["check", "/nonexistent/dify-shaper.toml"])
         .output()
@@ -113,6 +121,7 @@ fn check_cmd() -> Command {
 /// per row it cannot place, so a clean stderr is the assertion.
 #[test]
 fn shipped_configs_place_every_dify_route_in_its_class() {
+    let _machine = crate::common::shared_blocking();
     for config in ["conf/dify-shaper.toml", "docker/dify-shaper.toml"] {
         let path = format!("{}/{config}", env!("CARGO_MANIFEST_DIR"));
         let out = check_cmd().args(["check", &path]).output().expect("run");
@@ -130,6 +139,7 @@ fn shipped_configs_place_every_dify_route_in_its_class() {
 /// The route table in the repository is the one the real Dify kit ships (when it is here).
 #[test]
 fn route_table_matches_the_real_dify_kit() {
+    let _machine = crate::common::shared_blocking();
     let kit = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/dify/routes-1.12.1.tsv");
     let Ok(theirs) = std::fs::read_to_string(&kit) else {
         eprintln!("skipped: {} is absent (the real Dify kit is not on this machine)", kit.display());
@@ -142,6 +152,7 @@ fn route_table_matches_the_real_dify_kit() {
 
 #[test]
 fn short_timeouts_and_unplaced_dify_routes_are_warnings_naming_the_route() {
+    let _machine = crate::common::shared_blocking();
     let dir = tempfile::tempdir().expect("temp dir");
     let config = dir.path().join("short.toml");
     std::fs::write(

@@ -1,7 +1,7 @@
 //! Requests arriving while the backend is down are held, not failed, and
 //! reach it exactly once when it is back (connect refusals are retried: nothing was sent).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -13,6 +13,7 @@ const RUN: &str = r#"{"inputs":{},"response_mode":"blocking","user":"u"}"#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_during_an_outage_are_held_and_served_once_it_is_back() {
+    let _machine = crate::common::shared().await;
     let config = SimConfig {
         worker_connections: 4,
         service_time: ServiceTime::Fixed(Duration::from_millis(200)),
@@ -102,6 +103,7 @@ async fn restart_under_load(through_proxy: bool) -> (common::load::Report, u64) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_uncoordinated_restart_under_load_costs_no_request() {
+    let _machine = crate::common::shared().await;
     let (direct, _) = restart_under_load(false).await;
     let (shaped, runs) = restart_under_load(true).await;
     let longest = shaped.percentile(1.0).unwrap_or_default();

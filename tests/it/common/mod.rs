@@ -18,7 +18,35 @@ pub mod e2e;
 pub mod fixtures;
 pub mod load;
 pub mod realdify;
+pub mod sim;
 pub mod sse;
+
+/// The machine, as the tests share it. A test that measures side by side (load against a
+/// backend, timing of a restart, real Dify or gunicorn) takes it whole: another test's
+/// processes on the same two cores would be in its numbers. Every other test takes a share,
+/// so none runs while such a test measures, and the light ones still run in parallel. An
+/// async lock: each test has its own runtime, and a sync test waits with the `_blocking` forms.
+static MACHINE: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+/// The whole machine, for a test that measures; held until dropped.
+pub async fn exclusive() -> tokio::sync::RwLockWriteGuard<'static, ()> {
+    MACHINE.write().await
+}
+
+/// A share of the machine, for a test that does not measure; held until dropped.
+pub async fn shared() -> tokio::sync::RwLockReadGuard<'static, ()> {
+    MACHINE.read().await
+}
+
+/// [`exclusive`] for a test without a runtime.
+pub fn exclusive_blocking() -> tokio::sync::RwLockWriteGuard<'static, ()> {
+    MACHINE.blocking_write()
+}
+
+/// [`shared`] for a test without a runtime.
+pub fn shared_blocking() -> tokio::sync::RwLockReadGuard<'static, ()> {
+    MACHINE.blocking_read()
+}
 
 /// A port that was free a moment ago, for a child process to listen on.
 ///
@@ -213,12 +241,15 @@ pub fn rss_bytes(pid: u32) -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-/// Opens an HTTP/1.1 connection and sends one request; the caller reads the body.
-pub async fn send(
-    addr: SocketAddr,
-    request: Request<Full<Bytes>>,
-) -> hyper::Result<hyper::Response<Incoming>> {
-    let stream = TcpStream::connect(addr).await.expect("connect");
+/// Opens an HTTP/1.1 connection and sends one request (the connection closes once the
+/// response is read and dropped); the caller reads the body.
+pub async fn send<B>(addr: SocketAddr, request: Request<B>) -> hyper::Result<hyper::Response<Incoming>>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let stream = TcpStream::connect(addr).await.unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
     stream.set_nodelay(true).ok();
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(async move {

@@ -1,17 +1,18 @@
 //! Dify's overload answers in the simulator: the PostgreSQL connection limit (500), the
 //! per-app `APP_MAX_ACTIVE_REQUESTS` (429), and injected faults for retry tests.
 
-mod sim_common;
+use crate::common::sim;
 
 use std::time::Duration;
 
 use dify_shaper::sim::SimConfig;
 use serde_json::json;
-use sim_common::*;
+use sim::*;
 use tokio::time::Instant;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn db_pool_exhaustion_fails_fast_with_500() {
+    let _machine = crate::common::shared().await;
     let sim = start(SimConfig { db_connections: Some(2), ..SimConfig::default() }).await;
     let addr = sim.addr();
     let slow: Vec<_> = (0..2)
@@ -49,6 +50,7 @@ async fn db_pool_exhaustion_fails_fast_with_500() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn app_max_active_requests_answers_429_per_app() {
+    let _machine = crate::common::shared().await;
     let sim = start(SimConfig { app_max_active_requests: Some(1), ..SimConfig::default() }).await;
     let addr = sim.addr();
     let first = tokio::spawn(async move {
@@ -96,6 +98,7 @@ async fn app_max_active_requests_answers_429_per_app() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn injected_faults_hit_only_the_first_attempts() {
+    let _machine = crate::common::shared().await;
     let sim = start(SimConfig::default()).await;
     let addr = sim.addr();
     let headers = [("x-request-id", "retry-me"), ("x-sim-fail", "503"), ("x-sim-fail-first", "2")];

@@ -8,9 +8,6 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// Both tests load the machine's two cores; they take turns.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 /// The demo as a child process, its output in files (no pipe to fill up).
 fn spawn_demo(dir: &Path, args: &[&str]) -> Child {
     let stdout = std::fs::File::create(dir.join("stdout")).expect("stdout file");
@@ -70,7 +67,7 @@ fn row(stdout: &str, label: &str) -> (usize, usize) {
 
 #[test]
 fn quick_demo_prints_the_table_and_dify_shaper_fails_no_more_requests() {
-    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _machine = crate::common::exclusive_blocking();
     let dir = tempfile::tempdir().expect("temp dir");
     let mut demo = spawn_demo(dir.path(), &["--quick"]);
     let status = wait_bounded(&mut demo, Duration::from_secs(90), dir.path());
@@ -96,7 +93,7 @@ fn quick_demo_prints_the_table_and_dify_shaper_fails_no_more_requests() {
 
 #[test]
 fn ctrl_c_stops_the_demo_and_its_child() {
-    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _machine = crate::common::exclusive_blocking();
     let dir = tempfile::tempdir().expect("temp dir");
     let mut demo = spawn_demo(dir.path(), &["--quick"]);
     // Once the proxy's pid is printed the load is about to start.

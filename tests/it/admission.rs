@@ -2,7 +2,7 @@
 //! its own simulator and proxy (embedded defaults: no capacity given) on 127.0.0.1, drives a
 //! bounded open-loop load and checks what clients and the backend saw.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -10,10 +10,6 @@ use common::load::{open_loop, workflow, Report};
 use common::*;
 use dify_shaper::sim::{ServiceTime, SimConfig, Simulator};
 use tokio::time::Instant;
-
-/// The load tests here each need the machine's two cores to themselves to mean anything:
-/// they take turns.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn sim(workers: usize, connections: usize, service: ServiceTime, db: Option<usize>) -> Simulator {
     let config = SimConfig {
@@ -67,7 +63,7 @@ fn assert_only_success_or_busy(report: &Report) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_bound_overload_keeps_goodput_where_direct_access_collapses() {
-    let _serial = SERIAL.lock().await;
+    let _machine = crate::common::exclusive().await;
     // Capacity 4 connections × 500 ms = 8 runs/s; offered 16/s; clients give up after 5 s.
     let capacity = 8.0;
     let (rate, duration, patience) = (16.0, Duration::from_secs(20), Duration::from_secs(5));
@@ -101,7 +97,7 @@ async fn worker_bound_overload_keeps_goodput_where_direct_access_collapses() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn db_limited_backend_is_learned_without_500s() {
-    let _serial = SERIAL.lock().await;
+    let _machine = crate::common::exclusive().await;
     // Plenty of workers, but PostgreSQL takes 8 connections: flat latency, 500s beyond.
     let backend = sim(1, 64, ms(100), Some(8)).await;
     let proxy = ProxyProcess::start_default(backend.addr()).await;
@@ -132,7 +128,7 @@ async fn db_limited_backend_is_learned_without_500s() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_limit_follows_a_capacity_increase_within_10s() {
-    let _serial = SERIAL.lock().await;
+    let _machine = crate::common::exclusive().await;
     // 1 worker × 2 connections, 200 ms runs (10/s), then 6 workers (60/s); offered 80/s.
     let backend = sim(1, 2, ms(200), None).await;
     let proxy = ProxyProcess::start_default(backend.addr()).await;
@@ -175,7 +171,7 @@ async fn the_limit_follows_a_capacity_increase_within_10s() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_that_slows_for_good_keeps_its_limit() {
-    let _serial = SERIAL.lock().await;
+    let _machine = crate::common::exclusive().await;
     // 2 workers × 10 connections, 250 ms runs (20 in flight, 80/s), offered 100/s; 8 s in,
     // every run takes 400 ms (a model provider answering slower): still 20 in flight, 50/s.
     // Read as queueing, each cut's window was as slow as the last, and the limit fell to 2
@@ -217,7 +213,7 @@ async fn a_backend_that_slows_for_good_keeps_its_limit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flooding_app_does_not_break_a_quiet_one() {
-    let _serial = SERIAL.lock().await;
+    let _machine = crate::common::exclusive().await;
     // Capacity 8 × ~500 ms = 16/s. App A floods at 10×, app B sends at 10% of capacity.
     let service = ServiceTime::Uniform { min: Duration::from_millis(400), max: Duration::from_millis(600) };
     let backend = sim(1, 8, service, None).await;
@@ -289,7 +285,7 @@ async fn one_slot(service_ms: u64) -> (Simulator, ProxyProcess) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queued_request_whose_client_leaves_never_reaches_the_backend() {
-    let _serial = SERIAL.lock().await;
+    let _machine = crate::common::exclusive().await;
     use tokio::io::AsyncWriteExt;
     // One slot and 2 s runs; the limit is pinned to 1 so a second request must queue.
     let (backend, proxy) = one_slot(2000).await;
@@ -329,7 +325,7 @@ async fn a_queued_request_whose_client_leaves_never_reaches_the_backend() {
 /// malformed value is ignored, never an error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stated_client_timeout_is_answered_before_it_runs_out() {
-    let _serial = SERIAL.lock().await;
+    let _machine = crate::common::exclusive().await;
     let (backend, proxy) = one_slot(3000).await;
     let addr = proxy.addr;
     let body = r#"{"inputs":{},"response_mode":"blocking","user":"u"}"#;

@@ -1,6 +1,6 @@
 //! A 100 MB multipart upload streams through the proxy without being held in memory.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -17,6 +17,7 @@ const CHUNK: usize = 64 * 1024;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_100_mb_upload_passes_with_flat_proxy_memory() {
+    let _machine = crate::common::shared().await;
     let sim = Simulator::start("127.0.0.1:0".parse().expect("addr"), SimConfig::default())
         .await
         .expect("simulator");

@@ -1,17 +1,18 @@
 //! Simulator lifecycle: stop kills everything at once, restart keeps the port closed for the
 //! boot delay, dropping the last handle stops it.
 
-mod sim_common;
+use crate::common::sim;
 
 use std::time::Duration;
 
 use dify_shaper::sim::SimConfig;
 use http_body_util::BodyExt;
-use sim_common::*;
+use sim::*;
 use tokio::time::Instant;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_refuses_connections_and_cuts_in_flight_requests() {
+    let _machine = crate::common::shared().await;
     let sim = start(SimConfig::default()).await;
     let addr = sim.addr();
     assert!(sim.is_serving());
@@ -55,6 +56,7 @@ async fn stop_refuses_connections_and_cuts_in_flight_requests() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_keeps_the_port_closed_during_boot() {
+    let _machine = crate::common::shared().await;
     let sim = start(SimConfig::default()).await;
     let addr = sim.addr();
     let t = Instant::now();
@@ -80,6 +82,7 @@ async fn restart_keeps_the_port_closed_during_boot() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_the_last_handle_stops_the_simulator() {
+    let _machine = crate::common::shared().await;
     let sim = start(SimConfig::default()).await;
     let addr = sim.addr();
     let clone = sim.clone();
@@ -105,6 +108,7 @@ async fn dropping_the_last_handle_stops_the_simulator() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_graceful_restart_lets_an_answer_being_written_finish() {
+    let _machine = crate::common::shared().await;
     // Like a run's answer handed over a moment before the restart: no run is active, but the
     // bytes are still being written. 64 MB, unread until the restart has begun, cannot all
     // sit in the socket buffers.

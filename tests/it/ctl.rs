@@ -3,10 +3,10 @@
 //! This tests the CLIENT side only: the fake implements the maintenance contract of the admin
 //! API (`POST /upstreams/{name}/drain|resume|restart`, `GET /status`, the error envelope) with
 //! a scripted phase progression, so that `--wait`, exit codes and messages can be checked
-//! exactly. The round trip against the real server is added later in `tests/maintenance.rs`.
+//! exactly. The round trip against the real server is added later in the `maintenance` module.
 //! Every wait is bounded: the binary runs with `--timeout 20s` and is killed after 60 s.
 
-mod common;
+use crate::common;
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
@@ -196,6 +196,7 @@ impl Run {
 
 #[tokio::test]
 async fn drain_wait_returns_once_nothing_is_in_flight() {
+    let _machine = crate::common::shared().await;
     let fake = FakeAdmin::start(
         Script::default().post("/upstreams/api/drain", 200, maintenance("draining", 2, Value::Null)).views([
             maintenance("draining", 2, Value::Null),
@@ -216,6 +217,7 @@ async fn drain_wait_returns_once_nothing_is_in_flight() {
 
 #[tokio::test]
 async fn drain_without_wait_does_not_poll() {
+    let _machine = crate::common::shared().await;
     let fake = FakeAdmin::start(Script::default().post(
         "/upstreams/api/drain",
         200,
@@ -230,6 +232,7 @@ async fn drain_without_wait_does_not_poll() {
 
 #[tokio::test]
 async fn drain_wait_gives_up_at_the_timeout() {
+    let _machine = crate::common::shared().await;
     let fake = FakeAdmin::start(
         Script::default()
             .post("/upstreams/api/drain", 200, maintenance("draining", 1, Value::Null))
@@ -245,6 +248,7 @@ async fn drain_wait_gives_up_at_the_timeout() {
 
 #[tokio::test]
 async fn resume_wait_returns_once_the_health_gate_passed() {
+    let _machine = crate::common::shared().await;
     let fake = FakeAdmin::start(
         Script::default().post("/upstreams/api/resume", 200, maintenance("drained", 0, Value::Null)).views([
             maintenance("drained", 0, Value::Null),
@@ -273,6 +277,7 @@ fn restart_script(outcome: &str, reason: &str) -> Script {
 
 #[tokio::test]
 async fn restart_wait_exits_0_when_its_cycle_ends_ok() {
+    let _machine = crate::common::shared().await;
     let fake = FakeAdmin::start(restart_script("ok", "")).await;
     let run =
         ctl(&["restart", "api", "--admin", &fake.addr.to_string(), "--wait", "--timeout", "20s"], &[]).await;
@@ -285,6 +290,7 @@ async fn restart_wait_exits_0_when_its_cycle_ends_ok() {
 
 #[tokio::test]
 async fn restart_wait_exits_1_with_the_reason_when_its_cycle_failed() {
+    let _machine = crate::common::shared().await;
     let reason = "health gate: GET /health not 200 within 5m";
     let fake = FakeAdmin::start(restart_script("failed", reason)).await;
     let run =
@@ -296,6 +302,7 @@ async fn restart_wait_exits_1_with_the_reason_when_its_cycle_failed() {
 
 #[tokio::test]
 async fn restart_conflict_quotes_the_server() {
+    let _machine = crate::common::shared().await;
     let (status, body) = envelope(409, "conflict", "a restart cycle is already running (cycle 4)");
     let fake = FakeAdmin::start(Script::default().post("/upstreams/api/restart", status, body)).await;
     let run = ctl(&["restart", "api", "--admin", &fake.addr.to_string(), "--wait"], &[]).await;
@@ -309,6 +316,7 @@ async fn restart_conflict_quotes_the_server() {
 
 #[tokio::test]
 async fn unknown_upstream_exits_1_with_the_message() {
+    let _machine = crate::common::shared().await;
     let fake = FakeAdmin::start(Script::default()).await;
     let admin = fake.addr.to_string();
     let run = ctl(&["drain", "nope", "--admin", &admin, "--wait", "--timeout", "20s"], &[]).await;
@@ -323,6 +331,7 @@ async fn unknown_upstream_exits_1_with_the_message() {
 
 #[tokio::test]
 async fn status_prints_the_view_or_everything() {
+    let _machine = crate::common::shared().await;
     let view = maintenance("drained", 0, cycle(3, "ok", ""));
     let fake = FakeAdmin::start(Script::default().views([view.clone()])).await;
     let admin = fake.addr.to_string();
@@ -341,6 +350,7 @@ async fn status_prints_the_view_or_everything() {
 
 #[tokio::test]
 async fn the_token_is_sent_when_given() {
+    let _machine = crate::common::shared().await;
     let script = Script {
         token: Some("s3cret".into()),
         ..Script::default().post("/upstreams/api/drain", 200, maintenance("drained", 0, Value::Null))
@@ -368,6 +378,7 @@ async fn the_token_is_sent_when_given() {
 
 #[tokio::test]
 async fn connection_refused_names_the_address() {
+    let _machine = crate::common::shared().await;
     let addr = common::free_port().to_string();
     let run = ctl(&["drain", "api", "--admin", &addr, "--wait", "--timeout", "20s"], &[]).await;
     run.expect_code(1);
@@ -379,6 +390,7 @@ async fn connection_refused_names_the_address() {
 
 #[tokio::test]
 async fn usage_errors_exit_2() {
+    let _machine = crate::common::shared().await;
     ctl(&["drain"], &[]).await.expect_code(2);
     ctl(&["status", "--wait"], &[]).await.expect_code(2);
     ctl(&["drain", "api", "--timeout", "soon"], &[]).await.expect_code(2);

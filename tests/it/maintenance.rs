@@ -5,7 +5,7 @@
 //! The tests in this file run one at a time: several put load on the 2 shared cores and
 //! assert on latency, with generous margins.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -16,8 +16,6 @@ use common::load::{open_loop, workflow};
 use common::*;
 use dify_shaper::sim::{ServiceTime, SimConfig, Simulator};
 use tokio::time::Instant;
-
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const RUN: &str = r#"{"inputs":{},"response_mode":"blocking","user":"u"}"#;
 
@@ -44,7 +42,7 @@ fn completed(events: &[String]) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scheduled_restart_under_load_costs_no_request() {
-    let _serial = SERIAL.lock().await;
+    let _machine = crate::common::exclusive().await;
     // Capacity 4 × 500 ms = 8 runs/s; a SIGHUP restarts it with a 3 s boot (port closed).
     let sim =
         SimProcess::start(&["--worker-connections", "4", "--service-time", "500ms", "--boot-delay", "3s"])
@@ -115,7 +113,7 @@ async fn a_scheduled_restart_under_load_costs_no_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_action_none_an_external_restart_in_the_window_costs_no_request() {
-    let _serial = SERIAL.lock().await;
+    let _machine = crate::common::exclusive().await;
     let config_sim = SimConfig {
         worker_connections: 4,
         service_time: ServiceTime::Fixed(Duration::from_millis(500)),
@@ -155,7 +153,7 @@ async fn with_action_none_an_external_restart_in_the_window_costs_no_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_of_two_replicas_makes_nobody_wait() {
-    let _serial = SERIAL.lock().await;
+    let _machine = crate::common::exclusive().await;
     let args = ["--worker-connections", "4", "--service-time", "500ms", "--boot-delay", "2s"];
     let a = SimProcess::start(&args).await;
     let b = SimProcess::start(&args).await;
@@ -202,7 +200,7 @@ async fn a_rolling_restart_of_two_replicas_makes_nobody_wait() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_actions_resume_serving_and_show_in_status() {
-    let _serial = SERIAL.lock().await;
+    let _machine = crate::common::exclusive().await;
     let sim =
         Simulator::start("127.0.0.1:0".parse().expect("addr"), SimConfig::default()).await.expect("sim");
     for (action, timeouts, expected) in [
@@ -239,7 +237,7 @@ async fn failing_actions_resume_serving_and_show_in_status() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_longer_than_drain_timeout_is_cut_by_the_restart_with_an_error_event() {
-    let _serial = SERIAL.lock().await;
+    let _machine = crate::common::exclusive().await;
     let sim = SimProcess::start(&["--boot-delay", "1s"]).await;
     let maintenance = format!(
         "[[maintenance]]\nupstream = \"api\"\ndrain_timeout = \"1s\"\nrecover_timeout = \"30s\"\nramp = \"0s\"\n\
@@ -275,7 +273,7 @@ async fn a_stream_longer_than_drain_timeout_is_cut_by_the_restart_with_an_error_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctl_drain_holds_new_requests_and_resume_releases_them() {
-    let _serial = SERIAL.lock().await;
+    let _machine = crate::common::exclusive().await;
     let sim_config =
         SimConfig { service_time: ServiceTime::Fixed(Duration::from_secs(1)), ..SimConfig::default() };
     let sim = Simulator::start("127.0.0.1:0".parse().expect("addr"), sim_config).await.expect("sim");
@@ -313,7 +311,7 @@ async fn ctl_drain_holds_new_requests_and_resume_releases_them() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_api_requires_the_configured_token() {
-    let _serial = SERIAL.lock().await;
+    let _machine = crate::common::exclusive().await;
     let sim =
         Simulator::start("127.0.0.1:0".parse().expect("addr"), SimConfig::default()).await.expect("sim");
     let proxy =
@@ -346,7 +344,7 @@ async fn status_phase(admin: SocketAddr, token: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_above_the_threshold_triggers_one_drained_restart_per_window() {
-    let _serial = SERIAL.lock().await;
+    let _machine = crate::common::exclusive().await;
     let sim =
         Simulator::start("127.0.0.1:0".parse().expect("addr"), SimConfig::default()).await.expect("sim");
     let dir = tempfile::tempdir().expect("dir");

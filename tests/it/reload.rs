@@ -1,7 +1,7 @@
 //! Config reload on SIGHUP and `POST /reload`. Real proxy processes on 127.0.0.1,
 //! an in-process simulator; configs are switched by rewriting the proxy's config file.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -12,9 +12,6 @@ use common::*;
 use dify_shaper::sim::{ServiceTime, SimConfig, Simulator};
 use nix::sys::signal::Signal;
 use tokio::time::Instant;
-
-/// The load test needs the machine's two cores to itself to mean anything: tests take turns.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Learned limits start here, low, so a limit that was learned is told apart from a reset.
 const INITIAL_LIMIT: u64 = 2;
@@ -69,7 +66,7 @@ fn limit(status: &serde_json::Value) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_sighup_reloads_under_load_fail_nothing_and_keep_the_learned_limit() {
-    let _serial = SERIAL.lock().await;
+    let _machine = crate::common::exclusive().await;
     let sim = simulator().await;
     let proxy = ProxyProcess::start(&config(sim.addr(), false)).await;
     let shot = workflow("app-reloadreloadreload01");
@@ -132,7 +129,7 @@ async fn fifty_sighup_reloads_under_load_fail_nothing_and_keep_the_learned_limit
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_config_is_refused_and_a_listen_change_needs_a_restart() {
-    let _serial = SERIAL.lock().await;
+    let _machine = crate::common::exclusive().await;
     let sim = simulator().await;
     let (addr, admin) = (free_port(), free_port());
     let listeners = |listen: SocketAddr| format!("[server]\nlisten = \"{listen}\"\nadmin = \"{admin}\"\n\n");

@@ -13,7 +13,7 @@
 //! Dify's side is `tests/fixtures/dify/compose-facts.yaml`: facts recorded from Dify's
 //! repository (which commit is named there), so a Dify change shows up as one place to update.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -112,6 +112,7 @@ fn shaper_service(overlay: &Yaml) -> &Yaml {
 
 #[test]
 fn overlay_references_only_real_dify_services() {
+    let _machine = crate::common::shared_blocking();
     let overlay = overlay();
     let facts = facts();
     let known: BTreeSet<String> = facts["services"]
@@ -152,6 +153,7 @@ fn overlay_references_only_real_dify_services() {
 
 #[test]
 fn nginx_reaches_dify_shaper_on_the_port_it_uses_for_api() {
+    let _machine = crate::common::shared_blocking();
     let overlay = overlay();
     let facts = facts();
     let config = shipped_config();
@@ -195,6 +197,7 @@ fn nginx_reaches_dify_shaper_on_the_port_it_uses_for_api() {
 
 #[test]
 fn admin_port_is_published_on_host_loopback_and_token_is_required() {
+    let _machine = crate::common::shared_blocking();
     let overlay = overlay();
     let config = shipped_config();
     let shaper = shaper_service(&overlay);
@@ -212,6 +215,7 @@ fn admin_port_is_published_on_host_loopback_and_token_is_required() {
 
 #[test]
 fn stop_grace_period_exceeds_shutdown_grace() {
+    let _machine = crate::common::shared_blocking();
     let overlay = overlay();
     let config = shipped_config();
     let stop = yaml_str(shaper_service(&overlay), "stop_grace_period");
@@ -224,6 +228,7 @@ fn stop_grace_period_exceeds_shutdown_grace() {
 
 #[test]
 fn maintenance_restarts_dify_api_and_worker_found_by_compose_labels() {
+    let _machine = crate::common::shared_blocking();
     let facts = facts();
     let config = shipped_config();
     let entries = config["maintenance"].as_array().expect("[[maintenance]]");
@@ -262,6 +267,7 @@ fn maintenance_restarts_dify_api_and_worker_found_by_compose_labels() {
 
 #[test]
 fn overlay_host_paths_exist() {
+    let _machine = crate::common::shared_blocking();
     let overlay = overlay();
     let shaper = shaper_service(&overlay);
     let here = repo();
@@ -304,6 +310,7 @@ fn overlay_host_paths_exist() {
 
 #[test]
 fn shipped_config_passes_check_only_with_a_token() {
+    let _machine = crate::common::shared_blocking();
     let path = repo().join("docker/dify-shaper.toml");
     let with = Command::new(env!("CARGO_BIN_EXE_dify-shaper"))
         .arg("check")
@@ -400,6 +407,7 @@ fn docker_ignored(path: &str) -> bool {
 
 #[test]
 fn dockerfile_is_multi_stage_non_root_with_live_healthcheck() {
+    let _machine = crate::common::shared_blocking();
     let instructions = dockerfile();
     let froms: Vec<&Instruction> = instructions.iter().filter(|i| i.keyword == "FROM").collect();
     let stage = |name: &str| -> usize {
@@ -474,7 +482,7 @@ fn dockerfile_is_multi_stage_non_root_with_live_healthcheck() {
         "runtime-local's binary: {destinations:?}"
     );
     assert!(destinations.contains(&"/etc/dify-shaper/dify-shaper.toml".to_string()), "{destinations:?}");
-    for heavy in ["target", "target/release/dify-shaper", ".git", "tests/docker_files.rs"] {
+    for heavy in ["target", "target/release/dify-shaper", ".git", "tests/it/docker_files.rs"] {
         assert!(docker_ignored(heavy), "{heavy} should be excluded from the build context");
     }
 
@@ -579,6 +587,7 @@ async fn healthcheck(command: &[String], admin_port: u16) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shipped_config_serves_a_workflow_run_and_its_healthcheck_passes() {
+    let _machine = crate::common::shared().await;
     let sim = Simulator::start("127.0.0.1:0".parse().expect("addr"), SimConfig::default())
         .await
         .expect("simulator");

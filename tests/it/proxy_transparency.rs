@@ -1,7 +1,7 @@
 //! The proxy is transparent for Dify traffic. Each test starts its own simulator and
 //! proxy on ephemeral 127.0.0.1 ports.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -21,6 +21,7 @@ const CHAT_STREAMING: &str = r#"{"inputs":{},"query":"hello","response_mode":"st
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blocking_and_streaming_responses_are_byte_identical() {
+    let _machine = crate::common::shared().await;
     let sim = sim().await;
     let proxy = ProxyProcess::start_default(sim.addr()).await;
     let cases = [
@@ -70,6 +71,7 @@ async fn event_arrivals(addr: std::net::SocketAddr, id: &str) -> Vec<(Instant, S
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sse_events_arrive_as_the_backend_sends_them() {
+    let _machine = crate::common::shared().await;
     let sim = sim().await;
     let proxy = ProxyProcess::start_default(sim.addr()).await;
     // The same stream, direct and through the proxy, at the same time: the sim spaces the
@@ -124,6 +126,7 @@ async fn echo_with_forwarded_for(proxy: &ProxyProcess) -> (String, serde_json::V
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarding_headers_host_and_request_id() {
+    let _machine = crate::common::shared().await;
     let sim = sim().await;
     // Default (`trusted`, loopback trusted): a proxy in front on 127.0.0.1 — Dify's nginx in
     // the sidecar setup — has its X-Forwarded-For passed through exactly, so Dify (which takes
@@ -163,6 +166,7 @@ async fn forwarding_headers_host_and_request_id() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_down_gives_an_upstream_unavailable_envelope() {
+    let _machine = crate::common::shared().await;
     // Nothing listens: the request is held for its class's queue deadline (1 s here), then
     // answered 503 upstream_unavailable with Retry-After (requests are held while it is down).
     let (_reserved, nothing_there) = closed_port();
@@ -185,6 +189,7 @@ async fn upstream_down_gives_an_upstream_unavailable_envelope() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_that_dies_mid_request_gives_a_502_envelope() {
+    let _machine = crate::common::shared().await;
     // The run reached the backend, which then died: not retried (it may have run), 502.
     let sim = sim().await;
     let proxy = ProxyProcess::start_default(sim.addr()).await;
@@ -213,6 +218,7 @@ async fn a_backend_that_dies_mid_request_gives_a_502_envelope() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_bodies_and_unrouted_paths_get_envelopes() {
+    let _machine = crate::common::shared().await;
     let sim = sim().await;
     let config = format!(
         "[server]\nmax_request_body = \"1KiB\"\n[upstreams.api]\nservers = [\"{}\"]\n[[routes]]\nprefix = \"/v1\"\nupstream = \"api\"\n",
@@ -268,6 +274,7 @@ async fn upstream_connections_for_30_requests(proxy: &ProxyProcess, sim: &Simula
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_keep_alive_and_upstream_connection_policy() {
+    let _machine = crate::common::shared().await;
     // Every connection the backend accepts is one the proxy opened: it does not close idle
     // ones (gunicorn's `keepalive`, 2 s in the sim) during the test, so a stall cannot force a
     // legitimate new connection, and health probes (which would add their own) are off.
@@ -305,6 +312,7 @@ async fn client_keep_alive_and_upstream_connection_policy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_echo_through_the_proxy() {
+    let _machine = crate::common::shared().await;
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
     let sim = sim().await;
@@ -331,6 +339,7 @@ async fn websocket_echo_through_the_proxy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_log_is_json_with_redacted_key() {
+    let _machine = crate::common::shared().await;
     let sim = sim().await;
     let config = format!(
         "[log]\nformat = \"json\"\n[upstreams.api]\nservers = [\"{}\"]\n[[routes]]\nprefix = \"/\"\nupstream = \"api\"\n",
@@ -367,6 +376,7 @@ async fn access_log_is_json_with_redacted_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expect_continue_gets_the_go_ahead_before_the_body_is_sent() {
+    let _machine = crate::common::shared().await;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let sim = sim().await;
     let proxy = ProxyProcess::start_default(sim.addr()).await;

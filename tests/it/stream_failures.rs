@@ -2,7 +2,7 @@
 //! not a silent truncation — when the backend dies mid-stream, and when it goes quiet past the
 //! class's idle timeout.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -43,6 +43,7 @@ async fn events(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_cut_by_the_backend_ends_with_an_error_event() {
+    let _machine = crate::common::shared().await;
     let sim =
         Simulator::start("127.0.0.1:0".parse().expect("addr"), SimConfig::default()).await.expect("sim");
     let proxy = ProxyProcess::start_default(sim.addr()).await;
@@ -56,6 +57,7 @@ async fn a_stream_cut_by_the_backend_ends_with_an_error_event() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quiet_stream_hits_the_idle_timeout_with_an_error_event() {
+    let _machine = crate::common::shared().await;
     let sim =
         Simulator::start("127.0.0.1:0".parse().expect("addr"), SimConfig::default()).await.expect("sim");
     // Events 3 s apart (and pings only every 10 s) against a 1 s stream idle timeout; the
@@ -73,6 +75,7 @@ async fn a_quiet_stream_hits_the_idle_timeout_with_an_error_event() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blocking_and_streaming_runs_get_their_own_timeouts() {
+    let _machine = crate::common::shared().await;
     let sim =
         Simulator::start("127.0.0.1:0".parse().expect("addr"), SimConfig::default()).await.expect("sim");
     // Blocking runs may take 1 s to answer; streams may be quiet for 5 s.
@@ -95,6 +98,7 @@ async fn blocking_and_streaming_runs_get_their_own_timeouts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blocking_run_is_held_to_its_total_time() {
+    let _machine = crate::common::shared().await;
     let sim =
         Simulator::start("127.0.0.1:0".parse().expect("addr"), SimConfig::default()).await.expect("sim");
     // read_timeout alone would wait 10 minutes; total_timeout caps arrival-to-answer at 1 s.

@@ -6,9 +6,9 @@
 //!
 //! Tools come from `e2e/setup.sh` (`make test` runs it); without them every test fails saying
 //! so. The tests take turns (they measure on 2 shared cores); each prints one summary line per
-//! run (`cargo test --test e2e -- --nocapture`).
+//! run (`cargo test --test it gunicorn_e2e:: -- --nocapture`).
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -22,8 +22,6 @@ use common::load::{open_loop, workflow, Report, Shot};
 use common::*;
 use http_body_util::{BodyExt, Full};
 use tokio::time::Instant;
-
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// A blocking run of app `key` taking `service` seconds in the app (holding a PG connection).
 fn run(key: &str, service: f64) -> Shot {
@@ -99,7 +97,7 @@ async fn admission(proxy: &ProxyProcess) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overload_past_the_gevent_workers_keeps_goodput() {
-    let _serial = SERIAL.lock().await;
+    let _machine = crate::common::exclusive().await;
     // Capacity: 1 worker × 4 connections × 1 s runs = 4 runs/s (3.4/s measured: connect and
     // Python add ~150 ms). Offered 2× for 20 s; clients give up after 10 s. Direct, the
     // excess waits in gunicorn's listen backlog: from 10 s on every run is served after its
@@ -147,7 +145,7 @@ async fn overload_past_the_gevent_workers_keeps_goodput() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_connection_exhaustion_is_learned_without_500s() {
-    let _serial = SERIAL.lock().await;
+    let _machine = crate::common::exclusive().await;
     // PostgreSQL takes 8 connections (none reserved, the app connects as a superuser);
     // gunicorn takes 24 runs at once. Runs of 0.5 s: the database bounds it at 16 runs/s.
     // Offered 1.5× that: direct, the excess gets Dify's generic 500 (PostgreSQL refused the
@@ -204,7 +202,7 @@ fn half_load(proxy: &ProxyProcess, key: &str) -> tokio::task::JoinHandle<Report>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_uncoordinated_gunicorn_restart_under_load_costs_no_request() {
-    let _serial = SERIAL.lock().await;
+    let _machine = crate::common::exclusive().await;
     let pg = Postgres::start(32).await;
     let mut backend = Gunicorn::start(1, 4, &pg).await;
     let proxy = ProxyProcess::start(&proxy_config(backend.addr, "")).await;
@@ -221,7 +219,7 @@ async fn an_uncoordinated_gunicorn_restart_under_load_costs_no_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scheduled_graceful_reload_under_load_costs_no_request() {
-    let _serial = SERIAL.lock().await;
+    let _machine = crate::common::exclusive().await;
     let pg = Postgres::start(32).await;
     let backend = Gunicorn::start(1, 4, &pg).await;
     let before = backend.health_pid().await.expect("worker pid");
@@ -287,7 +285,7 @@ async fn timed_stream(addr: SocketAddr, service: f64, events: usize) -> (Vec<(Du
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sse_frames_pass_through_unbuffered() {
-    let _serial = SERIAL.lock().await;
+    let _machine = crate::common::exclusive().await;
     let pg = Postgres::start(32).await;
     let backend = Gunicorn::start(1, 4, &pg).await;
     let proxy = ProxyProcess::start(&proxy_config(backend.addr, "")).await;
@@ -317,7 +315,7 @@ async fn sse_frames_pass_through_unbuffered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flooding_app_does_not_starve_a_quiet_one() {
-    let _serial = SERIAL.lock().await;
+    let _machine = crate::common::exclusive().await;
     // Capacity 1 worker × 8 connections × 1 s = 8 runs/s, 4/s per app's share. App A floods
     // at 10× its share, app B sends 2/s; clients wait 10 s.
     let (patience, flood_for, quiet_for) =

@@ -1,4 +1,4 @@
-//! Helpers shared by the `sim_*` integration tests (included with `#[path]`): start a
+//! Helpers of the `sim_*` test modules (the simulator's own behaviour): start a
 //! simulator on `127.0.0.1:0`, one-shot HTTP/1.1 requests on fresh connections, bounded
 //! polling of conditions. No test lives here.
 #![allow(dead_code)]
@@ -8,12 +8,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use dify_shaper::sim::{SimConfig, Simulator};
-use http::{HeaderMap, Request, Response, StatusCode};
+use http::{HeaderMap, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+
+pub use super::send;
+pub use super::sse::{event_name, take_frames};
 
 /// Upper bound for any single request in these tests.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -51,21 +52,6 @@ impl Resp {
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
-}
-
-/// Sends `req` on a fresh connection (closed once the response is read and dropped).
-pub async fn send<B>(addr: SocketAddr, req: Request<B>) -> hyper::Result<Response<Incoming>>
-where
-    B: hyper::body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let stream = TcpStream::connect(addr).await.expect("connect to simulator");
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    sender.send_request(req).await
 }
 
 /// Builds a request with `headers` and a string body.
@@ -129,23 +115,4 @@ pub async fn refused(addr: SocketAddr) -> bool {
         Ok(Err(e)) => e.kind() == std::io::ErrorKind::ConnectionRefused,
         _ => false,
     }
-}
-
-/// Splits complete SSE frames (`…\n\n`) off the front of `buf`.
-pub fn take_frames(buf: &mut String) -> Vec<String> {
-    let mut out = Vec::new();
-    while let Some(end) = buf.find("\n\n") {
-        out.push(buf.drain(..end + 2).collect());
-    }
-    out
-}
-
-/// The `"event"` of a `data: {json}` frame, or `ping` for `event: ping`.
-pub fn event_name(frame: &str) -> String {
-    if frame.starts_with("event: ping") {
-        return "ping".to_owned();
-    }
-    let json = frame.trim().strip_prefix("data: ").expect("data frame");
-    let v: serde_json::Value = serde_json::from_str(json).expect("frame JSON");
-    v["event"].as_str().expect("event field").to_owned()
 }

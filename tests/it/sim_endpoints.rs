@@ -1,7 +1,7 @@
 //! The simulator's endpoints on the wire: Dify's API shapes and error envelopes, the
 //! `/sim/*` helpers, deterministic bodies, streamed uploads, and the websocket echo.
 
-mod sim_common;
+use crate::common::sim;
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -12,12 +12,13 @@ use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use serde_json::json;
-use sim_common::*;
+use sim::*;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_ping_and_app_endpoints() {
+    let _machine = crate::common::shared().await;
     let sim = start(SimConfig::default()).await;
     let a = sim.addr();
     let r = call(a, "GET", "/health", &[], "").await;
@@ -38,6 +39,7 @@ async fn health_ping_and_app_endpoints() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_use_difys_envelope() {
+    let _machine = crate::common::shared().await;
     let sim = start(SimConfig::default()).await;
     let a = sim.addr();
     let r = call(a, "GET", "/v1/nope", &[], "").await;
@@ -63,6 +65,7 @@ async fn errors_use_difys_envelope() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blocking_bodies_are_deterministic_per_request_id() {
+    let _machine = crate::common::shared().await;
     let sim = start(SimConfig::default()).await;
     let a = sim.addr();
     for (path, body) in [
@@ -95,6 +98,7 @@ async fn blocking_bodies_are_deterministic_per_request_id() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sim_echo_bytes_and_fast() {
+    let _machine = crate::common::shared().await;
     let sim = start(SimConfig::default()).await;
     let a = sim.addr();
     let r = call(
@@ -168,6 +172,7 @@ async fn upload(addr: std::net::SocketAddr, chunk: Bytes, chunks: usize) -> (ser
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upload_counts_streamed_bytes() {
+    let _machine = crate::common::shared().await;
     let sim = start(SimConfig::default()).await;
     let (v, total) = upload(sim.addr(), Bytes::from(vec![7u8; 64 * 1024]), 48).await;
     assert_eq!(v["size"], total);
@@ -191,6 +196,7 @@ fn rss_kib() -> Option<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upload_of_100_mb_runs_in_flat_memory() {
+    let _machine = crate::common::shared().await;
     let sim = start(SimConfig::default()).await;
     let before = rss_kib();
     let (v, total) = upload(sim.addr(), Bytes::from(vec![1u8; 1 << 20]), 100).await;
@@ -213,6 +219,7 @@ async fn next_message(ws: &mut tokio_tungstenite::WebSocketStream<TcpStream>) ->
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn socket_io_websocket_echoes() {
+    let _machine = crate::common::shared().await;
     let sim = start(SimConfig::default()).await;
     let addr = sim.addr();
     let stream = TcpStream::connect(addr).await.expect("connect");

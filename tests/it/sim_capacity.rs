@@ -1,18 +1,19 @@
 //! Simulator capacity: gunicorn's `workers × worker_connections` accepted connections, the
 //! rest waiting in the listen backlog; live capacity changes; keep-alive idle close.
 
-mod sim_common;
+use crate::common::sim;
 
 use std::time::Duration;
 
 use dify_shaper::sim::SimConfig;
-use sim_common::*;
+use sim::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn excess_connections_wait_in_the_backlog() {
+    let _machine = crate::common::shared().await;
     let sim = start(SimConfig::default().with_capacity(2)).await;
     let addr = sim.addr();
     let t0 = Instant::now();
@@ -46,6 +47,7 @@ async fn excess_connections_wait_in_the_backlog() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raising_capacity_admits_waiting_connections() {
+    let _machine = crate::common::shared().await;
     let sim = start(SimConfig::default().with_capacity(1)).await;
     let addr = sim.addr();
     let calls: Vec<_> = (0..3)
@@ -94,6 +96,7 @@ async fn closed_at(stream: &mut TcpStream) -> Instant {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_keepalive_connection_is_closed_and_frees_its_slot() {
+    let _machine = crate::common::shared().await;
     let config =
         SimConfig { keepalive_timeout: Duration::from_millis(400), ..SimConfig::default().with_capacity(1) };
     let sim = start(config).await;
@@ -126,6 +129,7 @@ async fn idle_keepalive_connection_is_closed_and_frees_its_slot() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowdown_grows_service_time_with_load() {
+    let _machine = crate::common::shared().await;
     let sim = start(SimConfig {
         service_time: dify_shaper::sim::ServiceTime::Fixed(Duration::from_millis(800)),
         slowdown_per_active: Some(Duration::from_millis(100)),

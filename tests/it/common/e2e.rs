@@ -1,4 +1,4 @@
-//! Real-backend fixtures for `tests/e2e.rs`: a throwaway PostgreSQL cluster and gunicorn
+//! Real-backend fixtures for `tests/it/gunicorn_e2e.rs`: a throwaway PostgreSQL cluster and gunicorn
 //! (gevent workers) serving `e2e/app.py`, both as child processes on 127.0.0.1 / a private
 //! unix socket, stopped and deleted on drop. What they need is installed by `e2e/setup.sh`
 //! (`make test` runs it); without it every fixture fails with a message saying so.

@@ -2,7 +2,7 @@
 //! run was not processed, so even a POST is retried; a 500 or a close after processing is not;
 //! and retries stay within the budget when the backend answers 503 to everything.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -21,6 +21,7 @@ async fn setup() -> (Simulator, ProxyProcess) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_post_answered_503_or_429_is_retried_and_then_served() {
+    let _machine = crate::common::shared().await;
     let (sim, proxy) = setup().await;
     for (status, id) in [("503", "busy-503"), ("429", "busy-429")] {
         let headers = [("x-request-id", id), ("x-sim-fail", status), ("x-sim-fail-first", "1")];
@@ -32,6 +33,7 @@ async fn a_post_answered_503_or_429_is_retried_and_then_served() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_post_that_failed_after_processing_is_not_retried() {
+    let _machine = crate::common::shared().await;
     let (sim, proxy) = setup().await;
     let headers = [("x-request-id", "failed-500"), ("x-sim-fail", "500"), ("x-sim-fail-first", "1")];
     let (code, _, _) = post_json(proxy.addr, "/v1/workflows/run", RUN, &headers).await;
@@ -111,6 +113,7 @@ async fn answer_once(mut stream: tokio::net::TcpStream) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_post_reset_before_the_backend_read_it_is_replayed() {
+    let _machine = crate::common::shared().await;
     // A TCP reset with the request unread (a restarting gunicorn closing its backlog): the
     // backend cannot have run it, so even a POST is replayed, and served.
     let (backend, posts) = resets_first_post().await;
@@ -126,6 +129,7 @@ async fn a_post_reset_before_the_backend_read_it_is_replayed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_stay_within_the_budget_when_everything_fails() {
+    let _machine = crate::common::shared().await;
     let (sim, proxy) = setup().await;
     let requests = 60u64;
     for i in 0..requests {
@@ -144,6 +148,7 @@ async fn retries_stay_within_the_budget_when_everything_fails() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_keep_alive_connection_after_a_backend_restart_is_retried_transparently() {
+    let _machine = crate::common::shared().await;
     let sim =
         Simulator::start("127.0.0.1:0".parse().expect("addr"), SimConfig::default()).await.expect("sim");
     let config = format!(
@@ -172,6 +177,7 @@ async fn a_stale_keep_alive_connection_after_a_backend_restart_is_retried_transp
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotent_requests_and_opted_in_routes_are_retried_after_possible_processing() {
+    let _machine = crate::common::shared().await;
     let sim =
         Simulator::start("127.0.0.1:0".parse().expect("addr"), SimConfig::default()).await.expect("sim");
     let config = format!(
@@ -208,6 +214,7 @@ async fn idempotent_requests_and_opted_in_routes_are_retried_after_possible_proc
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_refused_for_lack_of_database_connections_is_replayed_never_answered_500() {
+    let _machine = crate::common::shared().await;
     // PostgreSQL takes 2 connections and the proxy starts at a limit of 6: its first burst
     // meets the database's limit, and those requests get the 500 Dify answers then (its
     // generic envelope, raised in the API-key check: nothing ran).

@@ -2,7 +2,7 @@
 //! metric is there, and each moves the right way under load, a shed, a retry and a
 //! maintenance cycle — against the real binary and the simulator on 127.0.0.1.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -97,6 +97,7 @@ async fn scrape(admin: SocketAddr) -> Scrape {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_metric_is_exported_and_moves_the_right_way() {
+    let _machine = crate::common::shared().await;
     let sim_config =
         SimConfig { service_time: ServiceTime::Fixed(Duration::from_millis(400)), ..SimConfig::default() };
     let sim = Simulator::start("127.0.0.1:0".parse().expect("addr"), sim_config).await.expect("sim");
@@ -276,6 +277,7 @@ async fn every_metric_is_exported_and_moves_the_right_way() {
 /// sends the header at once and the answer later.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_is_timed_to_its_first_event() {
+    let _machine = crate::common::shared().await;
     let sim =
         Simulator::start("127.0.0.1:0".parse().expect("addr"), SimConfig::default()).await.expect("sim");
     let config = format!(
