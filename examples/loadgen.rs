@@ -1,5 +1,5 @@
 //! Open-loop HTTP load generator for `benches/compare.sh`: the command line and JSON report
-//! around the crate's generator (`dify_shaper::loadgen`, which the demo and the tests use too).
+//! around the crate's generator (`dify_shaper_tools::loadgen`, which the demo and the tests use too).
 //!
 //! Requests start on a fixed schedule (`--rate` per second for `--duration`) whatever happened
 //! to earlier ones, as real clients do; each opens its own TCP connection (like Dify's clients
@@ -35,7 +35,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use dify_shaper::loadgen::{exchange, open_loop, Answer, Failure, Shot};
+use dify_shaper_tools::loadgen::{exchange, open_loop, Answer, Failure, Shot};
 use serde_json::json;
 use tokio::time::Instant;
 

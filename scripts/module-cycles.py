@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Checks that the module graph of the dify-shaper library has no cycles.
+"""Checks that the module graph of each of dify-shaper's library crates has no cycles.
 
 A module (one file: `src/a/b.rs` or `src/a/b/mod.rs` is `a::b`) depends on another when its
 code names a path into it: `use crate::…`, `use super::…`, or a `crate::…`/`super::…` path
@@ -8,7 +8,7 @@ to the module that defines it, so a facade's re-exports do not count as the faca
 dependencies, but the re-export itself is an edge from the facade to its child. Test modules
 (`tests.rs` files and `#[cfg(test)]` blocks) are left out: tests may reach anywhere.
 
-    python3 scripts/module-cycles.py [--graph] [SRC_DIR]
+    python3 scripts/module-cycles.py [--graph] [SRC_DIR...]
     python3 scripts/module-cycles.py --self-test
 
 Prints each cycle (a strongly connected component of more than one module, with one cycle
@@ -138,9 +138,14 @@ def main():
         return self_test()
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     show_graph = "--graph" in sys.argv
-    src = args[0] if args else os.path.join(os.path.dirname(__file__), "..", "src")
-    cycles = check(src, show_graph)
-    return 1 if cycles else 0
+    # Default: the proxy library and the tools crate (the binary's two modules cannot circle).
+    root = os.path.join(os.path.dirname(__file__), "..")
+    srcs = args or [os.path.join(root, "crates", c, "src") for c in ("proxy", "tools")]
+    failed = False
+    for src in srcs:
+        print(f"{os.path.normpath(os.path.relpath(src, root))}:")
+        failed |= bool(check(src, show_graph))
+    return 1 if failed else 0
 
 
 def check(src, show_graph=False):

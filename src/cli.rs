@@ -1,6 +1,6 @@
-//! The command line (clap): `run` (default), `check`, `sim`, `ctl` (a client for a running
-//! proxy's admin API, in [`crate::ctl`]) and `demo` (in [`crate::demo`]). `main.rs` only calls
-//! [`main`].
+//! The command line (clap): `run` (default) and `check` over the proxy library, `ctl` (a
+//! client for a running proxy's admin API, in [`dify_shaper::ctl`]), and `sim` and `demo`
+//! from the tools crate ([`dify_shaper_tools`]). `main.rs` only calls [`main`].
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::app::App;
-use crate::config::{self, Config, ConfigError, Overrides};
-use crate::ctl::CtlArgs;
-use crate::demo::DemoArgs;
-use crate::maintenance::actions::docker::Preview;
-use crate::sim::cli::SimArgs;
+use dify_shaper::app::App;
+use dify_shaper::config::{self, Config, ConfigError, Overrides};
+use dify_shaper::ctl::CtlArgs;
+use dify_shaper::maintenance::actions::docker::Preview;
+use dify_shaper_tools::demo::DemoArgs;
+use dify_shaper_tools::sim::cli::SimArgs;
 
 /// dify-shaper: queue, admit, retry and hold traffic in front of a self-hosted Dify.
 #[derive(Debug, Parser)]
@@ -101,14 +101,14 @@ pub fn main() -> ExitCode {
         Some(Command::Run(args)) => run(args),
         Some(Command::Check(args)) => check(&args),
         Some(Command::Sim(args)) => sim(args),
-        Some(Command::Ctl(args)) => crate::ctl::run(args),
-        Some(Command::Demo(args)) => crate::demo::run(args),
+        Some(Command::Ctl(args)) => dify_shaper::ctl::run(args),
+        Some(Command::Demo(args)) => dify_shaper_tools::demo::run(args),
     }
 }
 
 fn run(args: RunArgs) -> ExitCode {
     // Before anything slow: from here on a SIGHUP cannot end the process.
-    if let Err(e) = crate::reload::sighup::install_early() {
+    if let Err(e) = dify_shaper::reload::sighup::install_early() {
         eprintln!("dify-shaper: cannot install the SIGHUP handler: {e}");
         return ExitCode::FAILURE;
     }
@@ -119,12 +119,12 @@ fn run(args: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    crate::telemetry::init(&config.log);
+    dify_shaper::telemetry::init(&config.log);
     for warning in config::audit::warnings(&config, &config::audit::builtin_routes()) {
         tracing::warn!(config = %config.source, "{warning}");
     }
     let app = App::with_config_path(config, args.overrides(), args.config.clone());
-    crate::server::run(app)
+    dify_shaper::server::run(app)
 }
 
 /// `DIFY_SHAPER_ADMIN_TOKEN`: the admin token when the config sets none.
@@ -183,7 +183,7 @@ fn check_docker_actions(config: &Config, origin: &str) {
     let docker: Vec<_> = config
         .maintenance
         .values()
-        .filter(|m| matches!(m.action, Some(crate::maintenance::actions::Action::Docker { .. })))
+        .filter(|m| matches!(m.action, Some(dify_shaper::maintenance::actions::Action::Docker { .. })))
         .collect();
     if docker.is_empty() {
         return;
@@ -193,7 +193,8 @@ fn check_docker_actions(config: &Config, origin: &str) {
     };
     for spec in docker {
         let Some(action) = &spec.action else { continue };
-        let target = crate::maintenance::actions::Target { upstream: spec.upstream.clone(), server: None };
+        let target =
+            dify_shaper::maintenance::actions::Target { upstream: spec.upstream.clone(), server: None };
         let upstream = &spec.upstream;
         match runtime.block_on(action.preview(&target, Duration::from_secs(5))) {
             Some(Preview::Containers(containers)) => {
@@ -209,8 +210,8 @@ fn check_docker_actions(config: &Config, origin: &str) {
 }
 
 fn sim(args: SimArgs) -> ExitCode {
-    crate::telemetry::init(&crate::config::LogSettings {
-        format: crate::config::LogFormat::Text,
+    dify_shaper::telemetry::init(&dify_shaper::config::LogSettings {
+        format: dify_shaper::config::LogFormat::Text,
         level: "info".into(),
         access_log: false,
     });

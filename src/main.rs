@@ -1,4 +1,7 @@
-//! The `dify-shaper` binary: everything lives in the library; see [`dify_shaper::cli`].
+//! The `dify-shaper` binary: the command line (`cli`) over the proxy library (`dify_shaper`)
+//! and its tools (`dify_shaper_tools`).
+
+mod cli;
 
 /// mimalloc instead of glibc's malloc: a proxied request allocates and frees dozens of small
 /// buffers (headers, `Bytes`, futures, pool entries), and under glibc those took about a fifth
@@ -8,5 +11,5 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
-    dify_shaper::cli::main()
+    cli::main()
 }

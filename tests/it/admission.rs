@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::load::{open_loop, workflow, Report};
 use common::*;
-use dify_shaper::sim::{ServiceTime, SimConfig, Simulator};
+use dify_shaper_tools::sim::{ServiceTime, SimConfig, Simulator};
 use tokio::time::Instant;
 
 async fn sim(workers: usize, connections: usize, service: ServiceTime, db: Option<usize>) -> Simulator {

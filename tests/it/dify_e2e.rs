@@ -19,8 +19,8 @@ use bytes::Bytes;
 use common::fixtures::ctl;
 use common::realdify::RealDify;
 use common::*;
-use dify_shaper::loadgen::{exchange, open_loop, Exchange, Shot};
-use dify_shaper::sim::{SimConfig, Simulator};
+use dify_shaper_tools::loadgen::{exchange, open_loop, Exchange, Shot};
+use dify_shaper_tools::sim::{SimConfig, Simulator};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
@@ -229,7 +229,7 @@ fn tally_load(exchanges: &[Exchange], late_from: Duration) -> Tally {
                 t.late_500s += usize::from(e.sent_at >= late_from);
             }
             Ok(a) if a.status == 503 => t.busy_503s += 1,
-            Err(dify_shaper::loadgen::Failure::TimedOut) => {
+            Err(dify_shaper_tools::loadgen::Failure::TimedOut) => {
                 t.timeouts += 1;
                 t.other.push(format!("timed out, sent at {:?}", e.sent_at));
             }

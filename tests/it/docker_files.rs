@@ -22,7 +22,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::{closed_port, free_port, get, post_json};
-use dify_shaper::sim::{SimConfig, Simulator};
+use dify_shaper_tools::sim::{SimConfig, Simulator};
 use http::StatusCode;
 use serde_norway::Value as Yaml;
 

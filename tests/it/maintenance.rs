@@ -14,7 +14,7 @@ use chrono::{Timelike, Utc};
 use common::fixtures::*;
 use common::load::{open_loop, workflow};
 use common::*;
-use dify_shaper::sim::{ServiceTime, SimConfig, Simulator};
+use dify_shaper_tools::sim::{ServiceTime, SimConfig, Simulator};
 use tokio::time::Instant;
 
 const RUN: &str = r#"{"inputs":{},"response_mode":"blocking","user":"u"}"#;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::fixtures::*;
 use common::*;
-use dify_shaper::sim::{ServiceTime, SimConfig, Simulator};
+use dify_shaper_tools::sim::{ServiceTime, SimConfig, Simulator};
 
 const RUN: &str = r#"{"inputs":{},"response_mode":"blocking","user":"u"}"#;
 

@@ -6,7 +6,7 @@ use crate::common;
 use std::time::Duration;
 
 use common::*;
-use dify_shaper::sim::{ServiceTime, SimConfig, Simulator};
+use dify_shaper_tools::sim::{ServiceTime, SimConfig, Simulator};
 use tokio::time::Instant;
 
 const RUN: &str = r#"{"inputs":{},"response_mode":"blocking","user":"u"}"#;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
-use dify_shaper::sim::{SimConfig, Simulator};
+use dify_shaper_tools::sim::{SimConfig, Simulator};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 

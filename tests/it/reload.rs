@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::fixtures::{admin_post, status, wait_for};
 use common::load::{open_loop, workflow};
 use common::*;
-use dify_shaper::sim::{ServiceTime, SimConfig, Simulator};
+use dify_shaper_tools::sim::{ServiceTime, SimConfig, Simulator};
 use nix::sys::signal::Signal;
 use tokio::time::Instant;
 

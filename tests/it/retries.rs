@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use common::*;
-use dify_shaper::sim::{SimConfig, Simulator};
+use dify_shaper_tools::sim::{SimConfig, Simulator};
 
 const RUN: &str = r#"{"inputs":{},"response_mode":"blocking","user":"u"}"#;
 
@@ -221,7 +221,7 @@ async fn a_request_refused_for_lack_of_database_connections_is_replayed_never_an
     let config = SimConfig {
         worker_connections: 16,
         db_connections: Some(2),
-        service_time: dify_shaper::sim::ServiceTime::Fixed(std::time::Duration::from_millis(400)),
+        service_time: dify_shaper_tools::sim::ServiceTime::Fixed(std::time::Duration::from_millis(400)),
         ..SimConfig::default()
     };
     let sim = Simulator::start("127.0.0.1:0".parse().expect("addr"), config).await.expect("sim");

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::fixtures::{status, stream_events, wait_for};
 use common::*;
-use dify_shaper::sim::{ServiceTime, SimConfig, Simulator};
+use dify_shaper_tools::sim::{ServiceTime, SimConfig, Simulator};
 use nix::sys::signal::Signal;
 use tokio::time::Instant;
 

@@ -5,7 +5,7 @@ use crate::common::sim;
 
 use std::time::Duration;
 
-use dify_shaper::sim::SimConfig;
+use dify_shaper_tools::sim::SimConfig;
 use sim::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -131,7 +131,7 @@ async fn idle_keepalive_connection_is_closed_and_frees_its_slot() {
 async fn slowdown_grows_service_time_with_load() {
     let _machine = crate::common::shared().await;
     let sim = start(SimConfig {
-        service_time: dify_shaper::sim::ServiceTime::Fixed(Duration::from_millis(800)),
+        service_time: dify_shaper_tools::sim::ServiceTime::Fixed(Duration::from_millis(800)),
         slowdown_per_active: Some(Duration::from_millis(100)),
         ..SimConfig::default()
     })

@@ -5,7 +5,7 @@ use crate::common::sim;
 
 use std::time::Duration;
 
-use dify_shaper::sim::SimConfig;
+use dify_shaper_tools::sim::SimConfig;
 use http_body_util::BodyExt;
 use sim::*;
 use tokio::time::Instant;

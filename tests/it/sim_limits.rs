@@ -5,7 +5,7 @@ use crate::common::sim;
 
 use std::time::Duration;
 
-use dify_shaper::sim::SimConfig;
+use dify_shaper_tools::sim::SimConfig;
 use serde_json::json;
 use sim::*;
 use tokio::time::Instant;
@@ -32,7 +32,7 @@ async fn db_pool_exhaustion_fails_fast_with_500() {
         assert_eq!(r.header("content-type"), Some("application/json"));
         // Dify's generic envelope, byte for byte: PostgreSQL's connection limit strikes in
         // the API-key check, outside the endpoint's own error handling.
-        assert_eq!(r.body, dify_shaper::sim::DIFY_UNHANDLED_ERROR.as_bytes());
+        assert_eq!(r.body, dify_shaper_tools::sim::DIFY_UNHANDLED_ERROR.as_bytes());
         assert_eq!(r.json(), json!({"code": "unknown", "message": "Internal Server Error", "status": 500}));
     }
     for s in slow {

@@ -5,7 +5,7 @@ use crate::common::sim;
 
 use std::time::Duration;
 
-use dify_shaper::sim::SimConfig;
+use dify_shaper_tools::sim::SimConfig;
 use http_body_util::BodyExt;
 use sim::*;
 use tokio::io::AsyncWriteExt;
@@ -103,7 +103,7 @@ async fn chat_stream_matches_blocking_answer_and_pings() {
 }
 
 /// Sends a run over raw TCP and closes the connection once the run is active.
-async fn leave_mid_run(sim: &dify_shaper::sim::Simulator, body: &str) {
+async fn leave_mid_run(sim: &dify_shaper_tools::sim::Simulator, body: &str) {
     let mut s = TcpStream::connect(sim.addr()).await.expect("connect");
     let req = format!(
         "POST /v1/workflows/run HTTP/1.1\r\nHost: sim\r\nContent-Type: application/json\r\n\

@@ -1,4 +1,4 @@
-//! Open-loop load for tests, sent by the crate's generator (`dify_shaper::loadgen`): requests
+//! Open-loop load for tests, sent by the crate's generator (`dify_shaper_tools::loadgen`): requests
 //! start on schedule whatever happens to earlier ones (as real clients do), each on its own
 //! connection, each with a client timeout after which the client gives up and closes its
 //! connection. Bounded in count and time. This file keeps the tests' view of the outcomes.
@@ -7,10 +7,10 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use dify_shaper::loadgen::{exchange, open_loop as schedule, Exchange, Failure};
+use dify_shaper_tools::loadgen::{exchange, open_loop as schedule, Exchange, Failure};
 use tokio::time::Instant;
 
-pub use dify_shaper::loadgen::Shot;
+pub use dify_shaper_tools::loadgen::Shot;
 
 /// What happened to one request.
 #[derive(Debug, Clone)]

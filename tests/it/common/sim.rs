@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use dify_shaper::sim::{SimConfig, Simulator};
+use dify_shaper_tools::sim::{SimConfig, Simulator};
 use http::{HeaderMap, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use tokio::net::TcpStream;

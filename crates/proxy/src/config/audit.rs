@@ -13,7 +13,7 @@ use super::load::DIFY_NGINX_TIMEOUT;
 use super::Config;
 
 /// Dify 1.12.1's routes (tab-separated: method, path, handler, long_running, source).
-pub const DIFY_ROUTES: &str = include_str!("../../conf/dify-routes-1.12.1.tsv");
+pub const DIFY_ROUTES: &str = include_str!("../../../../conf/dify-routes-1.12.1.tsv");
 
 /// The class a row of Dify's route table needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -23,7 +23,7 @@
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
-//! use dify_shaper::sim::{SimConfig, Simulator};
+//! use dify_shaper_tools::sim::{SimConfig, Simulator};
 //! let sim = Simulator::start(([127, 0, 0, 1], 0).into(), SimConfig::default()).await?;
 //! println!("POST {}", sim.url("/v1/workflows/run"));
 //! sim.stop().await;

@@ -12,8 +12,8 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::config::load::EMBEDDED_DEFAULTS;
-use crate::resilience::probe::{ask, Answer};
+use dify_shaper::config::load::EMBEDDED_DEFAULTS;
+use dify_shaper::resilience::probe::{ask, Answer};
 
 /// A cold start on a busy 2-core machine takes a few seconds; this is the bound.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -133,7 +133,7 @@ async fn live(admin: SocketAddr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{parse_str, Overrides};
+    use dify_shaper::config::{parse_str, Overrides};
 
     #[test]
     fn the_demo_config_is_valid_and_points_at_the_backend() {

@@ -109,4 +109,9 @@ mod tests {
         let v: Value = serde_json::from_slice(&b).unwrap_or_default();
         assert_eq!(v, serde_json::json!({"code":"unknown","message":"Internal Server Error","status":500}));
     }
+
+    #[test]
+    fn the_proxy_tells_this_answer_by_its_length() {
+        assert_eq!(dify_shaper::proxy::outcome::DIFY_UNHANDLED_ERROR_LEN, DIFY_UNHANDLED_ERROR.len());
+    }
 }
