@@ -2,8 +2,9 @@
 //! the request-id / forwarding header policy.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use dify_shaper::config::forwarding::{ForwardingMode, TrustedProxies};
 use dify_shaper::config::{parse_str, Overrides};
-use dify_shaper::proxy::headers::{apply_forwarding, request_id_from, ForwardingMode, TrustedProxies};
+use dify_shaper::proxy::headers::{apply_forwarding, request_id_from};
 use pingora::http::RequestHeader;
 
 fn routing(c: &mut Criterion) {

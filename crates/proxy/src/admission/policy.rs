@@ -1,9 +1,12 @@
-//! The settings admission runs with, derived from the config on every (re)load. Kept apart
-//! from the config types so the admission code can be tested without a config file.
+//! The settings admission runs with, derived from the config on every (re)load
+//! ([`AdmissionPolicy::for_upstream`]). Kept apart from the config types so the admission
+//! code can be tested without a config file.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::limit::LimitSettings;
+use crate::config::{AdmissionGlobal, AdmissionSpec, ClassSpec, Config};
 
 /// How one traffic class is admitted.
 #[derive(Debug, Clone, PartialEq)]
@@ -37,12 +40,46 @@ pub struct AdmissionPolicy {
     pub lifo_after: Duration,
 }
 
-impl Default for AdmissionPolicy {
-    fn default() -> Self {
+impl AdmissionPolicy {
+    /// The policy of upstream `name` in `config` (the defaults when it is not configured).
+    pub fn for_upstream(config: &Config, name: &str) -> Self {
+        let spec = config.upstreams.get(name).map(|u| u.admission.clone()).unwrap_or_default();
+        let mut classes: Vec<&Arc<ClassSpec>> = config.classes.values().collect();
+        classes.sort_by_key(|c| c.index);
         AdmissionPolicy {
-            enabled: true,
+            enabled: spec.enabled,
+            limit: LimitSettings {
+                initial: spec.initial_limit,
+                min: spec.min_limit,
+                max: spec.max_limit,
+                tolerance: spec.latency_tolerance,
+                ..LimitSettings::default()
+            },
+            max_queue: spec.max_queue,
+            classes: classes
+                .into_iter()
+                .map(|c| ClassPolicy {
+                    name: c.name.clone(),
+                    weight: c.weight,
+                    queue_timeout: c.queue_timeout.0,
+                    queued: c.queued,
+                    interactive: c.interactive,
+                })
+                .collect(),
+            interactive_reserve: config.admission.interactive_reserve,
+            lifo_after: config.admission.lifo_after.0,
+        }
+    }
+}
+
+impl Default for AdmissionPolicy {
+    /// The config's defaults, with one class.
+    fn default() -> Self {
+        let (spec, global) = (AdmissionSpec::default(), AdmissionGlobal::default());
+        AdmissionPolicy {
+            enabled: spec.enabled,
             limit: LimitSettings::default(),
-            max_queue: 1024,
+            max_queue: spec.max_queue,
             classes: vec![ClassPolicy {
                 name: "default".into(),
                 weight: 1,
@@ -50,8 +87,8 @@ impl Default for AdmissionPolicy {
                 queued: true,
                 interactive: false,
             }],
-            interactive_reserve: 0.1,
-            lifo_after: Duration::from_secs(2),
+            interactive_reserve: global.interactive_reserve,
+            lifo_after: global.lifo_after.0,
         }
     }
 }

@@ -17,16 +17,8 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use super::queue::TenantId;
+use crate::config::TenantSource;
 use crate::redact::redact_key;
-
-/// Where the tenant key comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TenantSource {
-    /// The bearer token of `Authorization` (Dify's app key).
-    BearerToken,
-    /// The value of this header.
-    Header(http::HeaderName),
-}
 
 /// A request's tenant.
 #[derive(Debug, Clone, PartialEq, Eq)]

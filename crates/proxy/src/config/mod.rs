@@ -10,6 +10,7 @@
 pub mod audit;
 pub mod changes;
 pub mod class;
+pub mod forwarding;
 pub mod load;
 pub mod maintenance;
 mod model;
@@ -21,7 +22,7 @@ pub use load::{load_embedded, load_file, parse_str, ConfigError, Overrides};
 pub use maintenance::{MaintenanceMode, MaintenanceSpec};
 pub use model::{
     AdmissionGlobal, AdmissionSpec, Config, HealthSpec, LogSettings, RateLimitSpec, RetrySpec, ServerAddr,
-    ServerSettings, SidecarSettings, TenantSettings, UpstreamSpec, DEFAULT_UPSTREAM_KEEPALIVE,
+    ServerSettings, SidecarSettings, TenantSettings, TenantSource, UpstreamSpec, DEFAULT_UPSTREAM_KEEPALIVE,
 };
 pub use schema::LogFormat;
 pub use units::{ByteSize, HumanDuration};

@@ -11,10 +11,7 @@ use super::class::ClassSpec;
 use super::maintenance::MaintenanceSpec;
 use super::schema::LogFormat;
 use super::units::{ByteSize, HumanDuration};
-use crate::admission::limit::LimitSettings;
-use crate::admission::tenant::TenantSource;
-use crate::admission::{AdmissionPolicy, ClassPolicy};
-use crate::proxy::headers::{ForwardingMode, TrustedProxies};
+use crate::config::forwarding::{ForwardingMode, TrustedProxies};
 use crate::proxy::routing::Router;
 
 /// A validated, effective configuration.
@@ -79,36 +76,6 @@ impl Config {
             MaintenanceSpec::manual_only(name, path)
         })
     }
-
-    /// The admission policy of upstream `name` (defaults when it is not configured).
-    pub fn admission_policy(&self, name: &str) -> AdmissionPolicy {
-        let spec = self.upstreams.get(name).map(|u| u.admission.clone()).unwrap_or_default();
-        let mut classes: Vec<&Arc<ClassSpec>> = self.classes.values().collect();
-        classes.sort_by_key(|c| c.index);
-        AdmissionPolicy {
-            enabled: spec.enabled,
-            limit: LimitSettings {
-                initial: spec.initial_limit,
-                min: spec.min_limit,
-                max: spec.max_limit,
-                tolerance: spec.latency_tolerance,
-                ..LimitSettings::default()
-            },
-            max_queue: spec.max_queue,
-            classes: classes
-                .into_iter()
-                .map(|c| ClassPolicy {
-                    name: c.name.clone(),
-                    weight: c.weight,
-                    queue_timeout: c.queue_timeout.0,
-                    queued: c.queued,
-                    interactive: c.interactive,
-                })
-                .collect(),
-            interactive_reserve: self.admission.interactive_reserve,
-            lifo_after: self.admission.lifo_after.0,
-        }
-    }
 }
 
 /// `[admission]` after validation.
@@ -118,6 +85,16 @@ pub struct AdmissionGlobal {
     pub interactive_reserve: f64,
     /// Standing-queue age after which the newest requests are served first.
     pub lifo_after: HumanDuration,
+}
+
+impl Default for AdmissionGlobal {
+    /// The defaults of `[admission]`.
+    fn default() -> Self {
+        AdmissionGlobal {
+            interactive_reserve: 0.1,
+            lifo_after: HumanDuration(std::time::Duration::from_secs(2)),
+        }
+    }
 }
 
 /// `[upstreams.NAME.admission]` after validation.
@@ -138,17 +115,26 @@ pub struct AdmissionSpec {
 }
 
 impl Default for AdmissionSpec {
+    /// The defaults of `[upstreams.NAME.admission]`; admission's own defaults start from them.
     fn default() -> Self {
-        let limit = LimitSettings::default();
         AdmissionSpec {
             enabled: true,
-            initial_limit: limit.initial,
-            min_limit: limit.min,
-            max_limit: limit.max,
-            max_queue: AdmissionPolicy::default().max_queue,
-            latency_tolerance: limit.tolerance,
+            initial_limit: 4,
+            min_limit: 1,
+            max_limit: 1000,
+            max_queue: 1024,
+            latency_tolerance: 1.3,
         }
     }
+}
+
+/// Where the tenant key comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TenantSource {
+    /// The bearer token of `Authorization` (Dify's app key).
+    BearerToken,
+    /// The value of this header.
+    Header(http::HeaderName),
 }
 
 /// `[tenants]` after validation.

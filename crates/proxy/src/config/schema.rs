@@ -10,7 +10,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use toml::Spanned;
 
 use super::units::{ByteSize, HumanDuration};
-use crate::proxy::headers::ForwardingMode;
+use crate::config::forwarding::ForwardingMode;
 
 /// The whole file.
 #[derive(Debug, Default, Deserialize)]

@@ -33,15 +33,14 @@ use super::admit::admit;
 use super::ctx::{RequestCtx, Routed};
 use super::envelope::{ErrorReply, REQUEST_ID};
 use super::finish::finish;
-use super::headers::{
-    apply_forwarding, request_id_and_value, request_id_from, ForwardingMode, NO_TRUSTED_PROXIES,
-};
+use super::headers::{apply_forwarding, request_id_and_value, request_id_from};
 use super::outcome::reset_before_answer;
 use super::sse;
 use super::timer_anchor;
 use super::{peer, retry};
 use crate::admission::tenant::tenant_of;
 use crate::app::App;
+use crate::config::forwarding::{ForwardingMode, NO_TRUSTED_PROXIES};
 use crate::resilience::retry_policy::{Decision, Ending};
 
 /// The proxy service.

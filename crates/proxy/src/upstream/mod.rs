@@ -177,7 +177,7 @@ impl Upstreams {
         let current = self.groups.load();
         let mut next = Groups::with_capacity_and_hasher(config.upstreams.len(), Default::default());
         for (name, spec) in &config.upstreams {
-            let policy = config.admission_policy(name);
+            let policy = crate::admission::AdmissionPolicy::for_upstream(config, name);
             let state = match current.get(name) {
                 Some(existing) => {
                     existing.servers.store(Arc::new(spec.servers.clone()));

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::config::AdmissionSpec;
+
 /// Tuning of the algorithm. The defaults work for Dify; none is a capacity.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LimitSettings {
@@ -52,13 +54,15 @@ pub struct LimitSettings {
 }
 
 impl Default for LimitSettings {
+    /// The four an operator may set come from the config's defaults.
     fn default() -> Self {
+        let spec = AdmissionSpec::default();
         LimitSettings {
-            initial: 4,
-            min: 1,
-            max: 1000,
+            initial: spec.initial_limit,
+            min: spec.min_limit,
+            max: spec.max_limit,
             backoff: 0.9,
-            tolerance: 1.3,
+            tolerance: spec.latency_tolerance,
             grow_below: 1.1,
             increase_ratio: 0.25,
             slow_start_growth: 0.15,

@@ -7,12 +7,10 @@ use toml::Spanned;
 
 use super::errors::{ConfigError, Locator};
 use super::names::list;
-use crate::admission::tenant::TenantSource;
-use crate::admission::AdmissionPolicy;
+use crate::config::forwarding::TrustedProxies;
 use crate::config::schema::{RawAdmissionGlobal, RawSidecar, RawTenants};
-use crate::config::units::HumanDuration;
+use crate::config::TenantSource;
 use crate::config::{AdmissionGlobal, RateLimitSpec, SidecarSettings, TenantSettings, UpstreamSpec};
-use crate::proxy::headers::TrustedProxies;
 
 /// `[sidecar]`: service names must be names.
 pub(super) fn build_sidecar(raw: &RawSidecar, at: &Locator<'_>) -> Result<SidecarSettings, ConfigError> {
@@ -73,7 +71,7 @@ pub(super) fn build_admission_global(
     raw: &RawAdmissionGlobal,
     at: &Locator<'_>,
 ) -> Result<AdmissionGlobal, ConfigError> {
-    let defaults = AdmissionPolicy::default();
+    let defaults = AdmissionGlobal::default();
     let reserve = raw.interactive_reserve.unwrap_or(defaults.interactive_reserve);
     if !(0.0..=0.5).contains(&reserve) {
         return Err(at.unplaced(
@@ -83,7 +81,7 @@ pub(super) fn build_admission_global(
     }
     Ok(AdmissionGlobal {
         interactive_reserve: reserve,
-        lifo_after: raw.lifo_after.unwrap_or(HumanDuration(defaults.lifo_after)),
+        lifo_after: raw.lifo_after.unwrap_or(defaults.lifo_after),
     })
 }
 

@@ -135,7 +135,7 @@ fn other_semantic_errors() {
 
 #[test]
 fn tenant_source_is_resolved_at_load() {
-    use crate::admission::tenant::TenantSource;
+    use crate::config::TenantSource;
     let config = load(&format!("{VALID}\n[tenants]\nheader = \"X-Tenant\"\n")).expect("valid");
     assert_eq!(config.tenants.source, TenantSource::Header(http::HeaderName::from_static("x-tenant")));
     let config = load(&format!("{VALID}\n[tenants]\nheader = \"Authorization\"\n")).expect("valid");
@@ -221,7 +221,7 @@ fn an_admin_listener_off_loopback_needs_a_token() {
 /// the place in the file.
 mod forwarding_tests {
     use super::*;
-    use crate::proxy::headers::{ForwardingMode, TrustedProxies};
+    use crate::config::forwarding::{ForwardingMode, TrustedProxies};
 
     #[test]
     fn defaults_trust_loopback_and_private_ranges_and_are_printed() {
