@@ -183,7 +183,7 @@ fn check_docker_actions(config: &Config, origin: &str) {
     let docker: Vec<_> = config
         .maintenance
         .values()
-        .filter(|m| matches!(m.action, Some(dify_shaper::maintenance::actions::Action::Docker { .. })))
+        .filter(|m| matches!(m.action, Some(dify_shaper::config::maintenance::Action::Docker { .. })))
         .collect();
     if docker.is_empty() {
         return;

@@ -20,8 +20,8 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
 use crate::app::App;
+use crate::config::maintenance::Containers;
 use crate::maintenance::actions::docker::{connect, find};
-use crate::maintenance::actions::Containers;
 
 /// Longest wait for the engine, and for one reload.
 const TIMEOUT: Duration = Duration::from_secs(10);

@@ -15,12 +15,12 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use chrono::{DateTime, Utc};
 use tokio::time::Instant;
 
-use super::actions::Action;
 use super::gate;
 use super::handle::UpstreamHandle;
 use super::state::{Event, Phase, Transition};
 use super::view::Trigger;
 pub use super::view::{CycleRecord, MemoryView, Record, View};
+use crate::config::maintenance::Action;
 use inner::{timeouts, Inner, Task};
 use plan::{plan, Effect};
 

@@ -18,7 +18,6 @@ pub mod controller;
 pub mod gate;
 pub mod handle;
 pub mod memory;
-pub mod schedule;
 pub mod service;
 pub mod state;
 pub mod view;

@@ -166,7 +166,7 @@ fn maintenance_entries_load_and_print_back() {
     assert_eq!(spec.drain_timeout.0, Duration::from_secs(120));
     assert_eq!(spec.hold_timeout.0, Duration::from_secs(120 + 300 + 600), "the whole cycle by default");
     assert!(
-        matches!(&spec.action, Some(crate::maintenance::actions::Action::Command { timeout, .. }) if *timeout == Duration::from_secs(300))
+        matches!(&spec.action, Some(crate::config::maintenance::Action::Command { timeout, .. }) if *timeout == Duration::from_secs(300))
     );
     let manual = config.maintenance_spec("web");
     assert!(manual.schedule.is_none() && manual.action.is_none(), "manual control only");
@@ -274,7 +274,7 @@ mod forwarding_tests {
 
 #[test]
 fn docker_actions_select_compose_services_or_named_containers() {
-    use crate::maintenance::actions::{Action, Containers};
+    use crate::config::maintenance::{Action, Containers};
     let with = |action: &str| format!("{VALID}\n[[maintenance]]\nupstream = \"api\"\naction = {action}\n");
     let config = load(&with(
         r#"{ kind = "docker", services = ["api", "worker"], stop_timeout = "30s", stop_timeouts = { worker = "3m" } }"#,
@@ -319,7 +319,7 @@ fn docker_actions_select_compose_services_or_named_containers() {
 
 #[test]
 fn a_memory_trigger_reads_a_compose_service() {
-    use crate::maintenance::memory::MemorySource;
+    use crate::config::maintenance::MemorySource;
     let with = |memory: &str| {
         format!(
             "{VALID}\n[[maintenance]]\nupstream = \"api\"\naction = {{ kind = \"docker\", services = [\"api\"] }}\n[maintenance.memory]\nthreshold = \"4GiB\"\n{memory}\n"

@@ -3,10 +3,16 @@
 //! one upstream; an upstream without an entry still gets manual drain/resume with the
 //! defaults of [`MaintenanceSpec::manual_only`], but no schedule and no restart action.
 
+mod action;
+mod memory;
 mod raw;
+pub mod schedule;
 mod spec;
 
+pub use action::{Action, Containers};
+pub use memory::MemorySource;
 pub use raw::{RawAction, RawGate, RawMaintenance, RawMemory};
+pub use schedule::Schedule;
 pub use spec::{GateSpec, MaintenanceMode, MaintenanceSpec, MemorySpec, DOCKER_SOCKET};
 
 use std::collections::BTreeMap;
@@ -14,9 +20,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::units::HumanDuration;
-use crate::maintenance::actions::{Action, Containers};
-use crate::maintenance::memory::MemorySource;
-use crate::maintenance::schedule::Schedule;
 
 /// Checks one entry; errors are `(key, message, span)` with the span of the offending value
 /// when it has one (the caller turns them into `FILE:LINE:COL`).
@@ -31,7 +34,7 @@ pub fn build(
     let zone = raw.timezone.as_ref().map_or("UTC", |z| z.get_ref().as_str());
     if let Some(expr) = &raw.schedule {
         let schedule = Schedule::new(expr.get_ref(), zone).map_err(|e| match e {
-            crate::maintenance::schedule::ScheduleError::Zone(_) => {
+            schedule::ScheduleError::Zone(_) => {
                 err("timezone", e.to_string(), raw.timezone.as_ref().map(|z| z.span()))
             }
             _ => err("schedule", e.to_string(), Some(expr.span())),

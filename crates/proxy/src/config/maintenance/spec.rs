@@ -5,10 +5,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::{Action, MemorySource, Schedule};
 use crate::config::units::{ByteSize, HumanDuration};
-use crate::maintenance::actions::Action;
-use crate::maintenance::memory::MemorySource;
-use crate::maintenance::schedule::Schedule;
 
 /// Default Docker Engine API socket.
 pub const DOCKER_SOCKET: &str = "/var/run/docker.sock";

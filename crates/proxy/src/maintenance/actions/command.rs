@@ -136,7 +136,7 @@ mod tests {
     use tokio::time::Instant;
 
     use super::*;
-    use crate::maintenance::actions::Action;
+    use crate::config::maintenance::Action;
 
     fn cmd(command: &str, timeout: Duration) -> Action {
         Action::Command { command: command.to_string(), timeout }

@@ -9,7 +9,8 @@ use std::time::Duration;
 use bollard::query_parameters::{InspectContainerOptions, ListContainersOptions, RestartContainerOptions};
 use bollard::{Docker, API_DEFAULT_VERSION};
 
-use super::{ActionError, Containers};
+use super::ActionError;
+use crate::config::maintenance::Containers;
 
 /// Connects to the daemon at `socket` and agrees on an API version, bounded by `timeout`.
 ///
@@ -209,8 +210,9 @@ mod tests {
     use tokio::time::Instant;
 
     use super::*;
+    use crate::config::maintenance::Action;
     use crate::maintenance::actions::fake_docker::FakeDocker;
-    use crate::maintenance::actions::{Action, Target};
+    use crate::maintenance::actions::Target;
 
     fn action(fake: &FakeDocker, containers: &[&str], timeout: Duration) -> Action {
         Action::Docker {

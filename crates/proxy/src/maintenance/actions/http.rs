@@ -119,7 +119,8 @@ mod tests {
     use tokio::time::Instant;
 
     use super::*;
-    use crate::maintenance::actions::{Action, Target};
+    use crate::config::maintenance::Action;
+    use crate::maintenance::actions::Target;
 
     /// A request the test server saw: method, path and query, and the `x-token` header.
     type Seen = Arc<Mutex<Vec<(String, String, Option<String>)>>>;

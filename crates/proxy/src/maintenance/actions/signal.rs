@@ -5,7 +5,8 @@ use std::path::Path;
 use nix::sys::signal::kill;
 use nix::unistd::Pid;
 
-use super::{Action, ActionError};
+use super::ActionError;
+use crate::config::maintenance::Action;
 
 /// Sends `signal` to `pid`, or to the pid in `pid_file` (placeholders already filled).
 pub(super) async fn send(pid: Option<u32>, pid_file: Option<&Path>, signal: &str) -> Result<(), ActionError> {

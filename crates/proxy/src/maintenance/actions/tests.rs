@@ -1,6 +1,8 @@
 //! Tests of what the action kinds share: placeholders, descriptions, signal names, the
 //! serialized form. Each kind's own tests sit beside it.
 
+use std::collections::BTreeMap;
+
 use super::*;
 
 fn rolling() -> Target {

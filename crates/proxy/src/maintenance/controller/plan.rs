@@ -10,7 +10,8 @@ use chrono::{DateTime, Utc};
 use tokio::time::Instant;
 
 use super::inner::{Inner, HISTORY};
-use crate::maintenance::actions::{Action, Target};
+use crate::config::maintenance::Action;
+use crate::maintenance::actions::Target;
 use crate::maintenance::state::{Event, Phase, Transition};
 use crate::maintenance::view::{CycleRecord, Record, Trigger};
 
