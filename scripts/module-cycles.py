@@ -12,7 +12,8 @@ dependencies, but the re-export itself is an edge from the facade to its child. 
     python3 scripts/module-cycles.py --self-test
 
 Prints each cycle (a strongly connected component of more than one module, with one cycle
-through it) and exits 1 when there is any; `--graph` also prints every edge. `--self-test`
+through it), and each import out of `config` (the bottom layer, where a crate has one), and
+exits 1 when there is any; `--graph` also prints every edge. `--self-test`
 checks the checker on small trees written to a temporary directory.
 """
 
@@ -145,6 +146,10 @@ def main():
     for src in srcs:
         print(f"{os.path.normpath(os.path.relpath(src, root))}:")
         failed |= bool(check(src, show_graph))
+        # The proxy's config (schema, validation, the values it yields) is its bottom layer:
+        # the runtime reads it, it knows nothing of the runtime.
+        if os.path.isdir(os.path.join(src, "config")):
+            failed |= bool(leaks(src, "config"))
     return 1 if failed else 0
 
 
@@ -260,6 +265,31 @@ def check(src, show_graph=False):
         print(f"- {len(comp)} modules in one cycle: {', '.join(name(m) for m in comp)}")
         print(f"  e.g. {' -> '.join(name(m) for m in one_cycle(comp))}")
     return [[name(m) for m in comp] for comp in cycles]
+
+
+def leaks(src, layer):
+    """The edges out of `layer` (a top-level module that must depend on nothing else of the
+    crate: the bottom layer), as `(from, to)` names; prints each."""
+    found = []
+    for line in graph_edges(src):
+        frm, to = line
+        if frm.split("::")[0] == layer and to.split("::")[0] != layer:
+            found.append(line)
+            print(f"- {frm} -> {to}: {layer} is the bottom layer and depends on nothing else")
+    print(f"{layer} imports nothing outside itself" if not found else f"{len(found)} import(s) out of {layer}")
+    return found
+
+
+def graph_edges(src):
+    """Every edge of the graph of `src`, as `(from, to)` names (quietly)."""
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        check(src, show_graph=True)
+    lines = out.getvalue().splitlines()
+    return [tuple(l.split(" -> ")) for l in lines if l.count(" -> ") == 1 and not l.startswith((" ", "-"))]
 
 
 def self_test():

@@ -12,7 +12,7 @@ use std::time::Duration;
 use super::schema::RawConfig;
 use super::units::HumanDuration;
 use super::{Config, LogSettings, ServerSettings, UpstreamSpec};
-use crate::proxy::routing::Router;
+use crate::config::routes::Router;
 use errors::Locator;
 use names::check_name;
 use routes::{build_classes, build_route};

@@ -14,6 +14,7 @@ pub mod forwarding;
 pub mod load;
 pub mod maintenance;
 mod model;
+pub mod routes;
 pub mod schema;
 pub mod units;
 

@@ -9,10 +9,10 @@ use serde::Serialize;
 
 use super::class::ClassSpec;
 use super::maintenance::MaintenanceSpec;
+use super::routes::Router;
 use super::schema::LogFormat;
 use super::units::{ByteSize, HumanDuration};
 use crate::config::forwarding::{ForwardingMode, TrustedProxies};
-use crate::proxy::routing::Router;
 
 /// A validated, effective configuration.
 #[derive(Debug, Serialize)]

@@ -21,11 +21,13 @@
 //! upstreams and endpoints are configured, tenants are the top ten waiting (redacted keys).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 pub mod scrape;
 
 use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry};
+
+use crate::config::routes::RouteCache;
 
 /// Request durations: Dify answers pings in milliseconds and runs workflows for 15 s or more.
 const DURATION_BUCKETS: &[f64] =
@@ -56,7 +58,7 @@ pub const PROCESS_METRICS: [&str; 7] = [
 /// The metrics recorded per request; the state metrics are built at scrape time.
 #[derive(Debug)]
 pub struct Metrics {
-    /// Tells apart the instances (tests build several) so a [`SeriesSlot`] filled by one is
+    /// Tells apart the instances (tests build several) so a route's [`RouteCache`] filled by one is
     /// never used to record for another.
     id: u64,
     registry: Registry,
@@ -156,12 +158,12 @@ impl Metrics {
     /// status had to be formatted), four times per request on the hottest path. Every
     /// request recorded through one slot must carry the same route, class and upstream (one
     /// slot per configured route).
-    pub fn request_done_in(&self, slot: &SeriesSlot, done: RequestDone<'_>) {
-        let series = slot.0.get_or_init(|| Arc::new(self.series(done.route, done.class, done.upstream)));
-        if series.metrics != self.id {
+    pub fn request_done_in(&self, slot: &RouteCache, done: RequestDone<'_>) {
+        let series = slot.get_or_init(|| self.series(done.route, done.class, done.upstream));
+        let Some(series) = series.filter(|s| s.metrics == self.id) else {
             // Filled by another instance (only tests build several): record uncached.
             return self.request_done(done);
-        }
+        };
         series.count_request(done.status);
         series.duration.observe(done.seconds);
         // The others are created on first use, as `with_label_values` does: a series that
@@ -231,12 +233,6 @@ impl Metrics {
 /// Statuses 100–599 get a cached counter each; anything else (never sent by a conforming
 /// backend) is looked up per request.
 const STATUS_SLOTS: usize = 500;
-
-/// Where a route keeps the per-request series it records into ([`Metrics::request_done_in`]),
-/// filled on its first request. It lives with the route in the config snapshot, so a reload
-/// (which may rename routes or move them to another class or upstream) starts empty.
-#[derive(Debug, Clone, Default)]
-pub struct SeriesSlot(OnceLock<Arc<RouteSeries>>);
 
 /// The per-request series of one route, class and upstream, resolved once.
 #[derive(Debug)]
@@ -376,7 +372,7 @@ mod tests {
             done(200, Some(1.5)),
         ];
         let (cached, uncached) = (Metrics::new().expect("metrics"), Metrics::new().expect("metrics"));
-        let slot = SeriesSlot::default();
+        let slot = RouteCache::default();
         for request in requests {
             cached.request_done_in(&slot, request);
             uncached.request_done(request);
@@ -400,7 +396,7 @@ mod tests {
     #[test]
     fn series_are_created_on_first_use_through_a_slot_too() {
         let metrics = Metrics::new().expect("metrics");
-        metrics.request_done_in(&SeriesSlot::default(), done(200, None));
+        metrics.request_done_in(&RouteCache::default(), done(200, None));
         let text = text(&metrics);
         for absent in [
             "dify_shaper_time_to_first_byte_seconds_count",

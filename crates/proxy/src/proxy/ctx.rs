@@ -9,8 +9,8 @@ use http::{HeaderValue, Method};
 use tokio::time::Instant;
 
 use super::envelope::ErrorReply;
-use super::routing::Route;
 use crate::admission::{Permit, Ticket};
+use crate::config::routes::Route;
 use crate::config::{ClassSpec, Config, RetrySpec};
 use crate::shutdown::ActiveGuard;
 use crate::upstream::{Endpoint, EndpointLease, UpstreamState, Upstreams};

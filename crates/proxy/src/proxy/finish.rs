@@ -45,7 +45,7 @@ pub fn finish(metrics: &Metrics, session: &Session, e: Option<&Error>, ctx: &mut
         proxy_error: ctx.reply.as_ref().map(|r| r.code),
     };
     match ctx.route() {
-        Some(r) => metrics.request_done_in(&r.metrics, done),
+        Some(r) => metrics.request_done_in(&r.cache, done),
         None => metrics.request_done(done),
     }
     let access_log = ctx.config.as_ref().is_none_or(|c| c.log.access_log);

@@ -1,5 +1,5 @@
 //! The HTTP proxy: pingora's [`ProxyHttp`](pingora::proxy::ProxyHttp) implementation
-//! ([`service`]) and the small pieces it calls — routing, admission, the choice of endpoint
+//! ([`service`]) and the small pieces it calls — resolving the route, admission, the choice of endpoint
 //! and peer, the retry policy's adapters, header policy, the Dify error envelope, redaction,
 //! the end of a request (permit, metrics) and the access log.
 
@@ -12,7 +12,6 @@ pub mod headers;
 pub mod outcome;
 mod peer;
 mod retry;
-pub mod routing;
 pub mod service;
 pub mod sse;
 pub mod timer_anchor;

@@ -9,11 +9,10 @@ use toml::Spanned;
 
 use super::errors::{ConfigError, Locator};
 use super::names::{check_name, list};
+use crate::config::routes::{wildcards_are_segments, Route, RouteCache};
 use crate::config::schema::{RawClass, RawRoute};
 use crate::config::units::HumanDuration;
 use crate::config::{ClassSpec, UpstreamSpec};
-use crate::metrics::SeriesSlot;
-use crate::proxy::routing::Route;
 
 /// The built-in class names; each always exists.
 pub(super) const BUILTIN_CLASSES: [&str; 3] = ["interactive", "run", "control"];
@@ -115,7 +114,7 @@ pub(super) fn build_route(
     if !prefix.starts_with('/') {
         return Err(at.error(raw.prefix.span(), key("prefix"), format!("{prefix:?} must start with '/'")));
     }
-    if !crate::proxy::routing::wildcards_are_segments(prefix) {
+    if !wildcards_are_segments(prefix) {
         return Err(at.error(
             raw.prefix.span(),
             key("prefix"),
@@ -190,6 +189,6 @@ pub(super) fn build_route(
         retry_after_processing: raw.retry_after_processing,
         index,
         span: raw.prefix.span(),
-        metrics: SeriesSlot::default(),
+        cache: RouteCache::default(),
     })
 }

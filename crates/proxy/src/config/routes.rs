@@ -1,4 +1,4 @@
-//! Routing: path prefix (+ optional suffix and methods) → upstream group and traffic class.
+//! `[[routes]]`, validated: path prefix (+ optional suffix and methods) → upstream group and traffic class.
 //!
 //! Like nginx `location` prefixes, the most specific route wins: longer prefix+suffix first,
 //! then routes that name methods before routes for every method. Prefixes match whole path
@@ -9,14 +9,14 @@
 //! specific than it. Two routes that would match exactly the same requests are a config error
 //! rather than a silent first-wins.
 
+use std::any::Any;
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use http::Method;
 use serde::Serialize;
 
-use crate::config::ClassSpec;
-use crate::metrics::SeriesSlot;
+use super::ClassSpec;
 
 /// One validated route.
 #[derive(Debug, Clone, Serialize)]
@@ -45,9 +45,24 @@ pub struct Route {
     /// Byte span of the prefix in the config source (for error messages).
     #[serde(skip)]
     pub span: Range<usize>,
-    /// The route's per-request metric series, resolved on its first request.
+    /// What the runtime caches for this route on its first request (its metric series).
     #[serde(skip)]
-    pub metrics: SeriesSlot,
+    pub cache: RouteCache,
+}
+
+/// Per-route state the runtime caches on a route's first request (the metrics keep the
+/// route's series there, sparing a label lookup per request). It lives with the route in the
+/// config snapshot, so a reload — which may rename routes or move them to another class or
+/// upstream — starts empty. The config neither reads nor fills it.
+#[derive(Debug, Clone, Default)]
+pub struct RouteCache(OnceLock<Arc<dyn Any + Send + Sync>>);
+
+impl RouteCache {
+    /// The cached value, made by `init` on first use; `None` when a value of another type
+    /// was cached first.
+    pub fn get_or_init<T: Any + Send + Sync>(&self, init: impl FnOnce() -> T) -> Option<&T> {
+        self.0.get_or_init(|| Arc::new(init())).downcast_ref::<T>()
+    }
 }
 
 fn serialize_methods<S: serde::Serializer>(m: &Option<Vec<Method>>, s: S) -> Result<S::Ok, S::Error> {
@@ -231,7 +246,7 @@ mod tests {
             retry_after_processing: false,
             index,
             span: 0..0,
-            metrics: SeriesSlot::default(),
+            cache: RouteCache::default(),
         }
     }
 
