@@ -1,5 +1,6 @@
 //! The background prober: probes every upstream endpoint on its group's `interval` (faster
-//! while the group has no endpoint in rotation) and feeds the results to the group's health.
+//! while the group has no endpoint in rotation) and hands each round's results to the group
+//! ([`UpstreamState::probed`](crate::upstream::UpstreamState::probed)), which owns its health.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -36,7 +37,6 @@ impl Prober {
             let Some(spec) = config.upstreams.get(group.name()) else { continue };
             let health = &spec.health;
             if !health.enabled || due.get(group.name()).is_some_and(|t| now < *t) {
-                group.admission().tick();
                 continue;
             }
             // While the group is down, look more often: every quarter second of a recovery
@@ -56,16 +56,14 @@ impl Prober {
                     async move { (addr, probe(addr, &host, &path, timeout).await) }
                 })
                 .collect::<Vec<_>>();
-            for (addr, result) in futures_util::future::join_all(checks).await {
-                if result == ProbeResult::Busy {
-                    continue;
-                }
-                let ok = result == ProbeResult::Up;
-                if let Some(up) = group.health().probed(addr, ok, health.rise, health.fall) {
-                    tracing::warn!(upstream = group.name(), %addr, up, "upstream endpoint health changed");
-                }
-            }
-            group.sync_availability(health.ramp.0);
+            // A busy endpoint (all its workers taken) says nothing about its health.
+            let results: Vec<_> = futures_util::future::join_all(checks)
+                .await
+                .into_iter()
+                .filter(|(_, result)| *result != ProbeResult::Busy)
+                .map(|(addr, result)| (addr, result == ProbeResult::Up))
+                .collect();
+            group.probed(&results, health);
         }
     }
 }

@@ -20,7 +20,7 @@ use crate::resilience::retry::RetryBudget;
 
 use arc_swap::ArcSwap;
 
-use crate::config::{Config, ServerAddr};
+use crate::config::{Config, HealthSpec, ServerAddr};
 
 /// Run-time state of one upstream group.
 #[derive(Debug)]
@@ -98,6 +98,18 @@ impl UpstreamState {
     /// The group's endpoint health.
     pub fn health(&self) -> &GroupHealth {
         &self.health
+    }
+
+    /// Records one round of active probes (`(endpoint, answered well)`) under `spec`'s rise
+    /// and fall, then tells admission whether the group can serve. Logs each endpoint that
+    /// changed state.
+    pub fn probed(&self, results: &[(std::net::SocketAddr, bool)], spec: &HealthSpec) {
+        for &(addr, ok) in results {
+            if let Some(up) = self.health.probed(addr, ok, spec.rise, spec.fall) {
+                tracing::warn!(upstream = %self.name, %addr, up, "upstream endpoint health changed");
+            }
+        }
+        self.sync_availability(spec.ramp.0);
     }
 
     /// A connect to `addr` failed: take it out of rotation and, when nothing is left, hold
