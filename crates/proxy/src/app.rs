@@ -15,7 +15,7 @@ use crate::config::changes::RestartOnly;
 use crate::config::{Config, Overrides};
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
-use crate::reload::{ReloadLog, ReloadStats};
+use crate::reload::{ReloadLog, ReloadSummary};
 use crate::shutdown::ActiveRequests;
 use crate::upstream::Upstreams;
 
@@ -83,7 +83,7 @@ impl App {
     }
 
     /// Reload counts and the latest attempts, as plain data (for `/status` and metrics).
-    pub fn reload_stats(&self) -> ReloadStats {
+    pub fn reload_summary(&self) -> ReloadSummary {
         self.reloads.snapshot()
     }
 

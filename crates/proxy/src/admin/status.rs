@@ -86,6 +86,6 @@ pub fn status(app: &App) -> serde_json::Value {
         "upstreams": upstreams,
         "routes": config.router,
         "classes": config.classes,
-        "reload": app.reload_stats(),
+        "reload": app.reload_summary(),
     })
 }

@@ -35,12 +35,12 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use super::ewma::Ewma;
 use super::limit::AdaptiveLimit;
 use super::patience::Patience;
 use super::policy::AdmissionPolicy;
 use super::queue::{Entry, FairQueue};
 use super::refusal::Refusal;
-use super::stats::Ewma;
 use state::{log_change, Counters, Decision, Queued, State};
 use waiting::Waiting;
 

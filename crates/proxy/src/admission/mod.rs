@@ -5,16 +5,16 @@
 //! - [`queue`]: the fair queue (classes by weight, tenants round robin, adaptive LIFO);
 //! - [`controller`]: [`Admission`], tying both to requests ([`Permit`], [`Refusal`]);
 //! - [`patience`]: how long a waiter may wait (queue timeout, client deadline, learned
-//!   patience); [`policy`]: the settings it runs with; [`stats`]: running averages;
+//!   patience); [`policy`]: the settings it runs with; [`ewma`]: running averages;
 //! - [`tenant`]: who a request belongs to, and per-tenant rate limits.
 
 pub mod controller;
+pub mod ewma;
 pub mod limit;
 pub mod patience;
 pub mod policy;
 pub mod queue;
 pub mod refusal;
-pub mod stats;
 pub mod tenant;
 
 pub use controller::{Admission, AdmissionStatus, Permit, Ticket};

@@ -157,7 +157,7 @@ fn state_registry(app: &App) -> Result<Registry, prometheus::Error> {
         "Config reloads (SIGHUP, POST /reload)",
         &["result"],
     )?;
-    let stats = app.reload_stats();
+    let stats = app.reload_summary();
     reloads.with_label_values(&["ok"]).inc_by(stats.ok);
     reloads.with_label_values(&["failed"]).inc_by(stats.failed);
     let active =

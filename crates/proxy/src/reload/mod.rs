@@ -10,16 +10,16 @@
 //! restart applies ([`RestartOnly`](crate::config::changes::RestartOnly)) keep their running
 //! values and are named in the log.
 
+pub mod history;
 pub mod outcome;
 pub mod sighup;
-pub mod stats;
 
 use crate::app::App;
 use crate::config::changes::changed;
 use crate::config::{load_embedded, load_file};
 
+pub use history::{ReloadLog, ReloadRecord, ReloadSummary};
 pub use outcome::ReloadOutcome;
-pub use stats::{ReloadLog, ReloadRecord, ReloadStats};
 
 /// Reloads the config of `app`; `trigger` (`sighup`, `admin`) is logged and recorded.
 pub fn reload(app: &App, trigger: &str) -> ReloadOutcome {

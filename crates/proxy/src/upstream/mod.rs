@@ -127,7 +127,7 @@ impl UpstreamState {
         self.admission.set_available(self.health.serving(), ramp);
     }
 
-    /// The group's admission gate (its learned limit and queue survive config reloads).
+    /// The group's admission (its learned limit and queue survive config reloads).
     pub fn admission(&self) -> &Arc<Admission> {
         &self.admission
     }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::stats::{Kind, Outcome};
+use super::stats::{Kind, Observation};
 use crate::loadgen::{exchange, open_loop, Exchange, Failure, Shot};
 
 /// A blocking workflow run, the request a Dify app's API client sends most, from one app
@@ -50,7 +50,7 @@ impl Live {
 }
 
 /// Sends `plan` to `addr` from `start` on; returns every outcome once the last request ended.
-pub async fn run(addr: SocketAddr, plan: Plan, start: Instant, live: Arc<Live>) -> Vec<Outcome> {
+pub async fn run(addr: SocketAddr, plan: Plan, start: Instant, live: Arc<Live>) -> Vec<Observation> {
     let shot = Arc::new(workflow_run());
     let outcomes = open_loop(plan.rate, plan.count, start, |_| {
         live.sent.fetch_add(1, Ordering::Relaxed);
@@ -65,24 +65,24 @@ pub async fn run(addr: SocketAddr, plan: Plan, start: Instant, live: Arc<Live>) 
     .await;
     // A task only fails to join when it panicked; count it as a connection error rather than
     // lose it from the totals.
-    let lost = Outcome { sent_at: Duration::ZERO, kind: Kind::Refused, latency: Duration::ZERO };
+    let lost = Observation { sent_at: Duration::ZERO, kind: Kind::Refused, latency: Duration::ZERO };
     outcomes.into_iter().map(|o| o.unwrap_or(lost)).collect()
 }
 
 /// One request on its own connection, bounded by `patience`, judged the demo's way.
-async fn one(addr: SocketAddr, shot: &Shot, patience: Duration, start: Instant) -> Outcome {
+async fn one(addr: SocketAddr, shot: &Shot, patience: Duration, start: Instant) -> Observation {
     judge(&exchange(addr, shot, patience, start).await)
 }
 
 /// What the demo makes of an exchange.
-fn judge(exchange: &Exchange) -> Outcome {
+fn judge(exchange: &Exchange) -> Observation {
     let kind = match &exchange.result {
         Ok(answer) if answer.complete => Kind::of(Some((answer.status, &answer.body)), false),
         // A body cut short: the connection broke, as when the backend's port closed.
         Ok(_) => Kind::of(None, false),
         Err(failure) => Kind::of(None, *failure == Failure::TimedOut),
     };
-    Outcome { sent_at: exchange.sent_at, kind, latency: exchange.took }
+    Observation { sent_at: exchange.sent_at, kind, latency: exchange.took }
 }
 
 #[cfg(test)]

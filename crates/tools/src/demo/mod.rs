@@ -34,7 +34,7 @@ use self::progress::Progress;
 use self::proxy::ProxyChild;
 use self::report::Column;
 pub use self::scenario::{DemoArgs, Scenario};
-use self::stats::{Outcome, Summary};
+use self::stats::{Observation, Summary};
 use crate::sim::Simulator;
 
 /// Exit status after an interrupting signal (128 + SIGINT), as shells expect.
@@ -167,7 +167,7 @@ async fn settle(sims: &[&Simulator]) {
     }
 }
 
-fn column(outcomes: &[Outcome], sim: &Simulator) -> Column {
+fn column(outcomes: &[Observation], sim: &Simulator) -> Column {
     let stats = sim.stats();
     Column {
         summary: Summary::of(outcomes),

@@ -89,13 +89,13 @@ pub fn seconds(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::demo::stats::{Kind, Outcome};
+    use crate::demo::stats::{Kind, Observation};
 
     fn column(kinds: &[(Kind, u64)], runs: u64, wasted: u64) -> Column {
-        let outcomes: Vec<Outcome> = kinds
+        let outcomes: Vec<Observation> = kinds
             .iter()
             .enumerate()
-            .map(|(i, &(kind, ms))| Outcome {
+            .map(|(i, &(kind, ms))| Observation {
                 sent_at: Duration::from_millis(100 * i as u64),
                 kind,
                 latency: Duration::from_millis(ms),

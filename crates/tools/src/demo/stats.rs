@@ -1,4 +1,4 @@
-//! What one request ended as ([`Outcome`], classified into a [`Kind`]) and the [`Summary`] of
+//! What one request ended as ([`Observation`], classified into a [`Kind`]) and the [`Summary`] of
 //! one side of the demo: counts by kind, goodput and latency percentiles of the successes.
 
 use std::time::Duration;
@@ -49,9 +49,9 @@ fn is_database_refusal(body: &[u8]) -> bool {
         || body.windows(NEEDLE.len()).any(|w| w.eq_ignore_ascii_case(NEEDLE))
 }
 
-/// What happened to one request.
+/// What happened to one request, as its client saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Outcome {
+pub struct Observation {
     /// When it was sent, since the first request.
     pub sent_at: Duration,
     /// How it ended.
@@ -89,7 +89,7 @@ pub struct Summary {
 
 impl Summary {
     /// Summarises `outcomes` (any order).
-    pub fn of(outcomes: &[Outcome]) -> Summary {
+    pub fn of(outcomes: &[Observation]) -> Summary {
         let mut s = Summary { sent: outcomes.len(), ..Summary::default() };
         let mut latencies = Vec::new();
         let mut last_success = Duration::ZERO;
@@ -145,8 +145,8 @@ mod tests {
         Duration::from_millis(n)
     }
 
-    fn outcome(sent: u64, kind: Kind, latency: u64) -> Outcome {
-        Outcome { sent_at: ms(sent), kind, latency: ms(latency) }
+    fn outcome(sent: u64, kind: Kind, latency: u64) -> Observation {
+        Observation { sent_at: ms(sent), kind, latency: ms(latency) }
     }
 
     #[test]

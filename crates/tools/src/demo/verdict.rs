@@ -175,7 +175,7 @@ pub fn wrap(text: &str, width: usize) -> String {
 mod tests {
     use super::*;
     use crate::demo::scenario::DemoArgs;
-    use crate::demo::stats::{Kind, Outcome};
+    use crate::demo::stats::{Kind, Observation};
 
     fn scenario(restart: bool) -> Scenario {
         let args = DemoArgs { duration: None, rate: None, no_restart: !restart, quick: false };
@@ -188,7 +188,7 @@ mod tests {
         for &(kind, n) in counts {
             for _ in 0..n {
                 let latency = Duration::from_millis(if kind == Kind::Ok { ok_ms } else { 1 });
-                outcomes.push(Outcome {
+                outcomes.push(Observation {
                     sent_at: Duration::from_millis(125 * outcomes.len() as u64),
                     kind,
                     latency,

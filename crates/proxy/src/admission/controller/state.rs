@@ -12,12 +12,12 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::ticket::Ticket;
+use crate::admission::ewma::Ewma;
 use crate::admission::limit::{AdaptiveLimit, Change};
 use crate::admission::patience::{client_wait, Patience};
 use crate::admission::policy::AdmissionPolicy;
 use crate::admission::queue::{FairQueue, TenantId};
 use crate::admission::refusal::Refusal;
-use crate::admission::stats::Ewma;
 
 /// Interactive traffic counts as active for this long after its last request.
 const INTERACTIVE_ACTIVE_FOR: Duration = Duration::from_secs(10);

@@ -6,8 +6,8 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use super::state::Admission;
+use crate::admission::ewma::Ewma;
 use crate::admission::limit::Change;
-use crate::admission::stats::Ewma;
 
 impl Admission {
     /// A snapshot for `/status`.

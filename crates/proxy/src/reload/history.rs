@@ -1,5 +1,5 @@
-//! The reload record: counts of successful and failed reloads and the latest of each, as
-//! plain data for `/status` and metrics ([`crate::app::App::reload_stats`]).
+//! The reload history: counts of successful and failed reloads and the latest of each, as
+//! plain data for `/status` and metrics ([`crate::app::App::reload_summary`]).
 
 use std::sync::{Mutex, MutexGuard};
 
@@ -11,7 +11,7 @@ use crate::config::changes::RestartNeeded;
 
 /// Reload counts since start and the latest attempts.
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct ReloadStats {
+pub struct ReloadSummary {
     /// Reloads that installed a new config.
     pub ok: u64,
     /// Reloads refused (the running config stayed).
@@ -44,23 +44,23 @@ pub struct ReloadRecord {
 /// (a SIGHUP and a `POST /reload` at once run one after the other).
 #[derive(Debug, Default)]
 pub struct ReloadLog {
-    stats: Mutex<ReloadStats>,
+    stats: Mutex<ReloadSummary>,
 }
 
 impl ReloadLog {
     /// Locks the record for one reload.
-    pub fn lock(&self) -> MutexGuard<'_, ReloadStats> {
+    pub fn lock(&self) -> MutexGuard<'_, ReloadSummary> {
         // A panic mid-reload leaves counts that are still meaningful; keep them.
         self.stats.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// A copy of the record.
-    pub fn snapshot(&self) -> ReloadStats {
+    pub fn snapshot(&self) -> ReloadSummary {
         self.lock().clone()
     }
 }
 
-impl ReloadStats {
+impl ReloadSummary {
     /// Counts `outcome` and makes it the latest.
     pub fn record(&mut self, trigger: &str, outcome: &ReloadOutcome) {
         let record = ReloadRecord {
