@@ -606,7 +606,8 @@ async fn real_dify_direct_and_through_dify_shaper() {
 /// long-running route, through the embedded defaults: answered, not cut.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blocking_run_past_600_seconds_is_not_cut() {
-    let _machine = crate::common::shared().await;
+    // No share of the machine: one request idles ten minutes, loading nothing a measurement
+    // would see, and a share held that long would keep every measuring test waiting.
     let sim =
         Simulator::start("127.0.0.1:0".parse().expect("addr"), SimConfig::default()).await.expect("sim");
     let proxy = ProxyProcess::start_default(sim.addr()).await;

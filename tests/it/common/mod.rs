@@ -24,7 +24,8 @@ pub mod sse;
 /// The machine, as the tests share it. A test that measures side by side (load against a
 /// backend, timing of a restart, real Dify or gunicorn) takes it whole: another test's
 /// processes on the same two cores would be in its numbers. Every other test takes a share,
-/// so none runs while such a test measures, and the light ones still run in parallel. An
+/// so none runs while such a test measures, and the light ones still run in parallel (one
+/// test that only idles for minutes takes none). An
 /// async lock: each test has its own runtime, and a sync test waits with the `_blocking` forms.
 static MACHINE: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
