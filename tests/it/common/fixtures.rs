@@ -62,7 +62,17 @@ impl Drop for SimProcess {
 }
 
 /// Polls `check` every 50 ms until it is true; panics naming `what` after `limit`.
-pub async fn wait_for<F, Fut>(limit: Duration, what: &str, mut check: F)
+pub async fn wait_for<F, Fut>(limit: Duration, what: &str, check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    poll_until(limit, Duration::from_millis(50), what, check).await;
+}
+
+/// Polls `check` every `every` until it is true; panics naming `what` after `limit`. The one
+/// bounded polling loop of the harness.
+pub async fn poll_until<F, Fut>(limit: Duration, every: Duration, what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -70,7 +80,7 @@ where
     let deadline = Instant::now() + limit;
     while !check().await {
         assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(every).await;
     }
 }
 

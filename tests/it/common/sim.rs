@@ -11,7 +11,6 @@ use dify_shaper_tools::sim::{SimConfig, Simulator};
 use http::{HeaderMap, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use tokio::net::TcpStream;
-use tokio::time::Instant;
 
 pub use super::send;
 pub use super::sse::{event_name, take_frames};
@@ -100,13 +99,10 @@ pub async fn try_call(
     tokio::time::timeout(REQUEST_TIMEOUT, fut).await.map_err(|_| format!("{method} {path} timed out"))?
 }
 
-/// Polls `cond` every 5 ms until it holds; panics with `what` after `limit`.
+/// Polls `cond` (in-process state, cheap to read) every 5 ms until it holds; panics with
+/// `what` after `limit`.
 pub async fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    super::fixtures::poll_until(limit, Duration::from_millis(5), what, || std::future::ready(cond())).await;
 }
 
 /// Whether connecting to `addr` is refused right now.
