@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use crate::admission::tenant::TenantRateLimiter;
 use crate::config::changes::RestartOnly;
 use crate::config::{Config, Overrides};
+use crate::downstream::counts::ClientCounts;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
 use crate::reload::{ReloadLog, ReloadSummary};
@@ -29,6 +30,8 @@ pub struct App {
     pub overrides: Overrides,
     /// Requests in progress on the client listeners (the shutdown drain waits for them).
     pub active: ActiveRequests,
+    /// Client connections open and client-side limits hit.
+    pub clients: ClientCounts,
     /// Starting, serving or shutting down: what `/ready` reports.
     pub lifecycle: Lifecycle,
     rate_limiter: ArcSwap<Option<Arc<TenantRateLimiter>>>,
@@ -60,6 +63,7 @@ impl App {
             upstreams,
             overrides,
             active: ActiveRequests::default(),
+            clients: ClientCounts::default(),
             lifecycle: Lifecycle::default(),
             rate_limiter,
             started: Instant::now(),

@@ -13,6 +13,7 @@ pub mod admission;
 pub mod app;
 pub mod config;
 pub mod ctl;
+pub mod downstream;
 pub mod housekeeping;
 pub mod lifecycle;
 pub mod maintenance;

@@ -6,17 +6,21 @@
 
 use std::sync::Arc;
 
+use pingora::apps::HttpServerOptions;
 use pingora::listeners::ListenerConfig;
 use pingora::protocols::l4::stream::L4BufferSettings;
-use pingora::proxy::http_proxy_service_with_name;
+use pingora::proxy::http_proxy;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::background::background_service;
+use pingora::services::listening::Service;
 
 use crate::admin::listener::AdminListener;
 use crate::admin::AdminApp;
 use crate::app::App;
 use crate::config::Config;
+use crate::downstream::gate::Gate;
+use crate::downstream::header_limits::HeaderLimits;
 use crate::housekeeping::Housekeeping;
 use crate::lifecycle::PhaseWatcher;
 use crate::maintenance::service::MaintenanceService;
@@ -49,6 +53,35 @@ fn server_conf(config: &Config) -> ServerConf {
         // (`benches/overhead.sh`, 1 thread): ~31 µs of CPU per request instead of ~36.
         work_stealing: false,
         ..ServerConf::default()
+    }
+}
+
+/// File descriptors the process needs besides client connections: upstream connections
+/// (pooled and in use), the admin listener's, logs, the config.
+const FDS_BESIDES_CLIENTS: u64 = 1024;
+
+/// Raises the soft open-file limit so `max_connections` client connections fit (as HAProxy
+/// does from `maxconn`); warns when the hard limit does not allow it, since connections
+/// beyond it would then fail at accept instead of getting a 503.
+fn raise_open_file_limit(max_connections: usize) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let wanted = max_connections as u64 + FDS_BESIDES_CLIENTS;
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    let target = wanted.min(hard);
+    if soft < target {
+        if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, target, hard) {
+            tracing::warn!("could not raise the open-file limit from {soft} to {target}: {e}");
+        }
+    }
+    if target < wanted {
+        tracing::warn!(
+            "server.max_connections = {max_connections} needs an open-file limit of {wanted}, the hard \
+             limit is {hard}: connections beyond about {} fail at accept (raise `ulimit -n` or \
+             compose `ulimits: nofile`)",
+            hard.saturating_sub(FDS_BESIDES_CLIENTS)
+        );
     }
 }
 
@@ -89,11 +122,12 @@ pub fn run(app: Arc<App>) -> ! {
     let mut server = Server::new_with_opt_and_conf(opt, server_conf(&config));
     server.bootstrap();
 
-    let mut proxy = http_proxy_service_with_name(
-        &server.configuration,
-        DifyProxy::new(Arc::clone(&app)),
-        "dify-shaper proxy",
-    );
+    raise_open_file_limit(config.server.max_connections);
+    let mut proxy_app = http_proxy(&server.configuration, DifyProxy::new(Arc::clone(&app)));
+    let mut options = HttpServerOptions::default();
+    options.request_header_limits = Some(Arc::new(HeaderLimits::new(Arc::clone(&app))));
+    proxy_app.server_options = Some(options);
+    let mut proxy = Service::new("dify-shaper proxy".to_string(), Gate::new(proxy_app, Arc::clone(&app)));
     // pingora reads each client connection through a 64 KiB buffer by default; with thousands
     // of requests held in the admission queue that buffer is most of their cost.
     let buffers = L4BufferSettings::default().read(config.server.client_read_buffer.0 as usize);

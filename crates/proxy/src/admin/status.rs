@@ -87,5 +87,18 @@ pub fn status(app: &App) -> serde_json::Value {
         "routes": config.router,
         "classes": config.classes,
         "reload": app.reload_summary(),
+        "clients": {
+            "connections": app.clients.snapshot(),
+            "requests_active": app.active.count(),
+            "limits": {
+                "max_connections": config.server.max_connections,
+                "max_connections_per_ip": config.server.max_connections_per_ip,
+                "request_header_timeout": config.server.request_header_timeout.to_string(),
+                "max_request_header": config.server.max_request_header.to_string(),
+                "max_request_header_line": config.server.max_request_header_line.to_string(),
+                "keepalive_timeout": config.server.keepalive_timeout.to_string(),
+                "body_read_timeout": config.server.body_read_timeout.to_string(),
+            },
+        },
     })
 }

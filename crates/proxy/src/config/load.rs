@@ -18,6 +18,7 @@ use names::check_name;
 use routes::{build_classes, build_route};
 use sections::{
     build_admission_global, build_maintenance, build_sidecar, build_tenants, build_trusted_proxies,
+    check_client_limits,
 };
 use upstreams::{build_admission, build_health, build_retry};
 
@@ -94,6 +95,7 @@ fn build(raw: RawConfig, at: &Locator<'_>, overrides: &Overrides) -> Result<Conf
         ));
     }
     let trusted_proxies = build_trusted_proxies(server.trusted_proxies.as_deref(), at)?;
+    let max_connections_per_ip = check_client_limits(server, at)?;
     let server_settings = ServerSettings {
         listen: overrides.listen.map_or_else(|| server.listen.clone(), |a| vec![a]),
         admin: overrides.admin.unwrap_or(server.admin),
@@ -110,6 +112,13 @@ fn build(raw: RawConfig, at: &Locator<'_>, overrides: &Overrides) -> Result<Conf
         shutdown_grace: server.shutdown_grace,
         forwarding: server.forwarding,
         trusted_proxies,
+        request_header_timeout: server.request_header_timeout,
+        max_request_header: server.max_request_header,
+        max_request_header_line: server.max_request_header_line,
+        keepalive_timeout: server.keepalive_timeout,
+        body_read_timeout: server.body_read_timeout,
+        max_connections: server.max_connections,
+        max_connections_per_ip,
     };
     let log =
         LogSettings { format: raw.log.format, level: raw.log.level.clone(), access_log: raw.log.access_log };
@@ -199,3 +208,6 @@ fn build(raw: RawConfig, at: &Locator<'_>, overrides: &Overrides) -> Result<Conf
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod proptests;

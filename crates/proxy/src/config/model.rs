@@ -186,6 +186,20 @@ pub struct ServerSettings {
     pub forwarding: ForwardingMode,
     /// Peers whose forwarding headers are believed in `trusted` mode (parsed at load).
     pub trusted_proxies: TrustedProxies,
+    /// Longest time to receive a whole request header.
+    pub request_header_timeout: HumanDuration,
+    /// Largest request header.
+    pub max_request_header: ByteSize,
+    /// Longest single header line.
+    pub max_request_header_line: ByteSize,
+    /// Idle time allowed between requests on a client connection (zero: no keep-alive).
+    pub keepalive_timeout: HumanDuration,
+    /// Longest wait for the next bytes of a request body.
+    pub body_read_timeout: HumanDuration,
+    /// Client connections open at once, in total.
+    pub max_connections: usize,
+    /// Client connections open at once from one client IP.
+    pub max_connections_per_ip: usize,
 }
 
 /// `[log]` after validation.

@@ -146,6 +146,30 @@ pub struct RawServer {
     /// addresses; default loopback and the private ranges.
     #[serde(default)]
     pub trusted_proxies: Option<Vec<Spanned<String>>>,
+    /// Longest time to receive a whole request header (1s..=10m); then 408, or a quiet close
+    /// when nothing arrived.
+    #[serde(default = "default_request_header_timeout")]
+    pub request_header_timeout: HumanDuration,
+    /// Largest request header, request line and fields together (1KiB..=1MiB); larger: 431.
+    #[serde(default = "default_max_request_header")]
+    pub max_request_header: ByteSize,
+    /// Longest single header line (256B..=`max_request_header`); longer: 431.
+    #[serde(default = "default_max_request_header_line")]
+    pub max_request_header_line: ByteSize,
+    /// How long a client connection may sit idle between requests (0s..=1h; 0s: no keep-alive).
+    #[serde(default = "default_keepalive_timeout")]
+    pub keepalive_timeout: HumanDuration,
+    /// Longest wait for the next bytes of a request body (1s..=1h); then 408.
+    #[serde(default = "default_body_read_timeout")]
+    pub body_read_timeout: HumanDuration,
+    /// Client connections open at once, in total (1..=1000000); more are refused with 503.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Client connections open at once from one client IP (1..=`max_connections`): the peer's,
+    /// or for a peer in `trusted_proxies` the forwarded client's (counted per request).
+    /// Default: 1024, or `max_connections` when that is lower.
+    #[serde(default)]
+    pub max_connections_per_ip: Option<usize>,
 }
 
 impl Default for RawServer {
@@ -162,6 +186,13 @@ impl Default for RawServer {
             shutdown_grace: default_shutdown_grace(),
             forwarding: ForwardingMode::default(),
             trusted_proxies: None,
+            request_header_timeout: default_request_header_timeout(),
+            max_request_header: default_max_request_header(),
+            max_request_header_line: default_max_request_header_line(),
+            keepalive_timeout: default_keepalive_timeout(),
+            body_read_timeout: default_body_read_timeout(),
+            max_connections: default_max_connections(),
+            max_connections_per_ip: None,
         }
     }
 }
@@ -362,6 +393,24 @@ fn default_keepalive_pool() -> usize {
 }
 fn default_shutdown_grace() -> HumanDuration {
     HumanDuration(std::time::Duration::from_secs(30))
+}
+fn default_request_header_timeout() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(60))
+}
+fn default_max_request_header() -> ByteSize {
+    ByteSize(32 << 10)
+}
+fn default_max_request_header_line() -> ByteSize {
+    ByteSize(8 << 10)
+}
+fn default_keepalive_timeout() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(60))
+}
+fn default_body_read_timeout() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(60))
+}
+fn default_max_connections() -> usize {
+    16_384
 }
 fn default_log_level() -> String {
     "info".to_string()

@@ -164,6 +164,27 @@ fn state_registry(app: &App) -> Result<Registry, prometheus::Error> {
         Gauge::new("dify_shaper_client_requests_active", "Client requests in progress (streams included)")?;
     active.set(app.active.count() as f64);
     r.register(Box::new(active))?;
+    let clients = app.clients.snapshot();
+    let open = Gauge::new("dify_shaper_client_connections", "Client connections open")?;
+    open.set(clients.open as f64);
+    r.register(Box::new(open))?;
+    let refused = counter_vec(
+        &r,
+        "dify_shaper_client_connections_refused_total",
+        "Client connections (or a trusted proxy's clients' requests) refused at a connection cap",
+        &["limit"],
+    )?;
+    refused.with_label_values(&["max_connections"]).inc_by(clients.refused_max_connections);
+    refused.with_label_values(&["max_connections_per_ip"]).inc_by(clients.refused_max_connections_per_ip);
+    let headers = counter_vec(
+        &r,
+        "dify_shaper_request_headers_refused_total",
+        "Request headers refused before routing: too slow (408, or closed when nothing came), too large or a line too long (431)",
+        &["reason"],
+    )?;
+    headers.with_label_values(&["timeout"]).inc_by(clients.header_timeouts);
+    headers.with_label_values(&["too_large"]).inc_by(clients.headers_too_large);
+    headers.with_label_values(&["line_too_long"]).inc_by(clients.header_lines_too_long);
     let uptime = Gauge::new("dify_shaper_uptime_seconds", "Time since the process started")?;
     uptime.set(app.uptime().as_secs_f64());
     r.register(Box::new(uptime))?;

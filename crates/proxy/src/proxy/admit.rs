@@ -83,7 +83,17 @@ pub async fn preread_small_body(
         Some(len) if len > PREREAD_LIMIT || expects_continue(session) => Ok(false),
         Some(_) => {
             session.as_mut().enable_retry_buffering();
-            while session.read_request_body().await?.is_some() {}
+            // A client that stalls or leaves mid-body is the client's failure (408, or
+            // nothing to answer), not the proxy's.
+            while session
+                .read_request_body()
+                .await
+                .map_err(|mut e| {
+                    e.as_down();
+                    e
+                })?
+                .is_some()
+            {}
             Ok(true)
         }
     }

@@ -12,6 +12,7 @@ use super::envelope::ErrorReply;
 use crate::admission::{Permit, Ticket};
 use crate::config::routes::Route;
 use crate::config::{ClassSpec, Config, RetrySpec};
+use crate::downstream::counts::Permit as ClientPermit;
 use crate::shutdown::ActiveGuard;
 use crate::upstream::{Endpoint, EndpointLease, UpstreamState, Upstreams};
 
@@ -130,6 +131,9 @@ pub struct RequestCtx {
     pub pending_backoff: Option<Duration>,
     /// Counts the request as in progress until the context drops (the shutdown drain).
     pub active: Option<ActiveGuard>,
+    /// A trusted proxy's client's place under `server.max_connections_per_ip`, held until the
+    /// context drops.
+    pub client_permit: Option<ClientPermit>,
 }
 
 impl RequestCtx {
@@ -194,6 +198,7 @@ impl RequestCtx {
             retry_decided: false,
             pending_backoff: None,
             active: None,
+            client_permit: None,
         }
     }
 }

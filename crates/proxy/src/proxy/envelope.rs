@@ -148,6 +148,45 @@ impl ErrorReply {
         })
     }
 
+    /// Too many client connections open (in total, or from one client IP): 503, retry soon.
+    pub fn too_many_connections(message: impl Into<String>) -> Self {
+        Self::new(503, "too_many_connections", message).retry_after(1)
+    }
+
+    /// A request header (or one line of it) over the configured size: 431.
+    pub fn request_header_too_large(message: impl Into<String>) -> Self {
+        Self::new(431, "request_header_fields_too_large", message)
+    }
+
+    /// A request header not received within the configured time: 408.
+    pub fn request_header_timeout(message: impl Into<String>) -> Self {
+        Self::new(408, "request_timeout", message)
+    }
+
+    /// This error as a whole HTTP/1.1 response that closes the connection, for answers
+    /// written before pingora has a session (a refused connection, a refused header).
+    pub fn raw_response(&self, request_id: &str) -> Bytes {
+        let body = self.body();
+        let reason = http::StatusCode::from_u16(self.status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("Error");
+        let mut out = format!(
+            "HTTP/1.1 {} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+             cache-control: no-store\r\nconnection: close\r\n{REQUEST_ID}: {request_id}\r\n",
+            self.status,
+            body.len()
+        );
+        if let Some(seconds) = self.retry_after {
+            out.push_str(&format!("retry-after: {seconds}\r\n"));
+        }
+        out.push_str("\r\n");
+        let mut bytes = Vec::with_capacity(out.len() + body.len());
+        bytes.extend_from_slice(out.as_bytes());
+        bytes.extend_from_slice(&body);
+        Bytes::from(bytes)
+    }
+
     /// The JSON body.
     pub fn body(&self) -> Bytes {
         // Serialising a struct of strings and an integer cannot fail; fall back to a fixed
@@ -195,6 +234,22 @@ mod tests {
     }
 
     #[test]
+    fn raw_response_is_a_whole_closing_answer() {
+        let reply = ErrorReply::too_many_connections("full");
+        let raw = reply.raw_response("rid");
+        let text = std::str::from_utf8(&raw).expect("utf-8");
+        let (head, body) = text.split_once("\r\n\r\n").expect("head and body");
+        assert!(head.starts_with("HTTP/1.1 503 Service Unavailable\r\n"), "{head}");
+        assert!(head.contains("\r\nconnection: close") && head.contains("\r\nretry-after: 1"), "{head}");
+        assert!(head.contains(&format!("content-length: {}", body.len())), "{head}");
+        assert!(head.contains("x-request-id: rid"), "{head}");
+        let json: serde_json::Value = serde_json::from_str(body).expect("json");
+        assert_eq!(json["code"], "too_many_connections");
+        let header_reply = ErrorReply::request_header_too_large("long line").raw_response("r");
+        assert!(header_reply.starts_with(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"));
+    }
+
+    #[test]
     fn pingora_errors_map_to_statuses() {
         let up = |t| {
             let mut e = Error::new(t);
@@ -214,3 +269,6 @@ mod tests {
         assert_eq!(ErrorReply::from_error(&too_big).map(|r| r.code), Some("payload_too_large"));
     }
 }
+
+#[cfg(test)]
+mod proptests;

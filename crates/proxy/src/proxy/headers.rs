@@ -104,6 +104,21 @@ pub fn apply_forwarding(
     }
 }
 
+/// The client a trusted proxy forwards for, as Dify would name it: `CF-Connecting-IP`, else
+/// the first entry of the first `X-Forwarded-For` line, else `X-Real-IP`. `None` when none
+/// holds an IP address.
+pub fn forwarded_client(header: &RequestHeader) -> Option<IpAddr> {
+    let parse = |bytes: &[u8]| std::str::from_utf8(bytes).ok()?.trim().parse::<IpAddr>().ok();
+    let first_hop = |v: &HeaderValue| parse(v.as_bytes().split(|b| *b == b',').next().unwrap_or_default());
+    let headers = &header.headers;
+    headers
+        .get("cf-connecting-ip")
+        .and_then(|v| parse(v.as_bytes()))
+        .or_else(|| headers.get(&X_FORWARDED_FOR_NAME).and_then(first_hop))
+        .or_else(|| headers.get("x-real-ip").and_then(|v| parse(v.as_bytes())))
+        .map(|ip| ip.to_canonical())
+}
+
 /// A trusted proxy's headers describe the original client: only fill in what it left out.
 fn keep_from_trusted(upstream: &mut RequestHeader, peer: IpAddr) -> Result<()> {
     let has_forwarded_for =

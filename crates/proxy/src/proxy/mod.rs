@@ -5,6 +5,7 @@
 
 pub mod access_log;
 pub mod admit;
+mod client_limits;
 pub mod ctx;
 pub mod envelope;
 mod finish;

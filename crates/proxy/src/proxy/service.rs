@@ -30,6 +30,7 @@ use pingora::{Error, ErrorSource, ErrorType, Result, RetryType};
 use tokio::time::Instant;
 
 use super::admit::admit;
+use super::client_limits;
 use super::ctx::{RequestCtx, Routed};
 use super::envelope::{ErrorReply, REQUEST_ID};
 use super::finish::finish;
@@ -79,6 +80,9 @@ impl ProxyHttp for DifyProxy {
         (ctx.request_id, ctx.request_id_value) = request_id_and_value(session.req_header());
         let config = self.app.config();
         ctx.config = Some(Arc::clone(&config));
+        if let Some(reply) = client_limits::apply(&self.app, session, ctx, &config) {
+            return self.refuse(session, ctx, reply).await;
+        }
         let req = session.req_header();
         let method = &req.method;
         let path = req.uri.path();
@@ -129,6 +133,21 @@ impl ProxyHttp for DifyProxy {
             Some(reply) => self.refuse(session, ctx, reply).await,
             None => Ok(false),
         }
+    }
+
+    /// A client that leaves or stalls (a disconnect while queued, a body that stops) is an
+    /// ordinary access-log line and a metric; pingora's ERROR line for it would bury real
+    /// errors under overload.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, error: &Error) -> bool {
+        *error.esource() == ErrorSource::Downstream
+            && matches!(
+                error.etype(),
+                ErrorType::ConnectionClosed
+                    | ErrorType::ReadError
+                    | ErrorType::WriteError
+                    | ErrorType::ReadTimedout
+                    | ErrorType::WriteTimedout
+            )
     }
 
     /// Picks an endpoint of the routed group and applies the class's timeouts.

@@ -89,6 +89,11 @@ pub struct HttpServerOptions {
     ///
     /// Default: `None`
     pub h2_idle_timeout: Option<Duration>,
+
+    /// Limits on receiving an HTTP/1 request header: a deadline for the whole header, its
+    /// size and the length of one line (a dify-shaper patch).
+    pub request_header_limits:
+        Option<Arc<dyn crate::protocols::http::v1::header_limits::RequestHeaderLimits>>,
 }
 
 /// Settings persisted across HTTP/1.x keepalive requests on the same downstream connection.
@@ -356,6 +361,10 @@ where
                 self.server_options()
                     .and_then(|opts| opts.keepalive_request_limit),
             );
+            let header_limits = self
+                .server_options()
+                .and_then(|opts| opts.request_header_limits.clone());
+            session.set_request_header_limits(header_limits.clone(), true);
 
             let mut result = self.process_new_http(session, shutdown).await;
             while let Some((stream, persistent_settings)) = result.map(|r| r.consume()) {
@@ -363,6 +372,7 @@ where
                 if let Some(persistent_settings) = persistent_settings {
                     persistent_settings.apply_to_session(&mut session);
                 }
+                session.set_request_header_limits(header_limits.clone(), false);
 
                 result = self.process_new_http(session, shutdown).await;
             }

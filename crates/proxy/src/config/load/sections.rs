@@ -1,5 +1,5 @@
-//! The smaller top-level tables: `[sidecar]`, `server.trusted_proxies`, `[[maintenance]]`,
-//! `[admission]` and `[tenants]`.
+//! The smaller top-level tables: `[sidecar]`, `server.trusted_proxies`, the client limits of
+//! `[server]`, `[[maintenance]]`, `[admission]` and `[tenants]`.
 
 use std::collections::BTreeMap;
 
@@ -8,7 +8,7 @@ use toml::Spanned;
 use super::errors::{ConfigError, Locator};
 use super::names::list;
 use crate::config::forwarding::TrustedProxies;
-use crate::config::schema::{RawAdmissionGlobal, RawSidecar, RawTenants};
+use crate::config::schema::{RawAdmissionGlobal, RawServer, RawSidecar, RawTenants};
 use crate::config::TenantSource;
 use crate::config::{AdmissionGlobal, RateLimitSpec, SidecarSettings, TenantSettings, UpstreamSpec};
 
@@ -20,6 +20,58 @@ pub(super) fn build_sidecar(raw: &RawSidecar, at: &Locator<'_>) -> Result<Sideca
     }
     let defaults = SidecarSettings::default();
     Ok(SidecarSettings { reload_nginx, socket: raw.socket.clone().unwrap_or(defaults.socket) })
+}
+
+/// Client connections allowed from one IP when `max_connections_per_ip` is not set (never
+/// more than `max_connections`).
+const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 1024;
+
+/// The client limits of `[server]`: each in a range where it still protects (0 would refuse
+/// everyone, an hour-long header timeout would protect no one). Returns the per-IP cap in
+/// force.
+pub(super) fn check_client_limits(server: &RawServer, at: &Locator<'_>) -> Result<usize, ConfigError> {
+    use std::time::Duration;
+    let secs = Duration::from_secs;
+    let durations = [
+        ("server.request_header_timeout", server.request_header_timeout, secs(1), secs(600), "1s..=10m"),
+        ("server.keepalive_timeout", server.keepalive_timeout, secs(0), secs(3600), "0s..=1h"),
+        ("server.body_read_timeout", server.body_read_timeout, secs(1), secs(3600), "1s..=1h"),
+    ];
+    for (key, value, low, high, range) in durations {
+        if !(low..=high).contains(&value.0) {
+            return Err(at.unplaced(key, format!("{value} is out of range: expected {range}")));
+        }
+    }
+    let header = server.max_request_header;
+    if !((1 << 10)..=(1 << 20)).contains(&header.0) {
+        return Err(at.unplaced(
+            "server.max_request_header",
+            format!("{header} is out of range: expected 1KiB..=1MiB"),
+        ));
+    }
+    let line = server.max_request_header_line;
+    if !(256..=header.0).contains(&line.0) {
+        return Err(at.unplaced(
+            "server.max_request_header_line",
+            format!("{line} is out of range: expected 256B..=server.max_request_header ({header})"),
+        ));
+    }
+    let total = server.max_connections;
+    if !(1..=1_000_000).contains(&total) {
+        return Err(
+            at.unplaced("server.max_connections", format!("{total} is out of range: expected 1..=1000000"))
+        );
+    }
+    let Some(per_ip) = server.max_connections_per_ip else {
+        return Ok(DEFAULT_MAX_CONNECTIONS_PER_IP.min(total));
+    };
+    if !(1..=total).contains(&per_ip) {
+        return Err(at.unplaced(
+            "server.max_connections_per_ip",
+            format!("{per_ip} is out of range: expected 1..=server.max_connections ({total})"),
+        ));
+    }
+    Ok(per_ip)
 }
 
 /// `server.trusted_proxies`, parsed once here so a request only compares addresses. Unset

@@ -262,3 +262,23 @@ fn addresses_are_written_as_display_writes_them() {
         assert_eq!(value.to_str().expect("ascii"), ip(text).to_string(), "{text}");
     }
 }
+
+#[test]
+fn forwarded_client_follows_difys_order() {
+    let with = |pairs: &[(&str, &str)]| {
+        let mut h = RequestHeader::build("GET", b"/", None).expect("header");
+        for (k, v) in pairs {
+            h.append_header(k.to_string(), *v).expect("append");
+        }
+        forwarded_client(&h)
+    };
+    let ip = |s: &str| Some(s.parse::<IpAddr>().expect("ip"));
+    assert_eq!(with(&[("x-forwarded-for", "203.0.113.7, 10.0.0.1")]), ip("203.0.113.7"));
+    assert_eq!(
+        with(&[("x-forwarded-for", "203.0.113.7"), ("cf-connecting-ip", "198.51.100.2")]),
+        ip("198.51.100.2")
+    );
+    assert_eq!(with(&[("x-real-ip", "::ffff:192.0.2.9")]), ip("192.0.2.9"));
+    assert_eq!(with(&[("x-forwarded-for", "unknown")]), None);
+    assert_eq!(with(&[]), None);
+}

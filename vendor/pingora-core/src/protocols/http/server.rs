@@ -313,6 +313,19 @@ impl Session {
 
     /// Set connection reuse. `duration` defines how long the connection is kept open for the next
     /// request to reuse. Noop for h2 and subrequest
+    /// Sets the application's limits on receiving the request header (HTTP/1 only; a
+    /// dify-shaper patch). `first_request`: the header deadline runs from the start of
+    /// reading rather than from the header's first byte.
+    pub fn set_request_header_limits(
+        &mut self,
+        limits: Option<std::sync::Arc<dyn super::v1::header_limits::RequestHeaderLimits>>,
+        first_request: bool,
+    ) {
+        if let Self::H1(s) = self {
+            s.set_request_header_limits(limits, first_request);
+        }
+    }
+
     pub fn set_keepalive(&mut self, duration: Option<u64>) {
         match self {
             Self::H1(s) => s.set_server_keepalive(duration),

@@ -29,12 +29,14 @@ use pingora_timeout::timeout;
 use regex::bytes::Regex;
 use std::any::Any;
 use std::collections::VecDeque;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::body::{BodyReader, BodyWriter};
 use super::common::*;
 use super::header::HeaderWriter;
+use super::header_limits::{HeaderLimitHit, RequestHeaderLimits};
 use crate::protocols::http::{
     authority::validate_request_authority, body_buffer::FixedBuffer, date, HttpTask,
     ReusableHttpStream,
@@ -158,6 +160,11 @@ pub struct HttpSession {
     /// [`super::super::HttpPersistentSettings`] into the next session.
     /// Scoped narrowly so it cannot affect FIN / `abort_on_close` semantics.
     pipelined_idle_bytes_stashed: bool,
+    /// Application limits on receiving the request header (dify-shaper patch).
+    header_limits: Option<Arc<dyn RequestHeaderLimits>>,
+    /// Whether the header deadline runs from the start of [`Self::read_request`] (the first
+    /// request of a connection) rather than from the header's first byte.
+    header_deadline_from_start: bool,
 }
 
 impl HttpSession {
@@ -206,7 +213,61 @@ impl HttpSession {
             pipelining_enabled: false,
             pipelined_prefix: None,
             pipelined_idle_bytes_stashed: false,
+            header_limits: None,
+            header_deadline_from_start: false,
         }
+    }
+
+    /// Sets the application's limits on receiving the request header (dify-shaper patch).
+    /// `first_request`: the deadline runs from the start of reading (a new connection), not
+    /// from the header's first byte (a kept-alive one, whose idle wait has its own timeout).
+    pub fn set_request_header_limits(
+        &mut self,
+        limits: Option<Arc<dyn RequestHeaderLimits>>,
+        first_request: bool,
+    ) {
+        self.header_limits = limits;
+        self.header_deadline_from_start = first_request;
+    }
+
+    /// A client hit a request-header limit: tell the application, send what it answers,
+    /// and end the session quietly (`Ok(None)`, as for a client that went away), lingering
+    /// briefly so the answer is not lost to a reset from the bytes left unread.
+    async fn refuse_request_header(
+        &mut self,
+        limits: &Arc<dyn RequestHeaderLimits>,
+        hit: HeaderLimitHit,
+    ) -> Result<Option<usize>> {
+        const LINGER: Duration = Duration::from_secs(2);
+        const LINGER_BYTES: usize = 1 << 20;
+        let peer = self
+            .digest
+            .socket_digest
+            .as_ref()
+            .and_then(|d| d.peer_addr())
+            .and_then(|a| a.as_inet())
+            .copied();
+        self.set_keepalive(None);
+        let Some(answer) = limits.on_limit(hit, peer) else {
+            return Ok(None);
+        };
+        let stream = &mut self.underlying_stream;
+        let _ = timeout(LINGER, async {
+            stream.write_all(&answer).await?;
+            stream.flush().await?;
+            stream.shutdown().await?;
+            let mut sink = [0u8; 4096];
+            let mut drained = 0;
+            while drained < LINGER_BYTES {
+                match stream.read(&mut sink).await? {
+                    0 => break,
+                    n => drained += n,
+                }
+            }
+            Ok::<(), std::io::Error>(())
+        })
+        .await;
+        Ok(None)
     }
 
     async fn read_request_buf(
@@ -304,7 +365,28 @@ impl HttpSession {
         let mut already_read = buf.len();
         let mut skip_next_read = already_read != 0;
         let mut detached_suffix = None;
+        let limits = self.header_limits.clone();
+        let header_timeout = limits.as_ref().and_then(|l| l.header_timeout());
+        let max_header_size = limits
+            .as_ref()
+            .map_or(MAX_HEADER_SIZE, |l| l.max_header_size().min(MAX_HEADER_SIZE));
+        let mut deadline = match header_timeout {
+            Some(t) if self.header_deadline_from_start || already_read > 0 => {
+                Some(Instant::now() + t)
+            }
+            _ => None,
+        };
         loop {
+            if let Some(limits) = limits.as_ref().filter(|_| already_read > max_header_size) {
+                return self
+                    .refuse_request_header(
+                        limits,
+                        HeaderLimitHit::TooLarge {
+                            received: already_read,
+                        },
+                    )
+                    .await;
+            }
             if already_read > MAX_HEADER_SIZE {
                 /* NOTE: this check only blocks second read. The first large read is allowed
                 since the buf is already allocated. The goal is to avoid slowly bloating
@@ -323,10 +405,33 @@ impl HttpSession {
             // this request and is waiting for our response).
             if skip_next_read {
                 skip_next_read = false;
-            } else if let Some(n) = self.read_request_buf(&mut buf, already_read).await? {
-                already_read += n;
             } else {
-                return Ok(None);
+                let read = match (deadline, limits.as_ref()) {
+                    (Some(at), Some(limits)) => {
+                        let left = at.saturating_duration_since(Instant::now());
+                        match timeout(left, self.read_request_buf(&mut buf, already_read)).await {
+                            Ok(read) => read?,
+                            Err(_) => {
+                                return self
+                                    .refuse_request_header(
+                                        limits,
+                                        HeaderLimitHit::Timeout {
+                                            received: already_read,
+                                        },
+                                    )
+                                    .await;
+                            }
+                        }
+                    }
+                    _ => self.read_request_buf(&mut buf, already_read).await?,
+                };
+                let Some(n) = read else {
+                    return Ok(None);
+                };
+                already_read += n;
+                if deadline.is_none() {
+                    deadline = header_timeout.map(|t| Instant::now() + t);
+                }
             }
 
             // Use loop as GOTO to retry escaped request buffer, not a real loop
@@ -336,6 +441,35 @@ impl HttpSession {
                 let parsed = parse_req_buffer(&mut req, &buf);
                 match parsed {
                     HeaderParseState::Complete(s) => {
+                        if let Some(limits) = limits.as_ref().filter(|_| s > max_header_size) {
+                            // Complete within one read, yet over the size.
+                            return self
+                                .refuse_request_header(
+                                    limits,
+                                    HeaderLimitHit::TooLarge { received: s },
+                                )
+                                .await;
+                        }
+                        if let Some(limits) = limits.as_ref() {
+                            // The request line is "METHOD SP target SP HTTP/1.x"; a field line
+                            // is "name: value".
+                            let request_line = req.method.map_or(0, str::len)
+                                + req.path.map_or(0, str::len)
+                                + " HTTP/1.1 ".len();
+                            let longest = req
+                                .headers
+                                .iter()
+                                .map(|h| h.name.len() + 2 + h.value.len())
+                                .fold(request_line, usize::max);
+                            if longest > limits.max_header_line() {
+                                return self
+                                    .refuse_request_header(
+                                        limits,
+                                        HeaderLimitHit::LineTooLong { length: longest },
+                                    )
+                                    .await;
+                            }
+                        }
                         self.raw_header = Some(BufRef(0, s));
 
                         // We have the header name and values we parsed to be just 0 copy Bytes
