@@ -133,6 +133,39 @@ fn other_semantic_errors() {
     assert!(e.starts_with("test.toml:1:"), "{e}");
 }
 
+/// `VALID` with `lines` added to its `[server]` table.
+fn with_server(lines: &str) -> String {
+    VALID.replace("listen = \"127.0.0.1:8080\"\n", &format!("listen = \"127.0.0.1:8080\"\n{lines}\n"))
+}
+
+#[test]
+fn client_limits_at_zero_or_absurd_are_refused_where_they_are_written() {
+    let cases = [
+        ("max_connections = 0", "server.max_connections: 0 is out of range"),
+        ("max_connections = 5000000", "server.max_connections: 5000000 is out of range"),
+        ("max_connections = 10\nmax_connections_per_ip = 11", "server.max_connections_per_ip: 11 is out of range"),
+        ("max_connections_per_ip = 0", "server.max_connections_per_ip: 0 is out of range"),
+        ("request_header_timeout = \"0s\"", "server.request_header_timeout: 0s is out of range"),
+        ("request_header_timeout = \"2h\"", "server.request_header_timeout: 2h is out of range"),
+        ("max_request_header = \"0B\"", "server.max_request_header: 0B is out of range"),
+        ("max_request_header = \"1GiB\"", "server.max_request_header: 1GiB is out of range"),
+        ("max_request_header_line = \"64KiB\"", "server.max_request_header_line: 64KiB is out of range"),
+        ("body_read_timeout = \"0s\"", "server.body_read_timeout: 0s is out of range"),
+        ("keepalive_timeout = \"2h\"", "server.keepalive_timeout: 2h is out of range"),
+    ];
+    for (line, expected) in cases {
+        let e = err(&with_server(line));
+        assert!(e.contains(expected), "{line}: {e}");
+        // Pointed at the key's own line, not the top of the file.
+        assert!(!e.starts_with("test.toml:1:"), "{line}: {e}");
+    }
+    // The per-IP default follows a lower total; zero keep-alive means none.
+    let config = load(&with_server("max_connections = 100\nkeepalive_timeout = \"0s\"")).expect("valid");
+    assert_eq!(config.server.max_connections_per_ip, 100);
+    assert!(config.server.keepalive_timeout.0.is_zero());
+    assert_eq!(load(VALID).expect("valid").server.max_connections_per_ip, 1024);
+}
+
 #[test]
 fn tenant_source_is_resolved_at_load() {
     use crate::config::TenantSource;
