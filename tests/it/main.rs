@@ -9,6 +9,7 @@ mod common;
 
 mod admission;
 mod config_check;
+mod crash;
 mod ctl;
 mod demo;
 mod dify_e2e;
