@@ -57,6 +57,9 @@ pub struct RunArgs {
     /// Replace the admin listen address.
     #[arg(long, value_name = "ADDR")]
     pub admin: Option<SocketAddr>,
+    /// Share limits with other replicas through this Redis (replaces `[cluster] redis`).
+    #[arg(long, value_name = "URL", env = "DIFY_SHAPER_REDIS")]
+    pub redis: Option<String>,
 }
 
 impl RunArgs {
@@ -66,6 +69,7 @@ impl RunArgs {
             admin: self.admin,
             upstream: self.upstream.clone(),
             admin_token: admin_token_from_env(),
+            redis: self.redis.clone(),
         }
     }
 
@@ -91,6 +95,9 @@ struct CheckArgs {
     /// against; default: the built-in table of Dify 1.12.1.
     #[arg(long, value_name = "FILE")]
     dify_routes: Option<PathBuf>,
+    /// The cluster's Redis, as `run` takes it (replaces `[cluster] redis`; checked by connecting).
+    #[arg(long, value_name = "URL", env = "DIFY_SHAPER_REDIS")]
+    redis: Option<String>,
 }
 
 /// Parses the command line and runs it.
@@ -135,7 +142,8 @@ fn admin_token_from_env() -> Option<String> {
 fn check(args: &CheckArgs) -> ExitCode {
     let file = args.file.as_ref().or(args.config.as_ref());
     let origin = file.map_or_else(|| "embedded defaults".to_string(), |f| f.display().to_string());
-    let overrides = Overrides { admin_token: admin_token_from_env(), ..Overrides::default() };
+    let overrides =
+        Overrides { admin_token: admin_token_from_env(), redis: args.redis.clone(), ..Overrides::default() };
     let loaded = match file {
         Some(path) => config::load_file(path, &overrides),
         None => config::load_embedded(&overrides),
@@ -164,6 +172,17 @@ fn check(args: &CheckArgs) -> ExitCode {
         eprintln!("dify-shaper: {origin}: warning: {warning}");
     }
     check_docker_actions(&config, &origin);
+    if let Some(url) = &config.cluster.redis {
+        match dify_shaper::cluster::probe(url, std::time::Duration::from_secs(2)) {
+            Ok(version) => {
+                eprintln!("dify-shaper: {origin}: cluster.redis {url}: reachable (Redis {version})")
+            }
+            Err(e) => {
+                eprintln!("dify-shaper: {origin}: cluster.redis {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     match toml::to_string_pretty(&config) {
         Ok(text) => {
             println!("# {origin}: OK. Effective config:\n{text}");

@@ -8,6 +8,8 @@
 mod common;
 
 mod admission;
+mod client_limits;
+mod cluster;
 mod config_check;
 mod crash;
 mod ctl;

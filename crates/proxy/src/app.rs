@@ -11,6 +11,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::admission::tenant::TenantRateLimiter;
+use crate::cluster::Cluster;
 use crate::config::changes::RestartOnly;
 use crate::config::{Config, Overrides};
 use crate::downstream::counts::ClientCounts;
@@ -32,6 +33,8 @@ pub struct App {
     pub active: ActiveRequests,
     /// Client connections open and client-side limits hit.
     pub clients: ClientCounts,
+    /// The replicas' shared state through Redis (`[cluster]`; fixed at start).
+    pub cluster: Option<Arc<Cluster>>,
     /// Starting, serving or shutting down: what `/ready` reports.
     pub lifecycle: Lifecycle,
     rate_limiter: ArcSwap<Option<Arc<TenantRateLimiter>>>,
@@ -57,6 +60,7 @@ impl App {
         let upstreams = Upstreams::default();
         upstreams.sync(&config);
         let rate_limiter = ArcSwap::from_pointee(rate_limiter_for(&config, None));
+        let cluster = Cluster::new(&config.cluster);
         Arc::new(App {
             restart_only: RestartOnly::of(&config),
             config: ArcSwap::from_pointee(config),
@@ -64,6 +68,7 @@ impl App {
             overrides,
             active: ActiveRequests::default(),
             clients: ClientCounts::default(),
+            cluster,
             lifecycle: Lifecycle::default(),
             rate_limiter,
             started: Instant::now(),

@@ -11,6 +11,7 @@
 pub mod admin;
 pub mod admission;
 pub mod app;
+pub mod cluster;
 pub mod config;
 pub mod ctl;
 pub mod downstream;

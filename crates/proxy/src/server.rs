@@ -18,6 +18,7 @@ use pingora::services::listening::Service;
 use crate::admin::listener::AdminListener;
 use crate::admin::AdminApp;
 use crate::app::App;
+use crate::cluster::heartbeat::Heartbeat;
 use crate::config::Config;
 use crate::downstream::gate::Gate;
 use crate::downstream::header_limits::HeaderLimits;
@@ -145,6 +146,9 @@ pub fn run(app: Arc<App>) -> ! {
     server.add_service(background_service("maintenance", MaintenanceService::new(Arc::clone(&app))));
     server.add_service(background_service("sighup reload", SighupReloader::new(Arc::clone(&app))));
     server.add_service(background_service("shutdown drain", Drainer::new(Arc::clone(&app))));
+    if let Some(cluster) = &app.cluster {
+        server.add_service(background_service("cluster heartbeat", Heartbeat::new(Arc::clone(cluster))));
+    }
     server.add_service(background_service(
         "readiness",
         PhaseWatcher::new(app.lifecycle.clone(), app.restart_only().listen().to_vec()),

@@ -18,6 +18,7 @@ pub mod e2e;
 pub mod fixtures;
 pub mod load;
 pub mod realdify;
+pub mod redis;
 pub mod sim;
 pub mod sse;
 

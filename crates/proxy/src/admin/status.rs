@@ -87,6 +87,7 @@ pub fn status(app: &App) -> serde_json::Value {
         "routes": config.router,
         "classes": config.classes,
         "reload": app.reload_summary(),
+        "cluster": app.cluster.as_ref().map(|c| c.status()),
         "clients": {
             "connections": app.clients.snapshot(),
             "requests_active": app.active.count(),

@@ -22,8 +22,8 @@ pub struct RestartNeeded {
 }
 
 /// The settings read once, at start-up: the listeners (pingora binds them before serving),
-/// pingora's process settings (threads, keep-alive pool, shutdown grace) and the log
-/// subscriber (installed once).
+/// pingora's process settings (threads, keep-alive pool, shutdown grace), the log
+/// subscriber (installed once) and the cluster link (`[cluster]`, connected once).
 #[derive(Debug, Clone, PartialEq)]
 pub struct RestartOnly {
     listen: Vec<std::net::SocketAddr>,
@@ -34,6 +34,7 @@ pub struct RestartOnly {
     shutdown_grace: HumanDuration,
     log_format: LogFormat,
     log_level: String,
+    cluster: super::cluster::ClusterSettings,
 }
 
 impl RestartOnly {
@@ -49,6 +50,7 @@ impl RestartOnly {
             shutdown_grace: s.shutdown_grace,
             log_format: config.log.format,
             log_level: config.log.level.clone(),
+            cluster: config.cluster.clone(),
         }
     }
 
@@ -89,6 +91,8 @@ impl RestartOnly {
         check("server.shutdown_grace", wanted.shutdown_grace.to_string(), self.shutdown_grace.to_string());
         check("log.format", format!("{:?}", wanted.log_format), format!("{:?}", self.log_format));
         check("log.level", wanted.log_level, self.log_level.clone());
+        let cluster = |c: &super::cluster::ClusterSettings| serde_json::to_string(c).unwrap_or_default();
+        check("cluster", cluster(&wanted.cluster), cluster(&self.cluster));
         out
     }
 
@@ -103,6 +107,7 @@ impl RestartOnly {
         s.shutdown_grace = self.shutdown_grace;
         config.log.format = self.log_format;
         config.log.level.clone_from(&self.log_level);
+        config.cluster.clone_from(&self.cluster);
     }
 }
 

@@ -47,6 +47,8 @@ pub struct Overrides {
     /// `DIFY_SHAPER_ADMIN_TOKEN`: the admin token when the file sets no `server.admin_token`
     /// (read from the environment by the caller: the loader reads nothing but its text).
     pub admin_token: Option<String>,
+    /// `--redis` / `DIFY_SHAPER_REDIS`: replaces `cluster.redis`.
+    pub redis: Option<String>,
 }
 
 /// Reads and validates a config file.
@@ -191,6 +193,8 @@ fn build(raw: RawConfig, at: &Locator<'_>, overrides: &Overrides) -> Result<Conf
     }
     let maintenance = build_maintenance(&raw.maintenance, &upstreams, at)?;
     let sidecar = build_sidecar(&raw.sidecar, at)?;
+    let cluster = super::cluster::build(&raw.cluster, overrides.redis.as_deref())
+        .map_err(|(key, message)| at.unplaced(key, message))?;
 
     Ok(Config {
         source: at.origin.to_string(),
@@ -203,6 +207,7 @@ fn build(raw: RawConfig, at: &Locator<'_>, overrides: &Overrides) -> Result<Conf
         router,
         maintenance,
         sidecar,
+        cluster,
     })
 }
 

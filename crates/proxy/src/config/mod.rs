@@ -10,6 +10,7 @@
 pub mod audit;
 pub mod changes;
 pub mod class;
+pub mod cluster;
 pub mod forwarding;
 pub mod load;
 pub mod maintenance;

@@ -40,6 +40,8 @@ pub struct Config {
     pub maintenance: BTreeMap<String, MaintenanceSpec>,
     /// `[sidecar]`: what dify-shaper does for the compose project it runs in.
     pub sidecar: SidecarSettings,
+    /// `[cluster]`: replicas sharing state through Redis.
+    pub cluster: super::cluster::ClusterSettings,
 }
 
 /// `[sidecar]`, validated.

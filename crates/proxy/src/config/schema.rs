@@ -44,6 +44,9 @@ pub struct RawConfig {
     /// What dify-shaper does for the compose project it runs in.
     #[serde(default)]
     pub sidecar: RawSidecar,
+    /// Replicas sharing state through Redis.
+    #[serde(default)]
+    pub cluster: super::cluster::RawCluster,
 }
 
 /// `[sidecar]`: dify-shaper as a container in Dify's compose project.

@@ -1,7 +1,9 @@
 //! `GET /metrics`: the request metrics recorded so far, with the state metrics read at
 //! scrape time from the shared state (see the parent module), in Prometheus' text format.
 
-use prometheus::{Encoder, Gauge, GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Gauge, GaugeVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 use crate::app::App;
 use crate::maintenance::state::Phase;
@@ -185,6 +187,33 @@ fn state_registry(app: &App) -> Result<Registry, prometheus::Error> {
     headers.with_label_values(&["timeout"]).inc_by(clients.header_timeouts);
     headers.with_label_values(&["too_large"]).inc_by(clients.headers_too_large);
     headers.with_label_values(&["line_too_long"]).inc_by(clients.header_lines_too_long);
+    if let Some(cluster) = &app.cluster {
+        let link = cluster.link.snapshot();
+        let up = Gauge::new(
+            "dify_shaper_cluster_redis_up",
+            "1 while limits are shared through Redis, 0 while deciding locally",
+        )?;
+        up.set(if link.state == "shared" { 1.0 } else { 0.0 });
+        r.register(Box::new(up))?;
+        let nodes = Gauge::new(
+            "dify_shaper_cluster_nodes",
+            "Replicas whose heartbeat Redis holds (this one included)",
+        )?;
+        nodes.set(link.nodes.len() as f64);
+        r.register(Box::new(nodes))?;
+        let fallbacks = IntCounter::new(
+            "dify_shaper_cluster_fallbacks_total",
+            "Times this replica fell back to local decisions (Redis down, failing or slow)",
+        )?;
+        fallbacks.inc_by(link.fallbacks);
+        r.register(Box::new(fallbacks))?;
+        let local = IntCounter::new(
+            "dify_shaper_cluster_local_calls_total",
+            "Calls decided locally because Redis failed, timed out or was down",
+        )?;
+        local.inc_by(link.local_calls);
+        r.register(Box::new(local))?;
+    }
     let uptime = Gauge::new("dify_shaper_uptime_seconds", "Time since the process started")?;
     uptime.set(app.uptime().as_secs_f64());
     r.register(Box::new(uptime))?;

@@ -12,6 +12,7 @@ mod finish;
 pub mod headers;
 pub mod outcome;
 mod peer;
+mod rate_limit;
 mod retry;
 pub mod service;
 pub mod sse;

@@ -36,6 +36,7 @@ use super::envelope::{ErrorReply, REQUEST_ID};
 use super::finish::finish;
 use super::headers::{apply_forwarding, request_id_and_value, request_id_from};
 use super::outcome::reset_before_answer;
+use super::rate_limit;
 use super::sse;
 use super::timer_anchor;
 use super::{peer, retry};
@@ -114,12 +115,10 @@ impl ProxyHttp for DifyProxy {
             session.set_keepalive(None);
             return self.refuse(session, ctx, ErrorReply::payload_too_large(limit)).await;
         }
-        if let Some(limiter) = self.app.rate_limiter() {
-            if let Err(wait) = limiter.check(tenant.id) {
-                let reply = ErrorReply::too_many_requests(format!("rate limit of {} exceeded", tenant.label))
-                    .retry_after(wait.as_secs_f64().ceil().max(1.0) as u64);
-                return self.refuse(session, ctx, reply).await;
-            }
+        if let Err(wait) = rate_limit::check(&self.app, tenant.id).await {
+            let reply = ErrorReply::too_many_requests(format!("rate limit of {} exceeded", tenant.label))
+                .retry_after(wait.as_secs_f64().ceil().max(1.0) as u64);
+            return self.refuse(session, ctx, reply).await;
         }
 
         // WebSocket sessions (Dify's collaboration) live for hours and sit idle: holding an

@@ -48,6 +48,7 @@ fn embedded_defaults_and_overrides() {
         admin: Some("127.0.0.1:2".parse().expect("addr")),
         upstream: Some("http://127.0.0.1:7000".into()),
         admin_token: None,
+        redis: None,
     };
     let config = load_embedded(&overrides).expect("embedded defaults are valid");
     assert_eq!(config.upstreams["api"].servers[0].to_string(), "127.0.0.1:7000");
@@ -143,7 +144,10 @@ fn client_limits_at_zero_or_absurd_are_refused_where_they_are_written() {
     let cases = [
         ("max_connections = 0", "server.max_connections: 0 is out of range"),
         ("max_connections = 5000000", "server.max_connections: 5000000 is out of range"),
-        ("max_connections = 10\nmax_connections_per_ip = 11", "server.max_connections_per_ip: 11 is out of range"),
+        (
+            "max_connections = 10\nmax_connections_per_ip = 11",
+            "server.max_connections_per_ip: 11 is out of range",
+        ),
         ("max_connections_per_ip = 0", "server.max_connections_per_ip: 0 is out of range"),
         ("request_header_timeout = \"0s\"", "server.request_header_timeout: 0s is out of range"),
         ("request_header_timeout = \"2h\"", "server.request_header_timeout: 2h is out of range"),

@@ -1,0 +1,252 @@
+//! Two dify-shaper replicas sharing state through a real `redis-server` (`[cluster]`): a
+//! tenant's rate limit holds across both (side by side with the same two replicas without
+//! Redis, which each allow the whole limit); Redis killed and restarted under load fails no
+//! request, and each replica falls back and rejoins within about a second; `check` refuses a
+//! Redis it cannot reach or log in to; keys are namespaced, expire and hold no app key.
+
+use crate::common;
+
+use std::time::Duration;
+
+use common::fixtures::{poll_until, status};
+use common::load::{open_loop, workflow, Report};
+use common::redis::RedisServer;
+use common::*;
+use dify_shaper_tools::sim::{SimConfig, Simulator};
+use tokio::time::Instant;
+
+/// The rate limit the tests configure: 5 requests a second, bursts of 5.
+const RATE: f64 = 5.0;
+const BURST: f64 = 5.0;
+const APP_KEY: &str = "app-clusterflood0000000000";
+
+async fn sim() -> Simulator {
+    Simulator::start("127.0.0.1:0".parse().expect("addr"), SimConfig::default()).await.expect("simulator")
+}
+
+fn config(upstream: std::net::SocketAddr, redis: Option<&str>, node: &str) -> String {
+    let cluster = redis.map_or_else(String::new, |url| {
+        format!("[cluster]\nredis = \"{url}\"\nnode = \"{node}\"\ncall_timeout = \"50ms\"\n")
+    });
+    format!(
+        r#"
+[upstreams.api]
+servers = ["{upstream}"]
+
+[[routes]]
+prefix = "/"
+upstream = "api"
+
+[tenants.rate_limit]
+rate = {RATE}
+burst = {BURST}
+
+{cluster}
+"#
+    )
+}
+
+async fn wait_shared(proxy: &ProxyProcess, nodes: usize) {
+    poll_until(
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        "the replica joins the cluster",
+        || async {
+            let s = status(proxy.admin).await;
+            s["cluster"]["state"] == "shared" && s["cluster"]["nodes"].as_array().map_or(0, Vec::len) == nodes
+        },
+    )
+    .await;
+}
+
+/// Floods both replicas with one app at `offered` requests a second in all (half each) for
+/// `seconds`; returns the accepted (not 429) and refused counts, and the failures.
+async fn flood(
+    a: &ProxyProcess,
+    b: &ProxyProcess,
+    offered: f64,
+    seconds: u64,
+) -> (usize, usize, Vec<String>) {
+    let duration = Duration::from_secs(seconds);
+    let shot = workflow(APP_KEY);
+    let (ra, rb) = tokio::join!(
+        open_loop(a.addr, offered / 2.0, duration, Duration::from_secs(10), shot.clone()),
+        open_loop(b.addr, offered / 2.0, duration, Duration::from_secs(10), shot),
+    );
+    let mut accepted = 0;
+    let mut refused = 0;
+    let mut failures = Vec::new();
+    for report in [&ra, &rb] {
+        for o in &report.outcomes {
+            match o.status {
+                Some(200) => accepted += 1,
+                Some(429) => refused += 1,
+                other => failures.push(format!("{other:?} {:?} {:?}", o.code, o.error)),
+            }
+        }
+    }
+    (accepted, refused, failures)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_rate_limit_holds_across_two_replicas() {
+    let _machine = common::exclusive().await;
+    let sim = sim().await;
+    let redis = RedisServer::start().await;
+    let seconds = 8;
+    let offered = 4.0 * RATE;
+
+    // Side by side: the same two replicas, each on its own.
+    let alone_a = ProxyProcess::start(&config(sim.addr(), None, "a")).await;
+    let alone_b = ProxyProcess::start(&config(sim.addr(), None, "b")).await;
+    let (alone, _, failures) = flood(&alone_a, &alone_b, offered, seconds).await;
+    assert!(failures.is_empty(), "{failures:?}");
+    drop((alone_a, alone_b));
+
+    let a = ProxyProcess::start(&config(sim.addr(), Some(&redis.url()), "a")).await;
+    let b = ProxyProcess::start(&config(sim.addr(), Some(&redis.url()), "b")).await;
+    wait_shared(&a, 2).await;
+    wait_shared(&b, 2).await;
+    let (shared, refused, failures) = flood(&a, &b, offered, seconds).await;
+    assert!(failures.is_empty(), "{failures:?}");
+
+    // GCRA allows the burst at once, then one request per interval.
+    let rate_of = |accepted: usize| (accepted as f64 - BURST) / seconds as f64;
+    println!(
+        "rate limit {RATE}/s (burst {BURST}), one app offering {offered}/s through two replicas for {seconds} s: \
+         accepted {shared} ({:.2}/s, {:.2}x the limit) with Redis; {alone} ({:.2}/s, {:.2}x) without; \
+         {refused} x 429 with Redis",
+        rate_of(shared),
+        rate_of(shared) / RATE,
+        rate_of(alone),
+        rate_of(alone) / RATE,
+    );
+    assert!(
+        (rate_of(shared) / RATE - 1.0).abs() <= 0.10,
+        "accepted {:.2}/s through two replicas sharing Redis, configured {RATE}/s",
+        rate_of(shared)
+    );
+    assert!(rate_of(alone) / RATE > 1.5, "without Redis each replica allows the whole limit");
+    let calls = status(a.admin).await["cluster"]["local_calls"].as_u64().unwrap_or(u64::MAX);
+    assert_eq!(calls, 0, "every request was decided through Redis");
+
+    // What the replicas wrote: namespaced, expiring, no app key in clear.
+    let client = ::redis::Client::open(redis.url()).expect("client");
+    let mut c = client.get_multiplexed_async_connection().await.expect("connect");
+    let keys: Vec<String> = ::redis::cmd("KEYS").arg("*").query_async(&mut c).await.expect("keys");
+    assert!(!keys.is_empty());
+    for key in &keys {
+        assert!(key.starts_with("dify-shaper:"), "{key}");
+        assert!(!key.contains(APP_KEY) && !key.contains("clusterflood"), "{key}");
+        let ttl: i64 = ::redis::cmd("PTTL").arg(key).query_async(&mut c).await.expect("ttl");
+        assert!(ttl > 0, "{key} never expires ({ttl})");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_and_restarted_under_load_fails_no_request() {
+    let _machine = common::exclusive().await;
+    let sim = sim().await;
+    let mut redis = RedisServer::start().await;
+    let a = ProxyProcess::start(&config(sim.addr(), Some(&redis.url()), "a")).await;
+    let b = ProxyProcess::start(&config(sim.addr(), Some(&redis.url()), "b")).await;
+    wait_shared(&a, 2).await;
+    wait_shared(&b, 2).await;
+
+    // Load under the limit (so every request should pass), through both, for 12 s.
+    let load = {
+        let (addr_a, addr_b) = (a.addr, b.addr);
+        tokio::spawn(async move {
+            let shot = workflow(APP_KEY);
+            let (ra, rb) = tokio::join!(
+                open_loop(addr_a, RATE * 0.3, Duration::from_secs(12), Duration::from_secs(10), shot.clone()),
+                open_loop(addr_b, RATE * 0.3, Duration::from_secs(12), Duration::from_secs(10), shot),
+            );
+            (ra, rb)
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let killed = Instant::now();
+    redis.kill();
+    let mut fallback = [Duration::ZERO; 2];
+    for (i, proxy) in [&a, &b].into_iter().enumerate() {
+        poll_until(
+            Duration::from_secs(5),
+            Duration::from_millis(20),
+            "fallback to local decisions",
+            || async { status(proxy.admin).await["cluster"]["state"] == "local" },
+        )
+        .await;
+        fallback[i] = killed.elapsed();
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let restarted = Instant::now();
+    redis.start_again().await;
+    let mut rejoin = [Duration::ZERO; 2];
+    for (i, proxy) in [&a, &b].into_iter().enumerate() {
+        poll_until(Duration::from_secs(10), Duration::from_millis(20), "rejoin", || async {
+            status(proxy.admin).await["cluster"]["state"] == "shared"
+        })
+        .await;
+        rejoin[i] = restarted.elapsed();
+    }
+    let (ra, rb) = load.await.expect("load");
+    let failed = |r: &Report| r.outcomes.iter().filter(|o| o.status != Some(200)).count();
+    println!(
+        "Redis killed under load: fallback after {:?} / {:?}; restarted: rejoined after {:?} / {:?}; \
+         requests {} + {}, failed {} + {}",
+        fallback[0],
+        fallback[1],
+        rejoin[0],
+        rejoin[1],
+        ra.sent(),
+        rb.sent(),
+        failed(&ra),
+        failed(&rb)
+    );
+    assert_eq!(failed(&ra) + failed(&rb), 0, "a request failed for Redis");
+    assert!(fallback.iter().all(|d| *d < Duration::from_millis(1500)), "fallback took {fallback:?}");
+    assert!(rejoin.iter().all(|d| *d < Duration::from_secs(3)), "rejoin took {rejoin:?}");
+    let s = status(a.admin).await;
+    assert_eq!(s["cluster"]["rejoins"], 1, "{}", s["cluster"]);
+    // Fallback and rejoin are logged once each.
+    let logs = a.logs();
+    assert_eq!(logs.matches("Redis unreachable").count(), 1, "{logs}");
+    assert_eq!(logs.matches("Redis answers again").count(), 1, "{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_redis_is_down_at_start_serves_and_check_says_why() {
+    let _machine = common::shared().await;
+    let sim = sim().await;
+    let (_hold, closed) = closed_port();
+    let url = format!("redis://{closed}/0");
+    // `check` refuses it, naming the key and the reason.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_dify-shaper"))
+        .args(["check", "--redis", &url])
+        .output()
+        .expect("check");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("cluster.redis") && stderr.contains("cannot connect"), "{stderr}");
+
+    // `run` warns and serves locally.
+    let proxy = ProxyProcess::start(&config(sim.addr(), Some(&url), "lonely")).await;
+    let (code, _, _) = fetch(
+        proxy.addr,
+        request("POST", proxy.addr, "/v1/workflows/run")
+            .header("authorization", format!("Bearer {APP_KEY}"))
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                br#"{"inputs":{},"response_mode":"blocking","user":"u"}"#,
+            )))
+            .expect("request"),
+    )
+    .await;
+    assert_eq!(code, 200);
+    poll_until(Duration::from_secs(5), Duration::from_millis(50), "the warning", || async {
+        proxy.logs().contains("Redis unreachable")
+    })
+    .await;
+    assert_eq!(status(proxy.admin).await["cluster"]["state"], "local");
+}
