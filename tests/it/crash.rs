@@ -577,7 +577,7 @@ async fn a_killed_backend_fails_what_ran_once_and_holds_what_came_after() {
         match a.kind {
             // The run may have happened: the answer does not invite an immediate retry.
             Kind::Blocking => {
-                assert_envelope(a, 502, "upstream_unavailable");
+                assert_envelope(a, 502, "upstream_lost");
                 assert_eq!(
                     a.retry_after, None,
                     "{}: a run that may have run is not to be retried at once",

@@ -212,7 +212,7 @@ async fn a_backend_that_dies_mid_request_gives_a_502_envelope() {
     let (status, headers, body) = run.await.expect("join");
     assert_eq!(status, 502, "{}", String::from_utf8_lossy(&body));
     assert_eq!(headers.get("x-request-id").map(|v| v.as_bytes()), Some(&b"dies-1"[..]));
-    assert_eq!(json(&body)["code"], "upstream_unavailable");
+    assert_eq!(json(&body)["code"], "upstream_lost");
     assert_eq!(sim.count_for_request_id("dies-1"), 1, "a POST that reached the backend is not retried");
 }
 

@@ -130,6 +130,13 @@ impl ErrorReply {
                 ConnectRefused | ConnectNoRoute => {
                     Self::upstream_unavailable(502, "the backend refused the connection").retry_after(1)
                 }
+                // The request reached the backend, which then went away (killed, crashed): it
+                // may have run, so it is neither replayed nor an invitation to retry at once.
+                ConnectionClosed | ReadError | WriteError => Self::new(
+                    502,
+                    "upstream_lost",
+                    "the connection to the backend was lost before it answered; the request may have run",
+                ),
                 _ => Self::upstream_unavailable(
                     502,
                     "the backend closed the connection or sent an invalid response",
@@ -262,6 +269,8 @@ mod tests {
         );
         assert_eq!(up(ErrorType::ReadTimedout).map(|r| (r.status, r.code)), Some((504, "upstream_timeout")));
         assert_eq!(up(ErrorType::ConnectTimedout).map(|r| r.status), Some(504));
+        let lost = up(ErrorType::ConnectionClosed).expect("an answer");
+        assert_eq!((lost.status, lost.code, lost.retry_after), (502, "upstream_lost", None));
         let mut gone = Error::new(ErrorType::ConnectionClosed);
         gone.as_down();
         assert_eq!(ErrorReply::from_error(&gone), None);
