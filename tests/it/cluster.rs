@@ -2,7 +2,9 @@
 //! tenant's rate limit holds across both (side by side with the same two replicas without
 //! Redis, which each allow the whole limit); Redis killed and restarted under load fails no
 //! request, and each replica falls back and rejoins within about a second; `check` refuses a
-//! Redis it cannot reach or log in to; keys are namespaced, expire and hold no app key.
+//! Redis it cannot reach or log in to; keys are namespaced, expire and hold no app key. And
+//! two replicas behind HAProxy (Debian's, as an operator would run it): one killed under
+//! load fails only the requests in flight on it.
 
 use crate::common;
 
@@ -249,4 +251,97 @@ async fn a_replica_whose_redis_is_down_at_start_serves_and_check_says_why() {
     })
     .await;
     assert_eq!(status(proxy.admin).await["cluster"]["state"], "local");
+}
+
+/// HAProxy in front of replicas, as an operator would run it: round robin, `/ready` of each
+/// replica's admin listener as the health check, a refused connection redispatched.
+struct Haproxy {
+    child: std::process::Child,
+    addr: std::net::SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Haproxy {
+    async fn start(replicas: &[&ProxyProcess]) -> Haproxy {
+        let addr = free_port();
+        let servers: String = replicas
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("  server r{i} {} check port {}\n", p.addr, p.admin.port()))
+            .collect();
+        let cfg = format!(
+            "global\n  maxconn 2000\ndefaults\n  mode http\n  timeout connect 1s\n  timeout client 60s\n  \
+             timeout server 60s\n  retries 2\n  option redispatch\nfrontend fe\n  bind {addr}\n  \
+             default_backend shapers\nbackend shapers\n  balance roundrobin\n  option httpchk GET /ready\n  \
+             default-server inter 200ms fall 2 rise 2\n{servers}"
+        );
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("haproxy.cfg");
+        std::fs::write(&path, cfg).expect("write haproxy.cfg");
+        let child = std::process::Command::new("haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(&path)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("haproxy (Debian's haproxy; e2e/setup.sh installs it)");
+        poll_until(Duration::from_secs(10), Duration::from_millis(50), "haproxy serves", || async {
+            matches!(try_get(addr, "/v1/parameters").await, Ok((status, _, _)) if status.as_u16() == 200)
+        })
+        .await;
+        Haproxy { child, addr, _dir: dir }
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_replica_of_two_killed_behind_haproxy_fails_only_its_requests_in_flight() {
+    let _machine = common::exclusive().await;
+    let sim = sim().await;
+    let redis = RedisServer::start().await;
+    let a = ProxyProcess::start(&config(sim.addr(), Some(&redis.url()), "a")).await;
+    let b = ProxyProcess::start(&config(sim.addr(), Some(&redis.url()), "b")).await;
+    let haproxy = Haproxy::start(&[&a, &b]).await;
+
+    let mut shot = workflow("app-haproxykill000000000000");
+    shot.headers.push(("x-sim-service-time".into(), "800ms".into()));
+    // Under the rate limit: every request should succeed but for the kill.
+    let load = tokio::spawn(open_loop(
+        haproxy.addr,
+        RATE * 0.8,
+        Duration::from_secs(10),
+        Duration::from_secs(10),
+        shot,
+    ));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (_, _, body) = try_get(a.admin, "/metrics").await.expect("metrics");
+    let in_flight = String::from_utf8_lossy(&body)
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("dify_shaper_client_requests_active ").and_then(|v| v.trim().parse::<f64>().ok())
+        })
+        .unwrap_or(0.0) as usize;
+    a.signal(nix::sys::signal::Signal::SIGKILL);
+    let report = load.await.expect("load");
+    let failed: Vec<_> = report.outcomes.iter().filter(|o| o.status != Some(200)).collect();
+    println!(
+        "one of two replicas SIGKILLed behind HAProxy: {} requests, {} failed, {in_flight} in flight on it when killed",
+        report.sent(),
+        failed.len()
+    );
+    // The requests in flight on it when it died fail (they may have run: never replayed);
+    // the sample is a few ms before the kill, so allow one that started in between.
+    assert!(failed.len() <= in_flight + 1, "{} failed, {in_flight} were in flight: {failed:?}", failed.len());
+    assert!(
+        report.ok_sent_between(Duration::from_secs(5), Duration::from_secs(10)) > 0,
+        "b served after the kill"
+    );
 }
