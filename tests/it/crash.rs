@@ -650,16 +650,21 @@ async fn a_frozen_backend_times_out_what_waits_on_it_and_serves_once_thawed() {
     let (read_timeout, idle_timeout) = (Duration::from_secs(7), Duration::from_millis(1500));
     // Slack for a loaded machine on top of each limit.
     let slack = Duration::from_secs(2);
-    let (warm, in_flight, frozen_new, after) = (
+    let (warm, in_flight, frozen_new, held_new, after) = (
         Ids::new("b-warm", 1, 1),
         Ids::new("b-run", 8, 4),
         Ids::new("b-frozen", 4, 2),
+        Ids::new("b-held", 4, 2),
         Ids::new("b-new", 4, 2),
     );
-    let ids: Vec<String> = [&warm, &in_flight, &frozen_new, &after].iter().flat_map(|i| i.list()).collect();
+    let ids: Vec<String> =
+        [&warm, &in_flight, &frozen_new, &held_new, &after].iter().flat_map(|i| i.list()).collect();
     let host = SimHost::start(addr, dir.path(), "host", &ids).await;
     let class = "read_timeout = \"7s\"\nstream_idle_timeout = \"1500ms\"\nqueue_timeout = \"30s\"";
-    let proxy = ProxyProcess::start(&proxy_config(addr, class)).await;
+    // Silent (no probe, no request answered) for 2 s: frozen, out of rotation.
+    let config = proxy_config(addr, class)
+        .replace("timeout = \"500ms\"\n", "timeout = \"500ms\"\nsilent_timeout = \"2s\"\n");
+    let proxy = ProxyProcess::start(&config).await;
     let (started_tx, mut started) = mpsc::unbounded_channel();
 
     let (_, warmed) = Batch::send("warm-up", proxy.addr, &warm, "100ms", 2, &started_tx).answers().await;
@@ -674,6 +679,19 @@ async fn a_frozen_backend_times_out_what_waits_on_it_and_serves_once_thawed() {
     let froze = Instant::now();
     // Sent to the frozen backend: its kernel still completes their connects into the backlog.
     let during = Batch::send("new during the freeze", proxy.addr, &frozen_new, "1s", 4, &started_tx);
+    // Once it has been silent for `silent_timeout`, the prober takes it out of rotation: new
+    // runs are held here, as while it is down, instead of being sent into its backlog.
+    wait_for(Duration::from_secs(10), "the frozen backend to leave rotation", || async {
+        !held(proxy.admin).await.0
+    })
+    .await;
+    let detected = froze.elapsed();
+    let held_batch = Batch::send("new once detected", proxy.addr, &held_new, "1s", 4, &started_tx);
+    wait_for(Duration::from_secs(10), "the new runs to be held", || async {
+        let view = status(proxy.admin).await;
+        view["upstreams"]["api"]["admission"]["queued"].as_u64().unwrap_or(0) >= held_new.list().len() as u64
+    })
+    .await;
 
     let (label, in_flight_answers) = runs.answers().await;
     for a in &in_flight_answers {
@@ -702,8 +720,19 @@ async fn a_frozen_backend_times_out_what_waits_on_it_and_serves_once_thawed() {
         assert!(a.took() < limit + slack, "{} answered after {:?}", a.id, a.took());
     }
     let (available, _) = held(proxy.admin).await;
+    assert!(!available, "the frozen backend is out of rotation");
+    let counts = host.counts();
+    assert!(
+        held_new.list().iter().all(|id| !counts.contains_key(id)),
+        "a held run reached the frozen backend"
+    );
     frozen.thaw();
     let thawed = Instant::now();
+    // The held runs go once a probe sees it answer again.
+    let (held_label, held_answers) = held_batch.answers().await;
+    for a in &held_answers {
+        assert_served(a);
+    }
 
     // Once it runs again, new runs are served.
     let batch = Batch::send("new after SIGCONT", proxy.addr, &after, "1s", 4, &started_tx);
@@ -722,16 +751,22 @@ async fn a_frozen_backend_times_out_what_waits_on_it_and_serves_once_thawed() {
     })
     .await;
     let counts = host.counts();
-    for id in in_flight.list().iter().chain(&after.list()) {
+    for id in in_flight.list().iter().chain(&after.list()).chain(&held_new.list()) {
         assert_eq!(counts.get(id).copied(), Some(1), "{id} reached the backend once");
     }
     for id in frozen_new.list() {
         assert!(counts.get(&id).copied().unwrap_or(0) <= 1, "{id} reached the backend more than once");
     }
-    let groups = [(label, in_flight_answers), (during_label, during_answers), (new_label, new_answers)];
+    let groups = [
+        (label, in_flight_answers),
+        (during_label, during_answers),
+        (held_label, held_answers),
+        (new_label, new_answers),
+    ];
     println!("{}", table("B: SIGSTOP of the backend", ("the freeze", froze), &groups, &[&counts]));
     println!(
-        "(frozen {:.2} s; the upstream stayed in rotation during the freeze: {available})",
-        thawed.saturating_duration_since(froze).as_secs_f64()
+        "(frozen {:.2} s; out of rotation {:.2} s after the freeze, silent_timeout 2 s)",
+        thawed.saturating_duration_since(froze).as_secs_f64(),
+        detected.as_secs_f64()
     );
 }

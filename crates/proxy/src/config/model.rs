@@ -300,6 +300,9 @@ pub struct HealthSpec {
     pub fall: u32,
     /// Slow start after recovery.
     pub ramp: HumanDuration,
+    /// Silence (no probe answered, no request answered) after which an endpoint that still
+    /// accepts connections is taken out as frozen.
+    pub silent_timeout: HumanDuration,
 }
 
 impl Default for HealthSpec {
@@ -316,6 +319,9 @@ impl Default for HealthSpec {
             // A held backlog drains fastest at the whole learned limit: a restarted Dify
             // serves as much as before (the limiter still cuts if it answers slower).
             ramp: secs(0),
+            // Longer than a saturated gunicorn leaves probes unanswered while it still
+            // finishes requests; short enough that little is sent to a frozen process.
+            silent_timeout: secs(10),
         }
     }
 }

@@ -290,6 +290,9 @@ pub struct RawHealth {
     /// Slow start: time over which admission goes from half the learned limit to all of it
     /// after the upstream came back.
     pub ramp: Option<HumanDuration>,
+    /// An endpoint that accepts connections but answers neither probes nor requests for this
+    /// long is frozen (SIGSTOP, a hung process): out of rotation until a probe answers.
+    pub silent_timeout: Option<HumanDuration>,
 }
 
 /// `[classes.NAME]`: per-class timeouts. Unset keys keep the class's built-in default.

@@ -33,6 +33,9 @@ struct EndpointHealth {
     ejections: u32,
     /// Drained for maintenance (a rolling restart): out of rotation, but not an outage.
     drained: bool,
+    /// Requests it answered (a sign of life the prober compares between rounds; a count,
+    /// so the request path reads no clock).
+    answered: u64,
 }
 
 impl EndpointHealth {
@@ -151,7 +154,10 @@ impl GroupHealth {
         let Some(e) = map.get_mut(&addr) else { return };
         e.in_flight = e.in_flight.saturating_sub(1);
         match failed {
-            Some(false) => e.errors_in_a_row = 0,
+            Some(false) => {
+                e.errors_in_a_row = 0;
+                e.answered = e.answered.wrapping_add(1);
+            }
             Some(true) => {
                 e.errors_in_a_row += 1;
                 if e.errors_in_a_row >= EJECT_AFTER {
@@ -220,6 +226,12 @@ impl GroupHealth {
             e.down = false;
             e.failures = 0;
         });
+    }
+
+    /// Requests `addr` has answered so far (compare two readings: a change is a sign of life).
+    pub fn answered(&self, addr: SocketAddr) -> u64 {
+        let map = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&addr).map_or(0, |e| e.answered)
     }
 
     /// Requests in flight to `addr`.

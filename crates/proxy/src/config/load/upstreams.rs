@@ -65,6 +65,7 @@ pub(super) fn build_health(name: &str, raw: &RawHealth, at: &Locator<'_>) -> Res
         rise: raw.rise.unwrap_or(d.rise),
         fall: raw.fall.unwrap_or(d.fall),
         ramp: raw.ramp.unwrap_or(d.ramp),
+        silent_timeout: raw.silent_timeout.unwrap_or(d.silent_timeout),
     };
     if !spec.path.starts_with('/') || spec.path.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(at.unplaced(&key("path"), format!("{:?} must be a path starting with '/'", spec.path)));
@@ -78,6 +79,17 @@ pub(super) fn build_health(name: &str, raw: &RawHealth, at: &Locator<'_>) -> Res
         if !(1..=100).contains(&v) {
             return Err(at.unplaced(&key(k), format!("{v} is out of range: expected 1..=100")));
         }
+    }
+    let silent = spec.silent_timeout;
+    if !(Duration::from_secs(1)..=Duration::from_secs(600)).contains(&silent.0) || silent.0 <= spec.timeout.0
+    {
+        return Err(at.unplaced(
+            &key("silent_timeout"),
+            format!(
+                "{silent} is out of range: expected 1s..=10m and above health.timeout ({})",
+                spec.timeout
+            ),
+        ));
     }
     if spec.ramp.0 > Duration::from_secs(3600) {
         return Err(at.unplaced(&key("ramp"), format!("{} is out of range: expected 0s..=1h", spec.ramp)));
