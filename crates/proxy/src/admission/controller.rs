@@ -326,3 +326,6 @@ impl Admission {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod proptests;

@@ -379,3 +379,6 @@ impl AdaptiveLimit {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod proptests;

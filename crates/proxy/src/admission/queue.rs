@@ -252,3 +252,6 @@ impl<T> FairQueue<T> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod proptests;

@@ -321,3 +321,6 @@ mod tests {
         assert!(split.is_ok(), "disjoint methods do not overlap");
     }
 }
+
+#[cfg(test)]
+mod proptests;

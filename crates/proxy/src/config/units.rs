@@ -137,3 +137,6 @@ mod tests {
         assert_eq!(ByteSize(100 << 20).to_string(), "100MiB");
     }
 }
+
+#[cfg(test)]
+mod proptests;

@@ -46,3 +46,6 @@ mod tests {
         assert!(String::from_utf8_lossy(&idle).contains("\"upstream_timeout\""));
     }
 }
+
+#[cfg(test)]
+mod proptests;

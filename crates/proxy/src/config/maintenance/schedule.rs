@@ -152,3 +152,6 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod proptests;
