@@ -1,8 +1,8 @@
 //! Property tests of one upstream's admission on a paused clock, under arbitrary sequences of
 //! arrivals (tenants, classes, stated deadlines), completions with every outcome (so the
 //! learned limit moves), released permits, clients that leave while queued, time passing
-//! (queue timeouts, orphaned runs, the slow-start ramp), limit and capacity changes, holds and
-//! outages:
+//! (queue timeouts, orphaned runs, the slow-start ramp), limit and capacity changes, holds,
+//! outages and shutdown:
 //!
 //! - every arrival ends exactly once — admitted, refused or withdrawn — and admission's own
 //!   books agree: waiting + admitted + abandoned + refused (by reason) = arrivals, each
@@ -41,6 +41,7 @@ enum Op {
     Hold { ms: Option<u64>, ramp_ms: u64 },
     Available { up: bool, ramp_ms: u64 },
     Tick,
+    Shutdown,
 }
 
 fn outcome() -> impl Strategy<Value = Outcome> {
@@ -69,6 +70,7 @@ fn op(classes: usize) -> impl Strategy<Value = Op> {
         1 => (prop::option::of(0u64..20_000), 0u64..10_000).prop_map(|(ms, ramp_ms)| Op::Hold { ms, ramp_ms }),
         1 => (prop::bool::weighted(0.6), 0u64..10_000).prop_map(|(up, ramp_ms)| Op::Available { up, ramp_ms }),
         1 => Just(Op::Tick),
+        1 => Just(Op::Shutdown),
     ]
 }
 
@@ -265,6 +267,9 @@ async fn run(policy: AdmissionPolicy, ops: Vec<Op>) -> Result<(), TestCaseError>
             ),
             Op::Available { up, ramp_ms } => admission.set_available(up, Duration::from_millis(ramp_ms)),
             Op::Tick => admission.tick(),
+            Op::Shutdown => {
+                admission.shed_all(Refusal::ShuttingDown);
+            }
         }
         settle().await;
         clients.collect().await?;
@@ -312,7 +317,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 96, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 128, failure_persistence: None, ..ProptestConfig::default() })]
 
     /// Every arrival ends once, admission's books balance, admissions stay within the limit
     /// and no request waits while its class has room.
@@ -326,7 +331,8 @@ proptest! {
         runtime()?.block_on(run(policy, ops))?;
     }
 
-    /// A class that is never queued passes at once, whatever holds the others.
+    /// A class that is never queued passes at once, whatever holds the others (a hold, an
+    /// outage, a full queue, a shutdown).
     #[test]
     fn an_unqueued_class_always_passes(
         (policy, ops) in policy().prop_flat_map(|p| {
@@ -352,6 +358,9 @@ proptest! {
                     Op::Hold { ms, ramp_ms } => admission.set_hold(ms.map(|ms| Instant::now() + Duration::from_millis(ms)), Duration::from_millis(ramp_ms)),
                     Op::Available { up, ramp_ms } => admission.set_available(up, Duration::from_millis(ramp_ms)),
                     Op::Share(share) => admission.set_capacity_share(share),
+                    Op::Shutdown => {
+                        admission.shed_all(Refusal::ShuttingDown);
+                    }
                     _ => {}
                 }
                 settle().await;
