@@ -70,6 +70,8 @@ pub struct FairQueue<T> {
 impl<T> FairQueue<T> {
     /// A queue with one sub-queue per class, weighted by `weights`.
     pub fn new(weights: &[u32]) -> Self {
+        // At least one class: an arrival of an unknown class goes to the last one.
+        let weights = if weights.is_empty() { &[1][..] } else { weights };
         FairQueue {
             classes: weights.iter().map(|w| ClassQueue::new(*w)).collect(),
             per_tenant: HashMap::new(),

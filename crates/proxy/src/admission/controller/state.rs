@@ -89,6 +89,13 @@ pub(super) struct State {
     pub(super) opened_at: Option<Instant>,
     /// Share of the learned limit in force (below 1 while some replicas are drained).
     pub(super) capacity_share: f64,
+    /// This replica's place among the dify-shaper replicas in front of the same upstream:
+    /// (index by name, count). The learned limit is the group's; this replica admits its part
+    /// of it, and scales what it observes (in flight, demand) by the count to learn it.
+    pub(super) replicas: (usize, usize),
+    /// The lowest limit any of those replicas has learned (they learn it each on its own;
+    /// the lowest is the one proven safe for all): what the parts are split from.
+    pub(super) group_limit: Option<usize>,
     /// Slow start after the upstream came back: (since, over).
     pub(super) ramp: Option<(Instant, Duration)>,
     /// Requests held through the last closing still wait (served oldest first).
@@ -153,13 +160,18 @@ impl State {
         if !self.is_open() {
             return 0;
         }
-        let limit = ((self.limit.limit() as f64 * self.capacity_share).ceil() as usize).max(1);
+        let learned = self.group_limit.map_or(self.limit.limit(), |g| g.min(self.limit.limit()));
+        let group = ((learned as f64 * self.capacity_share).ceil() as usize).max(1);
+        let limit = replica_part(group, self.replicas);
         match self.ramp {
             Some((since, over)) if !over.is_zero() && now.duration_since(since) < over => {
                 // Start at half the learned limit: enough to drain a held queue promptly,
                 // little enough to spare a backend whose caches and pools are still cold.
                 let share = 0.5 + 0.5 * now.duration_since(since).as_secs_f64() / over.as_secs_f64();
-                ((limit as f64 * share).ceil() as usize).clamp(self.policy.limit.min.max(1), limit)
+                // Never below `min_limit`, but never above the limit itself, which a capacity
+                // share or this replica's part can bring under `min_limit`.
+                let floor = self.policy.limit.min.max(1).min(limit);
+                ((limit as f64 * share).ceil() as usize).clamp(floor, limit)
             }
             _ => limit,
         }
@@ -332,5 +344,43 @@ impl State {
                 self.take_slot(entry.id, entry.class, entry.payload.streams, waited, now);
             }
         }
+    }
+}
+
+/// Replica `index` of `count`'s part of the group's `limit`: an even split whose remainder goes
+/// to the first replicas by name, so the parts add up to the limit exactly (never more), and
+/// never below one (a replica that admits nothing would hold its clients forever).
+pub(super) fn replica_part(limit: usize, (index, count): (usize, usize)) -> usize {
+    let count = count.max(1);
+    (limit / count + usize::from(index % count < limit % count)).max(1)
+}
+
+/// What one replica sees, scaled to the group it is one of (`count` replicas sharing the
+/// upstream evenly).
+pub(super) fn group_level(level: usize, (_, count): (usize, usize)) -> usize {
+    level.saturating_mul(count.max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replica_parts_add_up_to_the_group_limit_and_never_to_zero() {
+        for limit in 1..40 {
+            for count in 1..6 {
+                let parts: Vec<usize> = (0..count).map(|i| replica_part(limit, (i, count))).collect();
+                if limit >= count {
+                    assert_eq!(parts.iter().sum::<usize>(), limit, "{limit} over {count}: {parts:?}");
+                } else {
+                    assert!(parts.iter().all(|p| *p == 1), "{limit} over {count}: {parts:?}");
+                }
+                let (min, max) = (parts.iter().min().unwrap_or(&0), parts.iter().max().unwrap_or(&0));
+                assert!(max - min <= 1, "{limit} over {count}: {parts:?}");
+            }
+        }
+        assert_eq!(replica_part(7, (0, 1)), 7);
+        assert_eq!(group_level(3, (1, 2)), 6);
+        assert_eq!(group_level(3, (0, 0)), 3);
     }
 }
