@@ -345,3 +345,115 @@ async fn one_replica_of_two_killed_behind_haproxy_fails_only_its_requests_in_fli
         "b served after the kill"
     );
 }
+
+/// Sums the replicas' requests in flight to the backend (their admissions' count).
+async fn in_flight(replicas: &[&ProxyProcess]) -> usize {
+    let mut total = 0;
+    for p in replicas {
+        total += status(p.admin).await["upstreams"]["api"]["admission"]["in_flight"].as_u64().unwrap_or(0)
+            as usize;
+    }
+    total
+}
+
+/// Offers `rate` a second of 400 ms runs through `replicas` (split evenly) for `seconds`,
+/// sampling the replicas' summed in-flight after a warm-up; returns (ok after the warm-up per
+/// second, failures, the highest in-flight sample).
+async fn capacity_run(
+    replicas: &[&ProxyProcess],
+    rate: f64,
+    seconds: u64,
+    warm_up: u64,
+) -> (f64, usize, usize) {
+    let mut shot = workflow("app-sharedcapacity00000000000");
+    shot.headers.push(("x-sim-service-time".into(), "400ms".into()));
+    let loads: Vec<_> = replicas
+        .iter()
+        .map(|p| {
+            let (addr, shot) = (p.addr, shot.clone());
+            let each = rate / replicas.len() as f64;
+            tokio::spawn(open_loop(addr, each, Duration::from_secs(seconds), Duration::from_secs(20), shot))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(warm_up)).await;
+    let mut peak = 0;
+    let sampling_ends = Instant::now() + Duration::from_secs(seconds - warm_up);
+    while Instant::now() < sampling_ends {
+        peak = peak.max(in_flight(replicas).await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut ok = 0;
+    let mut failed = 0;
+    for load in loads {
+        let report = load.await.expect("load");
+        ok += report.ok_sent_between(Duration::from_secs(warm_up), Duration::from_secs(seconds));
+        failed += report.outcomes.iter().filter(|o| o.status != Some(200)).count();
+    }
+    (ok as f64 / (seconds - warm_up) as f64, failed, peak)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_together_stay_within_the_backends_capacity() {
+    const CAPACITY: usize = 4;
+    let _machine = common::exclusive().await;
+    // One gevent worker taking 4 connections: the 5th waits in the listen backlog.
+    let sim = Simulator::start(
+        "127.0.0.1:0".parse().expect("addr"),
+        SimConfig { workers: 1, worker_connections: CAPACITY, ..SimConfig::default() },
+    )
+    .await
+    .expect("simulator");
+    let redis = RedisServer::start().await;
+    let (seconds, warm_up) = (20, 8);
+    let offered = 2.0 * CAPACITY as f64 / 0.4;
+
+    // No rate limit here: the backend's capacity is the only limit.
+    let no_rate_limit =
+        |text: String| text.replace(&format!("[tenants.rate_limit]\nrate = {RATE}\nburst = {BURST}\n"), "");
+    let alone = ProxyProcess::start(&no_rate_limit(config(sim.addr(), None, "alone"))).await;
+    let (alone_goodput, alone_failed, alone_peak) = capacity_run(&[&alone], offered, seconds, warm_up).await;
+    drop(alone);
+
+    let a = ProxyProcess::start(&no_rate_limit(config(sim.addr(), Some(&redis.url()), "a"))).await;
+    let b = ProxyProcess::start(&no_rate_limit(config(sim.addr(), Some(&redis.url()), "b"))).await;
+    wait_shared(&a, 2).await;
+    wait_shared(&b, 2).await;
+    let (goodput, failed, peak) = capacity_run(&[&a, &b], offered, seconds, warm_up).await;
+    let sa = status(a.admin).await;
+    let sb = status(b.admin).await;
+    let view = |s: &serde_json::Value| {
+        let adm = &s["upstreams"]["api"]["admission"];
+        format!("limit {} effective {} replica {}", adm["limit"], adm["effective_limit"], adm["replica"])
+    };
+    println!(
+        "backend capacity {CAPACITY} (one worker, 4 connections), offered {offered}/s of 400 ms runs for {seconds} s: \
+         one replica alone {alone_goodput:.2}/s ok, peak in flight {alone_peak}, {alone_failed} failed; \
+         two replicas sharing Redis {goodput:.2}/s ok, peak summed in flight {peak}, {failed} failed ({}; {})",
+        view(&sa),
+        view(&sb)
+    );
+    assert!(
+        peak <= CAPACITY + 1,
+        "the replicas together put {peak} in flight on a backend of capacity {CAPACITY}"
+    );
+    assert!(
+        goodput >= alone_goodput * 0.95,
+        "two replicas served {goodput:.2}/s, one alone {alone_goodput:.2}/s"
+    );
+
+    // The learned limit survives a replica's restart: it starts from what it had learned.
+    let client = ::redis::Client::open(redis.url()).expect("client");
+    let mut c = client.get_multiplexed_async_connection().await.expect("connect");
+    let learned =
+        status(a.admin).await["upstreams"]["api"]["admission"]["limit"].as_u64().unwrap_or(0) as usize;
+    drop(a);
+    let stored: usize =
+        ::redis::cmd("GET").arg("dify-shaper:limit:api:a").query_async(&mut c).await.expect("stored limit");
+    let a = ProxyProcess::start(&no_rate_limit(config(sim.addr(), Some(&redis.url()), "a"))).await;
+    wait_shared(&a, 2).await;
+    let restarted =
+        status(a.admin).await["upstreams"]["api"]["admission"]["limit"].as_u64().unwrap_or(0) as usize;
+    println!("replica a learned {learned} (stored {stored}); restarted, it starts at {restarted}");
+    assert_eq!(stored, learned);
+    assert_eq!(restarted, stored, "a restarted replica starts from the limit it had learned");
+}

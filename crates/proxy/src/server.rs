@@ -147,7 +147,10 @@ pub fn run(app: Arc<App>) -> ! {
     server.add_service(background_service("sighup reload", SighupReloader::new(Arc::clone(&app))));
     server.add_service(background_service("shutdown drain", Drainer::new(Arc::clone(&app))));
     if let Some(cluster) = &app.cluster {
-        server.add_service(background_service("cluster heartbeat", Heartbeat::new(Arc::clone(cluster))));
+        server.add_service(background_service(
+            "cluster heartbeat",
+            Heartbeat::new(Arc::clone(&app), Arc::clone(cluster)),
+        ));
     }
     server.add_service(background_service(
         "readiness",

@@ -87,6 +87,8 @@ impl Admission {
                 hold_until: None,
                 opened_at: None,
                 capacity_share: 1.0,
+                replicas: (0, 1),
+                group_limit: None,
                 ramp: None,
                 draining_held: false,
                 closing: None,
@@ -131,7 +133,8 @@ impl Admission {
                 st.interactive_seen = Some(now);
             }
             let demand = st.in_flight + st.queue.len() + 1;
-            st.limit.note_demand(demand);
+            let group_demand = state::group_level(demand, st.replicas);
+            st.limit.note_demand(group_demand);
             // A hold (maintenance or a downed backend) stops admission even when the limit
             // is disabled; only unqueued classes (stop-task calls) pass it.
             let open = st.is_open();
@@ -257,6 +260,38 @@ impl Admission {
         st.dispatch(Instant::now());
     }
 
+    /// Sets this replica's place among `count` dify-shaper replicas sharing the upstream
+    /// (`index`: its rank by name) and the lowest limit any of them learned (`group_limit`):
+    /// it then admits its part of that, and learns its own limit from what it sees scaled by
+    /// `count`. `(0, 1, None)`: alone.
+    pub fn set_replica_share(&self, index: usize, count: usize, group_limit: Option<usize>) {
+        let mut st = self.lock();
+        let share = (index, count.max(1));
+        if st.replicas != share || st.group_limit != group_limit {
+            if st.replicas != share {
+                tracing::info!(upstream = %self.name, replica = index, of = share.1, "admission: this replica's part of the limit changed");
+            }
+            st.replicas = share;
+            st.group_limit = group_limit;
+            st.dispatch(Instant::now());
+        }
+    }
+
+    /// Starts from `limit`, learned earlier (by this replica's previous process, or by the
+    /// group), when nothing has been learned here yet; returns whether it did.
+    pub fn seed_limit(&self, limit: usize) -> bool {
+        let mut st = self.lock();
+        if st.limit.last_change().is_some() || limit == st.limit.limit() {
+            return false;
+        }
+        let mut settings = st.limit.settings().clone();
+        settings.initial = limit.clamp(settings.min, settings.max);
+        st.limit = AdaptiveLimit::new(settings);
+        tracing::info!(upstream = %self.name, limit = st.limit.limit(), "admission: starting from the limit learned before");
+        st.dispatch(Instant::now());
+        true
+    }
+
     /// Answers every waiting request with `refusal` and refuses, from now on, every request
     /// that would have to wait (shutdown). Requests that fit under the limit are still
     /// admitted: they can finish within the grace. Returns how many waiters were answered.
@@ -292,7 +327,7 @@ impl Admission {
         let standing = st.standing_since.map(|since| st.opened_at.map_or(since, |open| open.max(since)));
         if let Some(since) = standing.filter(|_| st.policy.enabled && st.is_open() && !ramping) {
             let before = st.limit.limit();
-            let in_flight = st.in_flight;
+            let in_flight = state::group_level(st.in_flight, st.replicas);
             if let Some(change) = st.limit.on_stall(in_flight, since, now) {
                 log_change(&self.name, change, before, st.limit.limit(), st.limit.last_ratio());
             }

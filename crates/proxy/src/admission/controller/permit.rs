@@ -53,6 +53,7 @@ impl Admission {
                 Outcome::Overload | Outcome::Refused | Outcome::Timeout => in_flight.max(st.in_flight),
                 _ => in_flight,
             };
+            let in_flight = super::state::group_level(in_flight, st.replicas);
             let duration = now.duration_since(started);
             // One latency signal per class and response kind.
             let signal = class * 2 + usize::from(streamed);

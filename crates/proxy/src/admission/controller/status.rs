@@ -42,6 +42,8 @@ impl Admission {
             available: st.available,
             held: st.hold_until.is_some(),
             effective_limit: st.effective_limit(now),
+            replica: st.replicas,
+            group_limit: st.group_limit,
             limit: st.limit.limit(),
             ceiling: st.limit.ceiling(),
             latency_ratio: st.limit.last_ratio(),
@@ -76,8 +78,13 @@ pub struct AdmissionStatus {
     pub held: bool,
     /// The limit in force now (0 while held, lower than `limit` while ramping up).
     pub effective_limit: usize,
-    /// The learned concurrency limit.
+    /// The learned concurrency limit (the group's, when several replicas share the upstream).
     pub limit: usize,
+    /// This replica's rank and the replicas sharing the upstream (`[0, 1]`: alone); it admits
+    /// its part of the lower of `limit` and `group_limit`.
+    pub replica: (usize, usize),
+    /// The lowest limit any replica sharing the upstream has learned (`null`: alone).
+    pub group_limit: Option<usize>,
     /// The remembered failing in-flight level, if any.
     pub ceiling: Option<usize>,
     /// The latest latency ratio (window mean / baseline).
