@@ -51,9 +51,55 @@ impl Schedule {
     }
 
     /// The first time strictly after `now` when maintenance is due (in UTC).
+    ///
+    /// croner's search is checked: around DST changes it can answer an instant before `now`
+    /// (asked during the second pass of a repeated hour, it names the first pass) or the end
+    /// of a gap for a job whose time was not in the gap; such answers are skipped and the
+    /// search goes on from them.
     pub fn next_after(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        let local = now.with_timezone(&self.zone);
-        self.cron.find_next_occurrence(&local, false).ok().map(|t| t.with_timezone(&Utc))
+        let mut from = now.with_timezone(&self.zone);
+        // Each skip moves past one DST artefact; a year has two changes.
+        for _ in 0..8 {
+            let candidate = self.cron.find_next_occurrence(&from, false).ok()?;
+            let at = candidate.with_timezone(&Utc);
+            if at <= now {
+                // `now` is in the second pass of a repeated hour, whose wall-clock times croner
+                // reads as the first pass (already past, and fired then): go on from the end
+                // of the repeat.
+                from = self.end_of_repeat(now)?;
+                continue;
+            }
+            if self.is_due_at(&candidate) {
+                return Some(at);
+            }
+            from = candidate;
+        }
+        None
+    }
+
+    /// Just before the first wall-clock minute after `now` that exists only once.
+    fn end_of_repeat(&self, now: DateTime<Utc>) -> Option<DateTime<Tz>> {
+        use chrono::{TimeZone, Timelike};
+        let wall = now.with_timezone(&self.zone).naive_local().with_second(0)?;
+        (1..=240).map(|minutes| wall + chrono::Duration::minutes(minutes)).find_map(|w| {
+            self.zone.from_local_datetime(&w).single().map(|t| t - chrono::Duration::seconds(1))
+        })
+    }
+
+    /// Whether `local` is one of the schedule's times: its wall-clock time matches, or it is
+    /// the end of a spring-forward gap that swallowed a time that matches.
+    fn is_due_at(&self, local: &DateTime<Tz>) -> bool {
+        use chrono::TimeZone;
+        if self.cron.is_time_matching(local).unwrap_or(false) {
+            return true;
+        }
+        // Walk back through the wall-clock minutes that do not exist (the gap, at most a few
+        // hours anywhere): matching depends on the wall-clock fields only, read here as UTC.
+        let naive = local.naive_local();
+        (1..=180)
+            .map(|minutes| naive - chrono::Duration::minutes(minutes))
+            .take_while(|wall| matches!(self.zone.from_local_datetime(wall), chrono::LocalResult::None))
+            .any(|wall| self.cron.is_time_matching(&Utc.from_utc_datetime(&wall)).unwrap_or(false))
     }
 
     /// The time zone.
