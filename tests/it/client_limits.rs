@@ -218,6 +218,25 @@ async fn idle_keepalive_and_stalled_bodies_are_closed_in_time() {
     );
 }
 
+/// Connections made to a fresh proxy before a test's own: its readiness check (it connects to
+/// its listener once to report ready) and the harness's (it connects once to see it up).
+const STARTUP_CONNECTIONS: f64 = 2.0;
+
+/// Waits until the start-up connections have been taken and closed, so a test counts only
+/// its own.
+async fn settled(admin: SocketAddr) {
+    poll_until(
+        Duration::from_secs(5),
+        Duration::from_millis(20),
+        "the start-up connections gone",
+        || async {
+            metric(admin, "dify_shaper_client_connections_total").await >= STARTUP_CONNECTIONS
+                && metric(admin, "dify_shaper_client_connections").await == 0.0
+        },
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_beyond_the_caps_get_503_too_many_connections() {
     let _machine = common::shared().await;
@@ -228,10 +247,7 @@ async fn connections_beyond_the_caps_get_503_too_many_connections() {
         "trusted_proxies = []\nmax_connections = 50\nmax_connections_per_ip = 3",
     ))
     .await;
-    poll_until(Duration::from_secs(5), Duration::from_millis(20), "no connection open", || async {
-        metric(per_ip.admin, "dify_shaper_client_connections").await == 0.0
-    })
-    .await;
+    settled(per_ip.admin).await;
     let mut held = Vec::new();
     for _ in 0..3 {
         held.push(TcpStream::connect(per_ip.addr).await.expect("connect"));
@@ -239,6 +255,7 @@ async fn connections_beyond_the_caps_get_503_too_many_connections() {
     // The gate counts a connection as pingora takes it: wait until all three are in.
     poll_until(Duration::from_secs(5), Duration::from_millis(20), "three connections counted", || async {
         metric(per_ip.admin, "dify_shaper_client_connections").await == 3.0
+            && metric(per_ip.admin, "dify_shaper_client_connections_total").await == STARTUP_CONNECTIONS + 3.0
     })
     .await;
     let refused = raw_request(per_ip.addr, &get_with("x-n: 4")).await;
@@ -263,15 +280,12 @@ async fn connections_beyond_the_caps_get_503_too_many_connections() {
 
     // The total cap counts every peer, trusted ones included.
     let total = ProxyProcess::start(&config(sim.addr(), "max_connections = 2")).await;
-    // The start-up check's own connection must be gone first.
-    poll_until(Duration::from_secs(5), Duration::from_millis(20), "no connection open", || async {
-        metric(total.admin, "dify_shaper_client_connections").await == 0.0
-    })
-    .await;
+    settled(total.admin).await;
     let _a = TcpStream::connect(total.addr).await.expect("connect");
     let _b = TcpStream::connect(total.addr).await.expect("connect");
     poll_until(Duration::from_secs(5), Duration::from_millis(20), "two connections counted", || async {
         metric(total.admin, "dify_shaper_client_connections").await == 2.0
+            && metric(total.admin, "dify_shaper_client_connections_total").await == STARTUP_CONNECTIONS + 2.0
     })
     .await;
     let refused = raw_request(total.addr, &get_with("x-n: 3")).await;

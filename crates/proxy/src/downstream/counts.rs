@@ -31,6 +31,7 @@ pub struct ClientCounts {
 #[derive(Debug, Default)]
 struct Inner {
     open: AtomicUsize,
+    accepted: AtomicU64,
     per_ip: [Mutex<HashMap<IpAddr, usize>>; SHARDS],
     refused_total: AtomicU64,
     refused_per_ip: AtomicU64,
@@ -44,6 +45,8 @@ struct Inner {
 pub struct ClientSnapshot {
     /// Client connections open now.
     pub open: usize,
+    /// Client connections taken since start (refused ones not included).
+    pub accepted: u64,
     /// Connections refused at `server.max_connections`.
     pub refused_max_connections: u64,
     /// Connections (or forwarded clients' requests) refused at `server.max_connections_per_ip`.
@@ -82,10 +85,12 @@ impl ClientCounts {
             return Err(Refused::Total);
         }
         let permit = Permit { inner: Arc::clone(inner), counted_in_total: true, ip: None };
-        match ip {
-            Some(ip) => self.take_ip(permit, ip, max_per_ip),
-            None => Ok(permit),
-        }
+        let permit = match ip {
+            Some(ip) => self.take_ip(permit, ip, max_per_ip)?,
+            None => permit,
+        };
+        inner.accepted.fetch_add(1, Ordering::Relaxed);
+        Ok(permit)
     }
 
     /// Takes a place for one request of a client known from a trusted proxy's forwarding
@@ -133,6 +138,7 @@ impl ClientCounts {
         let i = &self.inner;
         ClientSnapshot {
             open: i.open.load(Ordering::Relaxed),
+            accepted: i.accepted.load(Ordering::Relaxed),
             refused_max_connections: i.refused_total.load(Ordering::Relaxed),
             refused_max_connections_per_ip: i.refused_per_ip.load(Ordering::Relaxed),
             header_timeouts: i.header_timeout.load(Ordering::Relaxed),
@@ -187,7 +193,7 @@ mod tests {
         drop(a);
         let _c = counts.connect(None, 2, 10).expect("a place was given back");
         let s = counts.snapshot();
-        assert_eq!((s.open, s.refused_max_connections), (2, 1));
+        assert_eq!((s.open, s.accepted, s.refused_max_connections), (2, 3, 1));
     }
 
     #[test]

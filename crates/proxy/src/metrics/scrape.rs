@@ -170,6 +170,12 @@ fn state_registry(app: &App) -> Result<Registry, prometheus::Error> {
     let open = Gauge::new("dify_shaper_client_connections", "Client connections open")?;
     open.set(clients.open as f64);
     r.register(Box::new(open))?;
+    let accepted = IntCounter::new(
+        "dify_shaper_client_connections_total",
+        "Client connections taken (refused ones not included)",
+    )?;
+    accepted.inc_by(clients.accepted);
+    r.register(Box::new(accepted))?;
     let refused = counter_vec(
         &r,
         "dify_shaper_client_connections_refused_total",
