@@ -1,7 +1,8 @@
 //! The connection gate: wraps the proxy's listener application and gives each new client
-//! connection a place in [`ClientCounts`] before pingora reads a byte of it, refusing it
-//! with a 503 `too_many_connections` envelope (written at once, without reading the request)
-//! when `server.max_connections` are open, or `server.max_connections_per_ip` from its peer.
+//! connection a place in [`ClientCounts`](super::counts::ClientCounts) before pingora reads a
+//! byte of it, refusing it with a 503 `too_many_connections` envelope (written at once,
+//! without reading the request) when `server.max_connections` are open, or
+//! `server.max_connections_per_ip` from its peer.
 //! A trusted proxy's connection is not counted per IP (it carries many clients; those are
 //! counted per request from its forwarding headers); every connection counts in the total.
 //! The place is held for the connection's life: every request on it, queued ones included.
