@@ -4,7 +4,7 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: deps run test test-docker lint check-modules fmt bench check-config clean
+.PHONY: deps run test test-docker soak lint check-modules fmt bench check-config clean
 
 # pingora builds C code (zstd, brotli, libz-ng through cmake): install the tools when absent.
 deps:
@@ -37,6 +37,18 @@ test: deps
 # no engine can run). A few minutes; the first run on a machine also makes the base image.
 test-docker: deps
 	bash e2e/docker/run.sh
+
+# The chaos soak (scripts/soak/soak.py): open-loop load through the proxy while the backend is
+# terminated, killed, stopped and restarted and the proxy reloaded (valid and invalid configs)
+# and drained; then every request must have been answered once, nothing run twice, no panic,
+# memory flat, queues empty and the counters consistent. Two legs: the simulator, then real
+# gunicorn (e2e/app.py; skipped in one line without `bash e2e/setup.sh`, a failure with
+# SOAK_REQUIRE_GUNICORN=1). SOAK is the load per leg (CI runs SOAK=60s); SOAK_SEED replays a
+# run; SOAK_BIN runs a prebuilt binary instead of building target/release/dify-shaper.
+SOAK ?= 10m
+soak: deps
+	@if [ -z "$$SOAK_BIN" ]; then $(CARGO) build --release --bin dify-shaper; fi
+	python3 scripts/soak/soak.py --duration "$(SOAK)"
 
 lint: deps check-modules
 	$(CARGO) fmt --all -- --check

@@ -15,9 +15,16 @@ Endpoints:
   `text/event-stream`: `workflow_started`, `X-Events` × `node_finished` spaced evenly over
   the service time, `workflow_finished`, each frame flushed on its own.
   `X-Service-Time` is the service time in seconds (default 1.0).
+- `POST /v1/files/upload` (multipart/form-data): takes a PostgreSQL connection (the API-key
+  check), reads the whole body and answers 201 with Dify's file JSON (`size`: the body's bytes).
 - `GET /health`: `{"status": "ok", "pid": …}` without touching the database (as Dify's).
 
 The DSN comes from `E2E_PG_DSN` (libpq syntax). Plain WSGI keeps the install small.
+
+`E2E_RUN_LOG` (a file path, optional): one JSON line per run started and per upload stored,
+with its `X-Request-Id` — what the backend really executed, so a soak can prove nothing ran
+twice. Each line is one `write` on a file opened for appending: it survives a SIGKILL of the
+worker a moment later, and every worker (and every restarted gunicorn) shares the file.
 """
 
 import json
@@ -28,6 +35,26 @@ import uuid
 import psycopg
 
 DSN = os.environ.get("E2E_PG_DSN", "")
+RUN_LOG = os.environ.get("E2E_RUN_LOG", "")
+
+
+def _record(kind, environ, streaming=False):
+    """Appends what was started to the run log, when one is set (see the module doc)."""
+    if not RUN_LOG:
+        return
+    line = json.dumps({
+        "id": environ.get("HTTP_X_REQUEST_ID"),
+        "kind": kind,
+        "path": environ.get("PATH_INFO", ""),
+        "streaming": streaming,
+        "pid": os.getpid(),
+        "at": time.time(),
+    }) + "\n"
+    fd = os.open(RUN_LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
 
 
 def _json(start_response, status, body, headers=()):
@@ -114,7 +141,10 @@ def _run(environ, start_response):
         conn = psycopg.connect(DSN, autocommit=True, connect_timeout=10)
     except psycopg.OperationalError:
         return _unhandled_error(start_response)
-    if body.get("response_mode") == "streaming":
+    streaming = body.get("response_mode") == "streaming"
+    # The run exists from here on (Dify creates its workflow_run now).
+    _record("run", environ, streaming)
+    if streaming:
         start_response("200 OK", [("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache")])
         return _stream(conn, service_time, events, ids)
     try:
@@ -142,6 +172,53 @@ def _run(environ, start_response):
     )
 
 
+def _upload(environ, start_response):
+    """Dify's `POST /v1/files/upload`: the file is stored once its body is complete."""
+    if not environ.get("CONTENT_TYPE", "").lower().startswith("multipart/form-data"):
+        return _error(start_response, "400 BAD REQUEST", "no_file_uploaded", "Please upload your file.")
+    try:
+        conn = psycopg.connect(DSN, autocommit=True, connect_timeout=10)
+    except psycopg.OperationalError:
+        return _unhandled_error(start_response)
+    try:
+        stream = environ["wsgi.input"]
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or -1)
+        except ValueError:
+            length = -1
+        head, size = b"", 0
+        while length < 0 or size < length:
+            want = 65536 if length < 0 else min(65536, length - size)
+            chunk = stream.read(want)
+            if not chunk:
+                break
+            if len(head) < 16384:
+                head += chunk[: 16384 - len(head)]
+            size += len(chunk)
+        if 0 <= length != size:
+            return _error(start_response, "400 BAD REQUEST", "invalid_param", "incomplete request body")
+    finally:
+        conn.close()
+    text = head.decode("latin-1")
+    marker = text.lower().find('filename="')
+    if marker < 0:
+        return _error(start_response, "400 BAD REQUEST", "no_file_uploaded", "Please upload your file.")
+    name = text[marker + len('filename="'):].split('"', 1)[0]
+    _record("upload", environ)
+    return _json(
+        start_response, "201 CREATED",
+        {
+            "id": str(uuid.uuid4()),
+            "name": name,
+            "size": size,
+            "extension": name.rsplit(".", 1)[-1].lower() if "." in name else "",
+            "mime_type": "application/octet-stream",
+            "created_by": str(uuid.uuid4()),
+            "created_at": int(time.time()),
+        },
+    )
+
+
 def app(environ, start_response):
     """The WSGI entry point (`gunicorn app:app`)."""
     method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")
@@ -151,4 +228,8 @@ def app(environ, start_response):
         if method != "POST":
             return _error(start_response, "405 METHOD NOT ALLOWED", "method_not_allowed", "use POST")
         return _run(environ, start_response)
+    if path == "/v1/files/upload":
+        if method != "POST":
+            return _error(start_response, "405 METHOD NOT ALLOWED", "method_not_allowed", "use POST")
+        return _upload(environ, start_response)
     return _error(start_response, "404 NOT FOUND", "not_found", "The requested URL was not found on the server.")

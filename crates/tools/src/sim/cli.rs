@@ -56,6 +56,11 @@ pub struct SimArgs {
     /// (gunicorn's `graceful_timeout`; `docker stop` sends SIGTERM).
     #[arg(long, value_parser = duration, default_value = "30s")]
     pub graceful_timeout: Duration,
+    /// Append a JSON line per run started and per upload stored, with its `X-Request-Id`,
+    /// to this file (created if missing; kept across restarts and shared by successive
+    /// simulators): what the backend really executed, e.g. to prove nothing ran twice.
+    #[arg(long)]
+    pub run_log: Option<std::path::PathBuf>,
 }
 
 impl SimArgs {
@@ -82,7 +87,15 @@ impl SimArgs {
     /// meanwhile), like `docker restart api`.
     pub async fn run(self) -> Result<(), io::Error> {
         let config = self.to_config();
-        let sim = Simulator::start(self.listen, config.clone()).await?;
+        let run_log = match &self.run_log {
+            Some(path) => {
+                Some(std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| {
+                    io::Error::new(e.kind(), format!("cannot open the run log {}: {e}", path.display()))
+                })?)
+            }
+            None => None,
+        };
+        let sim = Simulator::start_with_run_log(self.listen, config.clone(), run_log).await?;
         tracing::info!(
             addr = %sim.addr(),
             capacity = config.capacity(),
@@ -167,6 +180,8 @@ mod tests {
             "30s",
             "--slowdown-per-active",
             "100ms",
+            "--run-log",
+            "/tmp/runs.jsonl",
         ]);
         let Ok(cli) = cli else {
             panic!("flags should parse");
@@ -178,6 +193,7 @@ mod tests {
         assert_eq!(c.boot_delay, Duration::from_secs(30));
         assert_eq!(c.slowdown_per_active, Some(Duration::from_millis(100)));
         assert!(matches!(c.service_time, ServiceTime::LogNormal { .. }));
+        assert_eq!(cli.sim.run_log.as_deref(), Some(std::path::Path::new("/tmp/runs.jsonl")));
         assert!(Cli::try_parse_from(["sim", "--service-time", "soon"]).is_err());
     }
 }

@@ -33,7 +33,8 @@
 //! Files: `config` ([`SimConfig`]), `service_time` ([`ServiceTime`]), `server`
 //! ([`Simulator`] lifecycle), `listener` (bind, capacity-gated accept), `conn` (one HTTP/1.1
 //! connection, keep-alive idle close), `router` (paths, 404/405, fault injection hook),
-//! `run` (run admission and blocking answers), `stream` (SSE timeline), `payload` (Dify JSON
+//! `run` (run admission and blocking answers), `run_log` (`--run-log`: work started, per
+//! request id), `stream` (SSE timeline), `payload` (Dify JSON
 //! shapes), `upload`, `ws` (websocket echo), `endpoints` (health, ping, stop, parameters,
 //! `/sim/*`), `envelope` (responses, Dify error envelope), `request` (body and header
 //! parsing), `limits` (DB pool, per-app limit), `shared` (state and connection slots),
@@ -55,6 +56,7 @@ mod payload;
 mod request;
 mod router;
 mod run;
+mod run_log;
 mod server;
 mod service_time;
 mod shared;

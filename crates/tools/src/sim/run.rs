@@ -44,6 +44,7 @@ pub(crate) async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>, kind: RunK
         Err(msg) => return envelope::invalid_param(&msg),
     };
     let seed = ids::seed_of(req.headers());
+    let request_id = request::header(req.headers(), ids::REQUEST_ID_HEADER).map(str::to_owned);
     let app_key = request::app_key(req.headers());
     let body = match request::read_body(req.into_body(), request::MAX_JSON_BODY).await {
         Ok(b) => b,
@@ -69,6 +70,7 @@ pub(crate) async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>, kind: RunK
     };
     let active = ActiveGuard::new(ctx.shared.stats.clone());
     ctx.shared.stats.on_run_started(&path);
+    ctx.shared.run_log.record("run", &path, request_id.as_deref(), params.streaming);
 
     let mut entropy = Entropy::new(seed);
     let base = overrides.service_time.unwrap_or_else(|| cfg.service_time.sample(entropy.rng()));

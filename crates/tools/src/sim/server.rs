@@ -71,9 +71,22 @@ impl Simulator {
     /// Binds `addr` now (`127.0.0.1:0` picks a free port, see [`addr`](Self::addr)) and serves
     /// at once; `config.boot_delay` only applies to restarts.
     pub async fn start(addr: SocketAddr, config: SimConfig) -> io::Result<Simulator> {
+        Self::start_with_run_log(addr, config, None).await
+    }
+
+    /// [`start`](Self::start), recording every run started and every upload stored in
+    /// `run_log` (a file opened for appending) from the first connection on: see `--run-log`.
+    pub async fn start_with_run_log(
+        addr: SocketAddr,
+        config: SimConfig,
+        run_log: Option<std::fs::File>,
+    ) -> io::Result<Simulator> {
         let listener = listener::bind(addr, config.backlog)?;
         let addr = listener.local_addr()?;
         let shared = Shared::new(config);
+        if let Some(file) = run_log {
+            shared.run_log.set(file);
+        }
         let root = CancellationToken::new();
         let kill = root.child_token();
         let accept = kill.child_token();

@@ -1,5 +1,5 @@
-//! [`Shared`]: the state every task of one simulator sees (config, stats, limits, and the
-//! count of held connection slots that gates `accept()`).
+//! [`Shared`]: the state every task of one simulator sees (config, stats, limits, the run
+//! log, and the count of held connection slots that gates `accept()`).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
@@ -8,6 +8,7 @@ use tokio::sync::watch;
 
 use super::config::SimConfig;
 use super::limits::Limits;
+use super::run_log::RunLog;
 use super::stats::Stats;
 
 /// State shared by the accept loop, connections, runs and the [`Simulator`](super::Simulator)
@@ -16,6 +17,8 @@ pub(crate) struct Shared {
     config: RwLock<SimConfig>,
     pub(crate) stats: Arc<Stats>,
     pub(crate) limits: Arc<Limits>,
+    /// Work started, per request id, when a run log is set.
+    pub(crate) run_log: RunLog,
     /// Connection slots held (gunicorn `worker_connections` in use). Every change, and every
     /// config change, notifies the accept loop.
     open: watch::Sender<usize>,
@@ -30,6 +33,7 @@ impl Shared {
             config: RwLock::new(config),
             stats: Arc::default(),
             limits: Arc::default(),
+            run_log: RunLog::default(),
             open: watch::Sender::new(0),
             requests: AtomicUsize::new(0),
         })

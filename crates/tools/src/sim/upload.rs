@@ -35,6 +35,7 @@ pub(crate) async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Respons
     };
     let _active = ActiveGuard::new(ctx.shared.stats.clone());
     let mut entropy = Entropy::new(ids::seed_of(req.headers()));
+    let request_id = request::header(req.headers(), ids::REQUEST_ID_HEADER).map(str::to_owned);
 
     let mut body = req.into_body();
     let mut head: Vec<u8> = Vec::with_capacity(HEAD_KEEP);
@@ -53,6 +54,8 @@ pub(crate) async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Respons
     let Some(part) = first_file_part(&head) else {
         return no_file();
     };
+    // The file is stored once its body is complete: that is when an upload has happened.
+    ctx.shared.run_log.record("upload", "/v1/files/upload", request_id.as_deref(), false);
     let extension = part.name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase()).unwrap_or_default();
     envelope::json(
         StatusCode::CREATED,
