@@ -318,6 +318,16 @@ async fn a_queued_request_whose_client_leaves_never_reaches_the_backend() {
     assert_eq!(backend.count_for_request_id("first"), 1);
     assert_eq!(backend.count_for_request_id("third"), 1);
     assert_eq!(backend.count_for_request_id("gone"), 0, "the departed client's request reached the backend");
+    // An ordinary access-log line (499: the client left first), not pingora's ERROR line,
+    // which under overload would bury real errors.
+    common::fixtures::wait_for(Duration::from_secs(5), "the departed request's access-log line", || async {
+        proxy.logs().contains("id=gone ")
+    })
+    .await;
+    let logs = proxy.logs();
+    let line = logs.lines().find(|l| l.contains("id=gone ")).unwrap_or_default().to_string();
+    assert!(line.contains("status=499"), "{line}");
+    assert!(!logs.contains("Fail to filter request") && !logs.contains(" ERROR "), "{logs}");
 }
 
 /// A client that states its timeout (`X-Request-Timeout`) is answered 503 `server_busy` with
