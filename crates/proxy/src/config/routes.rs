@@ -212,7 +212,8 @@ mod tests {
     use crate::config::HumanDuration;
     use std::time::Duration;
 
-    fn class(name: &str) -> Arc<ClassSpec> {
+    /// A class named `name` with one-second timeouts (routing reads only its name).
+    pub(super) fn class(name: &str) -> Arc<ClassSpec> {
         let d = HumanDuration(Duration::from_secs(1));
         Arc::new(ClassSpec {
             name: name.into(),

@@ -11,36 +11,15 @@
 //!   exactly when two routes have the same prefix (ignoring a trailing `/`) and suffix and
 //!   share a method, and such routes do share requests.
 
-use std::sync::Arc;
-use std::time::Duration;
-
 use http::Method;
 use proptest::prelude::*;
 
 use super::{wildcards_are_segments, Route, RouteCache, Router};
-use crate::config::{ClassSpec, HumanDuration};
 
 const SEGMENTS: [&str; 6] = ["a", "b", "ab", "v1", "run", "*"];
 const PATH_SEGMENTS: [&str; 8] = ["a", "b", "ab", "v1", "run", "stop", "x", ""];
 const SUFFIXES: [&str; 3] = ["/stop", "/run", "/a"];
 const METHODS: [Method; 3] = [Method::GET, Method::POST, Method::PUT];
-
-fn class() -> Arc<ClassSpec> {
-    let d = HumanDuration(Duration::from_secs(1));
-    Arc::new(ClassSpec {
-        name: "interactive".into(),
-        connect_timeout: d,
-        read_timeout: d,
-        stream_idle_timeout: d,
-        total_timeout: None,
-        write_timeout: d,
-        queue_timeout: d,
-        weight: 1,
-        queued: true,
-        interactive: true,
-        index: 0,
-    })
-}
 
 /// A route as generated; `index` is its place in the file.
 #[derive(Debug, Clone)]
@@ -73,7 +52,7 @@ fn route(index: usize, spec: &Spec) -> Route {
         suffix: spec.suffix.clone(),
         methods: spec.methods.clone(),
         upstream: format!("u{index}"),
-        class: class(),
+        class: super::tests::class("interactive"),
         retry_after_processing: false,
         index,
         span: index..index + 1,
