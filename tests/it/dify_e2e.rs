@@ -415,7 +415,13 @@ async fn real_dify_direct_and_through_dify_shaper() {
     let frames = |e: &Exchange| sse_frames(&e.result.as_ref().expect("answer").body);
     let (d_frames, s_frames) = (frames(&d_stream), frames(&s_stream));
     assert_eq!(event_names(&d_frames), event_names(&s_frames), "events differ");
-    assert_eq!(d_frames, s_frames, "event contents differ");
+    // Dify's keep-alive `ping` comes every 10 s of a run, so how many a stream carries is
+    // timing (a cold worker on a busy machine): the events themselves must match.
+    let events = |frames: &[Value]| frames.iter().filter(|f| f.is_object()).cloned().collect::<Vec<_>>();
+    let (d_events, s_events) = (events(&d_frames), events(&s_frames));
+    if let Some((d, s)) = d_events.iter().zip(&s_events).find(|(d, s)| d != s) {
+        panic!("event contents differ:\ndirect: {d}\nshaped: {s}");
+    }
     eprintln!("same answers: blocking JSON equal; stream events {:?}", event_names(&s_frames));
     rows.push(Row {
         scenario: "blocking + streaming run: same status, JSON, events",

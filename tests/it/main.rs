@@ -10,6 +10,7 @@ mod common;
 mod admission;
 mod client_limits;
 mod cluster;
+mod cluster_maintenance;
 mod config_check;
 mod crash;
 mod ctl;

@@ -18,6 +18,7 @@ use pingora::services::listening::Service;
 use crate::admin::listener::AdminListener;
 use crate::admin::AdminApp;
 use crate::app::App;
+use crate::cluster::cycle::CycleSync;
 use crate::cluster::heartbeat::Heartbeat;
 use crate::config::Config;
 use crate::downstream::gate::Gate;
@@ -150,6 +151,10 @@ pub fn run(app: Arc<App>) -> ! {
         server.add_service(background_service(
             "cluster heartbeat",
             Heartbeat::new(Arc::clone(&app), Arc::clone(cluster)),
+        ));
+        server.add_service(background_service(
+            "cluster maintenance",
+            CycleSync::new(Arc::clone(&app), Arc::clone(&cluster.group)),
         ));
     }
     server.add_service(background_service(

@@ -62,7 +62,12 @@ impl AdminApp {
 
     /// Answers one admin request; separated from the session for unit tests. `authorization`
     /// is the request's `Authorization` header.
-    pub fn handle(&self, method: &Method, path: &str, authorization: Option<&str>) -> (StatusCode, Reply) {
+    pub async fn handle(
+        &self,
+        method: &Method,
+        path: &str,
+        authorization: Option<&str>,
+    ) -> (StatusCode, Reply) {
         let readable = method == Method::GET || method == Method::HEAD;
         if path == "/metrics" && readable && self.authorized(authorization) {
             return match crate::metrics::scrape::render(&self.app) {
@@ -74,12 +79,12 @@ impl AdminApp {
                 }
             };
         }
-        let (status, body) = self.handle_json(method, path, authorization);
+        let (status, body) = self.handle_json(method, path, authorization).await;
         (status, Reply::Json(body))
     }
 
     /// Every JSON answer: probes, status, reload, maintenance commands and errors.
-    fn handle_json(
+    async fn handle_json(
         &self,
         method: &Method,
         path: &str,
@@ -94,7 +99,7 @@ impl AdminApp {
             );
         }
         if let Some(rest) = path.strip_prefix("/upstreams/") {
-            return self.command(method, rest);
+            return self.command(method, rest).await;
         }
         if method != Method::GET && method != Method::HEAD && path != "/reload" {
             return envelope(
@@ -141,7 +146,7 @@ impl AdminApp {
     }
 
     /// `POST /upstreams/{name}/{drain|resume|restart}`.
-    fn command(&self, method: &Method, rest: &str) -> (StatusCode, serde_json::Value) {
+    async fn command(&self, method: &Method, rest: &str) -> (StatusCode, serde_json::Value) {
         let Some((name, verb)) = rest.split_once('/') else {
             return envelope(
                 StatusCode::NOT_FOUND,
@@ -172,15 +177,19 @@ impl AdminApp {
         };
         tracing::warn!(upstream = name, ?command, "admin: maintenance command");
         let maintenance = group.maintenance();
+        // With `[cluster]` each command acts on every replica in front of the upstream.
         let result = match command {
-            Command::Drain => {
-                maintenance.drain(&group).map(|v| (StatusCode::OK, serde_json::to_value(v), None))
-            }
-            Command::Resume => {
-                maintenance.resume(&group).map(|v| (StatusCode::OK, serde_json::to_value(v), None))
-            }
+            Command::Drain => maintenance
+                .drain_in_group(&group)
+                .await
+                .map(|v| (StatusCode::OK, serde_json::to_value(v), None)),
+            Command::Resume => maintenance
+                .resume_in_group(&group)
+                .await
+                .map(|v| (StatusCode::OK, serde_json::to_value(v), None)),
             Command::Restart => maintenance
-                .restart(&group)
+                .restart_in_group(&group)
+                .await
                 .map(|(v, cycle)| (StatusCode::ACCEPTED, serde_json::to_value(v), Some(cycle))),
         };
         match result {
@@ -213,7 +222,9 @@ impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let req = session.req_header();
         let authorization = req.headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-        let (status, body) = self.handle(&req.method, req.uri.path(), authorization);
+        let (method, path) = (req.method.clone(), req.uri.path().to_string());
+        let authorization = authorization.map(str::to_string);
+        let (status, body) = self.handle(&method, &path, authorization.as_deref()).await;
         let (body, content_type) = match body {
             Reply::Metrics(text) => (text.into_bytes(), "text/plain; version=0.0.4; charset=utf-8"),
             Reply::Json(json) => (serde_json::to_vec_pretty(&json).unwrap_or_default(), "application/json"),

@@ -1,12 +1,14 @@
 //! Replicas sharing state through Redis (`[cluster]`): the link to Redis with its time budget
 //! and its up/down state ([`link`]), the tenants' rate limits shared by every replica
 //! ([`rate`]), and the heartbeat that keeps the link, the list of live replicas and the
-//! log of Redis coming and going ([`heartbeat`]).
+//! log of Redis coming and going ([`heartbeat`]), and one maintenance cycle for the whole
+//! group ([`cycle`]: the lease, its fencing token and every replica's view).
 //!
 //! Redis trouble never fails a request: a call that errs or outlasts `call_timeout` marks the
 //! link down and the request is decided locally (as with no cluster), and the heartbeat
 //! brings it back up once Redis answers again.
 
+pub mod cycle;
 pub mod heartbeat;
 pub mod link;
 pub mod rate;
@@ -16,6 +18,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::config::cluster::ClusterSettings;
+use cycle::RedisGroup;
 use link::{Link, LinkSnapshot};
 use rate::SharedRateLimit;
 
@@ -27,6 +30,8 @@ pub struct Cluster {
     pub link: Arc<Link>,
     /// Shared per-tenant rate limits.
     pub rate: SharedRateLimit,
+    /// The group's maintenance cycles.
+    pub group: Arc<RedisGroup>,
 }
 
 /// What `/status` shows of the cluster.
@@ -70,7 +75,8 @@ impl Cluster {
             }
         };
         let rate = SharedRateLimit::new(Arc::clone(&link), &settings.key_prefix);
-        Some(Arc::new(Cluster { settings: settings.clone(), link, rate }))
+        let group = Arc::new(RedisGroup::new(Arc::clone(&link), &settings.key_prefix, &settings.node));
+        Some(Arc::new(Cluster { settings: settings.clone(), link, rate, group }))
     }
 
     /// The settings it was built with.

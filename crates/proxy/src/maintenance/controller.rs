@@ -10,12 +10,13 @@
 //! results are collected on a later tick, and are aborted when the phase moves on.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use chrono::{DateTime, Utc};
 use tokio::time::Instant;
 
 use super::gate;
+use super::group::{GroupLink, Role};
 use super::handle::UpstreamHandle;
 use super::state::{Event, Phase, Transition};
 use super::view::Trigger;
@@ -24,6 +25,7 @@ use crate::config::maintenance::Action;
 use inner::{timeouts, Inner, Task};
 use plan::{plan, Effect};
 
+mod group;
 mod inner;
 mod plan;
 mod triggers;
@@ -41,6 +43,8 @@ pub enum Refused {
 pub struct Maintenance {
     name: String,
     inner: Mutex<Inner>,
+    /// The other replicas in front of the upstream (`[cluster]`), once joined.
+    link: OnceLock<Arc<dyn GroupLink>>,
 }
 
 impl std::fmt::Debug for Maintenance {
@@ -55,6 +59,7 @@ impl Maintenance {
         Maintenance {
             name: name.to_string(),
             inner: Mutex::new(Inner::new(MaintenanceSpec::manual_only(name, "/health"))),
+            link: OnceLock::new(),
         }
     }
 
@@ -89,8 +94,9 @@ impl Maintenance {
             inner.next_scheduled = inner.spec.schedule.as_ref().and_then(|s| s.next_after(wall + lead));
         }
         self.collect(&mut inner, group, now, wall);
+        self.collect_acquired(&mut inner, group);
         if inner.machine.phase() == Phase::Draining {
-            let n = in_flight(&inner, group.as_ref());
+            let n = self.group_in_flight(&inner, in_flight(&inner, group.as_ref()));
             self.feed(&mut inner, group, Event::InFlight(n), now);
         }
         self.feed(&mut inner, group, Event::Tick, now);
@@ -179,6 +185,7 @@ impl Maintenance {
                 last_error: inner.memory.last_error.clone(),
             }),
             history: inner.history.iter().cloned().collect(),
+            group: self.group_view(inner),
         }
     }
 
@@ -253,8 +260,31 @@ impl Maintenance {
             }
             Effect::RunAction { action, target } => {
                 tracing::warn!(upstream = %self.name, action = %action.describe(), target = ?target.server, "maintenance: running the restart action");
-                inner.task =
-                    Some(Task::spawn(async move { action.run(&target).await.map_err(|e| e.to_string()) }));
+                // In a group, the holder first records that the action begins, fenced by its
+                // lease: a replica taking over later must not run it again, and a holder whose
+                // lease passed to another replica must not run it at all.
+                let fence = match (&inner.role, self.link.get()) {
+                    (Role::Holder { token }, Some(link)) => Some((Arc::clone(link), *token)),
+                    _ => None,
+                };
+                inner.action_started = true;
+                let name = self.name.clone();
+                inner.task = Some(Task::spawn(async move {
+                    if let Some((link, token)) = fence {
+                        match link.action_begins(&name, token).await {
+                            Ok(true) => {}
+                            Ok(false) => {
+                                return Err(
+                                    "another replica holds the group's lease now; it runs the restart".into(),
+                                )
+                            }
+                            Err(e) => {
+                                tracing::warn!(upstream = %name, error = %e, "maintenance: the group cannot be told the restart begins; running it on this replica's lease");
+                            }
+                        }
+                    }
+                    action.run(&target).await.map_err(|e| e.to_string())
+                }));
             }
             Effect::Gate { server } => {
                 let (group, gate) = (Arc::clone(group), inner.spec.health.clone());
@@ -290,6 +320,14 @@ impl Maintenance {
             _ => None,
         };
         match (phase, finished) {
+            // A follower cut off from the group saw the backend restart and pass the gate.
+            (Phase::Draining | Phase::Drained, Some(Ok(())))
+                if matches!(inner.role, Role::Follower { .. }) =>
+            {
+                tracing::warn!(upstream = %self.name, "maintenance: the backend restarted and passed the health gate; releasing");
+                self.feed(inner, group, Event::Resume, now);
+                self.feed(inner, group, Event::Healthy, now);
+            }
             (Phase::Draining, Some(_)) if none_window.is_some() => {
                 inner.saw_down = true;
                 inner.task = None;

@@ -11,12 +11,14 @@
 //! - [`handle`]: the narrow handle on an upstream group that the controller acts through
 //!   (hold and release, drain and restore a replica, in-flight counts);
 //! - [`actions`]: running what restarts the backend; [`gate`]: the health gate and restart watch;
+//!   [`group`]: one cycle for every replica in front of the upstream (a lease through Redis);
 //!   [`memory`]: reading the backend's memory use; [`service`]: the ticking background service;
 //!   [`view`]: what `/status` shows of it.
 
 pub mod actions;
 pub mod controller;
 pub mod gate;
+pub mod group;
 pub mod handle;
 pub mod memory;
 pub mod service;

@@ -51,6 +51,11 @@ impl Phase {
         Phase::Ramping,
     ];
 
+    /// The phase named `name` (as [`Phase::as_str`] writes it).
+    pub fn parse(name: &str) -> Option<Phase> {
+        Phase::ALL.into_iter().find(|p| p.as_str() == name)
+    }
+
     /// The phase's name as `/status` and metrics show it.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -79,6 +84,9 @@ pub enum Event {
     ActionDone(Result<(), String>),
     /// The health gate passed.
     Healthy,
+    /// This replica took over a group cycle whose holder went away before its restart began:
+    /// the drain it followed now ends in the restart.
+    TakeOver,
     /// Time passed (deadlines are checked).
     Tick,
 }
@@ -192,6 +200,14 @@ impl Machine {
                 let reason = format!("drain timeout: {} still in flight", self.in_flight);
                 let to = if self.hold_only { Phase::Drained } else { Phase::Restarting };
                 self.go(to, now, reason, false)
+            }
+            (Phase::Draining, Event::TakeOver) => {
+                self.hold_only = false;
+                None
+            }
+            (Phase::Drained, Event::TakeOver) => {
+                self.hold_only = false;
+                self.go(Phase::Restarting, now, "took over the group's cycle", false)
             }
             (Phase::Draining | Phase::Drained, Event::Resume) => {
                 self.go(Phase::Recovering, now, "resume requested", false)

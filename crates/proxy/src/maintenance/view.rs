@@ -4,6 +4,7 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use super::group::GroupView;
 use super::state::Phase;
 use crate::config::MaintenanceMode;
 
@@ -17,6 +18,22 @@ pub enum Trigger {
     Manual,
     /// Memory use passed the threshold.
     Memory,
+}
+
+impl Trigger {
+    /// The trigger's name as `/status` shows it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Schedule => "schedule",
+            Trigger::Manual => "manual",
+            Trigger::Memory => "memory",
+        }
+    }
+
+    /// The trigger named `name`.
+    pub fn parse(name: &str) -> Option<Trigger> {
+        [Trigger::Schedule, Trigger::Manual, Trigger::Memory].into_iter().find(|t| t.as_str() == name)
+    }
 }
 
 /// How a finished cycle went.
@@ -91,6 +108,9 @@ pub struct View {
     pub memory: Option<MemoryView>,
     /// Recent phase changes, oldest first.
     pub history: Vec<Record>,
+    /// The group's cycle and every replica's view (with `[cluster]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<GroupView>,
 }
 
 /// The memory trigger's state.

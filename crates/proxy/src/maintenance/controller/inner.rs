@@ -11,7 +11,9 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use super::group::Heard;
 use crate::config::{Config, MaintenanceSpec};
+use crate::maintenance::group::{Acquired, Role, StartRequest};
 use crate::maintenance::state::{Machine, Timeouts};
 use crate::maintenance::view::{CycleRecord, Record, Trigger};
 
@@ -92,6 +94,18 @@ pub(super) struct Inner {
     /// `none` action: the external restart was seen.
     pub(super) saw_down: bool,
     pub(super) memory: Memory,
+    /// This replica's part in the group's cycle.
+    pub(super) role: Role,
+    /// The group cycle last followed (a cycle is followed once).
+    pub(super) followed: Option<u64>,
+    /// A lease request under way, and what it is for.
+    pub(super) acquiring: Option<(oneshot::Receiver<Acquired>, StartRequest)>,
+    /// Holder: the restart action began in this cycle.
+    pub(super) action_started: bool,
+    /// What the group last answered.
+    pub(super) heard: Heard,
+    /// Cycles taken over from a holder that went away.
+    pub(super) takeovers: u64,
 }
 
 pub(super) fn timeouts(spec: &MaintenanceSpec, rolling: bool) -> Timeouts {
@@ -131,6 +145,12 @@ impl Inner {
             task: None,
             saw_down: false,
             memory: Memory::default(),
+            role: Role::Alone,
+            followed: None,
+            acquiring: None,
+            action_started: false,
+            heard: Heard::default(),
+            takeovers: 0,
         }
     }
 }

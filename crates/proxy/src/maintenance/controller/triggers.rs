@@ -11,6 +11,7 @@ use tokio::time::Instant;
 
 use super::inner::Inner;
 use super::Maintenance;
+use crate::maintenance::group::StartRequest;
 use crate::maintenance::handle::UpstreamHandle;
 use crate::maintenance::state::Phase;
 use crate::maintenance::view::Trigger;
@@ -31,7 +32,12 @@ impl Maintenance {
         let after = inner.spec.schedule.as_ref().and_then(|s| s.next_after(next));
         inner.next_scheduled = after;
         if inner.machine.phase() == Phase::Serving {
-            self.start(inner, group, Trigger::Schedule, Some(next));
+            let request =
+                StartRequest { trigger: Trigger::Schedule, occurrence: Some(next), hold_only: false };
+            match self.linked().cloned() {
+                Some(link) => self.acquire(inner, &link, request),
+                None => self.start(inner, group, Trigger::Schedule, Some(next)),
+            }
         } else {
             tracing::warn!(upstream = %self.name, phase = ?inner.machine.phase(), scheduled = %next, "maintenance: scheduled restart skipped, another cycle is running");
         }
@@ -61,7 +67,15 @@ impl Maintenance {
                             {
                                 tracing::warn!(upstream = %self.name, bytes, threshold = memory.threshold.0, "maintenance: memory above the threshold");
                                 inner.memory.last_restart = Some(now);
-                                self.start(inner, group, Trigger::Memory, None);
+                                let request = StartRequest {
+                                    trigger: Trigger::Memory,
+                                    occurrence: None,
+                                    hold_only: false,
+                                };
+                                match self.linked().cloned() {
+                                    Some(link) => self.acquire(inner, &link, request),
+                                    None => self.start(inner, group, Trigger::Memory, None),
+                                }
                             }
                         }
                         Err(e) => {
