@@ -106,6 +106,22 @@ fn failures(report: &Report) -> Vec<String> {
         .collect()
 }
 
+/// "through a: N requests, F failed; through b: …" for the two replicas' loads.
+fn through_both(ra: &Report, rb: &Report) -> String {
+    format!(
+        "through a: {} requests, {} failed; through b: {} requests, {} failed",
+        ra.sent(),
+        failures(ra).len(),
+        rb.sent(),
+        failures(rb).len()
+    )
+}
+
+fn assert_none_failed(ra: &Report, rb: &Report) {
+    let (fa, fb) = (failures(ra), failures(rb));
+    assert!(fa.is_empty() && fb.is_empty(), "a: {fa:?}\nb: {fb:?}");
+}
+
 /// A 6-field cron expression (UTC) for `secs` seconds from now.
 fn cron_in(secs: i64) -> String {
     let at = Utc::now() + chrono::Duration::seconds(secs);
@@ -140,21 +156,12 @@ async fn a_scheduled_cycle_runs_its_action_once_for_two_replicas_under_load() {
     let restarted = |v: &serde_json::Value| v["history"].to_string().contains("\"to\":\"restarting\"");
     let holder = if restarted(&va) { "a" } else { "b" };
     println!(
-        "scheduled cycle, two replicas: action ran {} time(s) ({runs:?}); through a: {} requests, {} failed; \
-         through b: {} requests, {} failed; holder {holder}",
+        "scheduled cycle, two replicas: action ran {} time(s) ({runs:?}); {}; holder {holder}",
         runs.len(),
-        ra.sent(),
-        failures(&ra).len(),
-        rb.sent(),
-        failures(&rb).len()
+        through_both(&ra, &rb)
     );
     assert_eq!(runs.len(), 1, "the action ran once for the group: {runs:?}");
-    assert!(
-        failures(&ra).is_empty() && failures(&rb).is_empty(),
-        "a: {:?}\nb: {:?}",
-        failures(&ra),
-        failures(&rb)
-    );
+    assert_none_failed(&ra, &rb);
     for view in [&va, &vb] {
         assert_eq!(view["last_cycle"]["trigger"], "schedule", "{view:#}");
         assert_eq!(view["last_cycle"]["outcome"], "ok", "{view:#}");
@@ -287,21 +294,12 @@ async fn redis_gone_mid_cycle_each_replica_finishes_on_its_own() {
     let (ra, rb) = (la.await.expect("load a"), lb.await.expect("load b"));
     let runs = setup.runs();
     println!(
-        "Redis killed while the holder's action ran: both serving {released:?} later; action ran {} time(s); \
-         through a: {} requests, {} failed; through b: {} requests, {} failed",
+        "Redis killed while the holder's action ran: both serving {released:?} later; action ran {} time(s); {}",
         runs.len(),
-        ra.sent(),
-        failures(&ra).len(),
-        rb.sent(),
-        failures(&rb).len()
+        through_both(&ra, &rb)
     );
     assert_eq!(runs.len(), 1, "{runs:?}");
-    assert!(
-        failures(&ra).is_empty() && failures(&rb).is_empty(),
-        "a: {:?}\nb: {:?}",
-        failures(&ra),
-        failures(&rb)
-    );
+    assert_none_failed(&ra, &rb);
     assert_eq!(va["last_cycle"]["outcome"], "ok", "{va:#}");
     assert_eq!(vb["last_cycle"]["outcome"], "ok", "the follower saw the restart and released: {vb:#}");
     // Redis back: the holder hands back the lease, and the group can start a cycle again.
@@ -311,4 +309,73 @@ async fn redis_gone_mid_cycle_each_replica_finishes_on_its_own() {
         v["group"]["role"] == "alone"
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_cycle_takes_each_server_out_of_every_replicas_rotation() {
+    let _machine = common::exclusive().await;
+    let args = ["--worker-connections", "4", "--service-time", "300ms", "--boot-delay", "2s"];
+    let (s1, s2) = (SimProcess::start(&args).await, SimProcess::start(&args).await);
+    let dir = tempfile::tempdir().expect("dir");
+    for sim in [&s1, &s2] {
+        sim.write_pid(&dir.path().join(format!("sim-{}.pid", sim.addr.port())));
+    }
+    let runs = dir.path().join("runs");
+    let redis = RedisServer::start().await;
+    let config = |node: &str| {
+        format!(
+            "[upstreams.api]\nservers = [\"{}\", \"{}\"]\n[upstreams.api.health]\ninterval = \"250ms\"\n\
+             [[routes]]\nprefix = \"/\"\nupstream = \"api\"\nclass = \"run\"\n\
+             [cluster]\nredis = \"{}\"\nnode = \"{node}\"\ncall_timeout = \"50ms\"\n\
+             [[maintenance]]\nupstream = \"api\"\nmode = \"rolling\"\ndrain_timeout = \"10s\"\n\
+             restart_timeout = \"5s\"\nrecover_timeout = \"30s\"\n\
+             action = {{ kind = \"command\", command = \"echo {{server}} >> {}; kill -HUP $(cat {}/sim-{{port}}.pid)\" }}\n\
+             [maintenance.health]\nsuccesses = 2\ninterval = \"200ms\"\n",
+            s1.addr,
+            s2.addr,
+            redis.url(),
+            runs.display(),
+            dir.path().display()
+        )
+    };
+    let a = ProxyProcess::start(&config("a")).await;
+    let b = ProxyProcess::start(&config("b")).await;
+    wait_joined(a.admin, 2).await;
+    wait_joined(b.admin, 2).await;
+    let (la, lb) = (load(a.addr, 3.0, 16), load(b.addr, 3.0, 16));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (code, view) = admin_post(a.admin, "/upstreams/api/restart", None).await;
+    assert_eq!(code, 202, "{view:#}");
+    // While a server restarts, the follower keeps it out of rotation too.
+    poll_until(
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        "b to drain the server being restarted",
+        || async {
+            let api = status(b.admin).await["upstreams"]["api"].clone();
+            let view = &api["maintenance"];
+            let target = view["group"]["cycle"]["target"].as_str().unwrap_or("-").to_string();
+            let drained: Vec<String> = api["health"].as_array().map_or(vec![], |h| {
+                h.iter()
+                    .filter(|e| e["drained"] == true)
+                    .filter_map(|e| e["addr"].as_str().map(str::to_string))
+                    .collect()
+            });
+            view["group"]["role"] == "follower" && drained == vec![target]
+        },
+    )
+    .await;
+    let va = wait_cycle_done(a.admin, 1, Duration::from_secs(60)).await;
+    let (ra, rb) = (la.await.expect("load a"), lb.await.expect("load b"));
+    let restarted = read_lines(&runs);
+    let longest = ra.percentile(1.0).max(rb.percentile(1.0)).unwrap_or_default();
+    println!(
+        "rolling cycle, two replicas, two servers: action ran for {restarted:?}; {}; longest {longest:?}",
+        through_both(&ra, &rb)
+    );
+    assert_eq!(restarted.len(), 2, "each server restarted once: {restarted:?}");
+    assert_none_failed(&ra, &rb);
+    assert_eq!(va["last_cycle"]["outcome"], "ok", "{va:#}");
+    // Nobody is held for a server's 2 s boot: the other server carries the load.
+    assert!(longest < Duration::from_millis(1800), "someone waited: {longest:?}");
 }

@@ -2,7 +2,8 @@
 //! and its up/down state ([`link`]), the tenants' rate limits shared by every replica
 //! ([`rate`]), and the heartbeat that keeps the link, the list of live replicas and the
 //! log of Redis coming and going ([`heartbeat`]), and one maintenance cycle for the whole
-//! group ([`cycle`]: the lease, its fencing token and every replica's view).
+//! group ([`lease`]: the lease, its fencing token and every replica's view in Redis;
+//! [`cycle`]: the service exchanging them).
 //!
 //! Redis trouble never fails a request: a call that errs or outlasts `call_timeout` marks the
 //! link down and the request is decided locally (as with no cluster), and the heartbeat
@@ -10,6 +11,7 @@
 
 pub mod cycle;
 pub mod heartbeat;
+pub mod lease;
 pub mod link;
 pub mod rate;
 
@@ -18,7 +20,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::config::cluster::ClusterSettings;
-use cycle::RedisGroup;
+use lease::RedisGroup;
 use link::{Link, LinkSnapshot};
 use rate::SharedRateLimit;
 

@@ -17,8 +17,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::state::Phase;
-use super::view::Trigger;
+use super::state::{Phase, Trigger};
 
 /// A replica's part in the group's current cycle.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
@@ -63,12 +62,24 @@ pub struct GroupCycle {
     pub trigger: Trigger,
     /// When it started.
     pub started: Option<DateTime<Utc>>,
+    /// A rolling cycle: one server at a time, the others serve.
+    pub rolling: bool,
+    /// Rolling: the server being restarted now.
+    pub target: Option<String>,
 }
 
 impl GroupCycle {
-    /// Whether followers hold new requests in this phase.
+    /// Whether followers hold new requests in this phase (a rolling cycle holds nothing:
+    /// followers take its target out of rotation instead).
     pub fn holds(&self) -> bool {
-        matches!(self.phase, Phase::Draining | Phase::Drained | Phase::Restarting | Phase::Recovering)
+        !self.rolling
+            && matches!(self.phase, Phase::Draining | Phase::Drained | Phase::Restarting | Phase::Recovering)
+    }
+
+    /// Rolling: the server followers keep out of rotation now.
+    pub fn out_of_rotation(&self) -> Option<&str> {
+        let restarting = matches!(self.phase, Phase::Draining | Phase::Restarting | Phase::Recovering);
+        self.target.as_deref().filter(|_| self.rolling && restarting)
     }
 }
 
@@ -85,6 +96,9 @@ pub struct ReplicaView {
     pub held: bool,
     /// The cycle it takes part in (0: none).
     pub token: u64,
+    /// Following a rolling cycle: the server it keeps out of rotation (its `in_flight` counts
+    /// only the requests to that server).
+    pub target: Option<String>,
 }
 
 /// How a request for the lease ended.

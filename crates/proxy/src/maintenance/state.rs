@@ -69,6 +69,34 @@ impl Phase {
     }
 }
 
+/// What started a cycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    /// The cron schedule.
+    Schedule,
+    /// An operator (admin API or `ctl`).
+    Manual,
+    /// Memory use passed the threshold.
+    Memory,
+}
+
+impl Trigger {
+    /// The trigger's name as `/status` shows it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Schedule => "schedule",
+            Trigger::Manual => "manual",
+            Trigger::Memory => "memory",
+        }
+    }
+
+    /// The trigger named `name`.
+    pub fn parse(name: &str) -> Option<Trigger> {
+        [Trigger::Schedule, Trigger::Manual, Trigger::Memory].into_iter().find(|t| t.as_str() == name)
+    }
+}
+
 /// What happened.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {

@@ -6,35 +6,8 @@ use serde::Serialize;
 
 use super::group::GroupView;
 use super::state::Phase;
+pub use super::state::Trigger;
 use crate::config::MaintenanceMode;
-
-/// What started a cycle.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Trigger {
-    /// The cron schedule.
-    Schedule,
-    /// An operator (admin API or `ctl`).
-    Manual,
-    /// Memory use passed the threshold.
-    Memory,
-}
-
-impl Trigger {
-    /// The trigger's name as `/status` shows it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Trigger::Schedule => "schedule",
-            Trigger::Manual => "manual",
-            Trigger::Memory => "memory",
-        }
-    }
-
-    /// The trigger named `name`.
-    pub fn parse(name: &str) -> Option<Trigger> {
-        [Trigger::Schedule, Trigger::Manual, Trigger::Memory].into_iter().find(|t| t.as_str() == name)
-    }
-}
 
 /// How a finished cycle went.
 #[derive(Debug, Clone, Serialize)]

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::inner::{timeouts, Inner, Task};
+use super::inner::{timeouts, Heard, Inner, Task};
 use super::{busy, Maintenance, Refused, View};
 use crate::config::maintenance::Action;
 use crate::config::MaintenanceSpec;
@@ -20,15 +20,6 @@ use crate::maintenance::group::{
 use crate::maintenance::handle::UpstreamHandle;
 use crate::maintenance::state::{Event, Phase};
 use crate::maintenance::view::Trigger;
-
-/// What the controller last heard from the group.
-#[derive(Debug, Default)]
-pub(super) struct Heard {
-    /// Whether the last exchange was answered.
-    pub(super) linked: bool,
-    /// The answer.
-    pub(super) update: Update,
-}
 
 impl Maintenance {
     /// Joins the group reached through `link` (once; later calls change nothing).
@@ -128,6 +119,8 @@ impl Maintenance {
                 resume: false,
                 trigger: inner.trigger.unwrap_or(Trigger::Manual),
                 started: inner.cycle_started,
+                rolling: inner.rolling,
+                target: inner.current.clone(),
             }),
             _ => None,
         };
@@ -136,9 +129,16 @@ impl Maintenance {
             view: ReplicaView {
                 node: node.to_string(),
                 phase,
-                in_flight: super::in_flight(&inner, group.as_ref()),
+                in_flight: match inner.out_of_rotation.as_deref() {
+                    Some(server) => super::addrs_of(group.as_ref(), Some(server))
+                        .into_iter()
+                        .map(|a| group.in_flight_to(a))
+                        .sum(),
+                    None => super::in_flight(&inner, group.as_ref()),
+                },
                 held: group.held(),
                 token,
+                target: inner.out_of_rotation.clone(),
             },
             cycle,
         }
@@ -187,7 +187,9 @@ impl Maintenance {
                 if let (Some(taken), Some(cycle)) = (update.took_over, update.cycle.as_ref()) {
                     self.take_over(&mut inner, group, taken, cycle, now);
                 } else if phase == Phase::Serving {
-                    inner.role = Role::Alone;
+                    if !update.cycle.as_ref().is_some_and(|c| c.token == token && c.rolling) {
+                        inner.role = Role::Alone;
+                    }
                 } else if held_here && !update.cycle.as_ref().is_some_and(|c| c.token == token && c.holds()) {
                     // The holder ramps: its health gate passed, so this replica ramps with it.
                     // The cycle gone (ended, or Redis lost it): this replica's own gate decides.
@@ -207,6 +209,47 @@ impl Maintenance {
                     self.follow(&mut inner, group, cycle, now);
                 }
             }
+        }
+        self.follow_rolling(&mut inner, group, update.cycle.as_ref().filter(|c| c.holder != node));
+    }
+
+    /// A rolling cycle run by another replica: keeps the server it restarts out of rotation
+    /// here too (with the capacity share the other servers carry), and puts it back when the
+    /// holder moves on.
+    fn follow_rolling<G: UpstreamHandle>(
+        &self,
+        inner: &mut Inner,
+        group: &Arc<G>,
+        cycle: Option<&GroupCycle>,
+    ) {
+        if inner.machine.phase() != Phase::Serving {
+            return;
+        }
+        if let Some(rolling) = cycle.filter(|c| c.rolling) {
+            if inner.role == Role::Alone {
+                inner.role = Role::Follower { token: rolling.token };
+            }
+        }
+        let wanted = cycle.and_then(GroupCycle::out_of_rotation).map(str::to_string);
+        if wanted == inner.out_of_rotation {
+            return;
+        }
+        if let Some(server) = inner.out_of_rotation.take() {
+            tracing::warn!(upstream = %self.name, %server, "maintenance: the group's rolling restart moved on; the server is back in rotation");
+            for addr in super::addrs_of(group.as_ref(), Some(&server)) {
+                group.set_drained(addr, false);
+            }
+            group.set_capacity_share(1.0);
+            group.sync_availability(std::time::Duration::ZERO);
+        }
+        if let Some(server) = wanted {
+            tracing::warn!(upstream = %self.name, %server, "maintenance: the group's rolling restart takes this server out of rotation");
+            let total = group.servers().len().max(1) as f64;
+            group.set_capacity_share((total - 1.0) / total);
+            for addr in super::addrs_of(group.as_ref(), Some(&server)) {
+                group.set_drained(addr, true);
+            }
+            inner.out_of_rotation = Some(server);
         }
     }
 
@@ -264,7 +307,7 @@ impl Maintenance {
     }
 
     /// Requests in flight the holder's drain waits for: its own, each follower's, and one for
-    /// every live replica not yet holding for this cycle.
+    /// every live replica not yet following this cycle.
     pub(super) fn group_in_flight(&self, inner: &Inner, own: usize) -> usize {
         let (Role::Holder { token }, Some(link)) = (&inner.role, self.link.get()) else { return own };
         if !inner.heard.linked {
@@ -278,7 +321,14 @@ impl Maintenance {
             .iter()
             .filter(|r| r.node != node)
             .map(|r| {
-                let holding = r.token == token && matches!(r.phase, Phase::Draining | Phase::Drained);
+                // A follower of a rolling cycle serves on and reports what it still has in
+                // flight to the server being restarted.
+                let holding = r.token == token
+                    && if inner.rolling {
+                        r.target.is_some() && r.target == inner.current
+                    } else {
+                        matches!(r.phase, Phase::Draining | Phase::Drained)
+                    };
                 if holding {
                     r.in_flight
                 } else {
@@ -347,10 +397,9 @@ impl Maintenance {
     /// Operator `resume` as the group sees it: a follower asks the holder, which resumes the
     /// whole group through its health gate.
     pub async fn resume_in_group<G: UpstreamHandle>(&self, group: &Arc<G>) -> Result<View, Refused> {
-        let token = match self.lock().role {
-            Role::Follower { token } => token,
-            _ => return self.resume(group),
-        };
+        // The guard must be gone before `resume` locks again.
+        let role = self.lock().role.clone();
+        let Role::Follower { token } = role else { return self.resume(group) };
         match self.linked().cloned() {
             Some(link) => {
                 if let Err(e) = link.ask_resume(&self.name, token).await {

@@ -11,9 +11,8 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::group::Heard;
 use crate::config::{Config, MaintenanceSpec};
-use crate::maintenance::group::{Acquired, Role, StartRequest};
+use crate::maintenance::group::{Acquired, Role, StartRequest, Update};
 use crate::maintenance::state::{Machine, Timeouts};
 use crate::maintenance::view::{CycleRecord, Record, Trigger};
 
@@ -56,6 +55,15 @@ impl Drop for Task {
         // Leaving the phase cancels its work (a running command's process group is killed).
         self.handle.abort();
     }
+}
+
+/// What the controller last heard from the group.
+#[derive(Debug, Default)]
+pub(super) struct Heard {
+    /// Whether the last exchange was answered.
+    pub(super) linked: bool,
+    /// The answer.
+    pub(super) update: Update,
 }
 
 #[derive(Default)]
@@ -106,6 +114,8 @@ pub(super) struct Inner {
     pub(super) heard: Heard,
     /// Cycles taken over from a holder that went away.
     pub(super) takeovers: u64,
+    /// Following another replica's rolling cycle: the server kept out of rotation here.
+    pub(super) out_of_rotation: Option<String>,
 }
 
 pub(super) fn timeouts(spec: &MaintenanceSpec, rolling: bool) -> Timeouts {
@@ -151,6 +161,7 @@ impl Inner {
             action_started: false,
             heard: Heard::default(),
             takeovers: 0,
+            out_of_rotation: None,
         }
     }
 }
