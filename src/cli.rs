@@ -173,7 +173,7 @@ fn check(args: &CheckArgs) -> ExitCode {
     }
     check_docker_actions(&config, &origin);
     if let Some(url) = &config.cluster.redis {
-        match dify_shaper::cluster::probe(url, std::time::Duration::from_secs(2)) {
+        match dify_shaper::cluster::probe(&config.cluster, std::time::Duration::from_secs(2)) {
             Ok(version) => {
                 eprintln!("dify-shaper: {origin}: cluster.redis {url}: reachable (Redis {version})")
             }

@@ -253,6 +253,44 @@ async fn a_replica_whose_redis_is_down_at_start_serves_and_check_says_why() {
     assert_eq!(status(proxy.admin).await["cluster"]["state"], "local");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_redis_is_joined_with_its_ca_and_check_refuses_it_without() {
+    let _machine = common::shared().await;
+    let sim = sim().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let redis = RedisServer::start_tls(dir.path()).await;
+    let check = |config: &str| {
+        let path = dir.path().join("check.toml");
+        std::fs::write(&path, config).expect("write config");
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_dify-shaper"))
+            .args(["check", "--config"])
+            .arg(&path)
+            .output()
+            .expect("check");
+        (output.status.success(), String::from_utf8_lossy(&output.stderr).to_string())
+    };
+    // The server's certificate is signed by a CA the system does not know: refused, saying so.
+    let without = config(sim.addr(), Some(&redis.url()), "tls");
+    let (ok, refused) = check(&without);
+    assert!(!ok && refused.contains("cluster.redis") && refused.contains("cannot connect"), "{refused}");
+    assert!(refused.to_lowercase().contains("certificate") || refused.contains("UnknownIssuer"), "{refused}");
+    // With the CA: `check` reaches it, and a replica joins through it.
+    let with = format!("{without}tls_ca_file = \"{}\"\n", dir.path().join("ca.crt").display());
+    let (ok, stderr) = check(&with);
+    assert!(ok && stderr.contains("reachable (Redis"), "{stderr}");
+    let proxy = ProxyProcess::start(&with).await;
+    wait_shared(&proxy, 1).await;
+    println!("TLS Redis: check without the CA: {}", refused.lines().last().unwrap_or_default());
+    // A CA file with a plain redis:// URL is a mistake `check` names.
+    let plain = format!(
+        "{}tls_ca_file = \"{}\"\n",
+        config(sim.addr(), Some("redis://127.0.0.1:1/0"), "tls"),
+        dir.path().join("ca.crt").display()
+    );
+    let (ok, stderr) = check(&plain);
+    assert!(!ok && stderr.contains("cluster.tls_ca_file"), "{stderr}");
+}
+
 /// HAProxy in front of replicas, as an operator would run it: round robin, `/ready` of each
 /// replica's admin listener as the health check, a refused connection redispatched.
 struct Haproxy {

@@ -13,8 +13,6 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::RedisResult;
 use serde::Serialize;
 
-use crate::config::cluster::RedisUrl;
-
 /// How long a (re)connection attempt may take; the heartbeat tries again on its next beat.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -66,16 +64,17 @@ pub struct LinkSnapshot {
 }
 
 impl Link {
-    /// A link to `url` whose calls may take `budget`; it connects on the heartbeat's first beat.
-    pub fn new(url: &RedisUrl, budget: Duration) -> RedisResult<Link> {
-        Ok(Link {
-            client: redis::Client::open(url.expose())?,
+    /// A link through `client` whose calls may take `budget`; it connects on the heartbeat's
+    /// first beat.
+    pub fn new(client: redis::Client, budget: Duration) -> Link {
+        Link {
+            client,
             budget,
             connection: ArcSwapOption::empty(),
             up: AtomicBool::new(false),
             local_calls: AtomicU64::new(0),
             state: Mutex::new(LinkState::default()),
-        })
+        }
     }
 
     /// Whether calls go to Redis now.

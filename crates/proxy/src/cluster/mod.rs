@@ -48,10 +48,28 @@ pub struct ClusterStatus {
     pub link: LinkSnapshot,
 }
 
-/// Connects to `url` and asks for its version (for `check`): a wrong URL, password or db, or a
-/// Redis not reachable within `limit`, is an error saying which.
-pub fn probe(url: &crate::config::cluster::RedisUrl, limit: std::time::Duration) -> Result<String, String> {
-    let client = redis::Client::open(url.expose()).map_err(|e| format!("{url}: {e}"))?;
+/// The Redis client for `settings` (TLS from a `rediss://` URL, checked against
+/// `tls_ca_file` when set, else the system's roots).
+pub fn client(settings: &ClusterSettings) -> Result<redis::Client, String> {
+    let url = settings.redis.as_ref().ok_or("no cluster.redis")?;
+    let client = match &settings.tls_ca_file {
+        Some(path) => {
+            let pem =
+                std::fs::read(path).map_err(|e| format!("cluster.tls_ca_file {}: {e}", path.display()))?;
+            let certificates = redis::TlsCertificates { client_tls: None, root_cert: Some(pem) };
+            redis::Client::build_with_tls(url.expose(), certificates)
+        }
+        None => redis::Client::open(url.expose()),
+    };
+    client.map_err(|e| format!("{url}: {e}"))
+}
+
+/// Connects to the configured Redis and asks for its version (for `check`): a wrong URL,
+/// password or db, a certificate that does not check out, or a Redis not reachable within
+/// `limit`, is an error saying which.
+pub fn probe(settings: &ClusterSettings, limit: std::time::Duration) -> Result<String, String> {
+    let client = client(settings)?;
+    let url = settings.redis.as_ref().map(ToString::to_string).unwrap_or_default();
     let mut connection =
         client.get_connection_with_timeout(limit).map_err(|e| format!("{url}: cannot connect: {e}"))?;
     let _ = connection.set_read_timeout(Some(limit));
@@ -68,11 +86,11 @@ impl Cluster {
     /// The cluster for `settings`, or `None` when no Redis is configured (or its URL cannot
     /// make a client, which the config check already refuses).
     pub fn new(settings: &ClusterSettings) -> Option<Arc<Cluster>> {
-        let url = settings.redis.as_ref()?;
-        let link = match Link::new(url, settings.call_timeout.0) {
-            Ok(link) => Arc::new(link),
+        settings.redis.as_ref()?;
+        let link = match client(settings) {
+            Ok(client) => Arc::new(Link::new(client, settings.call_timeout.0)),
             Err(e) => {
-                tracing::warn!(target: "dify_shaper::cluster", "cluster.redis {url}: {e}; deciding locally");
+                tracing::warn!(target: "dify_shaper::cluster", "cluster.redis {e}; deciding locally");
                 return None;
             }
         };

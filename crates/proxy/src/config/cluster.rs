@@ -1,7 +1,7 @@
 //! `[cluster]`: several dify-shaper replicas in front of one Dify sharing state through Redis
 //! (the Redis Dify already runs). Without `redis`, a replica decides everything alone, as
-//! before. Validated here: the URL (scheme, password, db), the node name, the time budget of
-//! one Redis call, the key prefix.
+//! before. Validated here: the URL (scheme, password, db; `rediss://` for TLS), the CA a TLS
+//! Redis is checked against, the node name, the time budget of one Redis call, the key prefix.
 
 use serde::{Deserialize, Serialize, Serializer};
 
@@ -15,10 +15,15 @@ pub const DEFAULT_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawCluster {
-    /// `redis://[:password@]host[:port][/db]` (or `redis+unix:///path`); `--redis` and
+    /// `redis://[:password@]host[:port][/db]`, `rediss://…` for TLS (`#insecure` at the end
+    /// skips checking the server's certificate), or `redis+unix:///path`; `--redis` and
     /// `DIFY_SHAPER_REDIS` replace it.
     #[serde(default)]
     pub redis: Option<String>,
+    /// `rediss://` only: a PEM file of the CA that signed the server's certificate (default:
+    /// the system's roots).
+    #[serde(default)]
+    pub tls_ca_file: Option<std::path::PathBuf>,
     /// This replica's name in the group (default: the hostname).
     #[serde(default)]
     pub node: Option<String>,
@@ -39,6 +44,11 @@ impl RedisUrl {
     /// The URL as written (password included): for the client only.
     pub fn expose(&self) -> &str {
         &self.0
+    }
+
+    /// Whether it asks for TLS (`rediss://`).
+    pub fn is_tls(&self) -> bool {
+        self.0.starts_with("rediss://")
     }
 
     /// The URL with any password replaced by `***`.
@@ -79,6 +89,8 @@ impl Serialize for RedisUrl {
 pub struct ClusterSettings {
     /// The shared Redis; `None`: this replica is on its own.
     pub redis: Option<RedisUrl>,
+    /// The CA a `rediss://` server's certificate is checked against (`None`: system roots).
+    pub tls_ca_file: Option<std::path::PathBuf>,
     /// This replica's name.
     pub node: String,
     /// Time budget of one Redis call.
@@ -91,6 +103,7 @@ impl Default for ClusterSettings {
     fn default() -> Self {
         ClusterSettings {
             redis: None,
+            tls_ca_file: None,
             node: default_node(),
             call_timeout: HumanDuration(DEFAULT_CALL_TIMEOUT),
             key_prefix: "dify-shaper".into(),
@@ -127,6 +140,20 @@ pub fn build(
             Some(RedisUrl(url.to_string()))
         }
     };
+    let tls_ca_file = match (&raw.tls_ca_file, &redis) {
+        (None, _) => None,
+        (Some(path), Some(url)) if url.is_tls() => {
+            let pem = std::fs::read_to_string(path)
+                .map_err(|e| ("cluster.tls_ca_file", format!("{}: {e}", path.display())))?;
+            if !pem.contains("-----BEGIN CERTIFICATE-----") {
+                return Err(("cluster.tls_ca_file", format!("{}: not a PEM certificate", path.display())));
+            }
+            Some(path.clone())
+        }
+        (Some(_), _) => {
+            return Err(("cluster.tls_ca_file", "set, but cluster.redis is not a rediss:// (TLS) URL".into()))
+        }
+    };
     let node = match raw.node.as_deref().map(str::trim) {
         None => defaults.node,
         Some(n) if valid_name(n) => n.to_string(),
@@ -142,7 +169,7 @@ pub fn build(
         Some(p) if valid_name(p) => p.to_string(),
         Some(p) => return Err(("cluster.key_prefix", format!("{p:?}: use 1-64 of a-z A-Z 0-9 . _ -"))),
     };
-    Ok(ClusterSettings { redis, node, call_timeout, key_prefix })
+    Ok(ClusterSettings { redis, tls_ca_file, node, call_timeout, key_prefix })
 }
 
 fn valid_name(name: &str) -> bool {
