@@ -6,7 +6,7 @@
 #   - the real Dify API server (Dify 1.12.1) when its kit is beside the project
 #     (../shared/dify/realdify): `realdify install` into target/realdify (a few minutes the
 #     first time: redis-server, uv and the api's locked dependencies; a no-op afterwards).
-#   - redis-server and haproxy (Debian's), which the cluster tests (tests/it/cluster.rs) start themselves.
+#   - redis-server, haproxy and openssl (Debian's), which the cluster tests (tests/it/cluster.rs) use.
 # Starts nothing: the tests start and stop their own PostgreSQL, gunicorn and Redis.
 # Idempotent and fast once done: a stamp in the venv records the requirements it holds.
 # `make test` runs it before `cargo test`.
@@ -33,11 +33,13 @@ if [ -z "$(pg_bin)" ] || [ ! -x "$(pg_bin)/initdb" ] || [ ! -x "$(pg_bin)/postgr
     done
   fi
 fi
-# The cluster tests (tests/it/cluster.rs) start their own redis-server and HAProxy.
-if ! command -v redis-server >/dev/null 2>&1 || ! command -v haproxy >/dev/null 2>&1; then
-  echo "e2e setup: installing redis-server and haproxy (Debian's)"
+# The cluster tests (tests/it/cluster.rs) start their own redis-server and HAProxy, and make
+# the certificates of a TLS-only Redis with openssl.
+if ! command -v redis-server >/dev/null 2>&1 || ! command -v haproxy >/dev/null 2>&1 \
+  || ! command -v openssl >/dev/null 2>&1; then
+  echo "e2e setup: installing redis-server, haproxy and openssl (Debian's)"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server haproxy >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server haproxy openssl >/dev/null
   $SUDO systemctl stop haproxy >/dev/null 2>&1 || $SUDO service haproxy stop >/dev/null 2>&1 || true
   # Debian's package starts a system Redis on 6379 where it can; the tests do not use it.
   $SUDO systemctl stop redis-server >/dev/null 2>&1 || $SUDO service redis-server stop >/dev/null 2>&1 || true
