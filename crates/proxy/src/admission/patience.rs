@@ -12,7 +12,9 @@
 //!
 //! Patience is learned per class because a console call and a 15-second workflow have very
 //! different clients, and quickly (from three departures), because until it is known every
-//! waiter of a standing queue can only time out silently. When it changes, every waiter
+//! waiter of a standing queue can only time out silently. Only a departure of the oldest
+//! waiter of its class counts: a client that leaves while an earlier one still waits left for
+//! another reason than the wait (see [`crate::admission::controller`]). When it changes, every waiter
 //! re-reads its limit (see [`crate::admission::Admission`]), so the ones queued before it
 //! was known are refused in time too.
 

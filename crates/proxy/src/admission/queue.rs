@@ -127,6 +127,11 @@ impl<T> FairQueue<T> {
         all
     }
 
+    /// When the longest-waiting request of class `class` joined, if any waits.
+    pub fn oldest_of_class(&self, class: usize) -> Option<Instant> {
+        self.classes.get(class)?.tenants.values().filter_map(|q| q.front().map(|e| e.enqueued)).min()
+    }
+
     /// When the longest-waiting request joined, if any waits.
     pub fn oldest(&self) -> Option<Instant> {
         self.classes

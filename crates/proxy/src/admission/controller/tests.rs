@@ -127,6 +127,41 @@ async fn learned_patience_sheds_requests_whose_clients_will_be_gone() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn clients_that_leave_before_older_waiters_teach_no_patience() {
+    let gate = gate(1, 100);
+    let held = gate.acquire(ticket(1, 1)).await.expect("first");
+    let spawn = |tenant| {
+        let gate = Arc::clone(&gate);
+        tokio::spawn(async move { gate.acquire(ticket(tenant, 1)).await.map(drop) })
+    };
+    // One waiter that stays, then ten that give up after 200 ms each (aborts, not the wait).
+    let patient = spawn(2);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    for tenant in 10..20 {
+        let early = spawn(tenant);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        early.abort();
+        let _ = early.await;
+    }
+    assert_eq!(gate.status().abandoned, 10);
+    assert_eq!(gate.status().patience_ms, None, "no client left because of its wait");
+    // The patient one is admitted in turn, however long that takes (up to its class's 30 s).
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    drop(held);
+    assert_eq!(patient.await.expect("join"), Ok(()));
+    // Oldest-first departures are what a client's timeout looks like: they teach patience.
+    let held = gate.acquire(ticket(1, 1)).await.expect("again");
+    for tenant in 30..33 {
+        let waiter = spawn(tenant);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        waiter.abort();
+        let _ = waiter.await;
+    }
+    assert!(gate.status().patience_ms.is_some_and(|p| (2900.0..=3100.0).contains(&p)));
+    drop(held);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_flooding_tenant_does_not_starve_another() {
     let gate = gate(1, 1000);
     let held = gate.acquire(ticket(1, 1)).await.expect("first");

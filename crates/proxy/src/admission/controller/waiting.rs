@@ -84,8 +84,16 @@ impl Drop for Waiting {
         let mut st = self.admission.lock();
         if st.queue.remove(self.id, self.tenant, self.class).is_some() {
             st.counters.abandoned += 1;
+            // A client that leaves while one of its class that came earlier still waits did
+            // not leave because of the wait (a closed tab, a cancelled job): only the oldest
+            // waiter's departure says how long clients wait. Counting every departure let a
+            // few early aborts teach a patience so short that held requests were refused at
+            // once during an outage.
+            let oldest = st.queue.oldest_of_class(self.class).is_none_or(|o| o >= self.enqueued);
             let before = st.patience.estimate(self.class);
-            st.patience.record(self.class, now.duration_since(self.enqueued));
+            if oldest {
+                st.patience.record(self.class, now.duration_since(self.enqueued));
+            }
             let changed = st.patience.estimate(self.class) != before;
             if st.queue.is_empty() {
                 st.standing_since = None;
