@@ -107,24 +107,15 @@ impl Heartbeat {
         };
         let settings = self.cluster.settings();
         let key = format!("{}:nodes", settings.key_prefix);
-        let beat = tokio::time::timeout(BEAT_TIMEOUT, async {
-            let mut c = connection.clone();
-            let nodes: Vec<String> = script
-                .key(&key)
-                .arg(&settings.node)
-                .arg(ALIVE.as_millis() as u64)
-                .invoke_async(&mut c)
-                .await?;
-            Ok::<_, redis::RedisError>(nodes)
-        })
-        .await;
-        match beat {
-            Ok(Ok(nodes)) => {
-                self.share_capacity(connection, &nodes).await;
-                link.mark_up(nodes);
-            }
-            Ok(Err(e)) => link.mark_down(&e.to_string()),
-            Err(_) => link.mark_down(&format!("heartbeat not answered within {BEAT_TIMEOUT:?}")),
+        let beat: Option<Vec<String>> = link
+            .probe_within(connection.clone(), BEAT_TIMEOUT, |mut c| async move {
+                script.key(&key).arg(&settings.node).arg(ALIVE.as_millis() as u64).invoke_async(&mut c).await
+            })
+            .await;
+        // A failed or late beat has marked the link down already.
+        if let Some(nodes) = beat {
+            self.share_capacity(connection, &nodes).await;
+            link.mark_up(nodes);
         }
     }
 }

@@ -105,15 +105,40 @@ impl Link {
                 return None;
             }
         };
+        let answer = self.bounded(connection, limit, call).await;
+        if answer.is_none() {
+            self.local_calls.fetch_add(1, Ordering::Relaxed);
+        }
+        answer
+    }
+
+    /// Runs `call` on `connection` within `limit` whether or not the link is up (the heartbeat,
+    /// which is what brings it back up); a failure or timeout marks it down.
+    pub async fn probe_within<T, F, Fut>(
+        &self,
+        connection: ConnectionManager,
+        limit: Duration,
+        call: F,
+    ) -> Option<T>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        self.bounded(connection, limit, call).await
+    }
+
+    async fn bounded<T, F, Fut>(&self, connection: ConnectionManager, limit: Duration, call: F) -> Option<T>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
         match tokio::time::timeout(limit, call(connection)).await {
             Ok(Ok(value)) => Some(value),
             Ok(Err(e)) => {
-                self.local_calls.fetch_add(1, Ordering::Relaxed);
                 self.mark_down(&e.to_string());
                 None
             }
             Err(_) => {
-                self.local_calls.fetch_add(1, Ordering::Relaxed);
                 self.mark_down(&format!("no answer within {limit:?}"));
                 None
             }
