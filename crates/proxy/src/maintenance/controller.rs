@@ -361,14 +361,13 @@ fn addrs_of<G: UpstreamHandle>(group: &G, server: Option<&str>) -> Vec<std::net:
     group.endpoints_of(server).into_iter().map(|e| e.addr).collect()
 }
 
-/// Requests in flight that the drain waits for: to the replica being drained, or to the
-/// whole upstream.
+/// Requests in flight that the drain waits for: to the replica being drained (by this
+/// replica's rolling cycle, or by another's it follows), or to the whole upstream.
 fn in_flight<G: UpstreamHandle>(inner: &Inner, group: &G) -> usize {
-    match (&inner.rolling, inner.current.as_deref()) {
-        (true, Some(server)) => {
-            addrs_of(group, Some(server)).into_iter().map(|a| group.in_flight_to(a)).sum()
-        }
-        _ => group.in_flight(),
+    let drained = inner.current.as_deref().filter(|_| inner.rolling).or(inner.out_of_rotation.as_deref());
+    match drained {
+        Some(server) => addrs_of(group, Some(server)).into_iter().map(|a| group.in_flight_to(a)).sum(),
+        None => group.in_flight(),
     }
 }
 

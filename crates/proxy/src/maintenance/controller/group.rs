@@ -10,6 +10,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::inner::{timeouts, Heard, Inner, Task};
+use super::plan::Effect;
 use super::{busy, Maintenance, Refused, View};
 use crate::config::maintenance::Action;
 use crate::config::MaintenanceSpec;
@@ -129,13 +130,7 @@ impl Maintenance {
             view: ReplicaView {
                 node: node.to_string(),
                 phase,
-                in_flight: match inner.out_of_rotation.as_deref() {
-                    Some(server) => super::addrs_of(group.as_ref(), Some(server))
-                        .into_iter()
-                        .map(|a| group.in_flight_to(a))
-                        .sum(),
-                    None => super::in_flight(&inner, group.as_ref()),
-                },
+                in_flight: super::in_flight(&inner, group.as_ref()),
                 held: group.held(),
                 token,
                 target: inner.out_of_rotation.clone(),
@@ -234,21 +229,17 @@ impl Maintenance {
         if wanted == inner.out_of_rotation {
             return;
         }
+        let now = Instant::now();
         if let Some(server) = inner.out_of_rotation.take() {
             tracing::warn!(upstream = %self.name, %server, "maintenance: the group's rolling restart moved on; the server is back in rotation");
-            for addr in super::addrs_of(group.as_ref(), Some(&server)) {
-                group.set_drained(addr, false);
-            }
-            group.set_capacity_share(1.0);
-            group.sync_availability(std::time::Duration::ZERO);
+            self.apply(inner, group, Effect::RestoreReplica { server: Some(server) }, now);
+            self.apply(inner, group, Effect::Sync { ramp: std::time::Duration::ZERO }, now);
         }
         if let Some(server) = wanted {
             tracing::warn!(upstream = %self.name, %server, "maintenance: the group's rolling restart takes this server out of rotation");
             let total = group.servers().len().max(1) as f64;
-            group.set_capacity_share((total - 1.0) / total);
-            for addr in super::addrs_of(group.as_ref(), Some(&server)) {
-                group.set_drained(addr, true);
-            }
+            let share = (total - 1.0) / total;
+            self.apply(inner, group, Effect::DrainReplica { server: Some(server.clone()), share }, now);
             inner.out_of_rotation = Some(server);
         }
     }
