@@ -61,12 +61,9 @@
 //!   the mean latency of answers admitted with the whole level in flight (the ones a
 //!   worker-bound backend would park in its backlog first) within the signal's own noise of
 //!   its lowest window mean. Past the capacity, slow start ends where latency puts it. Each
-//!   step is proven before the next, and a level whose answers came back in the upper half of
-//!   that noise (a request or three past the capacity, its backlog not yet felt in full) is
-//!   measured once more and grows by only what its margin leaves, so a precise signal hardly
-//!   ever has more than `1 + slow_start_growth` times the capacity in flight (×1.5 per
-//!   round, without proof, put 2–2.5 times the capacity into gunicorn's backlog for a round
-//!   trip); answers that
+//!   step is proven before the next, so a precise signal never has more than about
+//!   `1 + slow_start_growth` times the capacity in flight (×1.5 per round, without proof,
+//!   put 2–2.5 times the capacity into gunicorn's backlog for a round trip); answers that
 //!   spread widely by nature are judged by window means instead. The first cut ends slow
 //!   start for good.
 //!
@@ -155,12 +152,6 @@ pub struct AdaptiveLimit {
     /// latency-ratio sum of the answers from above it so far.
     proven: usize,
     marginal: (usize, f64),
-    /// Slow start: the share the limit grows by from the proven level (`slow_start_growth`,
-    /// less when the level was proven near the edge of the noise).
-    growth: f64,
-    /// Slow start: the level whose answers came near the edge of the noise and are being
-    /// measured once more.
-    rechecked: Option<usize>,
     /// The last latency cut, until the cut level's first window says whether it removed
     /// queueing or the backend had slowed as a whole (see `window`).
     cut_check: Option<window::CutCheck>,
@@ -181,7 +172,6 @@ impl AdaptiveLimit {
     pub fn new(settings: LimitSettings) -> Self {
         let limit = settings.initial.clamp(settings.min, settings.max) as f64;
         let probe_wait = settings.probe_interval;
-        let growth = settings.slow_start_growth;
         AdaptiveLimit {
             settings,
             limit,
@@ -201,8 +191,6 @@ impl AdaptiveLimit {
             slow_start: true,
             proven: limit as usize,
             marginal: (0, 0.0),
-            growth,
-            rechecked: None,
             cut_check: None,
             flat_run: None,
             goodput: Goodput::default(),

@@ -91,28 +91,15 @@ impl AdaptiveLimit {
             self.last_change = Some(Change::Latency);
             return Some(Change::Latency);
         }
-        // A level proven with room to spare grows by the whole step. One whose answers came
-        // back in the upper half of the noise is measured once more first: on a worker-bound
-        // backend that is a level a request or three past the capacity, whose first answers
-        // back had not yet waited behind the whole backlog (3 past a capacity of 20 read 6 %
-        // where the backlog costs 15 %) — growing on from it put 1.3 times the capacity in
-        // flight. Measured again, it grows by what its margin leaves, at least one request.
-        let margin = 1.0 - ((ratio - 1.0) / (allowed - 1.0)).clamp(0.0, 1.0);
-        if margin < 0.5 && self.rechecked != Some(level) {
-            self.rechecked = Some(level);
-            return None;
-        }
         self.proven = level;
-        self.growth = s.slow_start_growth * margin;
         self.slow_start_step(level, now)
     }
 
-    /// Grows from the proven `level` by the share its proof left (at least one request), when
-    /// the limit is used up.
+    /// Grows from the proven `level` by `slow_start_growth`, when it is used up.
     pub(super) fn slow_start_step(&mut self, level: usize, now: Instant) -> Option<Change> {
         let s = &self.settings;
         let used = (self.demand as f64) >= self.limit.floor();
-        let next = (level as f64 * (1.0 + self.growth)).max(level as f64 + 1.0).min(s.max as f64);
+        let next = (level as f64 * (1.0 + s.slow_start_growth)).max(level as f64 + 1.0).min(s.max as f64);
         if !used || next <= self.limit {
             return None;
         }

@@ -416,29 +416,6 @@ fn a_cold_start_reaches_the_capacity_without_overshooting_it() {
 }
 
 #[test]
-fn a_cold_start_overshoots_by_at_most_a_step_from_the_capacity() {
-    // The same over sixteen seeds, with runs that spread by 5 % and by 2 %: the first answers
-    // back from a level two or three past the capacity had not yet waited behind the whole
-    // backlog, and a whole step on from such a level put 26 in flight (1.3×) in half the
-    // runs. Measured once more, such a level is cut instead. A slow start that an early cut
-    // ended (one seed of the sixteen) grows by window from there and may still overshoot.
-    for sigma in [0.05, 0.02] {
-        let mut peaks = Vec::new();
-        let mut late = 0;
-        for seed in 0..16 {
-            let run = run(Backend::WorkerBound { capacity: 20, service: 0.25, sigma }, 20.0, None, seed);
-            peaks.push(run.in_flight.iter().map(|(_, n)| *n).max().unwrap_or(0));
-            let reached = run.in_flight.iter().find(|(_, n)| *n >= 18).map(|(t, _)| *t);
-            late += usize::from(reached.is_none_or(|t| t > 5.0));
-        }
-        let over = peaks.iter().filter(|p| **p > 25).count();
-        assert!(over <= 1, "σ {sigma}: peaks {peaks:?} on a capacity of 20");
-        assert!(peaks.iter().all(|p| *p <= 26), "σ {sigma}: peaks {peaks:?} on a capacity of 20");
-        assert!(late <= 2, "σ {sigma}: {late} of 16 cold starts reached 90 % after 5 s");
-    }
-}
-
-#[test]
 fn clients_that_leave_early_do_not_lower_the_baseline() {
     // A client that waited here until just before its timeout and left 100 ms after
     // admission says only "at least 100 ms". Counted as an answer, such clients lowered the
