@@ -79,7 +79,7 @@ pub struct RawAdmission {
     pub enabled: Option<bool>,
     /// Limit before anything is learned (keep at or below the real capacity).
     pub initial_limit: Option<usize>,
-    /// Lowest limit (>= 1).
+    /// Lowest limit (>= 1). Absent: 2, or `initial_limit`/`max_limit` when lower.
     pub min_limit: Option<usize>,
     /// Highest limit.
     pub max_limit: Option<usize>,

@@ -454,7 +454,8 @@ fn clients_that_leave_early_do_not_lower_the_baseline() {
 /// One-second answers at a limit of 1, then a run that takes minutes with another waiting.
 fn after_short_answers() -> (AdaptiveLimit, Instant) {
     let t0 = Instant::now();
-    let mut limiter = AdaptiveLimit::new(LimitSettings { initial: 1, ..LimitSettings::default() });
+    // A limit of one (an operator's `min_limit = 1`): the stall probe is its only way up.
+    let mut limiter = AdaptiveLimit::new(LimitSettings { initial: 1, min: 1, ..LimitSettings::default() });
     for i in 0..10u64 {
         let answered = Sample {
             signal: 0,

@@ -134,6 +134,24 @@ fn other_semantic_errors() {
     assert!(e.starts_with("test.toml:1:"), "{e}");
 }
 
+#[test]
+fn min_limit_defaults_to_two_unless_the_operator_set_the_limit_lower() {
+    let admission = |lines: &str| {
+        let text = format!("{VALID}\n[upstreams.api.admission]\n{lines}\n");
+        let config = load(&text).unwrap_or_else(|e| panic!("{lines}: {e}"));
+        let spec = &config.upstreams["api"].admission;
+        (spec.min_limit, spec.initial_limit, spec.max_limit)
+    };
+    assert_eq!(admission(""), (2, 4, 1000));
+    assert_eq!(admission("initial_limit = 1\nmax_limit = 1"), (1, 1, 1), "a limit pinned at one stays valid");
+    assert_eq!(admission("initial_limit = 1"), (1, 1, 1000));
+    assert_eq!(admission("min_limit = 1"), (1, 4, 1000));
+    assert_eq!(admission("min_limit = 3"), (3, 4, 1000));
+    // A floor the operator wrote is kept, and bounds that contradict it are still an error.
+    let e = err(&format!("{VALID}\n[upstreams.api.admission]\nmin_limit = 3\ninitial_limit = 2\n"));
+    assert!(e.contains("upstreams.api.admission.initial_limit: 2 must be within"), "{e}");
+}
+
 /// `VALID` with `lines` added to its `[server]` table.
 fn with_server(lines: &str) -> String {
     VALID.replace("listen = \"127.0.0.1:8080\"\n", &format!("listen = \"127.0.0.1:8080\"\n{lines}\n"))

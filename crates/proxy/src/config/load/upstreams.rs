@@ -14,11 +14,16 @@ pub(super) fn build_admission(
 ) -> Result<AdmissionSpec, ConfigError> {
     let d = AdmissionSpec::default();
     let key = |k: &str| format!("upstreams.{name}.admission.{k}");
+    let initial_limit = raw.initial_limit.unwrap_or(d.initial_limit);
+    let max_limit = raw.max_limit.unwrap_or(d.max_limit);
+    // Absent, the floor gives way to bounds the operator set below it: a limit pinned at one
+    // (`max_limit = 1`) or started there keeps a floor of one, as before the default was two.
+    let min_limit = raw.min_limit.unwrap_or_else(|| d.min_limit.min(initial_limit).min(max_limit).max(1));
     let spec = AdmissionSpec {
         enabled: raw.enabled.unwrap_or(d.enabled),
-        initial_limit: raw.initial_limit.unwrap_or(d.initial_limit),
-        min_limit: raw.min_limit.unwrap_or(d.min_limit),
-        max_limit: raw.max_limit.unwrap_or(d.max_limit),
+        initial_limit,
+        min_limit,
+        max_limit,
         max_queue: raw.max_queue.unwrap_or(d.max_queue),
         latency_tolerance: raw.latency_tolerance.unwrap_or(d.latency_tolerance),
     };
