@@ -93,11 +93,12 @@ impl Schedule {
         if self.cron.is_time_matching(local).unwrap_or(false) {
             return true;
         }
-        // Walk back through the wall-clock minutes that do not exist (the gap, at most a few
+        // Walk back through the wall-clock seconds that do not exist (the gap, at most a few
         // hours anywhere): matching depends on the wall-clock fields only, read here as UTC.
+        // Seconds, not minutes: a six-field schedule may name a second other than :00.
         let naive = local.naive_local();
-        (1..=180)
-            .map(|minutes| naive - chrono::Duration::minutes(minutes))
+        (1..=180 * 60)
+            .map(|seconds| naive - chrono::Duration::seconds(seconds))
             .take_while(|wall| matches!(self.zone.from_local_datetime(wall), chrono::LocalResult::None))
             .any(|wall| self.cron.is_time_matching(&Utc.from_utc_datetime(&wall)).unwrap_or(false))
     }
@@ -167,6 +168,15 @@ mod tests {
         assert_eq!(next, utc(2026, 3, 8, 7, 0), "03:00 EDT = 07:00 UTC");
         // The day after, 02:30 EDT again.
         assert_eq!(s.next_after(next), Some(utc(2026, 3, 9, 6, 30)));
+    }
+
+    #[test]
+    fn a_schedule_with_seconds_in_the_gap_fires_after_it() {
+        // 02:49:01 does not exist in Sydney on 2026-10-04 (02:00 AEST → 03:00 AEDT): the
+        // gap was once searched minute by minute, at :00 only, and the day was skipped.
+        let s = Schedule::new("1 49 2 * * *", "Australia/Sydney").expect("valid");
+        let now = Utc.with_ymd_and_hms(2026, 10, 3, 15, 49, 24).single().expect("valid time");
+        assert_eq!(s.next_after(now), Some(utc(2026, 10, 3, 16, 0)), "03:00 AEDT = 16:00 UTC");
     }
 
     #[test]
