@@ -19,6 +19,7 @@ use bytes::Bytes;
 use common::fixtures::ctl;
 use common::realdify::RealDify;
 use common::*;
+use dify_shaper_tools::demo::stats::percentile;
 use dify_shaper_tools::loadgen::{exchange, open_loop, Exchange, Shot};
 use dify_shaper_tools::sim::{SimConfig, Simulator};
 use serde_json::Value;
@@ -408,8 +409,7 @@ async fn real_dify_at_its_database_limit() {
 fn ok_percentile(exchanges: &[Exchange], share: f64) -> Duration {
     let mut took: Vec<Duration> = exchanges.iter().filter(|e| blocking_ok(e)).map(|e| e.took).collect();
     took.sort_unstable();
-    let at = ((took.len() as f64 * share).ceil() as usize).saturating_sub(1);
-    took.get(at).copied().unwrap_or_default()
+    percentile(&took, share).unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

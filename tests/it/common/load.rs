@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use dify_shaper_tools::demo::stats::percentile;
 use dify_shaper_tools::loadgen::{exchange, open_loop as schedule, Exchange, Failure};
 use tokio::time::Instant;
 
@@ -80,8 +81,7 @@ impl Report {
             .filter_map(|o| o.latency)
             .collect();
         latencies.sort();
-        let index = ((latencies.len() as f64 * p).ceil() as usize).saturating_sub(1);
-        latencies.get(index).copied()
+        percentile(&latencies, p)
     }
 }
 
