@@ -1,5 +1,6 @@
-//! Safe retries. A 503, Dify's 429 or a reset before the backend read the request proves the
-//! run was not processed, so even a POST is retried; a 500 or a close after processing is not;
+//! Safe retries. A 503, Dify's 429, Dify's generic unhandled-error 500 or a reset before the
+//! backend read the request proves the run was not processed, so even a POST is retried; any
+//! other 500 or a close after processing is not;
 //! and retries stay within the budget when the backend answers 503 to everything.
 
 use crate::common;
@@ -125,6 +126,31 @@ async fn a_post_reset_before_the_backend_read_it_is_replayed() {
     assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
     assert_eq!(json(&body)["result"], "served");
     assert_eq!(posts.load(Ordering::SeqCst), 2, "one reset attempt, one served");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dify_unhandled_error_alone_in_flight_is_replayed_and_a_persistent_one_passes_after_the_retries() {
+    let _machine = crate::common::shared().await;
+    let (sim, proxy) = setup().await;
+    // Alone in flight the limiter cannot blame the level for a 500, but Dify's generic
+    // unhandled-error answer (its answer when PostgreSQL refuses a connection) ran nothing.
+    let headers =
+        [("x-request-id", "unhandled-once"), ("x-sim-fail", "unhandled"), ("x-sim-fail-first", "1")];
+    let (code, _, body) = post_json(proxy.addr, "/v1/workflows/run", RUN, &headers).await;
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(sim.count_for_request_id("unhandled-once"), 2, "one refused attempt, one served");
+    // The same answer to every attempt: replayed up to `max_retries` (2), then passed on as
+    // Dify gave it — the request's own failure, not a busy backend to turn into a 503.
+    let headers = [("x-request-id", "unhandled-always"), ("x-sim-fail", "unhandled")];
+    let (code, _, body) = post_json(proxy.addr, "/v1/workflows/run", RUN, &headers).await;
+    assert_eq!(code, 500, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(body, dify_shaper_tools::sim::DIFY_UNHANDLED_ERROR.as_bytes());
+    assert_eq!(sim.count_for_request_id("unhandled-always"), 3, "the first attempt and two retries");
+    // Any other 500 still passes at once: it may have run.
+    let headers = [("x-request-id", "own-500"), ("x-sim-fail", "500"), ("x-sim-fail-first", "1")];
+    let (code, _, _) = post_json(proxy.addr, "/v1/workflows/run", RUN, &headers).await;
+    assert_eq!(code, 500);
+    assert_eq!(sim.count_for_request_id("own-500"), 1, "never run twice");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use super::ctx::RequestCtx;
 use super::envelope::ErrorReply;
 use super::outcome::unhandled_error_answer;
-use crate::admission::{Outcome, Permit};
+use crate::admission::Outcome;
 use crate::resilience::retry::parse_retry_after;
 use crate::resilience::retry_policy::{self, Attempt, Decision, Ending};
 
@@ -125,16 +125,21 @@ pub(super) async fn queue_again(ctx: &mut RequestCtx, status: u16) -> Result<()>
 /// connections) never reaches the client, which has heard nothing yet: one that provably ran
 /// nothing is replayed through the queue, within the retry budget; any other becomes a fast
 /// 503 `server_busy` with `Retry-After`, so the client can tell busy from broken. A 500 that
-/// lower loads show as well is the request's own and passes through (`Ok`).
+/// lower loads show as well is the request's own and passes through (`Ok`) — except Dify's
+/// generic unhandled-error answer, which ran nothing whatever caused it, and so is replayed
+/// within the budget all the same: alone in flight, or at a pinned limit where every level
+/// meets the database's limit alike, the limiter cannot blame the level, yet the request
+/// deserves its second chance. The budget bounds what a fault that fails every attempt costs.
 pub(super) async fn overloaded(
     session: &Session,
     response: &ResponseHeader,
     ctx: &mut RequestCtx,
 ) -> Result<()> {
     let status = response.status.as_u16();
-    let Some(refusal) = ctx.permit.as_ref().and_then(Permit::overloaded_answer) else {
+    let Some(permit) = ctx.permit.as_ref() else {
         return Ok(());
     };
+    let refusal = permit.overloaded_answer();
     // Dify's refusal ran nothing: it is replayed as a 503 would be, through our queue.
     if unhandled_error_answer(response) {
         let replayable = answer_replayable(session);
@@ -143,6 +148,9 @@ pub(super) async fn overloaded(
             return queue_again(ctx, status).await;
         }
     }
+    let Some(refusal) = refusal else {
+        return Ok(());
+    };
     if let (Some(permit), Some(routed)) = (&ctx.permit, &ctx.routed) {
         permit.count_refusal(refusal);
         ctx.reply = Some(ErrorReply::refused(refusal, routed.upstream.admission().retry_after_secs()));

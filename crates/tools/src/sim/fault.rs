@@ -1,5 +1,6 @@
-//! Fault injection for retry tests: `X-Sim-Fail: <status>|reset|close` answers at once with
-//! that status (in Dify's envelope), or drops the connection without an answer — `reset`
+//! Fault injection for retry tests: `X-Sim-Fail: <status>|unhandled|reset|close` answers at
+//! once with that status (in Dify's envelope) or with Dify's generic unhandled-error 500 (its
+//! answer when PostgreSQL is out of connections), or drops the connection without an answer — `reset`
 //! before reading the request body (the kernel answers the unread data with a TCP reset, as
 //! for a request still queued in a closing gunicorn), `close` after reading all of it (a
 //! worker that died mid-run: a plain close);
@@ -10,7 +11,8 @@ use http::{HeaderMap, StatusCode};
 
 use super::request::header;
 
-/// Header selecting the fault: an HTTP status (`500`, `503`, `429`, …), `reset` or `close`.
+/// Header selecting the fault: an HTTP status (`500`, `503`, `429`, …), `unhandled`, `reset`
+/// or `close`.
 pub const FAIL_HEADER: &str = "x-sim-fail";
 /// Header limiting the fault to the first `N` attempts per `X-Request-Id`.
 pub const FAIL_FIRST_HEADER: &str = "x-sim-fail-first";
@@ -20,6 +22,8 @@ pub const FAIL_FIRST_HEADER: &str = "x-sim-fail-first";
 pub(crate) enum Fault {
     /// Answer with this status and Dify's envelope.
     Status(StatusCode),
+    /// Answer Dify's generic unhandled-error 500, as when the database refused a connection.
+    Unhandled,
     /// Drop the connection without reading the body or answering (a TCP reset).
     Reset,
     /// Read the whole request, then drop the connection without answering (a plain close).
@@ -41,6 +45,9 @@ pub(crate) fn check(headers: &HeaderMap, attempt: u64) -> Option<Fault> {
     }
     if spec.eq_ignore_ascii_case("close") {
         return Some(Fault::Close);
+    }
+    if spec.eq_ignore_ascii_case("unhandled") {
+        return Some(Fault::Unhandled);
     }
     spec.parse::<u16>()
         .ok()
@@ -72,6 +79,8 @@ mod tests {
         assert_eq!(check(&h, 1), Some(Fault::Reset));
         h.insert(FAIL_HEADER, HeaderValue::from_static("close"));
         assert_eq!(check(&h, 1), Some(Fault::Close));
+        h.insert(FAIL_HEADER, HeaderValue::from_static("unhandled"));
+        assert_eq!(check(&h, 1), Some(Fault::Unhandled));
         h.insert(FAIL_HEADER, HeaderValue::from_static("200"));
         assert_eq!(check(&h, 1), None);
     }

@@ -51,6 +51,10 @@ pub(crate) async fn handle(
             stats.on_fault();
             envelope::error(s, envelope::code_for(s), "Injected fault (X-Sim-Fail).")
         }
+        Some(Fault::Unhandled) => {
+            stats.on_fault();
+            envelope::db_refused()
+        }
         None => route(ctx, req).await,
     };
     stats.on_status(resp.status().as_u16());
