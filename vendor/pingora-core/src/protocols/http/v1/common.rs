@@ -32,13 +32,6 @@ pub(super) const MAX_HEADER_SIZE: usize = 1048575;
 pub(crate) const BODY_BUF_LIMIT: usize = 1024 * 64;
 
 pub const CRLF: &[u8; 2] = b"\r\n";
-
-/// Room for headers added after parsing, beyond those read: a proxy's copy of the request
-/// gains its forwarding headers and request id, a response its request id and framing.
-/// Without it a header map is sized to exactly what was read and regrows (rehashing, in both
-/// the value map and the case map) on the first insert.
-pub(crate) const HEADER_HEADROOM: usize = 8;
-
 /// The empty line that terminates a message's header section.
 pub(super) const HEADER_SECTION_END: &[u8; 4] = b"\r\n\r\n";
 pub const HEADER_KV_DELIMITER: &[u8; 2] = b": ";

@@ -487,7 +487,7 @@ impl HttpSession {
                             req.method.unwrap_or(""),
                             // we path httparse to allow unsafe bytes in the str
                             req.path.unwrap_or("").as_bytes(),
-                            Some(req.headers.len() + super::common::HEADER_HEADROOM),
+                            Some(req.headers.len()),
                         )?);
 
                         request_header.set_version(match req.version {
