@@ -28,6 +28,7 @@
 //! `waiting` (a queued request's wait), `permit` (a granted slot and its release),
 //! `status` (the `/status` view) and `ticket` (what a request brings).
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -38,9 +39,9 @@ use super::ewma::Ewma;
 use super::limit::AdaptiveLimit;
 use super::patience::Patience;
 use super::policy::AdmissionPolicy;
-use super::queue::{Entry, FairQueue, TenantMap};
+use super::queue::{Entry, FairQueue};
 use super::refusal::Refusal;
-use state::{log_change, AwaitingMap, Counters, Decision, Queued, State};
+use state::{log_change, Counters, Decision, Queued, State};
 use waiting::Waiting;
 
 mod permit;
@@ -79,8 +80,8 @@ impl Admission {
                 waits: Ewma::new(0.1),
                 max_wait: Duration::ZERO,
                 counters: Counters::default(),
-                labels: TenantMap::default(),
-                awaiting_header: AwaitingMap::default(),
+                labels: HashMap::new(),
+                awaiting_header: HashMap::new(),
                 orphaned: 0,
                 available: true,
                 hold_until: None,

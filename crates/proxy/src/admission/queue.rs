@@ -18,11 +18,6 @@
 
 use std::collections::{HashMap, VecDeque};
 
-/// A map keyed by tenant, looked up on every arrival and departure. foldhash rather than
-/// SipHash: the keys are already hashes of app keys, and its per-process seed still keeps a
-/// client from choosing collisions.
-pub type TenantMap<V> = HashMap<TenantId, V, foldhash::fast::RandomState>;
-
 use tokio::time::Instant;
 
 /// Identifies a tenant (a hashed app key).
@@ -47,7 +42,7 @@ pub struct Entry<T> {
 struct ClassQueue<T> {
     weight: i64,
     current: i64,
-    tenants: TenantMap<VecDeque<Entry<T>>>,
+    tenants: HashMap<TenantId, VecDeque<Entry<T>>>,
     ring: VecDeque<TenantId>,
     len: usize,
 }
@@ -57,7 +52,7 @@ impl<T> ClassQueue<T> {
         ClassQueue {
             weight: i64::from(weight.max(1)),
             current: 0,
-            tenants: TenantMap::default(),
+            tenants: HashMap::new(),
             ring: VecDeque::new(),
             len: 0,
         }
@@ -68,7 +63,7 @@ impl<T> ClassQueue<T> {
 #[derive(Debug)]
 pub struct FairQueue<T> {
     classes: Vec<ClassQueue<T>>,
-    per_tenant: TenantMap<usize>,
+    per_tenant: HashMap<TenantId, usize>,
     len: usize,
 }
 
@@ -79,7 +74,7 @@ impl<T> FairQueue<T> {
         let weights = if weights.is_empty() { &[1][..] } else { weights };
         FairQueue {
             classes: weights.iter().map(|w| ClassQueue::new(*w)).collect(),
-            per_tenant: TenantMap::default(),
+            per_tenant: HashMap::new(),
             len: 0,
         }
     }

@@ -1,12 +1,13 @@
 //! A granted slot ([`Permit`]) and its release: the sample that teaches the limiter, and the
 //! slot an abandoned run keeps until the backend would typically have finished it.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::state::{log_change, Admission, AwaitingMap};
+use super::state::{log_change, Admission, Awaiting};
 use crate::admission::limit::{Outcome, Pending, Sample};
 use crate::admission::refusal::Refusal;
 
@@ -86,7 +87,7 @@ impl Admission {
 /// The requests of one class and response kind still waiting for their header, as the
 /// limiter asks for them (see [`Pending`]).
 struct Stuck<'a> {
-    awaiting: &'a AwaitingMap,
+    awaiting: &'a HashMap<u64, Awaiting>,
     class: usize,
     streams: bool,
     now: Instant,

@@ -16,7 +16,7 @@ use crate::admission::ewma::Ewma;
 use crate::admission::limit::{AdaptiveLimit, Change};
 use crate::admission::patience::{client_wait, Patience};
 use crate::admission::policy::AdmissionPolicy;
-use crate::admission::queue::{FairQueue, TenantId, TenantMap};
+use crate::admission::queue::{FairQueue, TenantId};
 use crate::admission::refusal::Refusal;
 
 /// Interactive traffic counts as active for this long after its last request.
@@ -37,11 +37,6 @@ pub(super) struct Queued {
     pub(super) client_deadline: Option<Duration>,
     pub(super) streams: bool,
 }
-
-/// The admitted requests still waiting for their response header, by request id: touched
-/// three times per request under the lock, so hashed with foldhash (the ids are our own
-/// counter, nothing a client chooses) rather than SipHash.
-pub(super) type AwaitingMap = HashMap<u64, Awaiting, foldhash::fast::RandomState>;
 
 /// An admitted request still waiting for its response header.
 #[derive(Debug, Clone, Copy)]
@@ -78,9 +73,9 @@ pub(super) struct State {
     pub(super) waits: Ewma,
     pub(super) max_wait: Duration,
     pub(super) counters: Counters,
-    pub(super) labels: TenantMap<String>,
+    pub(super) labels: HashMap<TenantId, String>,
     /// Admitted requests still waiting for their response header, by id.
-    pub(super) awaiting_header: AwaitingMap,
+    pub(super) awaiting_header: HashMap<u64, Awaiting>,
     /// Slots still held for runs whose client left while the backend worked on them (see
     /// [`Permit::complete`]); counted in `in_flight` too.
     pub(super) orphaned: usize,
@@ -183,12 +178,7 @@ impl State {
     }
 
     pub(super) fn cap(&self, class: usize, now: Instant) -> usize {
-        self.cap_within(self.effective_limit(now), class, now)
-    }
-
-    /// [`Self::cap`] for an effective `limit` already worked out (dispatch asks for every
-    /// class at once).
-    fn cap_within(&self, limit: usize, class: usize, now: Instant) -> usize {
+        let limit = self.effective_limit(now);
         let Some(policy) = self.policy.classes.get(class) else {
             return limit;
         };
@@ -310,8 +300,7 @@ impl State {
                 return;
             }
             // Disabled admission has no limit, but a hold still holds.
-            let limit = self.effective_limit(now);
-            if !self.is_open() || (self.policy.enabled && self.in_flight >= limit) {
+            if !self.is_open() || (self.policy.enabled && self.in_flight >= self.effective_limit(now)) {
                 return;
             }
             // Requests held while admission was closed go first, oldest first: the backlog of a
@@ -325,7 +314,7 @@ impl State {
                 && self.standing_since.is_some_and(|t| now.duration_since(t) >= self.policy.lifo_after);
             let mut caps = std::mem::take(&mut self.scratch_caps);
             caps.clear();
-            caps.extend((0..self.policy.classes.len().max(1)).map(|c| self.cap_within(limit, c, now)));
+            caps.extend((0..self.policy.classes.len().max(1)).map(|c| self.cap(c, now)));
             let in_flight = self.in_flight;
             let enabled = self.policy.enabled;
             let popped = self.queue.pop(lifo, |c| !enabled || caps.get(c).is_none_or(|cap| in_flight < *cap));
