@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use super::ctx::RequestCtx;
 use super::envelope::ErrorReply;
 use super::outcome::unhandled_error_answer;
-use crate::admission::Outcome;
+use crate::admission::{Outcome, Permit};
 use crate::resilience::retry::parse_retry_after;
 use crate::resilience::retry_policy::{self, Attempt, Decision, Ending};
 
@@ -136,10 +136,10 @@ pub(super) async fn overloaded(
     ctx: &mut RequestCtx,
 ) -> Result<()> {
     let status = response.status.as_u16();
-    let Some(permit) = ctx.permit.as_ref() else {
+    // Without admission (an unqueued class) there is no queue to replay through.
+    if ctx.permit.is_none() {
         return Ok(());
-    };
-    let refusal = permit.overloaded_answer();
+    }
     // Dify's refusal ran nothing: it is replayed as a 503 would be, through our queue.
     if unhandled_error_answer(response) {
         let replayable = answer_replayable(session);
@@ -148,7 +148,7 @@ pub(super) async fn overloaded(
             return queue_again(ctx, status).await;
         }
     }
-    let Some(refusal) = refusal else {
+    let Some(refusal) = ctx.permit.as_ref().and_then(Permit::overloaded_answer) else {
         return Ok(());
     };
     if let (Some(permit), Some(routed)) = (&ctx.permit, &ctx.routed) {
