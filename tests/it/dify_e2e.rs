@@ -117,13 +117,13 @@ fn describe(exchange: &Exchange) -> String {
 }
 
 /// One row of the side-by-side table.
-struct Row {
-    scenario: &'static str,
+struct Row<'a> {
+    scenario: &'a str,
     direct: (usize, usize),
     shaped: (usize, usize),
 }
 
-fn print_table(rows: &[Row]) {
+fn print_table(rows: &[Row<'_>]) {
     eprintln!(
         "\n| scenario (real Dify 1.12.1) | direct ok | direct failed | dify-shaper ok | dify-shaper failed |"
     );
@@ -300,19 +300,27 @@ async fn real_dify_at_its_database_limit() {
         let user = format!("dblimit-{name}-{nonce}");
         let shot = run(&key, "/v1/workflows/run", "blocking", &user);
         let warm = run(&key, "/v1/workflows/run", "blocking", &format!("warmup-{name}-{nonce}"));
+        // Fresh workers first, at a sixth of the rate (well inside the database's limit), until
+        // they serve it whole and each run in under 2 s: one priming run warms one of the four,
+        // and a worker fresh from its boot may answer nothing for over a minute — once, direct
+        // access got none of its 450 requests through, the stall and not the database limit.
+        warm_until_quick(dify.api, &warm, rate / 6.0, Duration::from_secs(2)).await;
         let start = Instant::now();
         let count = warm_count + (rate * duration.as_secs_f64()).round() as usize;
-        let exchanges: Vec<Exchange> = shots(target, rate, count, start, patience, |i| {
+        let mut exchanges: Vec<Exchange> = shots(target, rate, count, start, patience, |i| {
             let mut shot = if i < warm_count { warm.clone() } else { shot.clone() };
             // The access log tells a client that left while queued from one Dify kept waiting.
             shot.headers.push(("x-request-id".into(), format!("dblimit-{i:05}")));
             shot
         })
-        .await
-        .into_iter()
-        .skip(warm_count)
-        .collect();
-        let tally = tally_load(&exchanges, warmup);
+        .await;
+        let measured = exchanges.split_off(warm_count.min(exchanges.len()));
+        let warmed = tally_load(&exchanges, warmup);
+        eprintln!(
+            "database limit ({name}, the warm-up): sent {}, ok {}, 500 {}, 503 {}, client timeouts {}",
+            warmed.sent, warmed.ok, warmed.all_500s, warmed.busy_503s, warmed.timeouts
+        );
+        let tally = tally_load(&measured, warmup);
         // Dify's pools keep PostgreSQL full after a load: a restart lets psql in, and gives
         // the other side the same start.
         dify.restart_api().await;
@@ -366,16 +374,19 @@ async fn real_dify_at_its_database_limit() {
                 .count();
         }
         assert!(recorded as usize <= tally.sent, "{name}: more runs than requests: a run was made twice");
-        sides.push((tally, recorded));
+        sides.push((tally, recorded, warmed.all_500s));
     }
-    let ((direct, _), (shaped, shaped_runs)) = (&sides[0], &sides[1]);
+    let ((direct, _, direct_warm_500s), (shaped, shaped_runs, _)) = (&sides[0], &sides[1]);
     print_table(&[Row {
         scenario:
             "PostgreSQL max_connections 20, 4 workers, 30/s of 1 s runs for 15 s, clients give up after 10 s",
         direct: (direct.ok, direct.sent - direct.ok),
         shaped: (shaped.ok, shaped.sent - shaped.ok),
     }]);
-    assert!(direct.all_500s > 0, "direct access never met the database limit: {direct:?}");
+    // Direct access meets the database limit with Dify's 500s — in the measured window, or
+    // only in the warm-up when its backlog of requests whose clients had given up left it
+    // serving almost nothing after (on slower days here: 0 of 450, Dify starting 14 of them).
+    assert!(direct.all_500s + direct_warm_500s > 0, "direct access never met the database limit: {direct:?}");
     // What holds: no 500 reaches a client (Dify's refusals ran nothing and are queued again,
     // any other overload answer is a 503), no client times out in our queue, hardly more
     // clients time out than direct and fewer go without a usable or honest answer (near its
@@ -425,7 +436,6 @@ async fn a_real_dify_that_copes_loses_nothing_through_dify_shaper() {
     let dify = RealDify::start(kit).await;
     let key = dify.key().await;
     let proxy = ProxyProcess::start_with_args(None, &["--upstream", &proxy_for(&dify)]).await;
-    let (rate, duration, patience) = (COPES_RATE, Duration::from_secs(20), Duration::from_secs(5));
     let nonce = uuid::Uuid::new_v4().simple().to_string();
     let primer = run(&key, "/v1/workflows/run", "blocking", &format!("primer-{nonce}"));
     let primed = one(dify.api, &primer, Duration::from_secs(180)).await;
@@ -435,54 +445,81 @@ async fn a_real_dify_that_copes_loses_nothing_through_dify_shaper() {
     // while (once in five fresh starts here, for over 20 s), and runs whose clients gave up
     // still run in Dify after the side before.
     let warm = run(&key, "/v1/workflows/run", "blocking", &format!("warmup-{nonce}"));
-    let mut sides = Vec::new();
-    for (name, target) in [("direct", dify.api), ("dify-shaper", proxy.addr)] {
-        warm_until_quick(dify.api, &warm, rate / 2.0).await;
-        let shot = run(&key, "/v1/workflows/run", "blocking", &format!("copes-{name}-{nonce}"));
-        let start = Instant::now();
-        let count = (rate * duration.as_secs_f64()).round() as usize;
-        let exchanges = shots(target, rate, count, start, patience, |_| shot.clone()).await;
-        let tally = tally_load(&exchanges, Duration::ZERO);
-        let (p50, p99) = (ok_percentile(&exchanges, 0.5), ok_percentile(&exchanges, 0.99));
-        eprintln!(
-            "a backend that copes ({name}): sent {}, ok {}, 500 {}, 503 {}, client timeouts {}, other {:?}; \
-             ok p50 {p50:?}, p99 {p99:?}",
-            tally.sent, tally.ok, tally.all_500s, tally.busy_503s, tally.timeouts, tally.other
-        );
-        if target == proxy.addr {
-            let status = common::fixtures::status(proxy.admin).await;
-            let admission = &status["upstreams"]["api"]["admission"];
-            eprintln!(
-                "dify-shaper after the load: limit {}, ceiling {}, latency ratio {}, last change {}, shed {}",
-                admission["limit"],
-                admission["ceiling"],
-                admission["latency_ratio"],
-                admission["last_change"],
-                admission["shed"]
-            );
+    // A backend that copes is one direct access serves whole with its p99 under a second.
+    // How fast the worker is depends on the machine and the hour (on one day here 18/s left
+    // direct access with 80 of 360 clients timed out, its p50 at 2.7 s): where direct does
+    // not cope, the rate steps down by a sixth and direct runs again, and dify-shaper gets
+    // the rate direct coped with.
+    let mut rate = COPES_RATE;
+    let mut tried = Vec::new();
+    let direct = loop {
+        let direct = copes_side(&dify, &key, &warm, dify.api, "direct", rate).await;
+        if direct.0.ok == direct.0.sent && direct.2 < Duration::from_secs(1) {
+            break direct.0;
         }
-        sides.push(tally);
-    }
-    let (direct, shaped) = (&sides[0], &sides[1]);
+        tried.push((rate, direct.0.ok, direct.0.sent, direct.2));
+        assert!(
+            tried.len() < 4,
+            "direct access never coped (rate, ok, sent, p99 per try), so this is not the scenario: {tried:?}"
+        );
+        rate = (rate * 5.0 / 6.0).round();
+    };
+    let (shaped, _, _) = copes_side(&dify, &key, &warm, proxy.addr, "dify-shaper", rate).await;
+    let status = common::fixtures::status(proxy.admin).await;
+    let admission = &status["upstreams"]["api"]["admission"];
+    eprintln!(
+        "dify-shaper after the load: limit {}, ceiling {}, latency ratio {}, last change {}, shed {}",
+        admission["limit"],
+        admission["ceiling"],
+        admission["latency_ratio"],
+        admission["last_change"],
+        admission["shed"]
+    );
+    let scenario = format!(
+        "one worker × 10 connections, the echo workflow at {rate}/s for 20 s, clients give up after 5 s \
+         (rates direct did not cope with first: {tried:?})"
+    );
     print_table(&[Row {
-        scenario:
-            "one worker × 10 connections, the echo workflow at 18/s for 20 s, clients give up after 5 s",
+        scenario: &scenario,
         direct: (direct.ok, direct.sent - direct.ok),
         shaped: (shaped.ok, shaped.sent - shaped.ok),
     }]);
     assert_eq!(
-        direct.ok, direct.sent,
-        "direct access did not cope at {rate}/s, so this is not the scenario (a slower machine?): {direct:?}"
-    );
-    assert_eq!(
         shaped.ok, shaped.sent,
-        "a backend that copes failed requests through dify-shaper: {shaped:?}"
+        "a backend that copes at {rate}/s failed requests through dify-shaper: {shaped:?}"
     );
 }
 
+/// One side of the copes scenario: warms the worker, then sends the echo workflow to `target`
+/// at `rate` for 20 s with clients that give up after 5 s; the tally and the ok answers' p50
+/// and p99.
+async fn copes_side(
+    dify: &RealDify,
+    key: &str,
+    warm: &Shot,
+    target: SocketAddr,
+    name: &str,
+    rate: f64,
+) -> (Tally, Duration, Duration) {
+    let (duration, patience) = (Duration::from_secs(20), Duration::from_secs(5));
+    warm_until_quick(dify.api, warm, rate / 2.0, Duration::from_secs(1)).await;
+    let user = format!("copes-{name}-{}", uuid::Uuid::new_v4().simple());
+    let shot = run(key, "/v1/workflows/run", "blocking", &user);
+    let count = (rate * duration.as_secs_f64()).round() as usize;
+    let exchanges = shots(target, rate, count, Instant::now(), patience, |_| shot.clone()).await;
+    let tally = tally_load(&exchanges, Duration::ZERO);
+    let (p50, p99) = (ok_percentile(&exchanges, 0.5), ok_percentile(&exchanges, 0.99));
+    eprintln!(
+        "a backend that copes ({name}, {rate}/s): sent {}, ok {}, 500 {}, 503 {}, client timeouts {}, other {:?}; \
+         ok p50 {p50:?}, p99 {p99:?}",
+        tally.sent, tally.ok, tally.all_500s, tally.busy_503s, tally.timeouts, tally.other
+    );
+    (tally, p50, p99)
+}
+
 /// Sends `shot` to `api` at `rate` in rounds of 5 s until a round is answered whole with its
-/// p99 under a second (at most 12 rounds: a worker that never gets there fails the test).
-async fn warm_until_quick(api: SocketAddr, shot: &Shot, rate: f64) {
+/// p99 under `quick` (at most 12 rounds: a worker that never gets there fails the test).
+async fn warm_until_quick(api: SocketAddr, shot: &Shot, rate: f64, quick: Duration) {
     let mut rounds = Vec::new();
     for _ in 0..12 {
         let count = (rate * 5.0).round() as usize;
@@ -490,7 +527,7 @@ async fn warm_until_quick(api: SocketAddr, shot: &Shot, rate: f64) {
             shots(api, rate, count, Instant::now(), Duration::from_secs(5), |_| shot.clone()).await;
         let (ok, p99) =
             (exchanges.iter().filter(|e| blocking_ok(e)).count(), ok_percentile(&exchanges, 0.99));
-        if ok == count && p99 < Duration::from_secs(1) {
+        if ok == count && p99 < quick {
             return;
         }
         rounds.push((ok, count, p99));
