@@ -440,11 +440,14 @@ async fn a_real_dify_that_copes_loses_nothing_through_dify_shaper() {
     // while (once in five fresh starts here, for over 20 s), and runs whose clients gave up
     // still run in Dify after the side before.
     let warm = run(&key, "/v1/workflows/run", "blocking", &format!("warmup-{nonce}"));
-    // A backend that copes is one direct access serves whole with its p99 under a second.
-    // How fast the worker is depends on the machine and the hour (on one day here 18/s left
-    // direct access with 80 of 360 clients timed out, its p50 at 2.7 s): where direct does
-    // not cope, the rate steps down by a sixth and direct runs again, and dify-shaper gets
-    // the rate direct coped with.
+    // A backend that copes is one direct access serves whole with its p99 under a second. How
+    // fast the worker is depends on the machine and the hour, and one worker is noisy: on one
+    // day here 18/s left direct access with 80 of 360 clients timed out (p50 2.7 s), and in
+    // one run 13/s was served with p99 3.2 s where 15/s had 1.9 s and 11/s 1.1 s. Where direct
+    // does not cope, the rate steps down by a sixth and direct runs again (at most five rates,
+    // down to 9/s), and dify-shaper gets the rate direct coped with. Nearer saturation (direct
+    // whole but p99 1.3 s at 15/s) dify-shaper is not yet as good: its limit settles at 2-3
+    // and a few clients time out in its queue.
     let mut rate = COPES_RATE;
     let mut tried = Vec::new();
     let direct = loop {
@@ -454,7 +457,7 @@ async fn a_real_dify_that_copes_loses_nothing_through_dify_shaper() {
         }
         tried.push((rate, direct.0.ok, direct.0.sent, direct.2));
         assert!(
-            tried.len() < 4,
+            tried.len() < 5,
             "direct access never coped (rate, ok, sent, p99 per try), so this is not the scenario: {tried:?}"
         );
         rate = (rate * 5.0 / 6.0).round();
